@@ -1,0 +1,435 @@
+"""Data sets for noisynets: loading, validation and clear errors.
+
+Four data sets are known (see ``DATASETS``):
+
+``digits``
+    The 8x8 handwritten digits shipped inside the package (``noisynets/embedded/digits.csv.gz``,
+    UCI "Optical Recognition of Handwritten Digits", CC BY 4.0). Needs no files and no network.
+    Fixed split: sample ``i`` (0-based, file order) is a test sample when ``i % 5 == 4``, else a
+    training sample (1437 train / 360 test). Pixels 0..16 are scaled by 1/16.
+``fashion-mnist`` and ``mnist``
+    The four IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``), each plain or ``.gz``.
+    Pixels are scaled by 1/255.
+``cifar10``
+    The python pickle batches (``data_batch_1`` .. ``data_batch_5``, ``test_batch``), in a folder
+    ``cifar-10-batches-py/`` under the searched place or directly in it. Pixels scaled by 1/255.
+
+Files are looked for, in this order (``search_paths``): the explicit ``root`` argument (the folder
+itself, then ``root/<name>/``), ``$NOISYNETS_DATA/<name>/``, ``./data/<name>/`` and
+``/usr/share/datasets/<name>/``. The first place that holds any of the expected files is used;
+if it lacks some of them, that is an error rather than a silent fall-through.
+
+Every problem (unknown name, missing files, truncated or corrupt files) raises ``DataError``, a
+``ValueError`` whose message is one line saying what is wrong, where, and how to fix it.
+
+Images are returned flattened, as float32 tensors of shape ``(n, features)`` with values in
+[0, 1]; labels are int64 tensors of shape ``(n,)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "search_paths"]
+
+DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10")
+
+ENV_VAR = "NOISYNETS_DATA"
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")  # read at call time, so tests can monkeypatch it
+
+NUM_CLASSES = 10
+IDX_FILES: tuple[str, ...] = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+CIFAR_DIR = "cifar-10-batches-py"
+CIFAR_TRAIN_BATCHES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST_BATCH = "test_batch"
+CIFAR_IMAGE_SHAPE = (3, 32, 32)
+
+DIGITS_RESOURCE = "embedded/digits.csv.gz"
+DIGITS_TEST_EVERY = 5  # sample i is a test sample when i % 5 == 4
+
+_IDX_UBYTE = 0x08
+
+_HOW_TO_GET = {
+    "fashion-mnist": (
+        "install it with 'sudo apt-get install -y dataset-fashion-mnist' (files go to "
+        "/usr/share/datasets/fashion-mnist/), or put the four IDX files "
+        "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        "t10k-labels-idx1-ubyte, plain or .gz) in one of these folders"
+    ),
+    "mnist": (
+        "put your own copy of the four MNIST IDX files (train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, plain or .gz) "
+        f"in ./data/mnist/ or in $NOISYNETS_DATA/mnist/ (set {ENV_VAR} to a folder holding "
+        "mnist/), or pass its folder as root"
+    ),
+    "cifar10": (
+        "unpack your own copy of cifar-10-python.tar.gz (the folder cifar-10-batches-py/ with "
+        "data_batch_1..5 and test_batch) into ./data/cifar10/ or $NOISYNETS_DATA/cifar10/ "
+        f"(set {ENV_VAR} to a folder holding cifar10/), or pass its folder as root"
+    ),
+}
+
+
+class DataError(ValueError):
+    """A data set is unknown, missing, incomplete or corrupt (one-line, user-facing message)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A loaded data set: flattened float32 images in [0, 1] and int64 labels."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    image_shape: tuple[int, ...]
+    num_classes: int
+    source: str
+
+    @property
+    def num_features(self) -> int:
+        """Number of input features per sample (the product of ``image_shape``)."""
+        return int(self.train_x.shape[1])
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def load_dataset(name: str, root: str | os.PathLike[str] | None = None) -> Dataset:
+    """Load data set ``name`` (one of ``DATASETS``); ``root`` is searched first (see module doc).
+
+    ``digits`` is embedded in the package and ignores ``root``.
+    """
+    name = _canonical_name(name)
+    if name == "digits":
+        return _load_digits()
+    place = _find_place(name, root)
+    if name == "cifar10":
+        return _load_cifar10(place)
+    return _load_idx_dataset(name, place)
+
+
+def search_paths(name: str, root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The folders searched for data set ``name``, in order (empty for the embedded ``digits``)."""
+    name = _canonical_name(name)
+    if name == "digits":
+        return []
+    paths: list[Path] = []
+    if root is not None:
+        base = Path(root).expanduser().absolute()
+        paths += [base, base / name]
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        paths.append(Path(env).expanduser().absolute() / name)
+    paths.append(Path.cwd() / "data" / name)
+    paths.append(Path(SYSTEM_DATA_DIR) / name)
+    return list(dict.fromkeys(paths))  # drop duplicates, keep order
+
+
+# --------------------------------------------------------------------------------------------
+# finding files
+
+
+def _canonical_name(name: str) -> str:
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; valid names are: {', '.join(DATASETS)}")
+    return key
+
+
+def _expected_files(name: str) -> tuple[str, ...]:
+    if name == "cifar10":
+        return (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH)
+    return IDX_FILES
+
+
+def _candidate_dirs(name: str, place: Path) -> list[Path]:
+    """The folders at one search place that may hold the files themselves."""
+    return [place / CIFAR_DIR, place] if name == "cifar10" else [place]
+
+
+def _present(folder: Path, filename: str) -> Path | None:
+    """The file ``filename`` in ``folder``, plain or ``.gz`` (plain preferred), if present."""
+    for candidate in (folder / filename, folder / f"{filename}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _find_place(name: str, root: str | os.PathLike[str] | None) -> Path:
+    """The first folder holding any of the data set's files; it must hold all of them."""
+    expected = _expected_files(name)
+    for place in search_paths(name, root):
+        for folder in _candidate_dirs(name, place):
+            missing = [f for f in expected if _present(folder, f) is None]
+            if len(missing) == len(expected):
+                continue
+            if missing:
+                raise DataError(
+                    f"data set {name!r} in {folder} is incomplete: missing "
+                    f"{', '.join(missing)} (plain or .gz); add the missing files or remove "
+                    "the folder"
+                )
+            return folder
+    searched = ", ".join(str(p) for p in search_paths(name, root))
+    raise DataError(
+        f"data set {name!r} not found; searched: {searched}; to fix: {_HOW_TO_GET[name]}"
+    )
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The (decompressed, for ``.gz``) contents of ``path``, or a DataError naming it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if path.suffix != ".gz":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(
+            f"{path} is not a valid gzip file ({exc or type(exc).__name__}); the file is "
+            "truncated or corrupt: replace it with a fresh copy"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# IDX (MNIST, Fashion-MNIST)
+
+
+def _parse_idx(path: Path, data: bytes, ndim: int) -> np.ndarray:
+    """Parse IDX bytes of unsigned bytes with ``ndim`` dimensions, validating everything."""
+    fix = "the file is truncated or not an IDX file: replace it with a fresh copy"
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path} has a bad IDX magic number ({data[:4].hex() or 'empty'}); {fix}")
+    if data[2] != _IDX_UBYTE:
+        raise DataError(
+            f"{path} has IDX dtype code 0x{data[2]:02x}, expected 0x08 (unsigned byte); {fix}"
+        )
+    if data[3] != ndim:
+        raise DataError(f"{path} has {data[3]} IDX dimensions, expected {ndim}; {fix}")
+    header = 4 + 4 * ndim
+    size = f"{len(data)} bytes" + (" after decompression" if path.suffix == ".gz" else "")
+    if len(data) < header:
+        raise DataError(f"{path} is {size}, too short for its IDX header; {fix}")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(data) != expected:
+        raise DataError(f"{path} is {size} but its IDX header {dims} needs {expected}; {fix}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _idx_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, rows, cols) and labels (n,) of one split (``train`` or ``t10k``)."""
+    images_path = _present(folder, f"{prefix}-images-idx3-ubyte")
+    labels_path = _present(folder, f"{prefix}-labels-idx1-ubyte")
+    assert images_path is not None and labels_path is not None  # checked by _find_place
+    images = _parse_idx(images_path, _read_bytes(images_path), ndim=3)
+    labels = _parse_idx(labels_path, _read_bytes(labels_path), ndim=1)
+    if images.shape[0] == 0 or 0 in images.shape[1:]:
+        raise DataError(f"{images_path} holds no images (IDX dimensions {images.shape})")
+    if labels.shape[0] != images.shape[0]:
+        raise DataError(
+            f"{labels_path} has {labels.shape[0]} labels but {images_path} has "
+            f"{images.shape[0]} images; the files do not belong together: replace them"
+        )
+    _check_labels(labels_path, labels)
+    return images, labels
+
+
+def _load_idx_dataset(name: str, folder: Path) -> Dataset:
+    train_images, train_labels = _idx_split(folder, "train")
+    test_images, test_labels = _idx_split(folder, "t10k")
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise DataError(
+            f"training images in {folder} are {train_images.shape[1:]} but test images are "
+            f"{test_images.shape[1:]}; the files do not belong together: replace them"
+        )
+    return Dataset(
+        name=name,
+        train_x=_to_features(train_images, 255),
+        train_y=_to_labels(train_labels),
+        test_x=_to_features(test_images, 255),
+        test_y=_to_labels(test_labels),
+        image_shape=tuple(int(d) for d in train_images.shape[1:]),
+        num_classes=NUM_CLASSES,
+        source=str(folder),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 python batches
+
+
+def _numpy_globals() -> dict[tuple[str, str], Callable[..., Any] | type]:
+    """The only globals a CIFAR batch pickle may refer to (numpy arrays, and bytes)."""
+    reconstruct = np.zeros(1).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
+    scalar = np.float64(0).__reduce__()[0]
+    allowed: dict[tuple[str, str], Callable[..., Any] | type] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): __import__("codecs").encode,
+    }
+    for module in ("numpy.core", "numpy._core"):
+        allowed[(f"{module}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{module}.multiarray", "scalar")] = scalar
+        allowed[(f"{module}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """An unpickler that only builds numpy arrays, so a batch file cannot run code."""
+
+    _allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
+
+
+def _get(batch: dict[Any, Any], key: str) -> Any:
+    """``batch[key]``, whether the pickle stored the key as str or bytes."""
+    if key in batch:
+        return batch[key]
+    return batch.get(key.encode())
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, 3072) uint8 and labels (n,) of one CIFAR-10 batch file."""
+    fix = "the file is truncated or not a CIFAR-10 python batch: replace it with a fresh copy"
+    data = _read_bytes(path)
+    try:
+        batch = _SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as exc:  # any failure while unpickling means a corrupt file
+        reason = exc or type(exc).__name__
+        raise DataError(f"{path} is not a readable pickle ({reason}); {fix}") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} holds a {type(batch).__name__}, not a dict; {fix}")
+    images, labels = _get(batch, "data"), _get(batch, "labels")
+    if not isinstance(images, np.ndarray) or labels is None:
+        raise DataError(f"{path} lacks a 'data' array or a 'labels' list; {fix}")
+    features = int(np.prod(CIFAR_IMAGE_SHAPE))
+    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != features:
+        raise DataError(
+            f"{path} has data of shape {images.shape} and dtype {images.dtype}, expected "
+            f"(n, {features}) uint8; {fix}"
+        )
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{path} has labels that are not integers; {fix}") from None
+    if labels.shape != (images.shape[0],):
+        raise DataError(f"{path} has {labels.size} labels for {images.shape[0]} images; {fix}")
+    if images.shape[0] == 0:
+        raise DataError(f"{path} holds no images; {fix}")
+    _check_labels(path, labels)
+    return images, labels
+
+
+def _cifar_split(folder: Path, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    parts = []
+    for batch_name in names:
+        path = _present(folder, batch_name)
+        assert path is not None  # checked by _find_place
+        parts.append(_read_cifar_batch(path))
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return images, labels
+
+
+def _load_cifar10(folder: Path) -> Dataset:
+    train_images, train_labels = _cifar_split(folder, CIFAR_TRAIN_BATCHES)
+    test_images, test_labels = _cifar_split(folder, (CIFAR_TEST_BATCH,))
+    return Dataset(
+        name="cifar10",
+        train_x=_to_features(train_images, 255),
+        train_y=_to_labels(train_labels),
+        test_x=_to_features(test_images, 255),
+        test_y=_to_labels(test_labels),
+        image_shape=CIFAR_IMAGE_SHAPE,
+        num_classes=NUM_CLASSES,
+        source=str(folder),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# embedded digits
+
+
+def _load_digits() -> Dataset:
+    """The embedded 8x8 digits with the fixed split (test: i % 5 == 4); pixels / 16."""
+    resource = resources.files(__package__ or "noisynets").joinpath(DIGITS_RESOURCE)
+    where = f"the embedded file noisynets/{DIGITS_RESOURCE}"
+    fix = "reinstall noisynets"
+    try:
+        text = gzip.decompress(resource.read_bytes())
+        table = np.loadtxt(io.BytesIO(text), delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise DataError(f"cannot read {where} ({exc or type(exc).__name__}); {fix}") from None
+    if table.shape[1] != 65 or table.shape[0] < DIGITS_TEST_EVERY:
+        raise DataError(f"{where} has shape {table.shape}, expected (n, 65); {fix}")
+    pixels, labels = table[:, :64], table[:, 64]
+    if pixels.min() < 0 or pixels.max() > 16:
+        raise DataError(f"{where} has pixel values outside 0..16; {fix}")
+    _check_labels(where, labels)
+    is_test = np.arange(len(table)) % DIGITS_TEST_EVERY == DIGITS_TEST_EVERY - 1
+    return Dataset(
+        name="digits",
+        train_x=_to_features(pixels[~is_test], 16),
+        train_y=_to_labels(labels[~is_test]),
+        test_x=_to_features(pixels[is_test], 16),
+        test_y=_to_labels(labels[is_test]),
+        image_shape=(8, 8),
+        num_classes=NUM_CLASSES,
+        source="embedded",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# conversion helpers
+
+
+def _check_labels(path: Path | str, labels: np.ndarray) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(
+            f"{path} has labels outside 0..{NUM_CLASSES - 1} (found {int(labels.min())}.."
+            f"{int(labels.max())}); the file is corrupt: replace it with a fresh copy"
+        )
+
+
+def _to_features(images: np.ndarray, scale: float) -> torch.Tensor:
+    """Flatten to (n, features) float32 and divide by ``scale`` (into [0, 1])."""
+    flat = images.reshape(images.shape[0], -1).astype(np.float32)
+    flat /= np.float32(scale)
+    return torch.from_numpy(flat)
+
+
+def _to_labels(labels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64).copy())

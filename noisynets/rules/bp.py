@@ -1,0 +1,34 @@
+"""BP: backpropagation of the reference pass's loss, the reference for every other rule."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from noisynets.network import Network, Passes, Record
+from noisynets.rules.base import Gradients, Rule
+
+
+class BP(Rule):
+    """Backpropagation (autograd; through time for spiking units, with a surrogate gradient).
+
+    ``g_W_l = dLoss/dW_l`` and ``g_b_l = dLoss/db_l`` of ``Loss = mean_n loss_n`` on the
+    reference pass (noise-free unless the network's noise is intrinsic in both passes).
+    A unit whose derivative is zero (Heaviside, sign) passes no gradient to the layers below it.
+    """
+
+    name = "bp"
+
+    def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
+        params = [p for layer in network.layers for p in (layer.weight, layer.bias)]
+        with torch.enable_grad():
+            record = network.run(x, y, Passes.clean(network.num_layers, network.both_noisy))
+            flat = torch.autograd.grad(record.loss.mean(), params, allow_unused=True)
+        flat = [torch.zeros_like(p) if g is None else g for p, g in zip(params, flat)]
+        detached = Record(
+            [i.detach() for i in record.inputs],
+            [a.detach() for a in record.activity],
+            record.loss.detach(),
+            record.time_steps,
+        )
+        return list(zip(flat[0::2], flat[1::2])), detached

@@ -1,0 +1,147 @@
+"""The node-perturbation family: NP, INP and ANP (ALGORITHMS.md, "The rules").
+
+Every estimate is an average over the batch (and over the K noisy samples) of a per-sample
+outer product ``e_{l,n} xh_{l-1,n}^T``, where ``xh`` is the reference pass's decorrelated input
+summed over time and ``e`` the rule's node-wise error signal. ``dL_n = loss(noisy) - loss(ref)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from noisynets.network import Network, Passes, Record
+from noisynets.rules.base import Gradients, Rule
+
+
+def outer_products(signals: list[Tensor], record: Record) -> Gradients:
+    """``g_W_l = mean_{k,n} e_{l,k,n} xh_{l-1,n}^T``, ``g_b_l = T mean_{k,n} e_{l,k,n}`` for
+    per-layer signals ``e_l`` of shape (K, B, n_l); ``xh`` is shared by the K samples."""
+    grads = []
+    for e, xh in zip(signals, record.inputs):
+        K, B = e.shape[0], e.shape[1]
+        e_sum = e.sum(0)
+        grads.append((e_sum.T @ xh / (K * B), e_sum.sum(0) * record.time_steps / (K * B)))
+    return grads
+
+
+def guarded(scale: Tensor, norm_sq: Tensor) -> Tensor:
+    """``scale`` where it is finite and ``||da||^2 > 0``; 0 (no contribution) elsewhere."""
+    return torch.where(torch.isfinite(scale) & (norm_sq > 0), scale, torch.zeros_like(scale))
+
+
+class NP(Rule):
+    """Node perturbation with accessible noise: every layer perturbed at once.
+
+    ``g_W_l = mean_n [ dL_n / s^2 * eps_{l,n} xh_{l-1,n}^T ]``, with ``s^2`` the variance of the
+    layer's additive noise (times T for the noise summed over T steps). It reads the noise
+    values, through the network's accessible-noise path.
+    """
+
+    name = "np"
+
+    def __init__(self, noise_samples: int = 1) -> None:
+        self.noise_samples = int(noise_samples)
+
+    def check(self, network: Network) -> None:
+        if network.both_noisy:
+            raise ValueError(
+                "np needs a noise-free reference pass and the noise values; the network's noise "
+                "is intrinsic in both passes: use anp or danp"
+            )
+        for k, layer in enumerate(network.layers):
+            if not layer.noise.additive:
+                raise ValueError(
+                    f"np needs additive noise with a known variance; layer {k + 1} has "
+                    f"{type(layer.noise).__name__}: use anp or danp"
+                )
+
+    def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
+        self.check(network)
+        passes = Passes.perturbed(network.num_layers, self.noise_samples)
+        with torch.no_grad():
+            record, noise = network.run_reading_noise(x, y, passes)
+            dL = record.loss[1:] - record.loss[:1]
+            signals = []
+            for layer, eps in zip(network.layers, noise):
+                variance = layer.noise.variance * record.time_steps
+                signals.append((dL / variance).unsqueeze(-1) * eps)
+            return outer_products(signals, record), record
+
+    def __repr__(self) -> str:
+        return f"NP(noise_samples={self.noise_samples})"
+
+
+class INP(Rule):
+    """Iterative node perturbation: L noisy passes, pass k perturbs layer k only.
+
+    ``g_W_k = mean_n [ dL_n^(k) * n_k / ||da_{k,n}||^2 * da_{k,n} xh_{k-1,n}^T ]``, where
+    ``da_k = eps_k`` exactly because nothing upstream of layer k is perturbed in pass k.
+    It needs layer-selective control of the noise.
+    """
+
+    name = "inp"
+
+    def __init__(self, noise_samples: int = 1) -> None:
+        self.noise_samples = int(noise_samples)
+
+    def check(self, network: Network) -> None:
+        if network.both_noisy:
+            raise ValueError(
+                "inp needs layer-selective control of the noise; the network's noise is "
+                "intrinsic in both passes: use anp or danp"
+            )
+
+    def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
+        self.check(network)
+        passes = Passes.layerwise(network.num_layers, self.noise_samples)
+        with torch.no_grad():
+            record = network.run(x, y, passes)
+            return self.estimate(record, passes), record
+
+    @staticmethod
+    def estimate(record: Record, passes: Passes) -> Gradients:
+        signals = []
+        for activity, (start, stop) in zip(record.activity, passes.noisy):
+            da = activity[start:stop] - activity[:1]
+            dL = record.loss[start:stop] - record.loss[:1]
+            norm_sq = da.pow(2).sum(-1)
+            scale = guarded(dL * da.shape[-1] / norm_sq, norm_sq)
+            signals.append(scale.unsqueeze(-1) * da)
+        return outer_products(signals, record)
+
+    def __repr__(self) -> str:
+        return f"INP(noise_samples={self.noise_samples})"
+
+
+class ANP(Rule):
+    """Activity-based node perturbation: one noisy pass, every layer perturbed.
+
+    ``g_W_l = mean_n [ dL_n * N / ||da_n||^2 * da_{l,n} xh_{l-1,n}^T ]`` with
+    ``||da_n||^2 = sum_l ||da_{l,n}||^2`` and ``N = n_1 + ... + n_L``. It uses the observed
+    activity change ``da``, never the noise: its input is a ``Record``, which holds no noise.
+    With intrinsic noise in both passes the reference pass is itself noisy; the rule is the same.
+    """
+
+    name = "anp"
+
+    def __init__(self, noise_samples: int = 1) -> None:
+        self.noise_samples = int(noise_samples)
+
+    def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
+        passes = Passes.perturbed(network.num_layers, self.noise_samples, network.both_noisy)
+        with torch.no_grad():
+            record = network.run(x, y, passes)
+            return self.estimate(record), record
+
+    @staticmethod
+    def estimate(record: Record) -> Gradients:
+        da = [a[1:] - a[:1] for a in record.activity]
+        dL = record.loss[1:] - record.loss[:1]
+        norm_sq = sum(d.pow(2).sum(-1) for d in da)
+        N = sum(d.shape[-1] for d in da)
+        scale = guarded(dL * N / norm_sq, norm_sq)
+        return outer_products([scale.unsqueeze(-1) * d for d in da], record)
+
+    def __repr__(self) -> str:
+        return f"ANP(noise_samples={self.noise_samples})"
