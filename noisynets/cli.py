@@ -1,0 +1,168 @@
+"""The ``noisynets`` command: ``train`` (the main job) and the tools around it.
+
+A user mistake (an unknown name, a bad number, a missing or corrupt data file) prints one line,
+``noisynets: error: ...``, and exits with status 2; it never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from noisynets.config import DEVICES, OPTIMIZERS, TrainConfig, load_toml
+from noisynets.data import DATASETS
+from noisynets.losses import LOSSES
+from noisynets.network import ENCODINGS
+from noisynets.rules import RULES
+from noisynets.units import UNITS
+
+
+class UsageError(Exception):
+    """A mistake in the command line: reported in one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = nonnegative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="read settings from a TOML file (keys: the long option names with "
+                        "underscores); options given on the command line win")
+    p.add_argument("--algo", choices=RULES, help=f"learning rule (default {d.algo})")
+    p.add_argument("--dataset", choices=DATASETS, help=f"data set (default {d.dataset})")
+    p.add_argument("--data-root", metavar="DIR", help="folder holding the data set's files")
+    p.add_argument("--hidden", type=positive_int, nargs="+", metavar="N",
+                   help="hidden layer sizes (default: the data set's preset)")
+    p.add_argument("--epochs", type=positive_int, help="epochs (default: preset)")
+    p.add_argument("--batch-size", type=positive_int, help="batch size (default: preset)")
+    p.add_argument("--lr", type=positive_float, help="learning rate (default: preset)")
+    p.add_argument("--decor-lr", type=nonnegative_float,
+                   help="decorrelation learning rate eta_R (default: preset)")
+    p.add_argument("--decor-fraction", type=positive_float,
+                   help="share of the batch used for the correlation estimate, in (0, 1]")
+    p.add_argument("--noise-std", type=positive_float, help="noise scale s (default: preset)")
+    p.add_argument("--noise-samples", type=positive_int, help="noisy passes K per step (1)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="torch optimizer (adam)")
+    p.add_argument("--loss", choices=tuple(LOSSES), help="per-sample loss (ce)")
+    p.add_argument("--unit", choices=UNITS, help="hidden units (leaky_relu)")
+    p.add_argument("--time-steps", type=positive_int, help="time steps T (lif: 10, else 1)")
+    p.add_argument("--encoding", choices=ENCODINGS, help="input over time: current | poisson")
+    p.add_argument("--beta", type=positive_float, help="LIF membrane decay (0.9)")
+    p.add_argument("--threshold", type=positive_float, help="LIF threshold (1.0)")
+    p.add_argument("--seed", type=nonnegative_int, help="seed of weights, noise and data order (0)")
+    p.add_argument("--device", choices=DEVICES, help="auto | cpu | cuda (auto)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: a new one under ./runs/)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON object on the last line of stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def make_parser() -> Parser:
+    parser = Parser(prog="noisynets", description="Learning in noisy networks by node perturbation.")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+    train = sub.add_parser("train", help="train a network (the main job)")
+    add_train_arguments(train)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the TOML file, then the command line."""
+    fields = load_toml(args.config) if args.config else {}
+    for name in TrainConfig.__dataclass_fields__:
+        value = getattr(args, name, None)
+        if value is not None:
+            fields[name] = value
+    try:
+        return TrainConfig(**fields)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from noisynets.training import train
+
+    config = config_from_args(args)
+    progress = not args.no_progress and sys.stderr.isatty()
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    result = train(config, progress=progress, log=log)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"final test accuracy {summary['test_accuracy']:.4f} after {summary['epochs']} "
+              f"epochs in {summary['seconds']:.1f} s; results in {summary['out']}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``noisynets`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["train"]
+    parser = make_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.error("name a command: " + ", ".join(COMMANDS))
+        return COMMANDS[args.command](args)
+    except (UsageError, ValueError) as e:
+        message = " ".join(str(e).split())
+        print(f"noisynets: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("noisynets: interrupted; what was measured so far is in the run folder",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

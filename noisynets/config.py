@@ -1,0 +1,166 @@
+"""Run configuration: a dataclass, the presets that fill what a user leaves out, and validation.
+
+A field left ``None`` takes the preset for the run's data set, rule and unit (``PRESETS``,
+``RULE_LR`` and ``UNIT_PRESETS``; the README's table lists them). ``resolve`` returns a config
+with every field set and checked; a bad value raises ``ValueError`` with a one-line message.
+Configs load from TOML files whose keys are the field names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from noisynets.data import DATASETS
+from noisynets.losses import LOSSES
+from noisynets.network import ENCODINGS
+from noisynets.rules import RULES
+from noisynets.units import UNITS
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. ``None`` means "the preset"."""
+
+    algo: str = "danp"
+    dataset: str = "digits"
+    hidden: list[int] | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    decor_lr: float | None = None
+    decor_fraction: float | None = None
+    noise_std: float | None = None
+    noise_samples: int = 1
+    optimizer: str = "adam"
+    loss: str = "ce"
+    unit: str = "leaky_relu"
+    time_steps: int | None = None
+    encoding: str = "current"
+    beta: float = 0.9
+    threshold: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Per data set: the network and the schedule.
+PRESETS: dict[str, dict[str, Any]] = {
+    "digits": dict(
+        hidden=[1000, 1000, 1000], epochs=40, batch_size=64, noise_std=1e-3, decor_lr=1e-3,
+        decor_fraction=1.0,
+    ),
+    "fashion-mnist": dict(
+        hidden=[1000, 1000, 1000], epochs=5, batch_size=1000, noise_std=1e-3, decor_lr=3e-4,
+        decor_fraction=0.1,
+    ),
+}
+PRESETS["mnist"] = PRESETS["fashion-mnist"]
+PRESETS["cifar10"] = PRESETS["fashion-mnist"]
+
+# Per data set and rule (the plain and the decorrelated variant share it): Adam's learning rate.
+RULE_LR: dict[str, dict[str, float]] = {
+    "digits": dict(bp=1e-3, np=1e-3, inp=1e-3, anp=1e-3),
+    "fashion-mnist": dict(bp=1e-4, np=1e-4, inp=3e-4, anp=3e-4),
+}
+RULE_LR["mnist"] = RULE_LR["fashion-mnist"]
+RULE_LR["cifar10"] = RULE_LR["fashion-mnist"]
+SGD_LR_FACTOR = 100.0  # SGD takes a learning rate this many times Adam's
+
+# Per unit: what changes for units that need it (a discontinuous unit needs a noise large enough
+# to flip it; a spiking unit runs for several time steps).
+UNIT_PRESETS: dict[str, dict[str, Any]] = {
+    "lif": dict(time_steps=10),
+}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """The fields of a TOML config file (keys are ``TrainConfig`` field names)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"config file {str(path)!r}: unknown key(s) {', '.join(unknown)}")
+    return data
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """A copy of ``config`` with the presets filled in, validated."""
+    _choice("algo", config.algo, RULES)
+    _choice("dataset", config.dataset, DATASETS)
+    _choice("optimizer", config.optimizer, OPTIMIZERS)
+    _choice("loss", config.loss, LOSSES)
+    _choice("unit", config.unit, UNITS)
+    _choice("encoding", config.encoding, ENCODINGS)
+    _choice("device", config.device, DEVICES)
+    preset = dict(PRESETS[config.dataset])
+    preset.update(UNIT_PRESETS.get(config.unit, {}))
+    base_rule = config.algo[1:] if config.algo.startswith("d") else config.algo
+    lr = RULE_LR.get(config.dataset, RULE_LR["digits"])[base_rule]
+    preset["lr"] = lr * (SGD_LR_FACTOR if config.optimizer == "sgd" else 1.0)
+    preset.setdefault("time_steps", 1)
+    filled = {
+        name: preset[name] if getattr(config, name) is None else getattr(config, name)
+        for name in preset
+    }
+    c = dataclasses.replace(config, **filled)
+    if not isinstance(c.hidden, (list, tuple)) or not c.hidden:
+        raise ValueError(f"hidden {c.hidden!r} must be a list of layer sizes, e.g. [1000, 1000]")
+    c.hidden = list(c.hidden)
+    for h in c.hidden:
+        _positive_int("hidden", h)
+    for name in ("epochs", "batch_size", "noise_samples", "time_steps"):
+        _positive_int(name, getattr(c, name))
+    for name in ("lr", "noise_std", "beta", "threshold"):
+        _positive_float(name, getattr(c, name))
+    _nonnegative_float("decor_lr", c.decor_lr)
+    _positive_float("decor_fraction", c.decor_fraction)
+    if c.decor_fraction > 1:
+        raise ValueError(f"decor_fraction {c.decor_fraction} must be in (0, 1]")
+    if c.beta > 1:
+        raise ValueError(f"beta {c.beta} must be in (0, 1]")
+    if isinstance(c.seed, bool) or not isinstance(c.seed, int) or c.seed < 0:
+        raise ValueError(f"seed {c.seed!r} must be an integer >= 0")
+    return c
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} {value!r} must be a positive integer")
+
+
+def _positive_float(name: str, value: Any) -> None:
+    _nonnegative_float(name, value)
+    if value == 0:
+        raise ValueError(f"{name} {value!r} must be a positive, finite number")
+
+
+def _nonnegative_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} {value!r} must be a number")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} {value!r} must be a finite number >= 0")
