@@ -104,7 +104,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> Parser:
-    parser = Parser(prog="noisynets", description="Learning in noisy networks by node perturbation.")
+    parser = Parser(
+        prog="noisynets", description="Learning in noisy networks by node perturbation."
+    )
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
     train = sub.add_parser("train", help="train a network (the main job)")
     add_train_arguments(train)

@@ -1,0 +1,22 @@
+"""Shared fixtures: small float64 networks and a fixed batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from noisynets import Network
+
+
+@pytest.fixture
+def small_net() -> Network:
+    """The 10-20-20-20-5 leaky-ReLU network of ALGORITHMS.md, in float64, noise 1e-4."""
+    return Network([10, 20, 20, 20, 5], noise_std=1e-4, seed=0).double()
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 10, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (32,), generator=g)
+    return x, y

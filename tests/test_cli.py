@@ -1,0 +1,123 @@
+"""The command line: the main job's output, and one clear line (exit 2) for every user mistake."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from noisynets import data
+from noisynets.cli import main
+
+
+@pytest.fixture
+def no_data(tmp_path, monkeypatch):
+    """A machine with no data sets installed anywhere."""
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "system")
+    monkeypatch.delenv("NOISYNETS_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def fails(capsys, argv: list[str], *words: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("noisynets: error: ")
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "--algo", "backprop"], ["--algo", "backprop", "danp"]),
+        (["train", "--dataset", "imagenet"], ["--dataset", "imagenet", "fashion-mnist"]),
+        (["train", "--epochs", "0"], ["--epochs", "'0'", "positive"]),
+        (["train", "--epochs", "-3"], ["--epochs", "'-3'"]),
+        (["train", "--batch-size", "ten"], ["--batch-size", "'ten'", "integer"]),
+        (["train", "--lr", "nan"], ["--lr", "'nan'", "finite"]),
+        (["train", "--lr=-1e-3"], ["--lr", "'-1e-3'"]),
+        (["train", "--noise-std", "inf"], ["--noise-std", "'inf'", "finite"]),
+        (["train", "--noise-std", "0"], ["--noise-std", "'0'", "positive"]),
+        (["train", "--hidden", "100", "0"], ["--hidden", "'0'"]),
+        (["train", "--decor-fraction", "1.5"], ["decor_fraction", "1.5"]),
+        (["train", "--seed", "-1"], ["--seed", "'-1'"]),
+        (["train", "--unit", "relu6"], ["--unit", "relu6"]),
+        (["train", "--bogus"], ["--bogus"]),
+        (["fly"], ["fly"]),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(capsys, argv, words):
+    fails(capsys, argv, *words)
+
+
+def test_a_missing_data_set_names_the_places_searched(capsys, no_data):
+    line = fails(capsys, ["train", "--dataset", "mnist", "--out", str(no_data / "run")], "mnist")
+    assert str(no_data / "system") in line
+    assert not (no_data / "run").exists() or not any((no_data / "run").iterdir())
+
+
+def test_a_corrupt_data_file_is_named(capsys, no_data):
+    root = no_data / "files"
+    root.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (root / f"{name}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 7))
+    fails(capsys, ["train", "--dataset", "mnist", "--data-root", str(root)], "idx")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_missing_gpu_is_a_clear_error(capsys, tmp_path):
+    fails(capsys, ["train", "--device", "cuda", "--out", str(tmp_path)], "cuda", "--device cpu")
+
+
+def test_a_bad_config_file_is_a_clear_error(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('algo = "danp"\nlearning_rate = 0.1\n')
+    fails(capsys, ["train", "--config", str(bad)], "learning_rate")
+    fails(capsys, ["train", "--config", str(tmp_path / "none.toml")], "none.toml")
+    bad.write_text("epochs = [\n")
+    fails(capsys, ["train", "--config", str(bad)], "TOML")
+    bad.write_text('epochs = "many"\n')
+    fails(capsys, ["train", "--config", str(bad)], "epochs", "many")
+
+
+def test_train_json_reports_the_run(capsys, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("hidden = [32]\nepochs = 3\n")
+    argv = ["train", "--config", str(config), "--epochs", "2", "--algo", "anp", "--json",
+            "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    for key in ("algo", "dataset", "epochs", "test_accuracy", "train_loss", "seconds", "out"):
+        assert key in result
+    assert result["algo"] == "anp" and result["dataset"] == "digits"
+    assert result["epochs"] == 2 and result["config"]["hidden"] == [32]
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    for h in result["history"]:
+        assert {"epoch", "train_loss", "test_accuracy", "alignment"} <= set(h)
+        assert len(h["alignment"]) == 2
+    assert 0 <= result["test_accuracy"] <= 1
+    folder = tmp_path / "run"
+    assert json.loads((folder / "results.json").read_text())["test_accuracy"] == \
+        result["test_accuracy"]
+    assert (folder / "learning_curve.png").stat().st_size > 10_000
+
+
+def test_the_console_script_exits_2_without_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "noisynets.cli", "train", "--lr", "0"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "--lr" in proc.stderr

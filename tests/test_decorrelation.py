@@ -1,0 +1,46 @@
+"""The decorrelator (ALGORITHMS.md, "Decorrelation")."""
+
+from __future__ import annotations
+
+import torch
+
+from noisynets.decorrelation import Decorrelator, mean_abs_correlation
+
+
+def correlated_gaussian(m: int, d: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.eye(d) + 0.6 * torch.randn(d, d, generator=g) / d**0.5
+    return torch.randn(m, d, generator=g) @ mixing.T + 0.8 * torch.randn(m, 1, generator=g)
+
+
+def test_decorrelation_lowers_the_mean_off_diagonal_correlation_tenfold():
+    x = correlated_gaussian(2000, 16)
+    before = mean_abs_correlation(x).item()
+    dec = Decorrelator(16)
+    for _ in range(300):
+        dec.update(dec(x[torch.randint(0, 2000, (200,))]), lr=0.05)
+    after = mean_abs_correlation(dec(x)).item()
+    assert before > 0.2
+    assert after < before / 10, (before, after)
+
+
+def test_the_low_rank_update_equals_the_direct_one():
+    """``Xh^T (Xh R)/m - diag(mean Xh^2) R`` (m < d) is ``C R`` with C's diagonal zeroed."""
+    d, m = 12, 5
+    R = torch.eye(d, dtype=torch.float64) + 0.1 * torch.randn(d, d, dtype=torch.float64)
+    xh = torch.randn(m, d, dtype=torch.float64)
+    C = xh.T @ xh / m
+    C.fill_diagonal_(0)
+    expected = R - 0.01 * C @ R
+    dec = Decorrelator(d).double()
+    dec.R.copy_(R)
+    dec.update(xh, lr=0.01)  # m < d: the low-rank form
+    torch.testing.assert_close(dec.R, expected)
+    dec.R.copy_(R)
+    dec.update(torch.cat([xh] * 3), lr=0.01)  # m = 15 >= d: the direct form, the same C
+    torch.testing.assert_close(dec.R, expected)
+
+
+def test_the_decorrelator_starts_as_the_identity():
+    x = torch.randn(7, 4)
+    torch.testing.assert_close(Decorrelator(4)(x), x)

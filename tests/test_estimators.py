@@ -1,0 +1,130 @@
+"""The estimators' statistics against autograd (ALGORITHMS.md, "What the estimators estimate").
+
+NP and INP are unbiased: the mean of many estimates is the gradient. ANP is biased by design
+(a positive semi-definite preconditioning), so its mean is a descent direction in every layer.
+One INP estimate, and one ANP estimate averaged over the layers, align better than one of NP.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from noisynets import Network, Passes, Record, make_rule
+from noisynets.rules import ANP, INP
+from noisynets.rules.perturbation import outer_products
+from noisynets.training import cosine
+
+
+def flat(grads: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    return [torch.cat([w.flatten(), b]) for w, b in grads]
+
+
+def true_gradient(net: Network, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    return flat(make_rule("bp").gradients(net, x, y)[0])
+
+
+def test_bp_is_autograd_of_the_mean_loss(small_net: Network, batch) -> None:
+    x, y = batch
+    small_net.zero_grad()
+    torch.nn.functional.cross_entropy(small_net(x), y).backward()
+    expected = [torch.cat([layer.weight.grad.flatten(), layer.bias.grad])
+                for layer in small_net.layers]
+    for got, want in zip(true_gradient(small_net, x, y), expected):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["np", "inp"])
+def test_mean_of_many_np_and_inp_estimates_is_the_gradient(small_net: Network, batch, name):
+    x, y = batch
+    truth = true_gradient(small_net, x, y)
+    mean = flat(make_rule(name, noise_samples=6000).gradients(small_net, x, y)[0])
+    for k, (m, g) in enumerate(zip(mean, truth)):
+        assert cosine(m, g) > 0.95, f"{name} layer {k + 1}: cosine {cosine(m, g):.3f}"
+        ratio = (m.norm() / g.norm()).item()
+        assert 0.9 < ratio < 1.1, f"{name} layer {k + 1}: norm ratio {ratio:.3f}"
+
+
+def test_mean_of_many_anp_estimates_is_a_descent_direction(small_net: Network, batch):
+    x, y = batch
+    truth = true_gradient(small_net, x, y)
+    mean = flat(make_rule("anp", noise_samples=6000).gradients(small_net, x, y)[0])
+    cosines = [cosine(m, g) for m, g in zip(mean, truth)]
+    assert min(cosines) > 0.3, cosines
+    # Exact (up to sampling) for the first layer, where da carries no upstream perturbation.
+    assert cosines[0] > 0.95, cosines
+
+
+def single_estimates(name: str, net: Network, x, y, count: int) -> list[list[torch.Tensor]]:
+    """``count`` independent single-sample estimates of rule ``name``, from one batched forward
+    of ``count`` noisy passes, each estimated against the clean pass on its own."""
+    L = net.num_layers
+    if name == "np":
+        record, noise = net.run_reading_noise(x, y, Passes.perturbed(L, count))
+        variance = [layer.noise.variance for layer in net.layers]
+        dL = record.loss[1:] - record.loss[:1]
+        return [flat(outer_products(
+            [(dL[k] / v).unsqueeze(-1) * eps[k : k + 1] for eps, v in zip(noise, variance)],
+            record)) for k in range(count)]
+    if name == "inp":
+        record = net.run(x, y, Passes.layerwise(L, count))
+        picks = [[0] + [1 + layer * count + k for layer in range(L)] for k in range(count)]
+        estimate = lambda r: INP.estimate(r, Passes.layerwise(L, 1))  # noqa: E731
+    else:
+        record = net.run(x, y, Passes.perturbed(L, count))
+        picks = [[0, 1 + k] for k in range(count)]
+        estimate = ANP.estimate
+    return [flat(estimate(Record(record.inputs, [a[p] for a in record.activity],
+                                 record.loss[p], record.time_steps))) for p in picks]
+
+
+def test_a_single_inp_or_anp_estimate_aligns_better_than_one_of_np(small_net: Network, batch):
+    x, y = batch
+    truth = true_gradient(small_net, x, y)
+    single = {}
+    for name in ("np", "inp", "anp"):
+        estimates = single_estimates(name, small_net, x, y, 400)
+        single[name] = torch.tensor([[cosine(e, g) for e, g in zip(est, truth)]
+                                     for est in estimates]).mean(0)
+    assert (single["inp"] > single["np"]).all(), single
+    assert single["anp"].mean() > single["np"].mean(), single
+
+
+def test_single_estimates_are_the_estimates_of_one_noisy_pass(small_net: Network, batch):
+    """The helper above computes what the rules compute (same seed, one noisy pass)."""
+    x, y = batch
+    for name in ("np", "inp", "anp"):
+        net = Network([10, 20, 20, 20, 5], noise_std=1e-4, seed=0).double()
+        via_rule = flat(make_rule(name).gradients(net, x, y)[0])
+        net = Network([10, 20, 20, 20, 5], noise_std=1e-4, seed=0).double()
+        via_helper = single_estimates(name, net, x, y, 1)[0]
+        for a, b in zip(via_rule, via_helper):
+            torch.testing.assert_close(a, b)
+
+
+def test_k_noise_samples_average_the_estimates(small_net: Network, batch):
+    """K noisy passes against one clean pass: a better estimate than one pass."""
+    x, y = batch
+    truth = true_gradient(small_net, x, y)
+
+    def mean_cosine(k: int) -> float:
+        rule = make_rule("anp", noise_samples=k)
+        return sum(cosine(e, g) for _ in range(20)
+                   for e, g in zip(flat(rule.gradients(small_net, x, y)[0]), truth)) / 80
+
+    assert mean_cosine(64) > mean_cosine(1) + 0.2
+
+
+def test_anp_guards_samples_whose_activity_did_not_change():
+    """A sample with ||da|| = 0 contributes nothing (no division by zero, no NaN)."""
+    from noisynets.network import Record
+    from noisynets.rules import ANP
+
+    activity = [torch.zeros(2, 3, 4), torch.zeros(2, 3, 2)]
+    activity[0][1, 0, 0] = 1.0  # only node 0 of sample 0 of the noisy pass changed
+    loss = torch.tensor([[1.0, 1.0, 1.0], [2.0, 1.5, 1.0]])
+    record = Record([torch.ones(3, 5), torch.ones(3, 4)], activity, loss, 1)
+    (g_w, g_b), _ = ANP.estimate(record)
+    assert torch.isfinite(g_w).all() and torch.isfinite(g_b).all()
+    # Sample 0 alone: dL = 1, N = 6, ||da||^2 = 1 -> signal 6 on node 0, averaged over 3 samples.
+    torch.testing.assert_close(g_b, torch.tensor([2.0, 0.0, 0.0, 0.0]))

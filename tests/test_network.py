@@ -1,0 +1,75 @@
+"""The batched clean/noisy forward and the Record it returns (ALGORITHMS.md, "Two passes")."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from noisynets import Network, Passes, Record
+
+
+def test_the_reference_pass_of_a_perturbed_forward_is_the_clean_forward(small_net, batch):
+    x, y = batch
+    clean = small_net.run(x, y, Passes.clean(4))
+    perturbed = small_net.run(x, y, Passes.perturbed(4, samples=3))
+    for c, p in zip(clean.activity, perturbed.activity):
+        torch.testing.assert_close(p[0], c[0])
+        assert (p[1:] != p[:1]).all(dim=-1).all(), "every node of every noisy pass is perturbed"
+    torch.testing.assert_close(perturbed.loss[0], clean.loss[0])
+    torch.testing.assert_close(small_net(x), clean.logits[0])
+
+
+def test_inp_passes_perturb_one_layer_each(small_net, batch):
+    x, y = batch
+    record = small_net.run(x, y, Passes.layerwise(4, samples=2))
+    assert record.loss.shape == (9, 32)
+    for k in range(4):
+        block = slice(1 + 2 * k, 3 + 2 * k)
+        for layer in range(4):
+            same = torch.equal(record.activity[layer][block],
+                               record.activity[layer][:1].expand(2, -1, -1))
+            assert same == (layer < k), (k, layer)
+
+
+def test_with_intrinsic_noise_in_both_passes_the_reference_pass_is_noisy(batch):
+    x, y = batch
+    quiet = Network([10, 20, 5], noise_std=1e-2, seed=0).double()
+    noisy = Network([10, 20, 5], noise_std=1e-2, seed=0, both_noisy=True).double()
+    a = quiet.run(x, y, Passes.perturbed(2)).activity[0]
+    b = noisy.run(x, y, Passes.perturbed(2, both_noisy=True)).activity[0]
+    torch.testing.assert_close(a[0], b[0], atol=0.1, rtol=0)  # same weights, small noise
+    assert not torch.equal(a[0], b[0])
+    assert not torch.equal(b[0], b[1]), "the two passes carry independent noise"
+
+
+def test_the_first_layer_multiplies_its_input_once(monkeypatch, small_net, batch):
+    x, y = batch
+    rows = []
+    first = small_net.layers[0]
+    original = first.activity
+    monkeypatch.setattr(first, "activity", lambda xh: rows.append(xh.shape[0]) or original(xh))
+    small_net.run(x, y, Passes.perturbed(4, samples=5))
+    assert rows == [32]
+
+
+def test_a_record_holds_no_noise_values():
+    names = {f.name for f in dataclasses.fields(Record)}
+    assert names == {"inputs", "activity", "loss", "time_steps", "outputs", "membrane"}
+
+
+def test_the_same_seed_builds_the_same_network_and_noise(batch):
+    x, y = batch
+    a = Network([10, 20, 5], noise_std=0.1, seed=3).run(x.float(), y, Passes.perturbed(2))
+    b = Network([10, 20, 5], noise_std=0.1, seed=3).run(x.float(), y, Passes.perturbed(2))
+    c = Network([10, 20, 5], noise_std=0.1, seed=4).run(x.float(), y, Passes.perturbed(2))
+    torch.testing.assert_close(a.activity[1], b.activity[1], rtol=0, atol=0)
+    assert not torch.equal(a.activity[1], c.activity[1])
+
+
+def test_layers_draw_independent_noise(batch):
+    x, y = batch
+    net = Network([10, 10, 10, 10], unit="identity", noise_std=1.0, seed=0)
+    record, noise = net.run_reading_noise(x.float(), y, Passes.perturbed(3))
+    assert not torch.equal(noise[0], noise[1])
+    assert not torch.equal(noise[1], noise[2])
