@@ -17,6 +17,7 @@ from noisynets.config import DEVICES, OPTIMIZERS, TrainConfig, load_toml
 from noisynets.data import DATASETS
 from noisynets.losses import LOSSES
 from noisynets.network import ENCODINGS
+from noisynets.noise import NOISES
 from noisynets.rules import RULES
 from noisynets.units import UNITS
 
@@ -86,8 +87,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="decorrelation learning rate eta_R (default: preset)")
     p.add_argument("--decor-fraction", type=positive_float,
                    help="share of the batch used for the correlation estimate, in (0, 1]")
+    p.add_argument("--noise", metavar="SPEC",
+                   help="intrinsic node noise: NAME or NAME:key=value,... and sums joined by +; "
+                        f"names: {', '.join(NOISES)} (default gaussian)")
     p.add_argument("--noise-std", type=positive_float, help="noise scale s (default: preset)")
     p.add_argument("--noise-samples", type=positive_int, help="noisy passes K per step (1)")
+    p.add_argument("--both-noisy", action="store_true", default=None,
+                   help="the noise cannot be switched off: both passes are noisy (anp, danp)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="torch optimizer (adam)")
     p.add_argument("--loss", choices=tuple(LOSSES), help="per-sample loss (ce)")
     p.add_argument("--unit", choices=UNITS, help="hidden units (leaky_relu)")
@@ -95,6 +101,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoding", choices=ENCODINGS, help="input over time: current | poisson")
     p.add_argument("--beta", type=positive_float, help="LIF membrane decay (0.9)")
     p.add_argument("--threshold", type=positive_float, help="LIF threshold (1.0)")
+    p.add_argument("--threshold-noise", type=nonnegative_float,
+                   help="std of Gaussian noise on the LIF threshold (0)")
     p.add_argument("--seed", type=nonnegative_int, help="seed of weights, noise and data order (0)")
     p.add_argument("--device", choices=DEVICES, help="auto | cpu | cuda (auto)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: a new one under ./runs/)")

@@ -19,6 +19,7 @@ import tomllib
 from noisynets.data import DATASETS
 from noisynets.losses import LOSSES
 from noisynets.network import ENCODINGS
+from noisynets.noise import make_noise
 from noisynets.rules import RULES
 from noisynets.units import UNITS
 
@@ -38,8 +39,10 @@ class TrainConfig:
     lr: float | None = None
     decor_lr: float | None = None
     decor_fraction: float | None = None
+    noise: str = "gaussian"
     noise_std: float | None = None
     noise_samples: int = 1
+    both_noisy: bool = False
     optimizer: str = "adam"
     loss: str = "ce"
     unit: str = "leaky_relu"
@@ -47,6 +50,7 @@ class TrainConfig:
     encoding: str = "current"
     beta: float = 0.9
     threshold: float = 1.0
+    threshold_noise: float = 0.0
     seed: int = 0
     device: str = "auto"
     data_root: str | None = None
@@ -63,17 +67,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         decor_fraction=1.0,
     ),
     "fashion-mnist": dict(
-        hidden=[1000, 1000, 1000], epochs=5, batch_size=1000, noise_std=1e-3, decor_lr=3e-4,
+        hidden=[1000, 1000, 1000], epochs=5, batch_size=1000, noise_std=1e-3, decor_lr=1e-3,
         decor_fraction=0.1,
     ),
 }
 PRESETS["mnist"] = PRESETS["fashion-mnist"]
 PRESETS["cifar10"] = PRESETS["fashion-mnist"]
 
-# Per data set and rule (the plain and the decorrelated variant share it): Adam's learning rate.
+# Per data set and rule: Adam's learning rate.
 RULE_LR: dict[str, dict[str, float]] = {
-    "digits": dict(bp=1e-3, np=1e-3, inp=1e-3, anp=1e-3),
-    "fashion-mnist": dict(bp=1e-4, np=1e-4, inp=3e-4, anp=3e-4),
+    "digits": dict(bp=1e-3, dbp=1e-3, np=1e-3, dnp=1e-3, inp=1e-3, dinp=1e-3, anp=1e-3, danp=1e-3),
+    "fashion-mnist": dict(
+        bp=1e-4, dbp=1e-4, np=1e-4, dnp=1e-4, inp=3e-4, dinp=3e-4, anp=5e-4, danp=5e-4
+    ),
 }
 RULE_LR["mnist"] = RULE_LR["fashion-mnist"]
 RULE_LR["cifar10"] = RULE_LR["fashion-mnist"]
@@ -114,8 +120,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _choice("device", config.device, DEVICES)
     preset = dict(PRESETS[config.dataset])
     preset.update(UNIT_PRESETS.get(config.unit, {}))
-    base_rule = config.algo[1:] if config.algo.startswith("d") else config.algo
-    lr = RULE_LR.get(config.dataset, RULE_LR["digits"])[base_rule]
+    lr = RULE_LR[config.dataset][config.algo]
     preset["lr"] = lr * (SGD_LR_FACTOR if config.optimizer == "sgd" else 1.0)
     preset.setdefault("time_steps", 1)
     filled = {
@@ -133,6 +138,14 @@ def resolve(config: TrainConfig) -> TrainConfig:
     for name in ("lr", "noise_std", "beta", "threshold"):
         _positive_float(name, getattr(c, name))
     _nonnegative_float("decor_lr", c.decor_lr)
+    _nonnegative_float("threshold_noise", c.threshold_noise)
+    if c.threshold_noise > 0 and c.unit != "lif":
+        raise ValueError(f"threshold_noise {c.threshold_noise:g} needs --unit lif")
+    if not isinstance(c.both_noisy, bool):
+        raise ValueError(f"both_noisy {c.both_noisy!r} must be true or false")
+    if not isinstance(c.noise, str):
+        raise ValueError(f"noise {c.noise!r} must be a noise spec such as 'gaussian'")
+    make_noise(c.noise, c.noise_std)  # raises on a bad spec
     _positive_float("decor_fraction", c.decor_fraction)
     if c.decor_fraction > 1:
         raise ValueError(f"decor_fraction {c.decor_fraction} must be in (0, 1]")

@@ -34,6 +34,9 @@ from noisynets.noise import NoiseSource
 class NoisyLinear(nn.Module):
     """A dense layer of ``out_features`` noisy nodes with ``in_features`` inputs.
 
+    ``noise`` enters the activity; the optional ``threshold_noise`` (spiking units) enters the
+    threshold. Both act only in the passes where the layer is noisy.
+
     Weights are He-normal (``std = sqrt(2 / in_features)``), biases zero, ``R`` the identity.
     """
 
@@ -45,6 +48,7 @@ class NoisyLinear(nn.Module):
         noise: NoiseSource,
         decorrelation: bool = False,
         generator: torch.Generator | None = None,
+        threshold_noise: NoiseSource | None = None,
     ) -> None:
         super().__init__()
         self.in_features = int(in_features)
@@ -57,6 +61,7 @@ class NoisyLinear(nn.Module):
         self.decorrelator = Decorrelator(self.in_features) if decorrelation else None
         self.unit = unit
         self.noise = noise
+        self.threshold_noise = threshold_noise
 
     def decorrelate(self, x: Tensor) -> Tensor:
         """``xh = R x`` (``x`` itself when the layer does not decorrelate)."""

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from noisynets.layers import NoisyLinear
 from noisynets.losses import LOSSES
-from noisynets.noise import Gaussian, NoiseSource
+from noisynets.noise import Gaussian, Logistic, NoiseSource
 from noisynets.units import make_unit
 
 ENCODINGS: tuple[str, ...] = ("current", "poisson")
@@ -109,7 +109,13 @@ class Network(nn.Module):
         time_steps: ``T``, the number of time steps (LIF units; 1 for stateless units).
         encoding: ``current`` (the data as a constant input each step) or ``poisson``.
         loss: ``ce`` or ``mse``.
+        beta, threshold: the LIF neurons' membrane decay and threshold.
+        threshold_noise: the std of Gaussian noise on the LIF threshold (0: none).
         seed: fixes the weights and every layer's noise stream.
+
+    A ``stochastic_binary`` network's hidden layers carry logistic noise of scale 1 (their
+    units are Bernoulli(sigmoid(a)) in the noisy passes); ``noise`` then applies to the
+    output layer.
     """
 
     def __init__(
@@ -127,6 +133,7 @@ class Network(nn.Module):
         loss: str = "ce",
         beta: float = 0.9,
         threshold: float = 1.0,
+        threshold_noise: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -148,6 +155,10 @@ class Network(nn.Module):
             noise = [copy.deepcopy(noise) for _ in range(num_layers)]
         if len(noise) != num_layers:
             raise ValueError(f"got {len(noise)} noise sources for {num_layers} layers")
+        if unit == "stochastic_binary":
+            noise = [Logistic(scale=1.0) for _ in range(num_layers - 1)] + [noise[-1]]
+        if threshold_noise < 0 or (threshold_noise > 0 and unit != "lif"):
+            raise ValueError(f"threshold_noise {threshold_noise} needs lif units and must be >= 0")
 
         g = torch.Generator().manual_seed(int(seed))
         layers = []
@@ -160,8 +171,11 @@ class Network(nn.Module):
                 noise[k],
                 decorrelation=decorrelation,
                 generator=g,
+                threshold_noise=Gaussian(threshold_noise) if threshold_noise and hidden else None,
             )
             layer.noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
+            if layer.threshold_noise is not None:
+                layer.threshold_noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
         self.sizes = sizes
@@ -238,6 +252,7 @@ class Network(nn.Module):
                     xh = layer.decorrelate(h)
                     current = layer.activity(xh)
                 start, stop = passes.noisy[k]
+                shift = None
                 if stop > start:
                     rows = slice(start * B, stop * B)
                     eps = layer.noise(current[rows])
@@ -246,13 +261,17 @@ class Network(nn.Module):
                     )
                     if noise_out is not None:
                         noise_sum[k] = eps if t == 0 else noise_sum[k] + eps
-                h, states[k] = layer.unit(current, states[k])
+                    if layer.threshold_noise is not None:
+                        xi = layer.threshold_noise(current[rows])
+                        shift = torch.zeros_like(current)
+                        shift[rows] = xi
+                h, states[k] = layer.unit(current, states[k], shift)
                 inputs[k] = xh[:B] if t == 0 else inputs[k] + xh[:B]
                 activity[k] = current if t == 0 else activity[k] + current
                 if keep_states:
                     outputs[k].append(h.detach())
                     if states[k] is not None:
-                        membrane[k].append(states[k].detach())
+                        membrane[k].append(states[k][0].detach())
         activity = [a.view(P, B, -1) for a in activity]
         logits = activity[-1] / T
         loss = self.loss_fn(logits.reshape(P * B, -1), y.repeat(P)).view(P, B)

@@ -3,21 +3,80 @@
 A noise source turns a layer's activity ``a`` into the perturbation ``eps`` that enters its
 nodes, ``at = a + eps`` (ALGORITHMS.md, "Two passes"). Each source owns a seeded
 ``torch.Generator`` on the device of the activity it perturbs, so a seed fixes every draw.
+A layer calls its source once per time step, so a stateful source (``Telegraph``) advances
+one step per call.
+
+Sources (ALGORITHMS.md, "Intrinsic, inaccessible noise"): ``Gaussian``, ``Bernoulli``,
+``CenteredBernoulli`` (binary devices), ``Telegraph`` (random telegraph noise, a stochastic
+magnetic tunnel junction), ``Gain`` (multiplicative), ``Shot`` (Poisson), ``Logistic``
+(Heaviside + logistic = stochastic binary unit) and ``Sum`` (independent sources added).
+
+``make_noise(spec, std)`` builds a source from a spec string::
+
+    spec      := component ("+" component)*
+    component := NAME | NAME ":" key "=" value ("," key "=" value)*
+
+``NAME`` is one of ``NOISES``, the keys are its constructor's arguments, the values numbers;
+``std`` is every component's default scale, an explicit ``std=`` overrides it.
 
 Example::
 
     >>> import torch
-    >>> from noisynets.noise import Gaussian
+    >>> from noisynets.noise import Gaussian, make_noise
     >>> noise = Gaussian(std=0.1, seed=0)
     >>> eps = noise(torch.zeros(4, 3))
     >>> eps.shape
     torch.Size([4, 3])
+    >>> make_noise("gaussian+telegraph:switch=0.05", 1e-3).variance
+    2e-06
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
+
+NOISES: tuple[str, ...] = (
+    "gaussian",
+    "bernoulli",
+    "centered_bernoulli",
+    "telegraph",
+    "gain",
+    "shot",
+    "logistic",
+)
+
+
+def _number(
+    name: str,
+    value: float,
+    low: float = 0.0,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a finite float in the interval from ``low`` to ``high`` (else ValueError)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{name}={x} must be finite")
+    if x < low or (low_open and x == low) or x > high or (high_open and x == high):
+        if high == math.inf:
+            interval = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            interval = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name}={x:g} must be {interval}")
+    return x
+
+
+def _float_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype uniforms and counts are drawn in: ``dtype`` if single/double, else float32."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 class NoiseSource(nn.Module):
@@ -27,7 +86,8 @@ class NoiseSource(nn.Module):
 
     * ``additive`` -- ``eps`` does not depend on ``a`` (required by NP, which divides by the
       noise variance);
-    * ``mean`` and ``variance`` -- the per-node statistics of ``eps`` for additive sources.
+    * ``mean`` and ``variance`` -- the per-node statistics of ``eps`` for additive sources
+      (a non-additive source raises ``ValueError`` for ``variance``).
     """
 
     additive: bool = True
@@ -68,11 +128,14 @@ class NoiseSource(nn.Module):
 
 
 class Gaussian(NoiseSource):
-    """Gaussian node noise: ``eps ~ N(0, std^2)``, independent per node, sample and step."""
+    """Gaussian node noise: ``eps ~ N(0, std^2)``, independent per node, sample and step.
+
+    Statistics: mean 0, variance ``std^2``.
+    """
 
     def __init__(self, std: float = 1e-3, seed: int = 0) -> None:
         super().__init__(seed)
-        self.std = float(std)
+        self.std = _number("std", std)
 
     @property
     def mean(self) -> float:
@@ -88,3 +151,389 @@ class Gaussian(NoiseSource):
 
     def extra_repr(self) -> str:
         return f"std={self.std:g}"
+
+
+class Bernoulli(NoiseSource):
+    """Binary (on/off) node noise: ``eps = A * b``, ``b ~ Bernoulli(p)``, ``A = std/sqrt(p(1-p))``.
+
+    Independent per node, sample and step. Statistics: mean ``A * p``, variance ``std^2``
+    (the amplitude ``A`` is chosen so that the standard deviation is ``std``).
+    """
+
+    def __init__(self, std: float = 1e-3, p: float = 0.5, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.std = _number("std", std)
+        self.p = _number("p", p, 0.0, 1.0, low_open=True, high_open=True)
+
+    @property
+    def amplitude(self) -> float:
+        """``A = std / sqrt(p (1 - p))``, the size of a binary event."""
+        return self.std / math.sqrt(self.p * (1.0 - self.p))
+
+    @property
+    def mean(self) -> float:
+        return self.amplitude * self.p
+
+    @property
+    def variance(self) -> float:
+        return self.std**2
+
+    def _bits(self, a: Tensor) -> Tensor:
+        g = self.generator(a.device)
+        u = torch.rand(a.shape, generator=g, device=a.device, dtype=_float_dtype(a.dtype))
+        return (u < self.p).to(a.dtype)
+
+    def forward(self, a: Tensor) -> Tensor:
+        return self._bits(a) * self.amplitude
+
+    def extra_repr(self) -> str:
+        return f"std={self.std:g}, p={self.p:g}"
+
+
+class CenteredBernoulli(Bernoulli):
+    """Centred binary noise: ``eps = A * (b - p)``, ``b ~ Bernoulli(p)``, ``A = std/sqrt(p(1-p))``.
+
+    A binary device whose mean is removed: it takes ``A (1 - p)`` with probability ``p`` and
+    ``-A p`` otherwise. Statistics: mean 0, variance ``std^2``.
+    """
+
+    @property
+    def mean(self) -> float:
+        return 0.0
+
+    def forward(self, a: Tensor) -> Tensor:
+        return (self._bits(a) - self.p) * self.amplitude
+
+
+class Telegraph(NoiseSource):
+    """Random telegraph noise, a model of a stochastic magnetic tunnel junction.
+
+    Every entry of the activity (each row and node) has a two-state ``s in {-1, +1}`` that
+    flips with probability ``switch`` per call (one call per time step)::
+
+        s_t   = -s_{t-1} with probability switch, else s_{t-1}
+        eps_t = std * s_t + offset
+
+    ``offset`` is a per-node constant (shape ``a.shape[1:]``, i.e. ``(nodes,)``), drawn once
+    from ``N(0, offset_std^2)`` with the source's generator when first needed and then fixed
+    (device mismatch); it is ``None`` while ``offset_std == 0``. The state is kept between
+    calls while the activity's shape and device stay the same; otherwise (first call, new
+    shape or device, after ``reset()``) it is drawn from the stationary distribution, each
+    state with probability 1/2. ``reset()`` forgets the state but keeps the offset (the same
+    device restarted); ``reseed()`` forgets both (a new device). State and offset are plain
+    attributes, not buffers, so ``state_dict`` does not depend on them.
+
+    Statistics, per node: mean ``offset``; variance ``std^2``; lag-k autocorrelation
+    ``(1 - 2 switch)^k``; expected fraction of entries that flip per step ``switch``.
+    ``mean`` reports 0.0, the mean over nodes (the expected offset), which is every node's
+    mean when ``offset_std == 0``; the per-node means are ``offset``.
+    """
+
+    def __init__(
+        self, std: float = 1e-3, switch: float = 0.1, offset_std: float = 0.0, seed: int = 0
+    ) -> None:
+        super().__init__(seed)
+        self.std = _number("std", std)
+        self.switch = _number("switch", switch, 0.0, 1.0, low_open=True)
+        self.offset_std = _number("offset_std", offset_std)
+        self._state: Tensor | None = None  # bool, True for s = +1
+        self.offset: Tensor | None = None
+
+    @property
+    def mean(self) -> float:
+        return 0.0
+
+    @property
+    def variance(self) -> float:
+        return self.std**2
+
+    def autocorrelation(self, lag: int) -> float:
+        """The correlation of ``eps_t`` and ``eps_{t+lag}`` of one entry: ``(1-2 switch)^lag``."""
+        return (1.0 - 2.0 * self.switch) ** int(lag)
+
+    def reset(self) -> None:
+        self._state = None
+
+    def reseed(self, seed: int) -> None:
+        self.offset = None
+        super().reseed(seed)
+
+    def _offset(self, a: Tensor, g: torch.Generator) -> Tensor | None:
+        if self.offset_std == 0.0:
+            return None
+        shape = a.shape[1:] if a.dim() > 1 else a.shape
+        offset = self.offset
+        if offset is None or offset.shape != shape:
+            dtype = _float_dtype(a.dtype)
+            offset = torch.randn(shape, generator=g, device=a.device, dtype=dtype)
+            offset = offset * self.offset_std
+        elif offset.device != a.device:
+            offset = offset.to(a.device)
+        self.offset = offset
+        return offset
+
+    def forward(self, a: Tensor) -> Tensor:
+        g = self.generator(a.device)
+        offset = self._offset(a, g)
+        state = self._state
+        u = torch.rand(a.shape, generator=g, device=a.device, dtype=_float_dtype(a.dtype))
+        if state is None or state.shape != a.shape or state.device != a.device:
+            state = u < 0.5  # stationary: each state with probability 1/2
+        else:
+            state = state ^ (u < self.switch)
+        self._state = state
+        eps = (state.to(a.dtype) * 2.0 - 1.0) * self.std
+        return eps if offset is None else eps + offset.to(a.dtype)
+
+    def extra_repr(self) -> str:
+        return f"std={self.std:g}, switch={self.switch:g}, offset_std={self.offset_std:g}"
+
+
+class Gain(NoiseSource):
+    """Multiplicative (gain) noise: ``at = a (1 + std z)``, ``z ~ N(0, 1)``, so ``eps = a std z``.
+
+    Independent per node, sample and step. ``eps`` depends on ``a``, so the source is not
+    additive: its mean is 0 but its variance ``std^2 a^2`` is not a constant, and ``variance``
+    raises ``ValueError`` (``relative_variance`` is ``std^2``, the variance of ``eps / a``).
+    """
+
+    additive = False
+
+    def __init__(self, std: float = 1e-3, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.std = _number("std", std)
+
+    @property
+    def mean(self) -> float:
+        return 0.0
+
+    @property
+    def variance(self) -> float:
+        raise ValueError(
+            "gain noise is multiplicative: the variance of eps = a * std * z is std^2 * a^2, "
+            "which depends on the activity (see relative_variance)"
+        )
+
+    @property
+    def relative_variance(self) -> float:
+        """The variance of ``eps / a``: ``std^2``."""
+        return self.std**2
+
+    def forward(self, a: Tensor) -> Tensor:
+        g = self.generator(a.device)
+        z = torch.randn(a.shape, generator=g, device=a.device, dtype=a.dtype)
+        return a * (z * self.std)
+
+    def extra_repr(self) -> str:
+        return f"std={self.std:g}"
+
+
+class Shot(NoiseSource):
+    """Poisson (shot) noise: ``eps = q (N - rate)``, ``N ~ Poisson(rate)``, ``q = std/sqrt(rate)``.
+
+    ``rate`` is the expected number of charge carriers (events) per step and ``q`` their charge.
+    Independent per node, sample and step. Statistics: mean 0, variance ``std^2``; it is skewed
+    (skewness ``1/sqrt(rate)``) and tends to Gaussian as ``rate`` grows.
+    """
+
+    def __init__(self, std: float = 1e-3, rate: float = 10.0, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.std = _number("std", std)
+        self.rate = _number("rate", rate, low_open=True)
+
+    @property
+    def charge(self) -> float:
+        """``q = std / sqrt(rate)``."""
+        return self.std / math.sqrt(self.rate)
+
+    @property
+    def mean(self) -> float:
+        return 0.0
+
+    @property
+    def variance(self) -> float:
+        return self.std**2
+
+    def forward(self, a: Tensor) -> Tensor:
+        g = self.generator(a.device)
+        rate = torch.full(a.shape, self.rate, device=a.device, dtype=_float_dtype(a.dtype))
+        counts = torch.poisson(rate, generator=g)
+        return ((counts - self.rate) * self.charge).to(a.dtype)
+
+    def extra_repr(self) -> str:
+        return f"std={self.std:g}, rate={self.rate:g}"
+
+
+class Logistic(NoiseSource):
+    """Logistic noise: ``eps = scale * log(u / (1 - u))``, ``u ~ U(0, 1)``.
+
+    Give ``std`` or ``scale`` (not both; neither: ``std = 1e-3``); a logistic variable's
+    standard deviation is ``scale * pi / sqrt(3)``, so ``scale = std * sqrt(3) / pi``.
+    Independent per node, sample and step. Statistics: mean 0, variance ``scale^2 pi^2 / 3``.
+
+    A Heaviside unit with logistic noise of scale 1 is a stochastic binary unit:
+    ``P(a + eps > 0) = sigmoid(a)``, i.e. ``Heaviside(a + eps) ~ Bernoulli(sigmoid(a))``.
+    """
+
+    def __init__(self, std: float | None = None, scale: float | None = None, seed: int = 0) -> None:
+        super().__init__(seed)
+        if std is not None and scale is not None:
+            raise ValueError(f"give std or scale, not both (got std={std}, scale={scale})")
+        if scale is None:
+            scale = _number("std", 1e-3 if std is None else std) * math.sqrt(3.0) / math.pi
+        self.scale = _number("scale", scale)
+
+    @property
+    def std(self) -> float:
+        return self.scale * math.pi / math.sqrt(3.0)
+
+    @property
+    def mean(self) -> float:
+        return 0.0
+
+    @property
+    def variance(self) -> float:
+        return (self.scale * math.pi) ** 2 / 3.0
+
+    def forward(self, a: Tensor) -> Tensor:
+        g = self.generator(a.device)
+        dtype = _float_dtype(a.dtype)
+        u = torch.rand(a.shape, generator=g, device=a.device, dtype=dtype)
+        u = u.clamp_min(torch.finfo(dtype).tiny)  # rand may return 0; never 1
+        return (torch.logit(u) * self.scale).to(a.dtype)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:g}"
+
+
+class Sum(NoiseSource):
+    """The sum of several independent sources: ``eps = sum_i eps_i``.
+
+    Statistics: means and variances add (the children are independent). The sum is additive
+    iff every child is. ``reseed(seed)`` (also done at construction, overriding the children's
+    own seeds) gives every child a distinct seed derived from ``seed``, so that two equal
+    children do not draw the same values; ``reset()`` resets every child.
+    """
+
+    def __init__(self, sources: Iterable[NoiseSource], seed: int = 0) -> None:
+        super().__init__(seed)
+        sources = list(sources)
+        if not sources:
+            raise ValueError("Sum needs at least one noise source")
+        for s in sources:
+            if not isinstance(s, NoiseSource):
+                raise ValueError(f"Sum takes noise sources, got {type(s).__name__}")
+        self.sources = nn.ModuleList(sources)
+        self.reseed(self.seed)
+
+    @property
+    def additive(self) -> bool:  # type: ignore[override]
+        return all(s.additive for s in self.sources)
+
+    @property
+    def mean(self) -> float:
+        return sum(s.mean for s in self.sources)
+
+    @property
+    def variance(self) -> float:
+        if not self.additive:
+            names = ", ".join(type(s).__name__ for s in self.sources if not s.additive)
+            raise ValueError(
+                f"a sum with multiplicative sources ({names}) has no activity-free variance"
+            )
+        return sum(s.variance for s in self.sources)
+
+    def reseed(self, seed: int) -> None:
+        super().reseed(seed)
+        g = torch.Generator().manual_seed(self.seed)
+        seeds = torch.randint(2**62, (len(self.sources),), generator=g).tolist()
+        for s, child_seed in zip(self.sources, seeds):
+            s.reseed(child_seed)
+
+    def reset(self) -> None:
+        for s in self.sources:
+            s.reset()
+
+    def forward(self, a: Tensor) -> Tensor:
+        eps = self.sources[0](a)
+        for s in self.sources[1:]:
+            eps = eps + s(a)
+        return eps
+
+
+_SOURCES: dict[str, tuple[type[NoiseSource], tuple[str, ...]]] = {
+    "gaussian": (Gaussian, ("std",)),
+    "bernoulli": (Bernoulli, ("std", "p")),
+    "centered_bernoulli": (CenteredBernoulli, ("std", "p")),
+    "telegraph": (Telegraph, ("std", "switch", "offset_std")),
+    "gain": (Gain, ("std",)),
+    "shot": (Shot, ("std", "rate")),
+    "logistic": (Logistic, ("std", "scale")),
+}
+
+
+def _component(spec: str, text: str, std: float) -> NoiseSource:
+    def bad(why: str) -> ValueError:
+        return ValueError(f"bad noise spec {spec!r}: {why}")
+
+    name, colon, args = (t.strip() for t in text.partition(":"))
+    if not name:
+        raise bad(
+            f"empty component {text!r}; expected NAME or NAME:key=value,... joined by '+' "
+            f"(names: {', '.join(NOISES)})"
+        )
+    if name.lower() not in _SOURCES:
+        raise bad(f"unknown noise {name!r}; valid names: {', '.join(NOISES)}")
+    name = name.lower()
+    cls, keys = _SOURCES[name]
+    valid = f"valid keys for {name}: {', '.join(keys)}"
+    kwargs: dict[str, float] = {}
+    if colon:
+        for item in args.split(","):
+            key, eq, value = (t.strip() for t in item.partition("="))
+            if not eq or not key or not value:
+                raise bad(f"{item.strip()!r} in {name} is not key=value; {valid}")
+            key = key.lower()
+            if key not in keys:
+                raise bad(f"unknown key {key!r} for {name}; {valid}")
+            if key in kwargs:
+                raise bad(f"key {key!r} given twice for {name}")
+            try:
+                kwargs[key] = float(value)
+            except ValueError:
+                raise bad(f"{key}={value!r} in {name} is not a number") from None
+    if "std" not in kwargs and "scale" not in kwargs:
+        kwargs["std"] = std
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        raise bad(f"{name}: {err}; {valid}") from None
+
+
+def make_noise(spec: str, std: float) -> NoiseSource:
+    """The noise source a spec describes: ``NAME``, ``NAME:key=value,...``, sums joined by ``+``.
+
+    ``NAME`` is one of ``NOISES``; the keys are the constructor's arguments (``std`` and
+    ``p``, ``switch``, ``offset_std``, ``rate`` or ``scale``), the values numbers. ``std`` is
+    each component's default scale; an explicit ``std=`` (or, for logistic, ``scale=``)
+    overrides it. One component gives that source, several a ``Sum``. Raises ``ValueError``
+    (one line, naming the bad part) for an unknown name or key, a value that is not a finite
+    number, or one out of range (``p`` in (0, 1), ``switch`` in (0, 1], ``rate`` > 0, ``std``,
+    ``scale``, ``offset_std`` >= 0).
+
+        >>> make_noise("gaussian+telegraph:switch=0.05,offset_std=0.001", 0.01)
+        Sum(
+          (sources): ModuleList(
+            (0): Gaussian(std=0.01)
+            (1): Telegraph(std=0.01, switch=0.05, offset_std=0.001)
+          )
+        )
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"noise spec {spec!r} must be a string such as 'gaussian'")
+    try:
+        std = _number("std", std)
+    except ValueError as err:
+        raise ValueError(f"noise {err}") from None
+    sources = [_component(spec, text, std) for text in spec.split("+")]
+    return sources[0] if len(sources) == 1 else Sum(sources)

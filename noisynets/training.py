@@ -29,6 +29,7 @@ from noisynets.config import TrainConfig, resolve
 from noisynets.data import Dataset, load_dataset
 from noisynets.decorrelation import mean_abs_correlation
 from noisynets.network import Network, Record
+from noisynets.noise import make_noise
 from noisynets.rules import BP, Rule, make_rule, uses_decorrelation
 
 
@@ -93,7 +94,8 @@ def build(config: TrainConfig, data: Dataset) -> tuple[Network, Rule, torch.opti
     network = Network(
         [data.num_features, *config.hidden, data.num_classes],
         unit=config.unit,
-        noise_std=config.noise_std,
+        noise=make_noise(config.noise, config.noise_std),
+        both_noisy=config.both_noisy,
         decorrelation=uses_decorrelation(config.algo),
         decorrelation_lr=config.decor_lr,
         decorrelation_fraction=config.decor_fraction,
@@ -102,6 +104,7 @@ def build(config: TrainConfig, data: Dataset) -> tuple[Network, Rule, torch.opti
         loss=config.loss,
         beta=config.beta,
         threshold=config.threshold,
+        threshold_noise=config.threshold_noise,
         seed=config.seed,
     )
     rule = make_rule(config.algo, noise_samples=config.noise_samples)

@@ -8,6 +8,8 @@ the noise already added) and its state, and returns its output and new state::
 
 Rate, discontinuous and stochastic units are stateless (``state`` stays ``None``) and run for
 one time step; the leaky integrate-and-fire unit keeps a membrane potential and runs for ``T``.
+A ``stochastic_binary`` unit is a Heaviside unit whose layer carries logistic noise of scale 1:
+``Heaviside(a + logistic) ~ Bernoulli(sigmoid(a))``, so it needs no machinery of its own.
 
 Example::
 
@@ -39,8 +41,10 @@ class RateUnit(nn.Module):
         self.name = name
         self.fn = fn
 
-    def forward(self, current: Tensor, state: Any = None) -> tuple[Tensor, None]:
-        return self.fn(current), None
+    def forward(
+        self, current: Tensor, state: Any = None, threshold_shift: Tensor | None = None
+    ) -> tuple[Tensor, None]:
+        return self.fn(current if threshold_shift is None else current - threshold_shift), None
 
     def extra_repr(self) -> str:
         return self.name
@@ -56,16 +60,49 @@ def sign(a: Tensor) -> Tensor:
     return torch.where(a > 0, 1.0, -1.0).to(a.dtype) + 0.0 * a
 
 
-class LIF(nn.Module):
-    """Leaky integrate-and-fire neurons: ``snntorch.Leaky`` driven by a noisy input current.
+class _Leaky(snn.Leaky):
+    """``snntorch.Leaky`` whose reset is the spike it emitted and whose threshold can be noisy.
 
-    Per time step, with input current ``I_t`` (the node's activity plus its intrinsic noise)::
+    snntorch recomputes the reset from the previous membrane and the *current* threshold. With a
+    noisy threshold that would draw the reset independently of the spike; here the reset is the
+    stored spike itself, and the spike is ``Heaviside(U_t - (theta + xi_theta,t))``.
+    """
+
+    last_spike: Tensor | None = None
+    threshold_shift: Tensor | None = None
+
+    def mem_reset(self, mem: Tensor) -> Tensor:
+        if self.last_spike is None:
+            return super().mem_reset(mem)
+        return self.last_spike.detach()
+
+    def fire(self, mem: Tensor) -> Tensor:
+        return super().fire(mem if self.threshold_shift is None else mem - self.threshold_shift)
+
+
+class LIF(nn.Module):
+    """Leaky integrate-and-fire neurons (``snntorch.Leaky``) driven by a noisy input current.
+
+    Per time step, with input current ``I_t`` (the node's activity plus its intrinsic noise)
+    and, optionally, threshold noise ``xi_t``::
 
         U_t = beta * U_{t-1} + I_t - S_{t-1} * theta        (reset by subtraction)
-        S_t = Heaviside(U_t - theta)
+        S_t = Heaviside(U_t - theta - xi_t)
 
-    The reset always follows the spike ``S_{t-1}`` the neuron actually emitted. Backpropagation
-    through time uses snntorch's surrogate gradient (arctan) for ``dS/dU``.
+    The reset always follows the spike ``S_{t-1}`` the neuron actually emitted. The state is
+    ``(U, S)``. Backpropagation through time uses snntorch's surrogate gradient (arctan).
+
+    Example::
+
+        >>> import torch
+        >>> lif = LIF(beta=0.5)
+        >>> state = None
+        >>> for t in range(3):
+        ...     s, state = lif(torch.tensor([0.6]), state)
+        ...     print(int(s.item()), round(state[0].item(), 2))
+        0 0.6
+        0 0.9
+        1 1.05
     """
 
     stateful = True
@@ -74,12 +111,23 @@ class LIF(nn.Module):
         super().__init__()
         self.beta = float(beta)
         self.threshold = float(threshold)
-        self.neuron = snn.Leaky(beta=self.beta, threshold=self.threshold)
+        self.neuron = _Leaky(beta=self.beta, threshold=self.threshold)
 
-    def forward(self, current: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-        mem = torch.zeros_like(current) if state is None else state
-        spk, mem = self.neuron(current, mem)
-        return spk, mem
+    def forward(
+        self,
+        current: Tensor,
+        state: tuple[Tensor, Tensor] | None,
+        threshold_shift: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if state is None:
+            state = (torch.zeros_like(current), torch.zeros_like(current))
+        mem, spike = state
+        self.neuron.last_spike, self.neuron.threshold_shift = spike, threshold_shift
+        try:
+            spike, mem = self.neuron(current, mem)
+        finally:
+            self.neuron.last_spike = self.neuron.threshold_shift = None
+        return spike, (mem, spike)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta:g}, threshold={self.threshold:g}"
@@ -93,13 +141,15 @@ RATE_UNITS: dict[str, Callable[[Tensor], Tensor]] = {
     "heaviside": heaviside,
     "sign": sign,
 }
-UNITS: tuple[str, ...] = (*RATE_UNITS, "lif")
+UNITS: tuple[str, ...] = (*RATE_UNITS, "stochastic_binary", "lif")
 
 
 def make_unit(name: str, beta: float = 0.9, threshold: float = 1.0) -> nn.Module:
     """The unit called ``name`` (one of ``UNITS``)."""
     if name == "lif":
         return LIF(beta=beta, threshold=threshold)
+    if name == "stochastic_binary":  # a Heaviside unit; its logistic noise is the layer's
+        return RateUnit(name, heaviside)
     if name not in RATE_UNITS:
         raise ValueError(f"unknown unit {name!r}: choose one of {', '.join(UNITS)}")
     return RateUnit(name, RATE_UNITS[name])
