@@ -106,6 +106,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonnegative_int, help="seed of weights, noise and data order (0)")
     p.add_argument("--device", choices=DEVICES, help="auto | cpu | cuda (auto)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: a new one under ./runs/)")
+    p.add_argument("--trace-every", type=nonnegative_int,
+                   help="trace the probe samples every N steps into trace.h5 (50; 0: off)")
+    p.add_argument("--trace-probe", type=positive_int, help="probe samples traced (16)")
+    p.add_argument("--trace-layers", type=positive_int, nargs="+", metavar="K",
+                   help="layers to trace, numbered from 1 (all)")
+    p.add_argument("--trace-units", type=nonnegative_int,
+                   help="most units (and inputs) traced per layer, spread evenly (256; 0: all)")
+    p.add_argument("--spike-events", action="store_true", default=None,
+                   help="also store spikes as event lists (record, time, sample, unit)")
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object on the last line of stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -55,6 +55,11 @@ class TrainConfig:
     device: str = "auto"
     data_root: str | None = None
     out: str | None = None
+    trace_every: int = 50
+    trace_probe: int = 16
+    trace_layers: list[int] | None = None
+    trace_units: int = 256
+    spike_events: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,8 +138,20 @@ def resolve(config: TrainConfig) -> TrainConfig:
     c.hidden = list(c.hidden)
     for h in c.hidden:
         _positive_int("hidden", h)
-    for name in ("epochs", "batch_size", "noise_samples", "time_steps"):
+    for name in ("epochs", "batch_size", "noise_samples", "time_steps", "trace_probe"):
         _positive_int(name, getattr(c, name))
+    for name in ("trace_every", "trace_units"):
+        if isinstance(getattr(c, name), bool) or not isinstance(getattr(c, name), int) \
+                or getattr(c, name) < 0:
+            raise ValueError(f"{name} {getattr(c, name)!r} must be an integer >= 0")
+    if c.trace_layers is not None:
+        if not isinstance(c.trace_layers, (list, tuple)) or not c.trace_layers:
+            raise ValueError(f"trace_layers {c.trace_layers!r} must be a list of layer numbers")
+        c.trace_layers = list(c.trace_layers)
+        for k in c.trace_layers:
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(c.hidden) + 1:
+                raise ValueError(f"trace layer {k!r} does not exist: the network has layers "
+                                 f"1..{len(c.hidden) + 1}")
     for name in ("lr", "noise_std", "beta", "threshold"):
         _positive_float(name, getattr(c, name))
     _nonnegative_float("decor_lr", c.decor_lr)

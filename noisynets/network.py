@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -288,6 +289,20 @@ class Network(nn.Module):
                 torch.stack(m).view(T, P, B, -1) if m else None for m in membrane
             ]
         return record
+
+    @contextmanager
+    def untouched_noise(self) -> Iterator[None]:
+        """Forwards run inside leave every noise stream, and torch's global random state (the
+        Poisson encoding's), where they were: diagnostics and traces do not change a run."""
+        sources = [m for m in self.modules() if isinstance(m, NoiseSource)]
+        saved = [m.get_state() for m in sources]
+        cuda = [p.device.index or 0 for p in self.parameters() if p.device.type == "cuda"][:1]
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                yield
+        finally:
+            for source, state in zip(sources, saved):
+                source.set_state(state)
 
     @torch.no_grad()
     def update_decorrelation(self, record: Record) -> None:

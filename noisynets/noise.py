@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -114,6 +115,18 @@ class NoiseSource(nn.Module):
 
     def reset(self) -> None:
         """Forget any state carried between draws (stateless sources have none)."""
+
+    def get_state(self) -> dict[str, Any]:
+        """What the next draws depend on, for ``set_state`` to restore."""
+        g = self._generator
+        return {"generator": None if g is None else (g.device, g.get_state())}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state["generator"] is None:
+            self._generator = None
+        else:
+            device, rng = state["generator"]
+            self.generator(device).set_state(rng)
 
     @property
     def mean(self) -> float:
@@ -257,6 +270,13 @@ class Telegraph(NoiseSource):
     def reseed(self, seed: int) -> None:
         self.offset = None
         super().reseed(seed)
+
+    def get_state(self) -> dict[str, Any]:
+        return {**super().get_state(), "state": self._state, "offset": self.offset}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        self._state, self.offset = state["state"], state["offset"]
 
     def _offset(self, a: Tensor, g: torch.Generator) -> Tensor | None:
         if self.offset_std == 0.0:

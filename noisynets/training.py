@@ -28,9 +28,10 @@ from tqdm import tqdm
 from noisynets.config import TrainConfig, resolve
 from noisynets.data import Dataset, load_dataset
 from noisynets.decorrelation import mean_abs_correlation
-from noisynets.network import Network, Record
+from noisynets.network import Network, Passes, Record
 from noisynets.noise import make_noise
 from noisynets.rules import BP, Rule, make_rule, uses_decorrelation
+from noisynets.traces import TraceWriter
 
 
 @dataclass
@@ -38,6 +39,7 @@ class EpochStats:
     """The measurements taken after one epoch (``epoch = 0``: before training)."""
 
     epoch: int
+    step: int
     train_loss: float
     test_loss: float
     test_accuracy: float
@@ -184,8 +186,12 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[EpochStats]:
-    """Train for ``epochs`` epochs on ``data`` (already on the network's device)."""
+    """Train for ``epochs`` epochs on ``data`` (already on the network's device).
+
+    ``on_step(step)`` runs after every training step (steps count from 1), ``on_epoch(stats)``
+    after every epoch's evaluation."""
     device = data.train_x.device
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(data.train_x.shape[0] / batch_size)
@@ -196,6 +202,7 @@ def fit(
         desc=f"{rule.name}", dynamic_ncols=True, leave=False,
     )
     start = time.perf_counter()
+    step = 0
     try:
         for epoch in range(1, epochs + 1):
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -204,9 +211,12 @@ def fit(
                 record = train_step(network, rule, optimizer, data.train_x[index],
                                     data.train_y[index])
                 loss_sum += record.loss[0].double().sum()
+                step += 1
+                if on_step is not None:
+                    on_step(step)
                 bar.update()
             stats = epoch_stats(network, rule, data, epoch, probe, start,
-                                train_loss=loss_sum.item() / data.train_x.shape[0])
+                                train_loss=loss_sum.item() / data.train_x.shape[0], step=step)
             history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
@@ -223,15 +233,17 @@ def epoch_stats(
     probe: slice,
     start: float,
     train_loss: float | None = None,
+    step: int = 0,
 ) -> EpochStats:
     """Evaluate on the test set and take the diagnostics on a fixed batch of training data."""
-    test_loss, test_accuracy = evaluate(network, data.test_x, data.test_y)
-    if train_loss is None:
-        train_loss, _ = evaluate(network, data.train_x, data.train_y)
-    diag = diagnostics(network, rule, data.train_x[probe], data.train_y[probe])
+    with network.untouched_noise():
+        test_loss, test_accuracy = evaluate(network, data.test_x, data.test_y)
+        if train_loss is None:
+            train_loss, _ = evaluate(network, data.train_x, data.train_y)
+        diag = diagnostics(network, rule, data.train_x[probe], data.train_y[probe])
     return EpochStats(
-        epoch=epoch, train_loss=train_loss, test_loss=test_loss, test_accuracy=test_accuracy,
-        seconds=time.perf_counter() - start, **diag,
+        epoch=epoch, step=step, train_loss=train_loss, test_loss=test_loss,
+        test_accuracy=test_accuracy, seconds=time.perf_counter() - start, **diag,
     )
 
 
@@ -263,7 +275,8 @@ def train(
     """The whole job: resolve the config, load data, train, and write the run folder.
 
     The folder gets ``results.json`` (rewritten after every epoch, so an interrupted run keeps
-    what it measured) and ``learning_curve.png``.
+    what it measured), ``trace.h5`` (metrics every epoch, probe records every
+    ``trace_every`` steps; see ``noisynets.traces``) and ``learning_curve.png``.
     """
     from noisynets.plots import learning_curve
 
@@ -277,22 +290,44 @@ def train(
     out = run_folder(config)
     result = RunResult(config=config, out=str(out), device=str(device))
     results_file = out / "results.json"
+    writer = probe_x = probe_y = None
+    if config.trace_every > 0:
+        probe_index = torch.arange(min(config.trace_probe, data.train_x.shape[0]))
+        writer = TraceWriter(
+            out / "trace.h5", network.sizes,
+            [layer.unit.stateful for layer in network.layers], network.time_steps, probe_index,
+            attrs=trace_attributes(config, device), layers=config.trace_layers,
+            units=config.trace_units, spike_events=config.spike_events,
+        )
+        probe_x = data.train_x[probe_index.to(device)]
+        probe_y = data.train_y[probe_index.to(device)]
 
     def save() -> None:
         results_file.write_text(json.dumps(result.summary(), indent=2) + "\n")
 
+    def trace(step: int) -> None:
+        if writer is not None and step % config.trace_every == 0:
+            writer.append_record(step, probe_record(network, probe_x, probe_y))
+
+    def record_metrics(stats: EpochStats) -> None:
+        if writer is not None:
+            writer.append_metrics(asdict(stats))
+
     emit = log or (lambda line: None)
     emit(f"{config.algo} on {config.dataset}: {network.sizes}, {config.epochs} epochs, "
-         f"batch {config.batch_size}, lr {config.lr:g}, noise {config.noise_std:g}, "
-         f"device {device}, run folder {out}")
+         f"batch {config.batch_size}, lr {config.lr:g}, noise {config.noise} "
+         f"{config.noise_std:g}, device {device}, run folder {out}")
     start = time.perf_counter()
     result.initial = epoch_stats(network, rule, data, 0, slice(0, config.batch_size), start)
+    record_metrics(result.initial)
+    trace(0)
     emit(f"{'epoch':>5} {'train loss':>10} {'test loss':>9} {'test acc':>8} {'alignment':>9}")
     emit(_row(result.initial))
 
     def on_epoch(stats: EpochStats) -> None:
         result.history.append(stats)
         result.seconds = time.perf_counter() - start
+        record_metrics(stats)
         save()
         line = _row(stats)
         if progress:
@@ -302,13 +337,35 @@ def train(
 
     try:
         fit(network, rule, optimizer, data, config.epochs, config.batch_size, seed=config.seed,
-            progress=progress, on_epoch=on_epoch)
+            progress=progress, on_epoch=on_epoch, on_step=trace)
     finally:
         result.seconds = time.perf_counter() - start
         save()
         if result.history:
             learning_curve(result, out / "learning_curve.png")
     return result
+
+
+def probe_record(network: Network, x: Tensor, y: Tensor) -> Record:
+    """A reference and a noisy pass of the probe samples, with spikes and membrane kept; the
+    noise streams are left as they were, so tracing does not change the run."""
+    with torch.no_grad(), network.untouched_noise():
+        passes = Passes.perturbed(network.num_layers, 1, network.both_noisy)
+        return network.run(x, y, passes, keep_states=True)
+
+
+def trace_attributes(config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """The attributes of a run's trace file (DESIGN.md, "Trace files")."""
+    import noisynets
+
+    return {
+        "noisynets_version": noisynets.__version__,
+        "torch_version": torch.__version__,
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": str(device),
+        "seed": config.seed,
+        "config": config.to_dict(),
+    }
 
 
 def to_device(data: Dataset, device: torch.device) -> Dataset:

@@ -73,3 +73,21 @@ def test_layers_draw_independent_noise(batch):
     record, noise = net.run_reading_noise(x.float(), y, Passes.perturbed(3))
     assert not torch.equal(noise[0], noise[1])
     assert not torch.equal(noise[1], noise[2])
+
+
+def test_forwards_inside_untouched_noise_do_not_change_the_noise_streams(batch):
+    from noisynets.noise import make_noise
+
+    x, y = batch
+    x = x.float()
+    spec = "gaussian+telegraph:switch=0.2"
+    plain = Network([10, 20, 5], noise=make_noise(spec, 0.1), seed=0, encoding="poisson")
+    probed = Network([10, 20, 5], noise=make_noise(spec, 0.1), seed=0, encoding="poisson")
+    torch.manual_seed(0)
+    first = plain.run(x.sigmoid(), y, Passes.perturbed(2)).activity[0]
+    second = plain.run(x.sigmoid(), y, Passes.perturbed(2)).activity[0]
+    torch.manual_seed(0)
+    assert torch.equal(probed.run(x.sigmoid(), y, Passes.perturbed(2)).activity[0], first)
+    with probed.untouched_noise():
+        probed.run(x[:4].sigmoid(), y[:4], Passes.perturbed(2, samples=3))
+    assert torch.equal(probed.run(x.sigmoid(), y, Passes.perturbed(2)).activity[0], second)
