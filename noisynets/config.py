@@ -83,7 +83,7 @@ PRESETS["cifar10"] = PRESETS["fashion-mnist"]
 RULE_LR: dict[str, dict[str, float]] = {
     "digits": dict(bp=1e-3, dbp=1e-3, np=1e-3, dnp=1e-3, inp=1e-3, dinp=1e-3, anp=1e-3, danp=1e-3),
     "fashion-mnist": dict(
-        bp=1e-4, dbp=1e-4, np=1e-4, dnp=1e-4, inp=3e-4, dinp=3e-4, anp=5e-4, danp=5e-4
+        bp=1e-4, dbp=1e-4, np=1e-4, dnp=3e-4, inp=3e-4, dinp=3e-4, anp=1e-4, danp=5e-4
     ),
 }
 RULE_LR["mnist"] = RULE_LR["fashion-mnist"]

@@ -71,5 +71,9 @@ class NoisyLinear(nn.Module):
         """``a = W xh + b``."""
         return F.linear(xh, self.weight, self.bias)
 
+    def folded_weight(self) -> Tensor:
+        """``W R``, so that ``a = (W R) x + b`` (``W`` itself without decorrelation)."""
+        return self.weight if self.decorrelator is None else self.weight @ self.decorrelator.R
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"

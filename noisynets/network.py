@@ -32,8 +32,10 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from snntorch import spikegen
 from torch import Tensor, nn
 
@@ -231,9 +233,18 @@ class Network(nn.Module):
     ) -> Record:
         B, P, T = x.shape[0], passes.count, self.time_steps
         L = self.num_layers
-        states: list[Tensor | None] = [None] * L
+        # a = W (R x) = (W R) x: where decorrelating every row of every step costs more than
+        # forming W R once, a layer uses W R, and R is applied once to its summed input.
+        # (The first layer decorrelates B rows once, or once per step for spike input.)
+        rows = [B if self.encoding == "current" else T * B] + [T * P * B] * (L - 1)
+        folded = [
+            layer.folded_weight() if layer.decorrelator is not None
+            and n > layer.out_features + B else None
+            for layer, n in zip(self.layers, rows)
+        ]
+        states: list[Any] = [None] * L
         activity: list[Tensor] = [x] * L  # placeholders, replaced at t = 0
-        inputs: list[Tensor] = [x] * L
+        seen: list[Tensor] = [x] * L  # each layer's input (R x unless folded), summed over T
         noise_sum: list[Tensor] = [x] * L
         outputs: list[list[Tensor]] = [[] for _ in range(L)]
         membrane: list[list[Tensor]] = [[] for _ in range(L)]
@@ -241,34 +252,39 @@ class Network(nn.Module):
         for t in range(T):
             h = spikegen.rate_conv(x) if self.encoding == "poisson" else x
             for k, layer in enumerate(self.layers):
-                if k == 0:
-                    # The first layer's input is the same in every pass (and, for a constant
-                    # current, at every step): one matrix product serves them all.
-                    if first is None or self.encoding == "poisson":
-                        xh = layer.decorrelate(h)
-                        drive = layer.activity(xh)
-                        first = (xh, drive.repeat(P, 1) if P > 1 else drive)
-                    xh, current = first
+                if k == 0 and first is not None and self.encoding == "current":
+                    xh, current = first  # the same input at every step
                 else:
-                    xh = layer.decorrelate(h)
-                    current = layer.activity(xh)
+                    if folded[k] is not None:
+                        xh, current = h, F.linear(h, folded[k], layer.bias)
+                    else:
+                        xh = layer.decorrelate(h)
+                        current = layer.activity(xh)
+                    if k == 0:
+                        # The first layer's input is the same in every pass: one product for all.
+                        current = current.repeat(P, 1) if P > 1 else current
+                        first = (xh, current)
                 start, stop = passes.noisy[k]
                 shift = None
                 if stop > start:
-                    rows = slice(start * B, stop * B)
-                    eps = layer.noise(current[rows])
-                    current = torch.cat(
-                        (current[: start * B], current[rows] + eps, current[stop * B :])
-                    )
+                    if k == 0 and T > 1 and self.encoding == "current":
+                        current = current.clone()  # the cached drive stays noise-free
+                    noisy = slice(start * B, stop * B)
+                    eps = layer.noise(current[noisy])
+                    current[noisy] += eps
                     if noise_out is not None:
                         noise_sum[k] = eps if t == 0 else noise_sum[k] + eps
                     if layer.threshold_noise is not None:
-                        xi = layer.threshold_noise(current[rows])
                         shift = torch.zeros_like(current)
-                        shift[rows] = xi
+                        shift[noisy] = layer.threshold_noise(current[noisy])
                 h, states[k] = layer.unit(current, states[k], shift)
-                inputs[k] = xh[:B] if t == 0 else inputs[k] + xh[:B]
-                activity[k] = current if t == 0 else activity[k] + current
+                seen[k] = xh[:B] if t == 0 else seen[k] + xh[:B]
+                if t == 0:
+                    activity[k] = current
+                elif t == 1:
+                    activity[k] = activity[k] + current
+                else:
+                    activity[k] += current  # a tensor of this forward's own, summed in place
                 if keep_states:
                     outputs[k].append(h.detach())
                     if states[k] is not None:
@@ -282,6 +298,10 @@ class Network(nn.Module):
                     noise_out.append(noise_sum[k].view(stop - start, B, -1))
                 else:
                     noise_out.append(torch.zeros(0, B, self.sizes[k + 1], device=x.device))
+        inputs = [
+            layer.decorrelate(s) if f is not None else s
+            for layer, s, f in zip(self.layers, seen, folded)
+        ]
         record = Record(inputs, activity, loss, T)
         if keep_states:
             record.outputs = [torch.stack(o).view(T, P, B, -1) for o in outputs]

@@ -91,3 +91,26 @@ def test_forwards_inside_untouched_noise_do_not_change_the_noise_streams(batch):
     with probed.untouched_noise():
         probed.run(x[:4].sigmoid(), y[:4], Passes.perturbed(2, samples=3))
     assert torch.equal(probed.run(x.sigmoid(), y, Passes.perturbed(2)).activity[0], second)
+
+
+def test_decorrelated_layers_compute_w_r_x_whether_or_not_they_fold_r_into_w():
+    """a = W (R x) + b; a layer may form W R once instead of decorrelating every row."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    for batch_size in (2, 64):  # 2 rows: R x per row; 2 passes of 64 rows: (W R) x
+        net = Network([10, 30, 3], decorrelation=True, seed=0).double()
+        for layer in net.layers:
+            R = layer.decorrelator.R
+            R.add_(0.1 * torch.randn(R.shape, generator=g, dtype=R.dtype))
+        x = torch.randn(batch_size, 10, generator=g, dtype=torch.float64)
+        y = torch.zeros(batch_size, dtype=torch.long)
+        record = net.run(x, y, Passes.perturbed(2))
+        l1, l2 = net.layers
+        xh1 = x @ l1.decorrelator.R.T
+        a1 = F.linear(xh1, l1.weight, l1.bias)
+        xh2 = F.leaky_relu(a1, 0.01) @ l2.decorrelator.R.T
+        torch.testing.assert_close(record.inputs[0], xh1)
+        torch.testing.assert_close(record.activity[0][0], a1)
+        torch.testing.assert_close(record.inputs[1], xh2)
+        torch.testing.assert_close(record.activity[1][0], F.linear(xh2, l2.weight, l2.bias))

@@ -23,7 +23,8 @@ class NoiseReadOutsideItsLayer(AssertionError):
 class Sealed(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func in (torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.add, torch.add):
+        if func in (torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__,
+                    torch.Tensor.add, torch.Tensor.add_, torch.add):
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **(kwargs or {}))
         raise NoiseReadOutsideItsLayer(f"noise read by {getattr(func, '__name__', func)}")
