@@ -83,7 +83,7 @@ PRESETS["cifar10"] = PRESETS["fashion-mnist"]
 RULE_LR: dict[str, dict[str, float]] = {
     "digits": dict(bp=1e-3, dbp=1e-3, np=1e-3, dnp=1e-3, inp=1e-3, dinp=1e-3, anp=1e-3, danp=1e-3),
     "fashion-mnist": dict(
-        bp=1e-4, dbp=1e-4, np=1e-4, dnp=3e-4, inp=3e-4, dinp=3e-4, anp=1e-4, danp=5e-4
+        bp=1e-4, dbp=3e-4, np=1e-4, dnp=3e-4, inp=3e-4, dinp=3e-4, anp=1e-4, danp=5e-4
     ),
 }
 RULE_LR["mnist"] = RULE_LR["fashion-mnist"]
@@ -93,7 +93,9 @@ SGD_LR_FACTOR = 100.0  # SGD takes a learning rate this many times Adam's
 # Per unit: what changes for units that need it (a discontinuous unit needs a noise large enough
 # to flip it; a spiking unit runs for several time steps).
 UNIT_PRESETS: dict[str, dict[str, Any]] = {
-    "lif": dict(time_steps=10),
+    "heaviside": dict(noise_std=0.3),
+    "sign": dict(noise_std=0.3),
+    "lif": dict(hidden=[1000], time_steps=10, noise_std=0.2),
 }
 
 
