@@ -1,16 +1,28 @@
-"""Figures (matplotlib, headless): the learning curve of a run."""
+"""Figures (matplotlib, headless): the learning curve of a run and the figure of a trace file.
+
+Example::
+
+    from noisynets.plots import trace_figure
+    trace_figure("runs/<run>/trace.h5", "runs/<run>/trace.png")
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 if TYPE_CHECKING:
+    from noisynets.traces import TraceReader
     from noisynets.training import RunResult
 
 
@@ -39,3 +51,249 @@ def learning_curve(result: RunResult, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# --- The figure of a trace file -------------------------------------------------------------
+
+_STYLE = {
+    "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
+    "ytick.labelsize": 10, "legend.fontsize": 9, "figure.titlesize": 13,
+}
+_COLUMNS = 4
+
+
+def metrics_table(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The metrics cut to the evaluations every one of them holds (a run killed in the middle of
+    writing an evaluation leaves some metrics one row longer than the others)."""
+    if not metrics:
+        return {}
+    n = min(len(v) for v in metrics.values())
+    return {name: np.asarray(v[:n]) for name, v in metrics.items()}
+
+
+def layer_metric(metrics: dict[str, np.ndarray], name: str) -> dict[int, np.ndarray]:
+    """``{k: metrics[f"{name}_layer_{k}"]}`` for every layer that has it, by layer number."""
+    prefix = f"{name}_layer_"
+    found = {int(key[len(prefix):]): value for key, value in metrics.items()
+             if key.startswith(prefix) and key[len(prefix):].isdigit()}
+    return dict(sorted(found.items()))
+
+
+def trace_figure(path_or_reader: str | Path | TraceReader, out: str | Path) -> Path:
+    """One PNG of a trace file: learning curves, alignment with BP and input decorrelation per
+    layer by epoch; clean and noisy activity distributions of the last record per traced layer
+    and the distribution of ``da = noisy - clean``; a spike raster of the last record for
+    every spiking layer (one probe sample, clean pass).
+
+    Works on a file whose run is still writing or was killed: what is not there yet is
+    left out (a panel says so). Returns ``out``.
+    """
+    from noisynets.traces import TraceReader
+
+    reader = (path_or_reader if isinstance(path_or_reader, TraceReader)
+              else TraceReader(path_or_reader))
+    data = _figure_data(reader)
+    sections: list[list[Callable[[plt.Axes], None]]] = [
+        [partial(_loss_panel, data), partial(_accuracy_panel, data),
+         partial(_layer_metric_panel, data, "alignment"),
+         partial(_layer_metric_panel, data, "decorrelation")],
+        [partial(_activity_panel, data, k) for k in data["layers"]]
+        + [partial(_change_panel, data)]
+        + [partial(_raster_panel, data, k) for k in data["spiking"]],
+    ]
+    sections = [s for s in sections if s]
+    rows = sum(math.ceil(len(s) / _COLUMNS) for s in sections)
+    with plt.rc_context(_STYLE):
+        fig = plt.figure(figsize=(4.6 * _COLUMNS, 3.9 * rows + 0.5), layout="constrained")
+        grid = fig.add_gridspec(rows, _COLUMNS)
+        row = 0
+        for section in sections:
+            for i, draw in enumerate(section):
+                ax = fig.add_subplot(grid[row + i // _COLUMNS, i % _COLUMNS])
+                draw(ax)
+                ax.grid(alpha=0.3)
+            row += math.ceil(len(section) / _COLUMNS)
+        fig.suptitle(_figure_title(reader.path, data))
+        out = Path(out)
+        try:
+            fig.savefig(out, dpi=100)
+        except OSError as e:
+            raise ValueError(f"cannot write figure {str(out)!r}: {e.strerror or e}") from None
+        finally:
+            plt.close(fig)
+    return out
+
+
+def _figure_data(reader: TraceReader) -> dict[str, Any]:
+    """Everything the figure shows, read in one pass over the file."""
+    from noisynets.traces import open_h5
+
+    data: dict[str, Any] = {"config": reader.config, "metrics": metrics_table(reader.metrics())}
+    with open_h5(reader.path) as f:
+        traces = f["traces"]
+        records = int(traces["step"].shape[0])
+        data["records"] = records
+        data["step"] = int(traces["step"][records - 1]) if records else None
+        data["first_step"] = int(traces["step"][0]) if records else None
+        probe = traces["probe_index"][:]
+        data["sample"] = int(probe[0]) if len(probe) else None
+        layers = sorted(int(name.split("_")[1]) for name in traces if name.startswith("layer_"))
+        data["layers"], data["spiking"], data["last"] = layers, [], {}
+        for k in layers:
+            g = traces[f"layer_{k}"]
+            last: dict[str, Any] = {"units": int(g.attrs.get("units", 0)),
+                                    "unit_index": g["unit_index"][:]}
+            if records:
+                last["clean"] = g["activity_clean"][records - 1]
+                last["noisy"] = g["activity_noisy"][records - 1]
+                if "spikes" in g:
+                    last["spikes"] = g["spikes"][records - 1, :, 0]  # (time, units), sample 0
+            if bool(g.attrs.get("spiking", "spikes" in g)):
+                data["spiking"].append(k)
+            data["last"][k] = last
+    return data
+
+
+def _figure_title(path: Path, data: dict[str, Any]) -> str:
+    c = data["config"]
+    parts = [f"{path.name}:"]
+    if c:
+        hidden = " ".join(str(h) for h in c.get("hidden") or [])
+        unit = str(c.get("unit", "?"))
+        if (c.get("time_steps") or 1) > 1:
+            unit += f", T = {c['time_steps']}"
+        parts.append(f"{str(c.get('algo', '?')).upper()} on {c.get('dataset', '?')}, "
+                     f"hidden [{hidden}], {unit}, noise {c.get('noise', '?')} "
+                     f"{c.get('noise_std', float('nan')):g}, seed {c.get('seed', '?')};")
+    if data["records"]:
+        parts.append(f"{data['records']} records, steps {data['first_step']}..{data['step']}")
+    else:
+        parts.append("no records yet")
+    return " ".join(parts)
+
+
+def _empty(ax: plt.Axes, title: str, text: str) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _loss_panel(data: dict[str, Any], ax: plt.Axes) -> None:
+    m = data["metrics"]
+    if "epoch" not in m or not len(m["epoch"]):
+        _empty(ax, "Loss", "no evaluations yet")
+        return
+    loss = data["config"].get("loss", "ce")
+    if "train_loss" in m:
+        ax.plot(m["epoch"], m["train_loss"], "o-", ms=4, label="train (clean pass)")
+    if "test_loss" in m:
+        ax.plot(m["epoch"], m["test_loss"], "s--", ms=4, label="test")
+    ax.set(xlabel="epoch", ylabel=f"loss ({loss}, per sample)", title="Loss")
+    _integer_ticks(ax)
+    ax.legend()
+
+
+def _accuracy_panel(data: dict[str, Any], ax: plt.Axes) -> None:
+    m = data["metrics"]
+    if "epoch" not in m or "test_accuracy" not in m or not len(m["epoch"]):
+        _empty(ax, "Test accuracy", "no evaluations yet")
+        return
+    ax.plot(m["epoch"], 100 * m["test_accuracy"], "o-", ms=4, color="C2", label="test")
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+    _integer_ticks(ax)
+    ax.legend(loc="lower right")
+
+
+def _layer_metric_panel(data: dict[str, Any], name: str, ax: plt.Axes) -> None:
+    title, ylabel = {
+        "alignment": ("Alignment with BP", "cosine(estimate, BP gradient)"),
+        "decorrelation": ("Input decorrelation", "mean |off-diagonal correlation|"),
+    }[name]
+    m = data["metrics"]
+    series = layer_metric(m, name)
+    if "epoch" not in m or not series or not len(m["epoch"]):
+        _empty(ax, title, "no evaluations yet")
+        return
+    for k, values in series.items():
+        ax.plot(m["epoch"], values, "o-", ms=4, label=f"layer {k}")
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    if name == "alignment":
+        low = min(-0.05, float(np.nanmin([v.min() for v in series.values()])) - 0.05)
+        ax.set_ylim(low, 1.05)
+    else:
+        top = float(np.nanmax([v.max() for v in series.values()]))
+        ax.set_ylim(0, 1.15 * top if top > 0 else 1)
+    _integer_ticks(ax)
+    ax.legend(fontsize="small", ncol=2 if len(series) > 4 else 1)
+
+
+def _integer_ticks(ax: plt.Axes) -> None:
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+
+
+def _activity_label(data: dict[str, Any], symbol: str) -> str:
+    steps = data["config"].get("time_steps") or 1
+    return f"{symbol}, summed over {steps} time steps (a.u.)" if steps > 1 else f"{symbol} (a.u.)"
+
+
+def _record_label(data: dict[str, Any]) -> str:
+    return f"record {data['records'] - 1}, step {data['step']}"
+
+
+def _activity_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
+    title = f"Layer {k} activity"
+    last = data["last"][k]
+    if "clean" not in last:
+        _empty(ax, title, "no records yet")
+        return
+    clean, noisy = last["clean"].ravel(), last["noisy"].ravel()
+    both = np.concatenate([clean, noisy])
+    bins = np.linspace(both.min(), both.max(), 41) if np.ptp(both) > 0 else 20
+    ax.hist(clean, bins=bins, alpha=0.55, color="C0", label="clean pass")
+    ax.hist(noisy, bins=bins, histtype="step", lw=1.8, color="C3", label="noisy pass")
+    traced = len(last["unit_index"])
+    ax.set(xlabel=_activity_label(data, "activity $a$"), ylabel="count (samples x units)",
+           title=f"{title} ({_record_label(data)})")
+    ax.legend(title=f"{traced} of {last['units']} units", title_fontsize="small")
+
+
+def _change_panel(data: dict[str, Any], ax: plt.Axes) -> None:
+    title = "Noisy - clean activity"
+    layers = [k for k in data["layers"] if "clean" in data["last"][k]]
+    if not layers:
+        _empty(ax, title, "no records yet")
+        return
+    changes = {k: (data["last"][k]["noisy"] - data["last"][k]["clean"]).ravel() for k in layers}
+    everything = np.concatenate(list(changes.values()))
+    bins = (np.linspace(everything.min(), everything.max(), 41) if np.ptp(everything) > 0
+            else 20)
+    for i, (k, da) in enumerate(changes.items()):
+        ax.hist(da, bins=bins, histtype="step", lw=1.8, color=f"C{i}", density=True,
+                label=f"layer {k}")
+    ax.set(xlabel=_activity_label(data, r"$\Delta a = a_\mathrm{noisy} - a_\mathrm{clean}$"),
+           ylabel="probability density (1/a.u.)",
+           title=f"{title} ({_record_label(data)})")
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+    ax.legend(fontsize="small")
+
+
+def _raster_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
+    title = f"Layer {k} spikes"
+    last = data["last"][k]
+    if "spikes" not in last:
+        _empty(ax, title, "no records yet")
+        return
+    spikes = last["spikes"]  # (time, units)
+    units = last["unit_index"]
+    t, u = np.nonzero(spikes)
+    steps, size = spikes.shape[0], last["units"]
+    # One bar per spike: a time step wide, as high as the gap between traced units allows.
+    height = 0.8 * (float(np.min(np.diff(units))) if len(units) > 1 else 1.0)
+    ax.bar(t, height, width=0.8, bottom=units[u] - height / 2, color="k",
+           label=f"spike ({len(t)} of {spikes.size} slots)")
+    ax.set(xlabel="time step", ylabel="unit (number in layer)", xlim=(-0.5, steps - 0.5),
+           ylim=(-0.5, 1.15 * size),
+           title=f"{title}: sample {data['sample']}, clean pass\n({_record_label(data)})")
+    _integer_ticks(ax)
+    ax.legend(loc="upper right", fontsize="small", framealpha=0.9)

@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
@@ -71,20 +71,12 @@ SCHEMA: tuple[tuple[str, str, str, str], ...] = (
 )
 
 _RETRIES = 50
+_T = TypeVar("_T")
 
 
 def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
-    """Open a trace file; a reader retries briefly while the writer holds it mid-append."""
-    for attempt in range(_RETRIES):
-        try:
-            return h5py.File(path, mode, locking=False)
-        except FileNotFoundError:
-            raise
-        except OSError:
-            if attempt == _RETRIES - 1:
-                raise
-            time.sleep(0.02)
-    raise AssertionError("unreachable")
+    """Open a trace file without HDF5's file lock, so a reader and the run's writer coexist."""
+    return h5py.File(path, mode, locking=False)
 
 
 def spread(count: int, limit: int | None) -> np.ndarray:
@@ -262,28 +254,52 @@ class TraceReader:
         if not self.path.is_file():
             raise ValueError(f"trace file {str(self.path)!r} does not exist")
         try:
-            with open_h5(self.path) as f:
-                if f.attrs.get("format") != FORMAT:
-                    raise ValueError(f"{str(self.path)!r} is not a noisynets trace file "
-                                     f"(its format attribute is {f.attrs.get('format')!r})")
+            found = self._with_file(lambda f: f.attrs.get("format"))
         except OSError as e:
             raise ValueError(f"cannot read trace file {str(self.path)!r}: {e}") from None
+        if found != FORMAT:
+            raise ValueError(f"{str(self.path)!r} is not a noisynets trace file "
+                             f"(its format attribute is {found!r})")
+
+    def _with_file(self, read: Callable[[h5py.File], _T]) -> _T:
+        """``read(f)`` on a fresh handle, tried again while the writer is mid-append (the open
+        or the read can then meet a half-written file and fail with OSError)."""
+        for attempt in range(_RETRIES):
+            try:
+                with open_h5(self.path) as f:
+                    return read(f)
+            except FileNotFoundError:
+                raise
+            except OSError:
+                if attempt == _RETRIES - 1:
+                    raise
+                time.sleep(0.02)
+        raise AssertionError("unreachable")
 
     def _read(self, name: str, records: Any = slice(None)) -> np.ndarray:
         """A dataset's rows ``records``; of a per-record dataset only complete records (a record
         is complete once its step is written, the writer's last act)."""
-        with open_h5(self.path) as f:
+        def read(f: h5py.File) -> np.ndarray:
             if name not in f:
                 raise KeyError(f"{str(self.path)!r} has no dataset {name!r}")
             dataset = f[name]
-            if name in _PER_RECORD or name.rsplit("/", 1)[-1] in _PER_RECORD_IN_LAYER:
-                return dataset[: f["traces/step"].shape[0]][records]
-            return dataset[records]
+            if name not in _PER_RECORD and name.rsplit("/", 1)[-1] not in _PER_RECORD_IN_LAYER:
+                return dataset[records]
+            n = f["traces/step"].shape[0]
+            if isinstance(records, int):
+                return dataset[range(n)[records]]
+            if isinstance(records, slice):
+                return dataset[slice(*records.indices(n))]
+            return dataset[:n][records]
+
+        return self._with_file(read)
 
     @property
     def attrs(self) -> dict[str, Any]:
-        with open_h5(self.path) as f:
-            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        def read(f: h5py.File) -> dict[str, Any]:
+            return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+
+        attrs = self._with_file(read)
         if "config" in attrs:
             attrs["config"] = json.loads(attrs["config"])
         return attrs
@@ -294,35 +310,33 @@ class TraceReader:
 
     @property
     def layers(self) -> list[int]:
-        with open_h5(self.path) as f:
-            return sorted(int(name.split("_")[1]) for name in f["traces"]
-                          if name.startswith("layer_"))
+        return self._with_file(lambda f: sorted(
+            int(name.split("_")[1]) for name in f["traces"] if name.startswith("layer_")))
 
     @property
     def num_records(self) -> int:
-        with open_h5(self.path) as f:
-            return int(f["traces/step"].shape[0])
+        return self._with_file(lambda f: int(f["traces/step"].shape[0]))
 
     def spiking(self, layer: int) -> bool:
-        with open_h5(self.path) as f:
-            return bool(f[f"traces/layer_{layer}"].attrs["spiking"])
+        return self._with_file(lambda f: bool(f[f"traces/layer_{layer}"].attrs["spiking"]))
 
     def datasets(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Every dataset in the file: its path, shape and dtype."""
-        found: dict[str, tuple[tuple[int, ...], str]] = {}
+        def read(f: h5py.File) -> dict[str, tuple[tuple[int, ...], str]]:
+            found: dict[str, tuple[tuple[int, ...], str]] = {}
 
-        def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset):
-                found["/" + name] = (tuple(obj.shape), str(obj.dtype))
+            def visit(name: str, obj: Any) -> None:
+                if isinstance(obj, h5py.Dataset):
+                    found["/" + name] = (tuple(obj.shape), str(obj.dtype))
 
-        with open_h5(self.path) as f:
             f.visititems(visit)
-        return found
+            return found
+
+        return self._with_file(read)
 
     def metrics(self) -> dict[str, np.ndarray]:
         """Every metric, a 1-D array with one row per evaluation."""
-        with open_h5(self.path) as f:
-            return {name: d[:] for name, d in f["metrics"].items()}
+        return self._with_file(lambda f: {name: d[:] for name, d in f["metrics"].items()})
 
     def steps(self) -> np.ndarray:
         return self._read("/traces/step")
