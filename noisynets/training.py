@@ -276,9 +276,10 @@ def train(
 
     The folder gets ``results.json`` (rewritten after every epoch, so an interrupted run keeps
     what it measured), ``trace.h5`` (metrics every epoch, probe records every
-    ``trace_every`` steps; see ``noisynets.traces``) and ``learning_curve.png``.
+    ``trace_every`` steps; see ``noisynets.traces``), ``learning_curve.png`` and the trace
+    file's figure ``trace.png``.
     """
-    from noisynets.plots import learning_curve
+    from noisynets.plots import learning_curve, trace_figure
 
     config = resolve(config)
     device = choose_device(config.device)
@@ -343,6 +344,8 @@ def train(
         save()
         if result.history:
             learning_curve(result, out / "learning_curve.png")
+        if writer is not None and writer.records:
+            trace_figure(writer.path, out / "trace.png")
     return result
 
 

@@ -21,15 +21,20 @@ from pathlib import Path
 RULES = ("bp", "dbp", "np", "dnp", "inp", "dinp", "anp", "danp")
 
 
-def run(rule: str, args: argparse.Namespace, extra: list[str]) -> dict:
-    out = Path(args.out) / f"{args.dataset}-{rule}-seed{args.seed}"
-    command = ["noisynets", "train", "--algo", rule, "--dataset", args.dataset,
-               "--seed", str(args.seed), "--json", "--no-progress", "--out", str(out), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+def run_cli(argv: list[str], out: Path, threads: int) -> dict:
+    """``noisynets train ARGV --json --out OUT`` in its own process; its JSON result."""
+    command = ["noisynets", "train", *argv, "--json", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{proc.stderr}")
     return {"command": " ".join(command), **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def run(rule: str, args: argparse.Namespace, extra: list[str]) -> dict:
+    out = Path(args.out) / f"{args.dataset}-{rule}-seed{args.seed}"
+    argv = ["--algo", rule, "--dataset", args.dataset, "--seed", str(args.seed), *extra]
+    return run_cli(argv, out, args.threads)
 
 
 def main() -> None:
