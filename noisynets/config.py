@@ -88,13 +88,17 @@ RULE_LR: dict[str, dict[str, float]] = {
 }
 RULE_LR["mnist"] = RULE_LR["fashion-mnist"]
 RULE_LR["cifar10"] = RULE_LR["fashion-mnist"]
-SGD_LR_FACTOR = 100.0  # SGD takes a learning rate this many times Adam's
+# With --optimizer sgd: one learning rate per rule, whatever the data set (chosen on digits).
+SGD_LR: dict[str, float] = dict(
+    bp=0.1, dbp=0.1, np=1e-3, dnp=1e-3, inp=1e-3, dinp=1e-3, anp=1e-3, danp=1e-2
+)
 
 # Per unit: what changes for units that need it (a discontinuous unit needs a noise large enough
 # to flip it; a spiking unit runs for several time steps).
 UNIT_PRESETS: dict[str, dict[str, Any]] = {
-    "heaviside": dict(noise_std=0.3),
-    "sign": dict(noise_std=0.3),
+    "heaviside": dict(hidden=[300, 300], noise_std=0.3),
+    "sign": dict(hidden=[300, 300], noise_std=0.3),
+    "stochastic_binary": dict(hidden=[300, 300]),
     "lif": dict(hidden=[1000], time_steps=10, noise_std=0.2),
 }
 
@@ -127,8 +131,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _choice("device", config.device, DEVICES)
     preset = dict(PRESETS[config.dataset])
     preset.update(UNIT_PRESETS.get(config.unit, {}))
-    lr = RULE_LR[config.dataset][config.algo]
-    preset["lr"] = lr * (SGD_LR_FACTOR if config.optimizer == "sgd" else 1.0)
+    if config.optimizer == "sgd":
+        preset["lr"] = SGD_LR[config.algo]
+    else:
+        preset["lr"] = RULE_LR[config.dataset][config.algo]
     preset.setdefault("time_steps", 1)
     filled = {
         name: preset[name] if getattr(config, name) is None else getattr(config, name)

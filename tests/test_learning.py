@@ -28,3 +28,12 @@ def test_the_same_seed_gives_identical_results_on_the_cpu(tmp_path):
         assert a[key] == b[key]
     assert [h["alignment"] for h in a["history"]] == [h["alignment"] for h in b["history"]]
     assert a["train_loss"] != c["train_loss"]
+
+
+@pytest.mark.parametrize("algo", ["bp", "danp"])
+def test_sgd_presets_train_too(algo, tmp_path):
+    config = TrainConfig(algo=algo, optimizer="sgd", hidden=[128, 128], epochs=4, batch_size=32,
+                         trace_every=0, out=str(tmp_path))
+    result = train(config, progress=False, log=None)
+    before, after = result.initial.test_accuracy, result.history[-1].test_accuracy
+    assert after > 0.5 and after > before + 0.3, (before, after)
