@@ -171,9 +171,13 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
     }
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
-    """A shuffled epoch: index tensors of ``batch_size`` (the last one may be smaller)."""
-    return list(torch.randperm(n, generator=generator).split(batch_size))
+def batches(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device
+) -> list[Tensor]:
+    """A shuffled epoch: index tensors of ``batch_size`` on ``device`` (the last one may be
+    smaller). The permutation is drawn on the CPU, so a seed orders the data alike everywhere,
+    and moved to the device once per epoch."""
+    return list(torch.randperm(n, generator=generator).to(device).split(batch_size))
 
 
 def fit(
@@ -206,8 +210,7 @@ def fit(
     try:
         for epoch in range(1, epochs + 1):
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            for index in batches(data.train_x.shape[0], batch_size, generator):
-                index = index.to(device)
+            for index in batches(data.train_x.shape[0], batch_size, generator, device):
                 record = train_step(network, rule, optimizer, data.train_x[index],
                                     data.train_y[index])
                 loss_sum += record.loss[0].double().sum()
