@@ -1,13 +1,15 @@
 """The ``noisynets`` command: ``train`` (the main job) and the tools around it.
 
 * ``noisynets train ...``: train a network; the run folder gets ``trace.h5`` among others.
-* ``noisynets inspect FILE``: what a trace file holds, and its last metrics.
+* ``noisynets inspect FILE``: what a trace file holds, and its last metrics
+  (``traces.TraceReader.describe``).
 * ``noisynets plot FILE [-o OUT.png]``: the figure of a trace file (``plots.trace_figure``).
 * ``noisynets export FILE --format {npz,csv} [-o OUT]``: the file's data for other tools
-  (docs/traces.md describes both layouts).
+  (``export.export_npz``, ``export.export_csv``; docs/traces.md describes both layouts).
 
-``inspect``, ``plot`` and ``export`` also read a file whose run is still writing it, or was
-killed: they see the complete records and evaluations.
+This module only parses the command line and calls the library. ``inspect``, ``plot`` and
+``export`` read through ``traces.TraceReader``, so they also read a file whose run is still
+writing it, or was killed: they see the complete records and evaluations.
 
 A user mistake (an unknown name, a bad number, a missing or corrupt data file, a file that is
 not a trace, an output that cannot be written) prints one line, ``noisynets: error: ...``, and
@@ -17,17 +19,12 @@ exits with status 2; it never shows a traceback.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import re
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
-
-import numpy as np
+from typing import NoReturn
 
 from noisynets.config import DEVICES, OPTIMIZERS, TrainConfig, load_toml
 from noisynets.data import DATASETS
@@ -36,11 +33,6 @@ from noisynets.network import ENCODINGS
 from noisynets.noise import NOISES
 from noisynets.rules import RULES
 from noisynets.units import UNITS
-
-if TYPE_CHECKING:
-    import h5py
-
-    from noisynets.traces import TraceReader
 
 
 class UsageError(Exception):
@@ -197,368 +189,49 @@ def cmd_train(args: argparse.Namespace) -> int:
 # --- inspect, plot, export -----------------------------------------------------------------
 
 EXPORT_FORMATS: tuple[str, ...] = ("npz", "csv")
-_READ_TRIES = 40
-T = TypeVar("T")
-
-
-def open_trace(path: str | Path) -> TraceReader:
-    """A ``TraceReader`` of ``path``, or a ``ValueError`` that says what is wrong with it."""
-    import h5py
-
-    from noisynets.traces import TraceReader
-
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"trace file {str(p)!r} does not exist")
-    if p.is_dir():
-        raise ValueError(f"{str(p)!r} is a folder: name a trace file, e.g. "
-                         f"{str(p / 'trace.h5')!r}")
-    try:
-        hdf5 = h5py.is_hdf5(p)
-    except OSError as e:
-        raise ValueError(f"cannot read {str(p)!r}: {e}") from None
-    if not hdf5:
-        raise ValueError(f"{str(p)!r} is not an HDF5 file (a noisynets trace file is the "
-                         "trace.h5 of a run folder)")
-    return retry_read(lambda: TraceReader(p), p)
-
-
-def retry_read(read: Callable[[], T], path: str | Path) -> T:
-    """``read()``, tried again for a while when it fails as a read can while the run writes the
-    file (the writer holds it for a moment per record); then a ``ValueError``."""
-    for attempt in range(_READ_TRIES):
-        try:
-            return read()
-        except (OSError, KeyError) as e:
-            if attempt == _READ_TRIES - 1:
-                message = " ".join(str(e).split()).strip("\"'")
-                raise ValueError(f"cannot read trace file {str(path)!r}: {message}") from None
-            time.sleep(0.05)
-    raise AssertionError("unreachable")
-
-
-def schema_row(path: str) -> tuple[str, str, str, str] | None:
-    """The ``traces.SCHEMA`` row a dataset path falls under (None: not in the schema)."""
-    from noisynets.traces import SCHEMA
-
-    pattern = re.sub(r"^/metrics/[^/]+$", "/metrics/<name>", path)
-    pattern = re.sub(r"/layer_\d+/", "/layer_<k>/", pattern)
-    return next((row for row in SCHEMA if row[0] == pattern), None)
-
-
-def per_record(path: str) -> bool:
-    """Whether a dataset has one row per record (its first axis is ``records``)."""
-    row = schema_row(path)
-    return row is not None and row[1].startswith("(records")
-
-
-def complete(f: h5py.File, path: str) -> np.ndarray:
-    """A dataset's rows of complete records and evaluations: a run killed while it writes can
-    leave a record's data without its step (the writer's last act), or an evaluation's first
-    metrics without the rest; those rows are left out."""
-    d = f[path]
-    if per_record(path):
-        return d[: f["traces/step"].shape[0]]
-    if path.startswith("/metrics/"):
-        return d[: min(m.shape[0] for m in f["metrics"].values())]
-    if path.endswith("/spike_events"):
-        events = d[:]
-        return events[events[:, 0] < f["traces/step"].shape[0]]
-    return d[:]
-
-
-def _plain(value: Any) -> Any:
-    """An HDF5 attribute as a JSON-able value."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def file_attributes(f: h5py.File) -> dict[str, dict[str, Any]]:
-    """``{group path: {name: value}}`` of every group with attributes; the root's ``config``
-    (JSON text in the file) decoded."""
-    import h5py
-
-    groups = {"/": f}
-
-    def visit(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Group) and len(obj.attrs):
-            groups["/" + name] = obj
-
-    f.visititems(visit)
-    attrs = {path: {k: _plain(v) for k, v in g.attrs.items()} for path, g in groups.items()}
-    if isinstance(attrs["/"].get("config"), str):
-        try:
-            attrs["/"]["config"] = json.loads(attrs["/"]["config"])
-        except json.JSONDecodeError:
-            pass
-    return attrs
-
-
-def dataset_paths(f: h5py.File) -> list[str]:
-    import h5py
-
-    found: list[str] = []
-    f.visititems(lambda name, obj: found.append("/" + name)
-                 if isinstance(obj, h5py.Dataset) else None)
-    return sorted(found, key=_natural)
-
-
-def _natural(text: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-# inspect
-
-_METRIC_ORDER = ("epoch", "step", "test_accuracy", "train_loss", "test_loss", "seconds",
-                 "zero_change_fraction")
-
-
-def describe(reader: TraceReader) -> str:
-    """The text ``noisynets inspect`` prints."""
-    from noisynets.plots import layer_metric, metrics_table
-    from noisynets.traces import open_h5
-
-    attrs = reader.attrs
-    lines = [f"trace file    {reader.path} ({reader.path.stat().st_size / 1e6:.2f} MB)"]
-    lines.append(f"format        {attrs.get('format')}, version {attrs.get('format_version')}")
-    for name in ("created", "device", "seed"):
-        lines.append(f"{name:<13} {attrs.get(name, '?')}")
-    lines.append(f"versions      noisynets {attrs.get('noisynets_version', '?')}, "
-                 f"torch {attrs.get('torch_version', '?')}")
-    config = attrs.get("config")
-    if isinstance(config, dict) and config:
-        items = [f"{k} = {_compact(v)}" for k, v in config.items()]
-        lines.extend(_wrap(items, "config        ", " " * 14))
-    with open_h5(reader.path) as f:
-        steps = f["traces/step"][:]
-        probe = f["traces/probe_index"].shape[0]
-        layers = sorted((k for k in f["traces"] if k.startswith("layer_")), key=_natural)
-        layer_attrs = {k: dict(f["traces"][k].attrs) for k in layers}
-        traced = {k: (f["traces"][k]["unit_index"].shape[0],
-                      f["traces"][k]["input_index"].shape[0]) for k in layers}
-        events = {k: "spike_events" in f["traces"][k] for k in layers}
-        paths = dataset_paths(f)
-        shapes = {p: (f[p].shape, str(f[p].dtype)) for p in paths}
-    if len(steps):
-        lines.append(f"records       {len(steps)} (steps {steps[0]}..{steps[-1]})")
-    else:
-        lines.append("records       0 (none yet)")
-    lines.append(f"probe         {probe} samples")
-    lines.append("layers")
-    for k in layers:
-        a = layer_attrs[k]
-        spiking = "spiking" if bool(a.get("spiking", False)) else "not spiking"
-        if events[k]:
-            spiking += ", spike events"
-        lines.append(f"  {k:<9} {a.get('units', '?')} units, {a.get('inputs', '?')} inputs; "
-                     f"traced {traced[k][0]} units, {traced[k][1]} inputs; {spiking}")
-    lines.append("datasets")
-    width = max((len(p) for p in paths), default=0)
-    for p in paths:
-        shape, dtype = shapes[p]
-        lines.append(f"  {p:<{width}}  {str(shape):<22} {dtype}")
-    metrics = metrics_table(reader.metrics())
-    evaluations = min((len(v) for v in metrics.values()), default=0)
-    if not evaluations:
-        lines.append("final metrics: none yet (no evaluation written)")
-        return "\n".join(lines)
-    last = {name: float(v[-1]) for name, v in metrics.items()}
-    lines.append(f"final metrics (the last of {evaluations} evaluations)")
-    scalars = [name for name in _METRIC_ORDER if name in last]
-    per_layer = {name: layer_metric(metrics, name)
-                 for name in ("alignment", "decorrelation", "estimate_norm")}
-    shown = set(scalars) | {f"{n}_layer_{k}" for n, s in per_layer.items() for k in s}
-    scalars += sorted(set(last) - shown, key=_natural)
-    lines.extend(_wrap([f"{n} = {_number(n, last[n])}" for n in scalars], "  ", "  "))
-    columns = [n for n, s in per_layer.items() if s]
-    if columns:
-        lines.append("  " + f"{'layer':<7}" + "".join(f"{n:>15}" for n in columns))
-        for k in sorted({k for s in per_layer.values() for k in s}):
-            row = "".join(f"{per_layer[n][k][-1]:>15.4g}" if k in per_layer[n] else f"{'-':>15}"
-                          for n in columns)
-            lines.append(f"  {k:<7}{row}")
-    return "\n".join(lines)
-
-
-def _wrap(items: list[str], first: str, indent: str, width: int = 100) -> list[str]:
-    """``items`` joined by ", " into lines of at most ``width`` characters, never inside one."""
-    lines, line = [], first
-    for i, item in enumerate(items):
-        text = item + ("," if i < len(items) - 1 else "")
-        if line.strip() and len(line) + 1 + len(text) > width:
-            lines.append(line.rstrip())
-            line = indent
-        line += ("" if line.isspace() or line == first else " ") + text
-    lines.append(line.rstrip())
-    return lines
-
-
-def _compact(value: Any) -> str:
-    if isinstance(value, list):
-        return "[" + " ".join(_compact(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _number(name: str, value: float) -> str:
-    if name in ("epoch", "step") and value.is_integer():
-        return str(int(value))
-    return f"{value:.4g}"
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    reader = open_trace(args.file)
-    print(retry_read(lambda: describe(reader), reader.path))
+    from noisynets.traces import TraceReader
+
+    print(TraceReader(args.file).describe())
     return 0
 
-
-# plot
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from noisynets.plots import trace_figure
+    from noisynets.traces import TraceReader
 
-    reader = open_trace(args.file)
+    reader = TraceReader(args.file)
     out = Path(args.output) if args.output else reader.path.with_suffix(".png")
     check_output(out)
-    path = retry_read(lambda: trace_figure(reader, out), reader.path)
-    print(f"figure written to {path}")
+    print(f"figure written to {trace_figure(reader, out)}")
     return 0
-
-
-def check_output(out: Path, folder: bool = False) -> None:
-    """A ``ValueError`` unless ``out`` can be written (a file, or with ``folder`` a folder)."""
-    if folder:
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"output {str(out)!r} is a file: name a folder for CSV files")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"cannot create output folder {str(out)!r}: {e.strerror}") from None
-    elif out.is_dir():
-        raise ValueError(f"output {str(out)!r} is a folder: name a file")
-    elif not out.parent.is_dir():
-        raise ValueError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
-
-
-# export
-
-def export_key(path: str) -> str:
-    """The npz key of a dataset: its path without the leading '/', each '/' as '__'."""
-    return path.lstrip("/").replace("/", "__")
-
-
-def export_npz(path: str | Path, out: str | Path) -> Path:
-    """Every dataset (complete records and evaluations only) as an array keyed by
-    ``export_key``, and ``attrs``: JSON text ``{group path: {name: value}}``."""
-    from noisynets.traces import open_h5
-
-    out = Path(out)
-    with open_h5(path) as f:
-        arrays = {export_key(p): complete(f, p) for p in dataset_paths(f)}
-        attrs = file_attributes(f)
-    arrays["attrs"] = np.array(json.dumps(attrs))
-    with _write(out, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
-    return out
-
-
-def export_csv(path: str | Path, out: str | Path) -> Path:
-    """A folder of CSV files (docs/traces.md, "Export"): ``metrics.csv``, ``records.csv``,
-    ``attributes.json``, and one long-format file per traced dataset of two or more axes."""
-    from noisynets.traces import open_h5
-
-    out = Path(out)
-    with open_h5(path) as f:
-        metrics = {p.rsplit("/", 1)[1]: complete(f, p) for p in dataset_paths(f)
-                   if p.startswith("/metrics/")}
-        names = sorted(metrics, key=_metric_column)
-        with _write(out / "metrics.csv", "w", newline="") as handle:
-            w = csv.writer(handle)
-            w.writerow(names)
-            for i in range(min((len(v) for v in metrics.values()), default=0)):
-                w.writerow([_csv_number(n, metrics[n][i]) for n in names])
-        steps = f["traces/step"][:]
-        records = len(steps)
-        with _write(out / "records.csv", "w", newline="") as handle:
-            handle.write("record,step\n")
-            np.savetxt(handle, np.column_stack([np.arange(records), steps]), fmt="%d",
-                       delimiter=",")
-        with _write(out / "attributes.json", "w") as handle:
-            json.dump(file_attributes(f), handle, indent=2)
-            handle.write("\n")
-        probe = f["traces/probe_index"][:]
-        for p in dataset_paths(f):
-            d = f[p]
-            if not p.startswith("/traces/") or d.ndim < 2:
-                continue
-            name = export_key(p.removeprefix("/traces/"))
-            if p.endswith("/spike_events"):
-                rows = complete(f, p).astype(np.int64)
-                rows[:, 2] = probe[rows[:, 2]]
-                with _write(out / f"{name}.csv", "w", newline="") as handle:
-                    handle.write("record,time,sample,unit\n")
-                    np.savetxt(handle, rows, fmt="%d", delimiter=",")
-                continue
-            # Labels of the axes after the record axis: the sample's index in the training
-            # set, the unit's (or input's) number in its layer, the time step.
-            layer = f[p.rsplit("/", 1)[0]]
-            features = ("input", layer["input_index"][:]) if p.endswith("/input") else \
-                ("unit", layer["unit_index"][:] if "unit_index" in layer else None)
-            axes = {2: [("sample", probe)], 3: [("sample", probe), features],
-                    4: [("time", None), ("sample", probe), features]}[d.ndim]
-            fmt = ["%d"] * d.ndim + ["%d" if d.dtype.kind in "ui" else "%.9g"]
-            with _write(out / f"{name}.csv", "w", newline="") as handle:
-                handle.write(",".join(["record", *(a for a, _ in axes), "value"]) + "\n")
-                for r in range(records):  # one record at a time: memory stays small
-                    block = d[r]
-                    grid = np.indices(block.shape).reshape(block.ndim, -1)
-                    labels = [g if index is None else index[g] for g, (_, index) in
-                              zip(grid, axes)]
-                    table = np.column_stack([np.full(block.size, r), *labels,
-                                             block.reshape(-1)])
-                    np.savetxt(handle, table, fmt=fmt, delimiter=",")
-    return out
-
-
-def _metric_column(name: str) -> tuple[int, list[Any]]:
-    if name in _METRIC_ORDER:
-        return (_METRIC_ORDER.index(name), [])
-    return (len(_METRIC_ORDER), _natural(name))
-
-
-def _csv_number(name: str, value: float) -> str:
-    value = float(value)
-    if name in ("epoch", "step") and value.is_integer():
-        return str(int(value))
-    return repr(value)
-
-
-def _write(path: Path, mode: str, **kwargs: Any) -> IO[Any]:
-    try:
-        return open(path, mode, **kwargs)
-    except OSError as e:
-        raise ValueError(f"cannot write {str(path)!r}: {e.strerror}") from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    reader = open_trace(args.file)
+    from noisynets.export import export_csv, export_npz
+    from noisynets.traces import TraceReader
+
+    reader = TraceReader(args.file)
     if args.format == "npz":
         out = Path(args.output) if args.output else reader.path.with_suffix(".npz")
         check_output(out)
-        retry_read(lambda: export_npz(reader.path, out), reader.path)
-    else:
+        export_npz(reader, out)
+    else:  # export_csv creates the folder, or says why it cannot
         out = (Path(args.output) if args.output
                else reader.path.with_name(reader.path.stem + "_csv"))
-        check_output(out, folder=True)
-        retry_read(lambda: export_csv(reader.path, out), reader.path)
+        export_csv(reader, out)
     print(f"{args.format} export written to {out}")
     return 0
+
+
+def check_output(out: Path) -> None:
+    """A ``ValueError`` unless the file ``out`` (``-o`` of plot and export) can be written."""
+    if out.is_dir():
+        raise ValueError(f"output {str(out)!r} is a folder: name a file")
+    if not out.parent.is_dir():
+        raise ValueError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
 
 
 COMMANDS = {"train": cmd_train, "inspect": cmd_inspect, "plot": cmd_plot, "export": cmd_export}

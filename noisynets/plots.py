@@ -21,8 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
+from noisynets.traces import TraceReader, as_reader, layer_metric  # noqa: E402
+
 if TYPE_CHECKING:
-    from noisynets.traces import TraceReader
     from noisynets.training import RunResult
 
 
@@ -62,36 +63,16 @@ _STYLE = {
 _COLUMNS = 4
 
 
-def metrics_table(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The metrics cut to the evaluations every one of them holds (a run killed in the middle of
-    writing an evaluation leaves some metrics one row longer than the others)."""
-    if not metrics:
-        return {}
-    n = min(len(v) for v in metrics.values())
-    return {name: np.asarray(v[:n]) for name, v in metrics.items()}
-
-
-def layer_metric(metrics: dict[str, np.ndarray], name: str) -> dict[int, np.ndarray]:
-    """``{k: metrics[f"{name}_layer_{k}"]}`` for every layer that has it, by layer number."""
-    prefix = f"{name}_layer_"
-    found = {int(key[len(prefix):]): value for key, value in metrics.items()
-             if key.startswith(prefix) and key[len(prefix):].isdigit()}
-    return dict(sorted(found.items()))
-
-
-def trace_figure(path_or_reader: str | Path | TraceReader, out: str | Path) -> Path:
+def trace_figure(trace: str | Path | TraceReader, out: str | Path) -> Path:
     """One PNG of a trace file: learning curves, alignment with BP and input decorrelation per
     layer by epoch; clean and noisy activity distributions of the last record per traced layer
     and the distribution of ``da = noisy - clean``; a spike raster of the last record for
     every spiking layer (one probe sample, clean pass).
 
-    Works on a file whose run is still writing or was killed: what is not there yet is
-    left out (a panel says so). Returns ``out``.
+    ``trace`` is a trace file or its ``TraceReader``. Works on a file whose run is still
+    writing or was killed: what is not there yet is left out (a panel says so). Returns ``out``.
     """
-    from noisynets.traces import TraceReader
-
-    reader = (path_or_reader if isinstance(path_or_reader, TraceReader)
-              else TraceReader(path_or_reader))
+    reader = as_reader(trace)
     data = _figure_data(reader)
     sections: list[list[Callable[[plt.Axes], None]]] = [
         [partial(_loss_panel, data), partial(_accuracy_panel, data),
@@ -125,32 +106,32 @@ def trace_figure(path_or_reader: str | Path | TraceReader, out: str | Path) -> P
 
 
 def _figure_data(reader: TraceReader) -> dict[str, Any]:
-    """Everything the figure shows, read in one pass over the file."""
-    from noisynets.traces import open_h5
-
-    data: dict[str, Any] = {"config": reader.config, "metrics": metrics_table(reader.metrics())}
-    with open_h5(reader.path) as f:
-        traces = f["traces"]
-        records = int(traces["step"].shape[0])
-        data["records"] = records
-        data["step"] = int(traces["step"][records - 1]) if records else None
-        data["first_step"] = int(traces["step"][0]) if records else None
-        probe = traces["probe_index"][:]
-        data["sample"] = int(probe[0]) if len(probe) else None
-        layers = sorted(int(name.split("_")[1]) for name in traces if name.startswith("layer_"))
-        data["layers"], data["spiking"], data["last"] = layers, [], {}
-        for k in layers:
-            g = traces[f"layer_{k}"]
-            last: dict[str, Any] = {"units": int(g.attrs.get("units", 0)),
-                                    "unit_index": g["unit_index"][:]}
-            if records:
-                last["clean"] = g["activity_clean"][records - 1]
-                last["noisy"] = g["activity_noisy"][records - 1]
-                if "spikes" in g:
-                    last["spikes"] = g["spikes"][records - 1, :, 0]  # (time, units), sample 0
-            if bool(g.attrs.get("spiking", "spikes" in g)):
-                data["spiking"].append(k)
-            data["last"][k] = last
+    """Everything the figure shows: complete records and evaluations only."""
+    steps = reader.steps()
+    records = len(steps)  # a record the run adds meanwhile is left out
+    probe = reader.probe_index()
+    attrs = reader.attributes()
+    datasets = reader.datasets()
+    data: dict[str, Any] = {
+        "config": reader.config, "metrics": reader.metrics(), "records": records,
+        "step": int(steps[-1]) if records else None,
+        "first_step": int(steps[0]) if records else None,
+        "sample": int(probe[0]) if len(probe) else None,
+        "layers": reader.layers, "spiking": [], "last": {},
+    }
+    for k in data["layers"]:
+        group = f"/traces/layer_{k}"
+        spikes = f"{group}/spikes" in datasets
+        last: dict[str, Any] = {"units": int(attrs.get(group, {}).get("units", 0)),
+                                "unit_index": reader.unit_index(k)}
+        if records:
+            last["clean"] = reader.activity(k, "clean", records - 1)
+            last["noisy"] = reader.activity(k, "noisy", records - 1)
+            if spikes:
+                last["spikes"] = reader.spikes(k, "clean", records - 1)[:, 0]  # (time, units)
+        if bool(attrs.get(group, {}).get("spiking", spikes)):
+            data["spiking"].append(k)
+        data["last"][k] = last
     return data
 
 

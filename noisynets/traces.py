@@ -23,6 +23,11 @@ record or one row of metrics, flushes and closes it again, so a run that dies (e
 leaves a file that holds everything written before, and a reader can open it while the run goes
 on. Nothing accumulates in memory.
 
+``TraceWriter`` writes a file; ``TraceReader`` reads one, also while its run writes it (it
+retries a read that meets a half-written record and returns complete records and evaluations
+only), and ``TraceReader.describe`` is the text of ``noisynets inspect``. ``noisynets.export``
+and ``noisynets.plots`` read through ``TraceReader``.
+
 Read it without noisynets::
 
     import h5py
@@ -33,6 +38,7 @@ Read it without noisynets::
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -70,7 +76,9 @@ SCHEMA: tuple[tuple[str, str, str, str], ...] = (
     ("/traces/layer_<k>/spike_events", "(events, 4)", "int32", "spiking layers, if asked"),
 )
 
-_RETRIES = 50
+# A read that meets a half-written file is tried this often, this many seconds apart.
+_READ_TRIES = 40
+_READ_PAUSE = 0.05
 _T = TypeVar("_T")
 
 
@@ -239,7 +247,12 @@ class TraceWriter:
 
 
 class TraceReader:
-    """Reads a trace file, also while its run is still writing it.
+    """Reads a trace file, also while its run is still writing it, or after it was killed.
+
+    Every read opens the file afresh (without HDF5's file lock) and is tried again for a while
+    when it meets a half-written record; it returns complete records and evaluations only.
+    A file that is missing, a folder, not HDF5, not a trace or unreadable is a ``ValueError``
+    that says so, a dataset the file lacks a ``KeyError``.
 
     Example::
 
@@ -247,66 +260,104 @@ class TraceReader:
         reader.layers                                   # [1, 2, 3, 4]
         reader.activity(2, "noisy", records=slice(-5, None))   # (5, probe, units)
         reader.metrics()["test_accuracy"]
+        reader.read("/traces/layer_1/spike_events", records=-1)   # the last record's events
+        print(reader.describe())                        # what ``noisynets inspect`` prints
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ValueError(f"trace file {str(self.path)!r} does not exist")
+        name = str(self.path)
+        if not self.path.exists():
+            raise ValueError(f"trace file {name!r} does not exist")
+        if self.path.is_dir():
+            raise ValueError(f"{name!r} is a folder: name a trace file, e.g. "
+                             f"{str(self.path / 'trace.h5')!r}")
         try:
-            found = self._with_file(lambda f: f.attrs.get("format"))
+            hdf5 = h5py.is_hdf5(self.path)
         except OSError as e:
-            raise ValueError(f"cannot read trace file {str(self.path)!r}: {e}") from None
+            raise ValueError(f"cannot read {name!r}: {e}") from None
+        if not hdf5:
+            raise ValueError(f"{name!r} is not an HDF5 file (a noisynets trace file is the "
+                             "trace.h5 of a run folder)")
+        found, missing = self._with_file(lambda f: (f.attrs.get("format"), _missing(f)))
         if found != FORMAT:
-            raise ValueError(f"{str(self.path)!r} is not a noisynets trace file "
+            raise ValueError(f"{name!r} is not a noisynets trace file "
                              f"(its format attribute is {found!r})")
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise ValueError(f"{name!r} is not a whole noisynets trace file: it lacks "
+                             f"{', '.join(missing[:3])}{more}")
 
     def _with_file(self, read: Callable[[h5py.File], _T]) -> _T:
-        """``read(f)`` on a fresh handle, tried again while the writer is mid-append (the open
-        or the read can then meet a half-written file and fail with OSError)."""
-        for attempt in range(_RETRIES):
+        """``read(f)`` on a fresh handle. While the writer is mid-append, the open or the read
+        can meet a half-written file and fail (``OSError``; ``KeyError`` for an object being
+        written; ``RuntimeError`` from h5py's ``visititems``): tried again for a while, then a
+        ``ValueError``."""
+        for attempt in range(_READ_TRIES):
             try:
                 with open_h5(self.path) as f:
                     return read(f)
             except FileNotFoundError:
-                raise
-            except OSError:
-                if attempt == _RETRIES - 1:
-                    raise
-                time.sleep(0.02)
+                raise ValueError(f"trace file {str(self.path)!r} does not exist") from None
+            except (OSError, KeyError, RuntimeError) as e:
+                if attempt == _READ_TRIES - 1:
+                    message = " ".join(str(e).split()).strip("\"'")
+                    raise ValueError(f"cannot read trace file {str(self.path)!r}: "
+                                     f"{message}") from None
+                time.sleep(_READ_PAUSE)
         raise AssertionError("unreachable")
 
-    def _read(self, name: str, records: Any = slice(None)) -> np.ndarray:
-        """A dataset's rows ``records``; of a per-record dataset only complete records (a record
-        is complete once its step is written, the writer's last act)."""
-        def read(f: h5py.File) -> np.ndarray:
-            if name not in f:
-                raise KeyError(f"{str(self.path)!r} has no dataset {name!r}")
-            dataset = f[name]
-            if name not in _PER_RECORD and name.rsplit("/", 1)[-1] not in _PER_RECORD_IN_LAYER:
-                return dataset[records]
-            n = f["traces/step"].shape[0]
-            if isinstance(records, int):
-                return dataset[range(n)[records]]
-            if isinstance(records, slice):
-                return dataset[slice(*records.indices(n))]
-            return dataset[:n][records]
+    def read(self, path: str, records: Any = slice(None)) -> np.ndarray:
+        """A dataset by its path (``"/traces/layer_1/input"``), complete rows only (``_rows``);
+        ``records`` (an int, a slice or indices) picks among them: records of a per-record
+        dataset, the events of those records of ``spike_events``, evaluations of a metric,
+        rows of any other dataset."""
+        path = "/" + path.lstrip("/")
+        found = self._with_file(lambda f: _rows(f, path, records) if path in f else None)
+        if found is None:
+            raise KeyError(f"{str(self.path)!r} has no dataset {path!r}")
+        return found
 
-        return self._with_file(read)
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every dataset by path, complete rows only: of a file whose run still writes it, the
+        records and evaluations complete when the call starts, so that they fit together. Each
+        dataset is read on its own: a short read is less likely to meet the writer."""
+        records = slice(0, self.num_records)
+        evaluations = slice(0, min((len(m) for m in self.metrics().values()), default=0))
+        first = {"records": records, "events": records, "evaluations": evaluations}
+        return {p: self.read(p, first.get(_first_axis(p), slice(None))) for p in self.datasets()}
 
-    @property
-    def attrs(self) -> dict[str, Any]:
-        def read(f: h5py.File) -> dict[str, Any]:
-            return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    def attributes(self) -> dict[str, dict[str, Any]]:
+        """``{group path: {name: value}}`` of the root ``"/"`` and every group with attributes,
+        as plain (JSON-able) values; the root's ``config`` (JSON text in the file) decoded."""
+        def read(f: h5py.File) -> dict[str, dict[str, Any]]:
+            groups: dict[str, Any] = {"/": f}
+
+            def visit(name: str, obj: Any) -> None:
+                if isinstance(obj, h5py.Group) and len(obj.attrs):
+                    groups["/" + name] = obj
+
+            f.visititems(visit)
+            return {path: {k: _plain(v) for k, v in g.attrs.items()} for path, g in groups.items()}
 
         attrs = self._with_file(read)
-        if "config" in attrs:
-            attrs["config"] = json.loads(attrs["config"])
+        if isinstance(attrs["/"].get("config"), str):
+            try:
+                attrs["/"]["config"] = json.loads(attrs["/"]["config"])
+            except json.JSONDecodeError:
+                pass
         return attrs
 
     @property
+    def attrs(self) -> dict[str, Any]:
+        """The root's attributes (``attributes()["/"]``)."""
+        return self.attributes()["/"]
+
+    @property
     def config(self) -> dict[str, Any]:
-        return self.attrs.get("config", {})
+        """The run's configuration (the root's ``config``; empty if it is missing or garbled)."""
+        config = self.attrs.get("config")
+        return config if isinstance(config, dict) else {}
 
     @property
     def layers(self) -> list[int]:
@@ -318,59 +369,241 @@ class TraceReader:
         return self._with_file(lambda f: int(f["traces/step"].shape[0]))
 
     def spiking(self, layer: int) -> bool:
-        return self._with_file(lambda f: bool(f[f"traces/layer_{layer}"].attrs["spiking"]))
+        group = self.attributes().get(f"/traces/layer_{layer}")
+        if group is None:
+            raise KeyError(f"{str(self.path)!r} has no traced layer {layer}")
+        return bool(group["spiking"])
 
     def datasets(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        """Every dataset in the file: its path, shape and dtype."""
-        def read(f: h5py.File) -> dict[str, tuple[tuple[int, ...], str]]:
-            found: dict[str, tuple[tuple[int, ...], str]] = {}
-
-            def visit(name: str, obj: Any) -> None:
-                if isinstance(obj, h5py.Dataset):
-                    found["/" + name] = (tuple(obj.shape), str(obj.dtype))
-
-            f.visititems(visit)
-            return found
-
-        return self._with_file(read)
+        """Every dataset in the file: its path, shape and dtype (the shape as stored, which can
+        count a record or an evaluation still being written)."""
+        return self._with_file(lambda f: {p: (tuple(f[p].shape), str(f[p].dtype))
+                                          for p in _dataset_paths(f)})
 
     def metrics(self) -> dict[str, np.ndarray]:
-        """Every metric, a 1-D array with one row per evaluation."""
-        return self._with_file(lambda f: {name: d[:] for name, d in f["metrics"].items()})
+        """Every metric, a 1-D array with one row per complete evaluation."""
+        return self._with_file(lambda f: {name: _rows(f, f"/metrics/{name}")
+                                          for name in f["metrics"]})
 
     def steps(self) -> np.ndarray:
-        return self._read("/traces/step")
+        return self.read("/traces/step")
 
     def probe_index(self) -> np.ndarray:
-        return self._read("/traces/probe_index")
+        return self.read("/traces/probe_index")
 
     def loss(self, which: str = "clean", records: Any = slice(None)) -> np.ndarray:
-        return self._read(f"/traces/loss_{_which(which)}", records)
+        return self.read(f"/traces/loss_{_which(which)}", records)
 
     def input(self, layer: int, records: Any = slice(None)) -> np.ndarray:
-        return self._read(f"/traces/layer_{layer}/input", records)
+        return self.read(f"/traces/layer_{layer}/input", records)
 
     def activity(self, layer: int, which: str = "clean", records: Any = slice(None)) -> np.ndarray:
-        return self._read(f"/traces/layer_{layer}/activity_{_which(which)}", records)
+        return self.read(f"/traces/layer_{layer}/activity_{_which(which)}", records)
 
     def spikes(self, layer: int, which: str = "clean", records: Any = slice(None)) -> np.ndarray:
         suffix = "" if _which(which) == "clean" else "_noisy"
-        return self._read(f"/traces/layer_{layer}/spikes{suffix}", records)
+        return self.read(f"/traces/layer_{layer}/spikes{suffix}", records)
 
     def membrane(self, layer: int, which: str = "clean", records: Any = slice(None)) -> np.ndarray:
         suffix = "" if _which(which) == "clean" else "_noisy"
-        return self._read(f"/traces/layer_{layer}/membrane{suffix}", records)
+        return self.read(f"/traces/layer_{layer}/membrane{suffix}", records)
 
     def unit_index(self, layer: int) -> np.ndarray:
-        return self._read(f"/traces/layer_{layer}/unit_index")
+        return self.read(f"/traces/layer_{layer}/unit_index")
+
+    def describe(self) -> str:
+        """What the file holds and its last metrics: the text ``noisynets inspect`` prints."""
+        attrs = self.attributes()
+        root = attrs["/"]
+        lines = [f"trace file    {self.path} ({self.path.stat().st_size / 1e6:.2f} MB)"]
+        lines.append(f"format        {root.get('format')}, version {root.get('format_version')}")
+        for name in ("created", "device", "seed"):
+            lines.append(f"{name:<13} {root.get(name, '?')}")
+        lines.append(f"versions      noisynets {root.get('noisynets_version', '?')}, "
+                     f"torch {root.get('torch_version', '?')}")
+        config = root.get("config")
+        if isinstance(config, dict) and config:
+            items = [f"{k} = {_compact(v)}" for k, v in config.items()]
+            lines.extend(_wrap(items, "config        ", " " * 14))
+        steps = self.steps()
+        datasets = self.datasets()
+        if len(steps):
+            lines.append(f"records       {len(steps)} (steps {steps[0]}..{steps[-1]})")
+        else:
+            lines.append("records       0 (none yet)")
+        lines.append(f"probe         {datasets['/traces/probe_index'][0][0]} samples")
+        lines.append("layers")
+        for k in self.layers:
+            group = f"/traces/layer_{k}"
+            a = attrs.get(group, {})
+            spiking = "spiking" if bool(a.get("spiking", False)) else "not spiking"
+            if f"{group}/spike_events" in datasets:
+                spiking += ", spike events"
+            traced = (datasets[f"{group}/unit_index"][0][0],
+                      datasets[f"{group}/input_index"][0][0])
+            lines.append(f"  {group.rsplit('/', 1)[1]:<9} {a.get('units', '?')} units, "
+                         f"{a.get('inputs', '?')} inputs; traced {traced[0]} units, "
+                         f"{traced[1]} inputs; {spiking}")
+        lines.append("datasets")
+        width = max((len(p) for p in datasets), default=0)
+        for p, (shape, dtype) in datasets.items():
+            lines.append(f"  {p:<{width}}  {str(shape):<22} {dtype}")
+        metrics = self.metrics()
+        evaluations = min((len(v) for v in metrics.values()), default=0)
+        if not evaluations:
+            lines.append("final metrics: none yet (no evaluation written)")
+            return "\n".join(lines)
+        last = {name: float(v[-1]) for name, v in metrics.items()}
+        lines.append(f"final metrics (the last of {evaluations} evaluations)")
+        per_layer = {name: layer_metric(metrics, name) for name in LAYER_METRICS}
+        shown = {f"{n}_layer_{k}" for n, s in per_layer.items() for k in s}
+        scalars = sorted(set(last) - shown, key=metric_sort_key)
+        lines.extend(_wrap([f"{n} = {_number(n, last[n])}" for n in scalars], "  ", "  "))
+        columns = [n for n, s in per_layer.items() if s]
+        if columns:
+            lines.append("  " + f"{'layer':<7}" + "".join(f"{n:>15}" for n in columns))
+            for k in sorted({k for s in per_layer.values() for k in s}):
+                row = "".join(f"{per_layer[n][k][-1]:>15.4g}" if k in per_layer[n]
+                              else f"{'-':>15}" for n in columns)
+                lines.append(f"  {k:<7}{row}")
+        return "\n".join(lines)
 
 
-_PER_RECORD = {"/traces/step", "/traces/loss_clean", "/traces/loss_noisy"}
-_PER_RECORD_IN_LAYER = {"input", "activity_clean", "activity_noisy", "spikes", "spikes_noisy",
-                        "membrane", "membrane_noisy"}
+def as_reader(trace: str | Path | TraceReader) -> TraceReader:
+    """``trace`` if it is a ``TraceReader``, else a reader of the file ``trace``."""
+    return trace if isinstance(trace, TraceReader) else TraceReader(trace)
+
+
+# --- complete rows, by the schema -----------------------------------------------------------
+
+# The first axis of every dataset of SCHEMA: records, evaluations, events, probe, inputs, units.
+_FIRST_AXIS = {path: shape.strip("()").split(",")[0].strip() for path, shape, _, _ in SCHEMA}
+
+
+def _first_axis(path: str) -> str | None:
+    """The first axis ``SCHEMA`` gives the dataset ``path`` (None: not in the schema)."""
+    pattern = re.sub(r"^/metrics/[^/]+$", "/metrics/<name>", path)
+    pattern = re.sub(r"/layer_\d+/", "/layer_<k>/", pattern)
+    return _FIRST_AXIS.get(pattern)
+
+
+def _missing(f: h5py.File) -> list[str]:
+    """The groups and datasets ``SCHEMA`` says the file holds (given its layers) that it lacks."""
+    groups = [g for g in ("/metrics", "/traces") if g not in f]
+    if groups:
+        return groups
+    layers = {name: bool(g.attrs.get("spiking", False)) for name, g in f["traces"].items()
+              if name.startswith("layer_") and isinstance(g, h5py.Group)}
+    where = {"always": ["layer_<k>"], "traced layers": list(layers),
+             "spiking layers": [name for name, spiking in layers.items() if spiking]}
+    missing = []
+    for path, _, _, present in SCHEMA:
+        for layer in where.get(present, []):  # "spiking layers, if asked": optional
+            name = path.replace("layer_<k>", layer)
+            if "<name>" not in name and name not in f:
+                missing.append(name)
+    return missing
+
+
+def _rows(f: h5py.File, path: str, records: Any = slice(None)) -> np.ndarray:
+    """The rows ``records`` of the dataset ``path`` among its complete ones. A record is
+    complete once its step is in ``/traces/step`` (the writer's last act), an evaluation once
+    every metric has its row: a run killed while it writes can leave a record's data without
+    its step, or an evaluation's first metrics without the rest."""
+    d = f[path]
+    axis = _first_axis(path)
+    if axis == "evaluations":
+        return d[:min(m.shape[0] for m in f["metrics"].values())][records]
+    if axis not in ("records", "events"):
+        return d[records]
+    n = f["traces/step"].shape[0]
+    if axis == "events":  # rows (record, time, sample, unit): the events of those records
+        events = d[:]
+        return events[np.isin(events[:, 0], np.arange(n)[records])]
+    if isinstance(records, int):
+        return d[range(n)[records]]
+    if isinstance(records, slice):
+        return d[slice(*records.indices(n))]
+    return d[:n][records]
+
+
+def _dataset_paths(f: h5py.File) -> list[str]:
+    found: list[str] = []
+    f.visititems(lambda name, obj: found.append("/" + name)
+                 if isinstance(obj, h5py.Dataset) else None)
+    return sorted(found, key=_natural)
+
+
+def _natural(text: str) -> list[Any]:
+    """A sort key that puts ``layer_2`` before ``layer_10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _plain(value: Any) -> Any:
+    """An HDF5 attribute as a JSON-able value."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _which(which: str) -> str:
     if which not in ("clean", "noisy"):
         raise ValueError(f"which={which!r}: choose 'clean' or 'noisy'")
     return which
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+# The metrics of every evaluation, in the order ``inspect`` and the CSV export show them.
+SCALAR_METRICS = ("epoch", "step", "test_accuracy", "train_loss", "test_loss", "seconds",
+                  "zero_change_fraction")
+# The per-layer metrics, stored as ``<name>_layer_<k>``.
+LAYER_METRICS = ("alignment", "decorrelation", "estimate_norm")
+
+
+def metric_sort_key(name: str) -> tuple[int, list[Any]]:
+    """``SCALAR_METRICS`` in their order first, then the others by name (layer 2 before 10)."""
+    if name in SCALAR_METRICS:
+        return (SCALAR_METRICS.index(name), [])
+    return (len(SCALAR_METRICS), _natural(name))
+
+
+def layer_metric(metrics: dict[str, np.ndarray], name: str) -> dict[int, np.ndarray]:
+    """``{k: metrics[f"{name}_layer_{k}"]}`` for every layer that has it, by layer number."""
+    prefix = f"{name}_layer_"
+    found = {int(key[len(prefix):]): value for key, value in metrics.items()
+             if key.startswith(prefix) and key[len(prefix):].isdigit()}
+    return dict(sorted(found.items()))
+
+
+# --- the text of ``describe`` ---------------------------------------------------------------
+
+def _wrap(items: list[str], first: str, indent: str, width: int = 100) -> list[str]:
+    """``items`` joined by ", " into lines of at most ``width`` characters, never inside one."""
+    lines, line = [], first
+    for i, item in enumerate(items):
+        text = item + ("," if i < len(items) - 1 else "")
+        if line.strip() and len(line) + 1 + len(text) > width:
+            lines.append(line.rstrip())
+            line = indent
+        line += ("" if line.isspace() or line == first else " ") + text
+    lines.append(line.rstrip())
+    return lines
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + " ".join(_compact(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _number(name: str, value: float) -> str:
+    if name in ("epoch", "step") and value.is_integer():
+        return str(int(value))
+    return f"{value:.4g}"

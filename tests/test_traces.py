@@ -22,6 +22,7 @@ import torch
 
 from noisynets.cli import main
 from noisynets.config import TrainConfig
+from noisynets.export import export_csv, export_npz
 from noisynets.network import Record
 from noisynets.traces import SCHEMA, TraceReader, TraceWriter
 from noisynets.training import train
@@ -380,6 +381,69 @@ def test_export_csv_writes_metrics_and_long_tables(spiking_run, tmp_path, capsys
 def test_export_csv_writes_beside_the_file_by_default(rate_run, capsys):
     run_cli(capsys, ["export", str(rate_run), "--format", "csv"])
     assert (rate_run.parent / "trace_csv" / "metrics.csv").exists()
+
+
+def test_the_library_exports_a_path_or_a_reader(spiking_run, tmp_path, capsys):
+    run_cli(capsys, ["export", str(spiking_run), "--format", "npz", "-o", str(tmp_path / "c.npz")])
+    run_cli(capsys, ["export", str(spiking_run), "--format", "csv", "-o", str(tmp_path / "c")])
+    assert export_npz(spiking_run, tmp_path / "p.npz") == tmp_path / "p.npz"
+    export_npz(TraceReader(spiking_run), tmp_path / "r.npz")
+    with np.load(tmp_path / "c.npz") as c, np.load(tmp_path / "p.npz") as a, \
+            np.load(tmp_path / "r.npz") as b:
+        assert set(a.files) == set(b.files) == set(c.files)
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+            np.testing.assert_array_equal(a[key], c[key])
+    out = export_csv(spiking_run, tmp_path / "new" / "folder")  # the folder is created
+    for name in (p.name for p in (tmp_path / "c").iterdir()):
+        assert (out / name).read_bytes() == (tmp_path / "c" / name).read_bytes(), name
+
+
+# --- the reader: complete rows, clear errors ------------------------------------------------
+
+def test_the_reader_returns_complete_records_and_evaluations_only(spiking_run, tmp_path):
+    whole = TraceReader(spiking_run)
+    records, evaluations = whole.num_records, len(whole.metrics()["epoch"])
+    path = tmp_path / "half.h5"
+    path.write_bytes(spiking_run.read_bytes())
+    with h5py.File(path, "a") as f:  # as if killed within a record and within an evaluation
+        for name in ("traces/loss_clean", "traces/layer_1/activity_noisy",
+                     "traces/layer_1/spike_events", "metrics/epoch"):
+            d = f[name]
+            d.resize(d.shape[0] + 1, axis=0)
+        f["traces/layer_1/spike_events"][-1] = [records, 0, 0, 0]
+    reader = TraceReader(path)
+    assert reader.datasets()["/traces/loss_clean"][0] == (records + 1, 16)
+    assert reader.loss("clean").shape == (records, 16)
+    assert reader.activity(1, "noisy", -1).shape == (16, 32)
+    assert {len(v) for v in reader.metrics().values()} == {evaluations}
+    events = reader.read("/traces/layer_1/spike_events")
+    np.testing.assert_array_equal(events, whole.read("/traces/layer_1/spike_events"))
+    last = reader.read("traces/layer_1/spike_events", records=-1)
+    assert len(last) and set(last[:, 0]) == {records - 1}
+    arrays = reader.arrays()
+    assert set(arrays) == set(reader.datasets())
+    for name, array in whole.arrays().items():
+        np.testing.assert_array_equal(arrays[name], array)
+    with pytest.raises(KeyError, match="no dataset"):
+        reader.read("/traces/layer_2/spikes")
+
+
+def test_the_reader_says_what_is_wrong_with_a_file(rate_run, tmp_path, capsys):
+    (tmp_path / "notes.h5").write_text("not HDF5\n")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.arange(3)
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(rate_run.read_bytes())
+    with h5py.File(broken, "a") as f:
+        del f["traces/step"]
+    for path, words in [(tmp_path / "nope.h5", "does not exist"), (tmp_path, "is a folder"),
+                        (tmp_path / "notes.h5", "not an HDF5 file"),
+                        (tmp_path / "other.h5", "not a noisynets trace file"),
+                        (broken, "lacks /traces/step")]:
+        with pytest.raises(ValueError, match=words):
+            TraceReader(path)
+    fails(capsys, ["plot", str(broken)], "not a whole noisynets trace file")
 
 
 # --- mistakes -------------------------------------------------------------------------------
