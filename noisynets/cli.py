@@ -47,11 +47,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
+    value = nonnegative_int(text)
+    if value == 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
     return value
 
