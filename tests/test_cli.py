@@ -53,6 +53,11 @@ def fails(capsys, argv: list[str], *words: str) -> str:
         (["train", "--unit", "relu6"], ["--unit", "relu6"]),
         (["train", "--bogus"], ["--bogus"]),
         (["fly"], ["fly"]),
+        (["train", "--algo", "np", "--both-noisy"], ["np", "both passes", "anp"]),
+        (["train", "--algo", "dinp", "--both-noisy"], ["inp", "both passes"]),
+        (["train", "--noise", "telegraph:switch=2"], ["switch", "2"]),
+        (["train", "--noise", "pink"], ["pink", "gaussian"]),
+        (["train", "--threshold-noise", "0.1"], ["threshold_noise", "lif"]),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(capsys, argv, words):

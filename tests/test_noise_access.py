@@ -35,15 +35,18 @@ class SealedGaussian(Gaussian):
         return super().forward(a).as_subclass(Sealed)
 
 
-def make(noise, decorrelation):
-    return Network([10, 16, 16, 5], noise=noise, decorrelation=decorrelation, seed=0)
+def make(noise, decorrelation, both_noisy=False):
+    return Network([10, 16, 16, 5], noise=noise, decorrelation=decorrelation, seed=0,
+                   both_noisy=both_noisy)
 
 
+@pytest.mark.parametrize("both_noisy", [False, True])
 @pytest.mark.parametrize("decorrelation", [False, True])
-def test_anp_trains_identically_without_reading_the_noise(batch, decorrelation):
+def test_anp_trains_identically_without_reading_the_noise(batch, decorrelation, both_noisy):
     x, y = batch
     x = x.float()
-    nets = [make(Gaussian(0.01), decorrelation), make(SealedGaussian(0.01), decorrelation)]
+    nets = [make(Gaussian(0.01), decorrelation, both_noisy),
+            make(SealedGaussian(0.01), decorrelation, both_noisy)]
     for net in nets:
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
         for _ in range(5):

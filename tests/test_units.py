@@ -28,6 +28,14 @@ def test_every_unit_learns_with_anp_on_the_digits(unit, tmp_path):
     assert after > 0.5 and after > before + 0.3, (unit, before, after)
 
 
+def test_lif_units_learn_from_poisson_spike_input(tmp_path):
+    config = TrainConfig(algo="danp", unit="lif", encoding="poisson", hidden=[128], epochs=8,
+                         batch_size=32, time_steps=5, trace_every=0, out=str(tmp_path))
+    result = train(config, progress=False, log=None)
+    before, after = result.initial.test_accuracy, result.history[-1].test_accuracy
+    assert after > 0.5 and after > before + 0.3, (before, after)
+
+
 def test_the_lif_reset_follows_the_spike_it_emitted_even_with_a_noisy_threshold():
     g = torch.Generator().manual_seed(0)
     lif = LIF(beta=0.8, threshold=1.0)
