@@ -37,3 +37,11 @@ def test_sgd_presets_train_too(algo, tmp_path):
     result = train(config, progress=False, log=None)
     before, after = result.initial.test_accuracy, result.history[-1].test_accuracy
     assert after > 0.5 and after > before + 0.3, (before, after)
+
+
+def test_the_mse_loss_trains_too(tmp_path):
+    config = TrainConfig(algo="danp", loss="mse", hidden=[128, 128], epochs=4, batch_size=32,
+                         trace_every=0, out=str(tmp_path))
+    result = train(config, progress=False, log=None)
+    before, after = result.initial.test_accuracy, result.history[-1].test_accuracy
+    assert after > 0.5 and after > before + 0.3, (before, after)
