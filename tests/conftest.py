@@ -20,3 +20,23 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.randn(32, 10, generator=g, dtype=torch.float64)
     y = torch.randint(0, 5, (32,), generator=g)
     return x, y
+
+
+@pytest.fixture
+def cli_fails(capsys):
+    """Run ``noisynets ARGV`` in-process and check it fails as a user mistake must: exit
+    status 2 and one line ``noisynets: error: ...`` holding every one of ``words``."""
+    from noisynets.cli import main
+
+    def fails(argv: list[str], *words: str) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert lines[0].startswith("noisynets: error: ")
+        assert "Traceback" not in err
+        for word in words:
+            assert word in lines[0], (word, lines[0])
+        return lines[0]
+
+    return fails

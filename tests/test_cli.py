@@ -23,18 +23,6 @@ def no_data(tmp_path, monkeypatch):
     return tmp_path
 
 
-def fails(capsys, argv: list[str], *words: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("noisynets: error: ")
-    assert "Traceback" not in err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     "argv, words",
     [
@@ -60,39 +48,39 @@ def fails(capsys, argv: list[str], *words: str) -> str:
         (["train", "--threshold-noise", "0.1"], ["threshold_noise", "lif"]),
     ],
 )
-def test_bad_input_gets_one_line_and_exit_2(capsys, argv, words):
-    fails(capsys, argv, *words)
+def test_bad_input_gets_one_line_and_exit_2(cli_fails, argv, words):
+    cli_fails(argv, *words)
 
 
-def test_a_missing_data_set_names_the_places_searched(capsys, no_data):
-    line = fails(capsys, ["train", "--dataset", "mnist", "--out", str(no_data / "run")], "mnist")
+def test_a_missing_data_set_names_the_places_searched(cli_fails, no_data):
+    line = cli_fails(["train", "--dataset", "mnist", "--out", str(no_data / "run")], "mnist")
     assert str(no_data / "system") in line
     assert not (no_data / "run").exists() or not any((no_data / "run").iterdir())
 
 
-def test_a_corrupt_data_file_is_named(capsys, no_data):
+def test_a_corrupt_data_file_is_named(cli_fails, no_data):
     root = no_data / "files"
     root.mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (root / f"{name}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 7))
-    fails(capsys, ["train", "--dataset", "mnist", "--data-root", str(root)], "idx")
+    cli_fails(["train", "--dataset", "mnist", "--data-root", str(root)], "idx")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_asking_for_a_missing_gpu_is_a_clear_error(capsys, tmp_path):
-    fails(capsys, ["train", "--device", "cuda", "--out", str(tmp_path)], "cuda", "--device cpu")
+def test_asking_for_a_missing_gpu_is_a_clear_error(cli_fails, tmp_path):
+    cli_fails(["train", "--device", "cuda", "--out", str(tmp_path)], "cuda", "--device cpu")
 
 
-def test_a_bad_config_file_is_a_clear_error(capsys, tmp_path):
+def test_a_bad_config_file_is_a_clear_error(cli_fails, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('algo = "danp"\nlearning_rate = 0.1\n')
-    fails(capsys, ["train", "--config", str(bad)], "learning_rate")
-    fails(capsys, ["train", "--config", str(tmp_path / "none.toml")], "none.toml")
+    cli_fails(["train", "--config", str(bad)], "learning_rate")
+    cli_fails(["train", "--config", str(tmp_path / "none.toml")], "none.toml")
     bad.write_text("epochs = [\n")
-    fails(capsys, ["train", "--config", str(bad)], "TOML")
+    cli_fails(["train", "--config", str(bad)], "TOML")
     bad.write_text('epochs = "many"\n')
-    fails(capsys, ["train", "--config", str(bad)], "epochs", "many")
+    cli_fails(["train", "--config", str(bad)], "epochs", "many")
 
 
 def test_train_json_reports_the_run(capsys, tmp_path):

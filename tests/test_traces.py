@@ -42,18 +42,6 @@ def run_cli(capsys, argv: list[str]) -> str:
     return captured.out
 
 
-def fails(capsys, argv: list[str], *words: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("noisynets: error: ")
-    assert "Traceback" not in err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
-
-
 def start_run(out: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([*RUN, "--out", str(out)], stdout=subprocess.DEVNULL,
@@ -429,7 +417,7 @@ def test_the_reader_returns_complete_records_and_evaluations_only(spiking_run, t
         reader.read("/traces/layer_2/spikes")
 
 
-def test_the_reader_says_what_is_wrong_with_a_file(rate_run, tmp_path, capsys):
+def test_the_reader_says_what_is_wrong_with_a_file(cli_fails, rate_run, tmp_path):
     (tmp_path / "notes.h5").write_text("not HDF5\n")
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = np.arange(3)
@@ -443,49 +431,49 @@ def test_the_reader_says_what_is_wrong_with_a_file(rate_run, tmp_path, capsys):
                         (broken, "lacks /traces/step")]:
         with pytest.raises(ValueError, match=words):
             TraceReader(path)
-    fails(capsys, ["plot", str(broken)], "not a whole noisynets trace file")
+    cli_fails(["plot", str(broken)], "not a whole noisynets trace file")
 
 
 # --- mistakes -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", [["inspect"], ["plot"], ["export", "--format", "npz"]])
-def test_a_missing_file_gets_one_line(command, tmp_path, capsys):
-    fails(capsys, [command[0], str(tmp_path / "nope.h5"), *command[1:]], "nope.h5",
+def test_a_missing_file_gets_one_line(cli_fails, command, tmp_path):
+    cli_fails([command[0], str(tmp_path / "nope.h5"), *command[1:]], "nope.h5",
           "does not exist")
 
 
-def test_a_file_that_is_not_hdf5_gets_one_line(tmp_path, capsys):
+def test_a_file_that_is_not_hdf5_gets_one_line(cli_fails, tmp_path):
     path = tmp_path / "notes.h5"
     path.write_text("not HDF5\n")
-    fails(capsys, ["inspect", str(path)], "notes.h5", "not an HDF5 file")
-    fails(capsys, ["plot", str(path)], "not an HDF5 file")
+    cli_fails(["inspect", str(path)], "notes.h5", "not an HDF5 file")
+    cli_fails(["plot", str(path)], "not an HDF5 file")
 
 
-def test_an_hdf5_file_that_is_not_a_trace_gets_one_line(tmp_path, capsys):
+def test_an_hdf5_file_that_is_not_a_trace_gets_one_line(cli_fails, tmp_path):
     path = tmp_path / "other.h5"
     with h5py.File(path, "w") as f:
         f["x"] = np.arange(3)
-    fails(capsys, ["inspect", str(path)], "other.h5", "not a noisynets trace")
-    fails(capsys, ["export", str(path), "--format", "csv"], "not a noisynets trace")
+    cli_fails(["inspect", str(path)], "other.h5", "not a noisynets trace")
+    cli_fails(["export", str(path), "--format", "csv"], "not a noisynets trace")
 
 
-def test_a_folder_instead_of_a_file_gets_one_line(tmp_path, capsys):
-    fails(capsys, ["inspect", str(tmp_path)], "is a folder")
+def test_a_folder_instead_of_a_file_gets_one_line(cli_fails, tmp_path):
+    cli_fails(["inspect", str(tmp_path)], "is a folder")
 
 
-def test_an_unknown_export_format_gets_one_line(rate_run, capsys):
-    fails(capsys, ["export", str(rate_run), "--format", "xml"], "--format", "xml", "npz")
-    fails(capsys, ["export", str(rate_run)], "--format")
+def test_an_unknown_export_format_gets_one_line(cli_fails, rate_run):
+    cli_fails(["export", str(rate_run), "--format", "xml"], "--format", "xml", "npz")
+    cli_fails(["export", str(rate_run)], "--format")
 
 
-def test_an_unwritable_output_gets_one_line(rate_run, tmp_path, capsys):
+def test_an_unwritable_output_gets_one_line(cli_fails, rate_run, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    fails(capsys, ["plot", str(rate_run), "-o", str(tmp_path / "no" / "such" / "f.png")],
+    cli_fails(["plot", str(rate_run), "-o", str(tmp_path / "no" / "such" / "f.png")],
           "cannot write", "does not exist")
-    fails(capsys, ["plot", str(rate_run), "-o", str(tmp_path)], "is a folder")
-    fails(capsys, ["export", str(rate_run), "--format", "npz", "-o", str(blocker / "t.npz")],
+    cli_fails(["plot", str(rate_run), "-o", str(tmp_path)], "is a folder")
+    cli_fails(["export", str(rate_run), "--format", "npz", "-o", str(blocker / "t.npz")],
           "cannot write")
-    fails(capsys, ["export", str(rate_run), "--format", "csv", "-o", str(blocker)], "is a file")
-    fails(capsys, ["export", str(rate_run), "--format", "csv", "-o", str(blocker / "csv")],
+    cli_fails(["export", str(rate_run), "--format", "csv", "-o", str(blocker)], "is a file")
+    cli_fails(["export", str(rate_run), "--format", "csv", "-o", str(blocker / "csv")],
           "cannot create")
