@@ -222,6 +222,12 @@ def _record_label(data: dict[str, Any]) -> str:
     return f"record {data['records'] - 1}, step {data['step']}"
 
 
+def _shared_bins(values: list[np.ndarray]) -> np.ndarray | int:
+    """40 histogram bins spanning all of ``values``, so overlaid histograms compare."""
+    everything = np.concatenate(values)
+    return np.linspace(everything.min(), everything.max(), 41) if np.ptp(everything) > 0 else 20
+
+
 def _activity_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
     title = f"Layer {k} activity"
     last = data["last"][k]
@@ -229,8 +235,7 @@ def _activity_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
         _empty(ax, title, "no records yet")
         return
     clean, noisy = last["clean"].ravel(), last["noisy"].ravel()
-    both = np.concatenate([clean, noisy])
-    bins = np.linspace(both.min(), both.max(), 41) if np.ptp(both) > 0 else 20
+    bins = _shared_bins([clean, noisy])
     ax.hist(clean, bins=bins, alpha=0.55, color="C0", label="clean pass")
     ax.hist(noisy, bins=bins, histtype="step", lw=1.8, color="C3", label="noisy pass")
     traced = len(last["unit_index"])
@@ -246,9 +251,7 @@ def _change_panel(data: dict[str, Any], ax: plt.Axes) -> None:
         _empty(ax, title, "no records yet")
         return
     changes = {k: (data["last"][k]["noisy"] - data["last"][k]["clean"]).ravel() for k in layers}
-    everything = np.concatenate(list(changes.values()))
-    bins = (np.linspace(everything.min(), everything.max(), 41) if np.ptp(everything) > 0
-            else 20)
+    bins = _shared_bins(list(changes.values()))
     for i, (k, da) in enumerate(changes.items()):
         ax.hist(da, bins=bins, histtype="step", lw=1.8, color=f"C{i}", density=True,
                 label=f"layer {k}")
