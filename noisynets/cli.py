@@ -115,6 +115,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="std of Gaussian noise on the LIF threshold (0)")
     p.add_argument("--seed", type=nonnegative_int, help="seed of weights, noise and data order (0)")
     p.add_argument("--device", choices=DEVICES, help="auto | cpu | cuda (auto)")
+    p.add_argument("--threads", type=positive_int,
+                   help="CPU threads for torch (default: torch's choice, all cores)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: a new one under ./runs/)")
     p.add_argument("--trace-every", type=nonnegative_int,
                    help="trace the probe samples every N steps into trace.h5 (50; 0: off)")
@@ -168,7 +170,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from noisynets.training import train
+    from noisynets.training import plural, train
 
     config = config_from_args(args)
     progress = not args.no_progress and sys.stderr.isatty()
@@ -178,8 +180,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"final test accuracy {summary['test_accuracy']:.4f} after {summary['epochs']} "
-              f"epochs in {summary['seconds']:.1f} s; results in {summary['out']}")
+        print(f"final test accuracy {summary['test_accuracy']:.4f} after "
+              f"{plural(summary['epochs'], 'epoch')} in {summary['seconds']:.1f} s; "
+              f"results in {summary['out']}")
     return 0
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from noisynets.data import DATASETS
 from noisynets.losses import LOSSES
@@ -53,6 +52,7 @@ class TrainConfig:
     threshold_noise: float = 0.0
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None
     data_root: str | None = None
     out: str | None = None
     trace_every: int = 50
@@ -176,6 +176,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"decor_fraction {c.decor_fraction} must be in (0, 1]")
     if c.beta > 1:
         raise ValueError(f"beta {c.beta} must be in (0, 1]")
+    if c.threads is not None:
+        _positive_int("threads", c.threads)
     if isinstance(c.seed, bool) or not isinstance(c.seed, int) or c.seed < 0:
         raise ValueError(f"seed {c.seed!r} must be an integer >= 0")
     return c

@@ -6,7 +6,7 @@ Four data sets are known (see ``DATASETS``):
     The 8x8 handwritten digits shipped inside the package (``noisynets/embedded/digits.csv.gz``,
     UCI "Optical Recognition of Handwritten Digits", CC BY 4.0). Needs no files and no network.
     Fixed split: sample ``i`` (0-based, file order) is a test sample when ``i % 5 == 4``, else a
-    training sample (1437 train / 360 test). Pixels 0..16 are scaled by 1/16.
+    training sample (1438 train / 359 test). Pixels 0..16 are scaled by 1/16.
 ``fashion-mnist`` and ``mnist``
     The four IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
     ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``), each plain or ``.gz``.

@@ -88,7 +88,12 @@ class NoiseSource(nn.Module):
     * ``additive`` -- ``eps`` does not depend on ``a`` (required by NP, which divides by the
       noise variance);
     * ``mean`` and ``variance`` -- the per-node statistics of ``eps`` for additive sources
-      (a non-additive source raises ``ValueError`` for ``variance``).
+      (a non-additive source raises ``ValueError`` for ``variance``);
+    * ``zero_mean`` -- every node's ``eps`` has mean 0 (required by NP and INP, whose estimates
+      are unbiased only for zero-mean perturbations);
+    * ``summed_variance(T)`` -- ``Var(sum_{t<T} eps_t)`` of one node, the variance of the
+      perturbation a node receives over ``T`` time steps. The default, ``T * variance``, holds
+      for noise independent across steps; a source with memory (``Telegraph``) overrides it.
     """
 
     additive: bool = True
@@ -129,12 +134,31 @@ class NoiseSource(nn.Module):
             self.generator(device).set_state(rng)
 
     @property
-    def mean(self) -> float:
+    def mean(self) -> float | Tensor:
+        """``E[eps]`` of a node: a number, or a tensor of per-node means."""
         raise NotImplementedError
+
+    @property
+    def zero_mean(self) -> bool:
+        """Whether every node's noise has mean 0."""
+        mean = self.mean
+        return bool((mean == 0).all()) if isinstance(mean, Tensor) else mean == 0
 
     @property
     def variance(self) -> float:
         raise NotImplementedError
+
+    def summed_variance(self, steps: int) -> float:
+        """``Var(sum_{t<steps} eps_t)`` of one node: ``steps * variance`` (independent steps)."""
+        return int(steps) * self.variance
+
+    @property
+    def spec(self) -> str:
+        """The source in one line, as ``make_noise`` reads it: ``telegraph:std=0.001,...``."""
+        names = {cls: name for name, (cls, _) in _SOURCES.items()}
+        name = names.get(type(self), type(self).__name__)
+        args = self.extra_repr().replace(", ", ",")
+        return f"{name}:{args}" if args else name
 
     def forward(self, a: Tensor) -> Tensor:
         raise NotImplementedError
@@ -236,10 +260,13 @@ class Telegraph(NoiseSource):
     device restarted); ``reseed()`` forgets both (a new device). State and offset are plain
     attributes, not buffers, so ``state_dict`` does not depend on them.
 
-    Statistics, per node: mean ``offset``; variance ``std^2``; lag-k autocorrelation
-    ``(1 - 2 switch)^k``; expected fraction of entries that flip per step ``switch``.
-    ``mean`` reports 0.0, the mean over nodes (the expected offset), which is every node's
-    mean when ``offset_std == 0``; the per-node means are ``offset``.
+    Statistics, per node: mean ``offset`` (``mean`` is 0.0 without offsets, else the
+    per-node ``offset`` tensor, which exists once drawn); variance ``std^2``; lag-k
+    autocorrelation ``rho^k`` with ``rho = 1 - 2 switch``; expected fraction of entries that
+    flip per step ``switch``. Summed over ``T`` steps the variance is not ``T std^2``::
+
+        Var(sum_{t<T} eps_t) = std^2 * sum_{t,t'<T} rho^|t-t'|
+                             = std^2 * (T + 2 sum_{k=1}^{T-1} (T - k) rho^k)
     """
 
     def __init__(
@@ -253,12 +280,28 @@ class Telegraph(NoiseSource):
         self.offset: Tensor | None = None
 
     @property
-    def mean(self) -> float:
-        return 0.0
+    def mean(self) -> float | Tensor:
+        if self.offset_std == 0.0:
+            return 0.0
+        if self.offset is None:
+            raise ValueError(
+                "telegraph noise with offset_std > 0 has per-node means (its offsets), drawn "
+                "at its first use"
+            )
+        return self.offset
+
+    @property
+    def zero_mean(self) -> bool:
+        return self.offset_std == 0.0
 
     @property
     def variance(self) -> float:
         return self.std**2
+
+    def summed_variance(self, steps: int) -> float:
+        rho = 1.0 - 2.0 * self.switch
+        T = int(steps)
+        return self.std**2 * (T + 2.0 * sum((T - k) * rho**k for k in range(1, T)))
 
     def autocorrelation(self, lag: int) -> float:
         """The correlation of ``eps_t`` and ``eps_{t+lag}`` of one entry: ``(1-2 switch)^lag``."""
@@ -451,8 +494,12 @@ class Sum(NoiseSource):
         return all(s.additive for s in self.sources)
 
     @property
-    def mean(self) -> float:
+    def mean(self) -> float | Tensor:
         return sum(s.mean for s in self.sources)
+
+    @property
+    def zero_mean(self) -> bool:
+        return all(s.zero_mean for s in self.sources)
 
     @property
     def variance(self) -> float:
@@ -462,6 +509,9 @@ class Sum(NoiseSource):
                 f"a sum with multiplicative sources ({names}) has no activity-free variance"
             )
         return sum(s.variance for s in self.sources)
+
+    def summed_variance(self, steps: int) -> float:
+        return sum(s.summed_variance(steps) for s in self.sources)
 
     def reseed(self, seed: int) -> None:
         super().reseed(seed)
@@ -473,6 +523,10 @@ class Sum(NoiseSource):
     def reset(self) -> None:
         for s in self.sources:
             s.reset()
+
+    @property
+    def spec(self) -> str:
+        return "+".join(s.spec for s in self.sources)
 
     def forward(self, a: Tensor) -> Tensor:
         eps = self.sources[0](a)

@@ -42,7 +42,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -143,7 +143,7 @@ class TraceWriter:
                 f.attrs[key] = str(value) if isinstance(value, str) else value
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs.setdefault("created", datetime.now(timezone.utc).isoformat())
+            f.attrs.setdefault("created", datetime.now(UTC).isoformat())
             f.create_group("metrics")
             traces = f.create_group("traces")
             traces.create_dataset("probe_index", data=probe)

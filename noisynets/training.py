@@ -30,7 +30,8 @@ from noisynets.data import Dataset, load_dataset
 from noisynets.decorrelation import mean_abs_correlation
 from noisynets.network import Network, Passes, Record
 from noisynets.noise import make_noise
-from noisynets.rules import BP, Rule, make_rule, uses_decorrelation
+from noisynets.rules import Rule, make_rule, uses_decorrelation
+from noisynets.rules.bp import backprop
 from noisynets.traces import TraceWriter
 
 
@@ -75,7 +76,8 @@ class RunResult:
             "device": self.device,
             "out": self.out,
             "config": self.config.to_dict(),
-            "history": [asdict(h) for h in self.history],
+            "history": [asdict(h) for h in ([self.initial] if self.initial else [])
+                        + self.history],
         }
 
 
@@ -149,13 +151,30 @@ def cosine(a: Tensor, b: Tensor) -> float:
     return (a @ b / denominator).item() if denominator > 0 else 0.0
 
 
+def reference_gradients(
+    network: Network, rule: Rule, x: Tensor, y: Tensor
+) -> tuple[list[tuple[Tensor, Tensor]], Record]:
+    """The BP gradient that ``rule``'s estimate on ``(x, y)`` refers to, and its record.
+
+    With a noise-free reference pass that is plain BP. With intrinsic noise in every pass the
+    rule estimates the gradient at its reference pass's noisy operating point, so BP runs the
+    rule's own plan of passes and differentiates the loss of pass 0: run from the noise state
+    the rule's forward started from, pass 0 carries exactly the same noise.
+    """
+    passes = rule.passes(network) if network.both_noisy else Passes.clean(network.num_layers)
+    return backprop(network, x, y, passes)
+
+
 def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str, Any]:
-    """Per layer: the cosine of the rule's estimate with the BP gradient of the same batch
-    (``alignment``), the mean |off-diagonal correlation| of the layer's input
-    (``decorrelation``), and the estimate's norm; and the fraction of noisy samples whose
-    whole-network activity change ``||da||`` was zero. Leaves ``.grad`` untouched."""
-    estimate, record = rule.gradients(network, x, y)
-    reference, _ = BP().gradients(network, x, y)
+    """Per layer: the cosine of the rule's estimate with the BP gradient of the same batch at
+    the same operating point (``alignment``, see ``reference_gradients``), the mean
+    |off-diagonal correlation| of the layer's input (``decorrelation``), and the estimate's
+    norm; and the fraction of noisy samples whose whole-network activity change ``||da||``
+    was zero. Leaves ``.grad`` and the noise streams untouched."""
+    with network.untouched_noise():
+        estimate, record = rule.gradients(network, x, y)
+    with network.untouched_noise():
+        reference, _ = reference_gradients(network, rule, x, y)
     flat = [torch.cat([w.flatten(), b]) for w, b in estimate]
     flat_bp = [torch.cat([w.flatten(), b]) for w, b in reference]
     if record.activity[0].shape[0] > 1:
@@ -191,11 +210,12 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[EpochStats], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    name: str | None = None,
 ) -> list[EpochStats]:
     """Train for ``epochs`` epochs on ``data`` (already on the network's device).
 
     ``on_step(step)`` runs after every training step (steps count from 1), ``on_epoch(stats)``
-    after every epoch's evaluation."""
+    after every epoch's evaluation; ``name`` labels the progress bar (default: the rule's)."""
     device = data.train_x.device
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(data.train_x.shape[0] / batch_size)
@@ -203,7 +223,7 @@ def fit(
     history: list[EpochStats] = []
     bar = tqdm(
         total=epochs * steps_per_epoch, disable=not progress, unit="step", file=sys.stderr,
-        desc=f"{rule.name}", dynamic_ncols=True, leave=False,
+        desc=name or rule.name, dynamic_ncols=True, leave=False,
     )
     start = time.perf_counter()
     step = 0
@@ -285,6 +305,8 @@ def train(
     from noisynets.plots import learning_curve, trace_figure
 
     config = resolve(config)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     device = choose_device(config.device)
     data = load_dataset(config.dataset, config.data_root)
     torch.manual_seed(config.seed)
@@ -318,7 +340,7 @@ def train(
             writer.append_metrics(asdict(stats))
 
     emit = log or (lambda line: None)
-    emit(f"{config.algo} on {config.dataset}: {network.sizes}, {config.epochs} epochs, "
+    emit(f"{config.algo} on {config.dataset}: {network.sizes}, {plural(config.epochs, 'epoch')}, "
          f"batch {config.batch_size}, lr {config.lr:g}, noise {config.noise} "
          f"{config.noise_std:g}, device {device}, run folder {out}")
     start = time.perf_counter()
@@ -341,7 +363,7 @@ def train(
 
     try:
         fit(network, rule, optimizer, data, config.epochs, config.batch_size, seed=config.seed,
-            progress=progress, on_epoch=on_epoch, on_step=trace)
+            progress=progress, on_epoch=on_epoch, on_step=trace, name=config.algo)
     finally:
         result.seconds = time.perf_counter() - start
         save()
@@ -381,6 +403,11 @@ def to_device(data: Dataset, device: torch.device) -> Dataset:
         train_x=data.train_x.to(device), train_y=data.train_y.to(device),
         test_x=data.test_x.to(device), test_y=data.test_y.to(device),
     )
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _row(stats: EpochStats) -> str:

@@ -65,11 +65,20 @@ class _Leaky(snn.Leaky):
 
     snntorch recomputes the reset from the previous membrane and the *current* threshold. With a
     noisy threshold that would draw the reset independently of the spike; here the reset is the
-    stored spike itself, and the spike is ``Heaviside(U_t - (theta + xi_theta,t))``.
+    stored spike itself, and the spike is ``Heaviside(U_t - (theta + xi_theta,t))``, in the
+    membrane's dtype (snntorch's surrogate returns float32 even for a float64 membrane).
+
+    snntorch registers every neuron in the class-level list ``SpikingNeuron.instances`` (for its
+    ``init_hidden`` helpers, which this neuron does not use), which would keep every network
+    alive for the whole process; this neuron takes itself off that list.
     """
 
     last_spike: Tensor | None = None
     threshold_shift: Tensor | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        snn.SpikingNeuron.instances.remove(self)
 
     def mem_reset(self, mem: Tensor) -> Tensor:
         if self.last_spike is None:
@@ -77,7 +86,8 @@ class _Leaky(snn.Leaky):
         return self.last_spike.detach()
 
     def fire(self, mem: Tensor) -> Tensor:
-        return super().fire(mem if self.threshold_shift is None else mem - self.threshold_shift)
+        shifted = mem if self.threshold_shift is None else mem - self.threshold_shift
+        return super().fire(shifted).to(mem.dtype)
 
 
 class LIF(nn.Module):
@@ -122,11 +132,15 @@ class LIF(nn.Module):
         if state is None:
             state = (torch.zeros_like(current), torch.zeros_like(current))
         mem, spike = state
-        self.neuron.last_spike, self.neuron.threshold_shift = spike, threshold_shift
+        neuron = self.neuron
+        neuron.last_spike, neuron.threshold_shift = spike, threshold_shift
         try:
-            spike, mem = self.neuron(current, mem)
+            spike, mem = neuron(current, mem)
         finally:
-            self.neuron.last_spike = self.neuron.threshold_shift = None
+            # The state lives in what this returns, not in the neuron: a membrane left on the
+            # neuron would keep the last forward's whole graph alive.
+            neuron.last_spike = neuron.threshold_shift = neuron.reset = None
+            neuron.mem = neuron.mem.new_zeros(0)
         return spike, (mem, spike)
 
     def extra_repr(self) -> str:

@@ -46,6 +46,11 @@ def no_data(tmp_path, monkeypatch):
         (["train", "--noise", "telegraph:switch=2"], ["switch", "2"]),
         (["train", "--noise", "pink"], ["pink", "gaussian"]),
         (["train", "--threshold-noise", "0.1"], ["threshold_noise", "lif"]),
+        (["train", "--algo", "np", "--noise", "bernoulli"], ["np", "zero-mean", "bernoulli",
+                                                              "centered_bernoulli", "anp"]),
+        (["train", "--algo", "inp", "--noise", "telegraph:offset_std=0.1"],
+         ["inp", "zero-mean", "offset_std=0.1"]),
+        (["train", "--threads", "0"], ["--threads", "'0'", "positive"]),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(cli_fails, argv, words):
@@ -95,7 +100,7 @@ def test_train_json_reports_the_run(capsys, tmp_path):
         assert key in result
     assert result["algo"] == "anp" and result["dataset"] == "digits"
     assert result["epochs"] == 2 and result["config"]["hidden"] == [32]
-    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert [h["epoch"] for h in result["history"]] == [0, 1, 2]  # as the table and trace
     for h in result["history"]:
         assert {"epoch", "train_loss", "test_accuracy", "alignment"} <= set(h)
         assert len(h["alignment"]) == 2
@@ -104,6 +109,26 @@ def test_train_json_reports_the_run(capsys, tmp_path):
     assert json.loads((folder / "results.json").read_text())["test_accuracy"] == \
         result["test_accuracy"]
     assert (folder / "learning_curve.png").stat().st_size > 10_000
+
+
+def test_a_one_epoch_run_speaks_of_one_epoch_and_labels_its_progress_bar(capsys, tmp_path):
+    from noisynets.config import TrainConfig
+    from noisynets.training import train
+
+    argv = ["train", "--algo", "danp", "--hidden", "16", "--epochs", "1", "--threads", "1",
+            "--trace-every", "0", "--out", str(tmp_path / "cli"), "--no-progress"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert ", 1 epoch," in out and "after 1 epoch in" in out and "epochs" not in out
+    config = TrainConfig(algo="danp", hidden=[16], epochs=1, trace_every=0,
+                         out=str(tmp_path / "lib"))
+    train(config, progress=True, log=None)
+    assert "danp" in capsys.readouterr().err  # the progress bar names the rule asked for
 
 
 def test_the_console_script_exits_2_without_a_traceback(tmp_path):

@@ -44,3 +44,32 @@ def test_the_low_rank_update_equals_the_direct_one():
 def test_the_decorrelator_starts_as_the_identity():
     x = torch.randn(7, 4)
     torch.testing.assert_close(Decorrelator(4)(x), x)
+
+
+def test_update_decorrelation_is_r_minus_eta_c_r_from_the_configured_share_over_t():
+    """``Network.update_decorrelation``: per layer ``R <- R - eta C R``, ``C`` the zero-diagonal
+    second moment of the first ``ceil(fraction B)`` reference inputs, each the mean over T."""
+    import math
+
+    from noisynets import Network, Passes
+
+    T, fraction, eta = 3, 0.4, 0.05
+    net = Network([6, 5, 3], decorrelation=True, decorrelation_lr=eta,
+                  decorrelation_fraction=fraction, time_steps=T, seed=0).double()
+    g = torch.Generator().manual_seed(0)
+    for layer in net.layers:
+        layer.decorrelator.R.add_(0.1 * torch.randn(layer.decorrelator.R.shape, generator=g,
+                                                    dtype=torch.float64))
+    x = torch.rand(10, 6, generator=g, dtype=torch.float64)
+    record = net.run(x, torch.zeros(10, dtype=torch.long), Passes.perturbed(2))
+    m = math.ceil(fraction * 10)
+    expected = []
+    for layer, xh in zip(net.layers, record.inputs):
+        mean_input = xh[:m] / T
+        C = mean_input.T @ mean_input / m
+        C.fill_diagonal_(0.0)
+        R = layer.decorrelator.R
+        expected.append(R - eta * C @ R)
+    net.update_decorrelation(record)
+    for layer, want in zip(net.layers, expected):
+        torch.testing.assert_close(layer.decorrelator.R, want)

@@ -9,7 +9,11 @@ from noisynets.config import TrainConfig
 from noisynets.training import train
 
 
-@pytest.mark.parametrize("algo", RULES)
+QUICK = ("bp", "dnp", "inp", "danp")  # one per rule family in the default run; all with -m slow
+
+
+@pytest.mark.parametrize("algo", [a if a in QUICK else pytest.param(a, marks=pytest.mark.slow)
+                                  for a in RULES])
 def test_every_rule_raises_test_accuracy_on_the_digits(algo, tmp_path):
     config = TrainConfig(algo=algo, hidden=[128, 128], epochs=3, batch_size=32, out=str(tmp_path))
     result = train(config, progress=False, log=None)
@@ -30,6 +34,7 @@ def test_the_same_seed_gives_identical_results_on_the_cpu(tmp_path):
     assert a["train_loss"] != c["train_loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["bp", "danp"])
 def test_sgd_presets_train_too(algo, tmp_path):
     config = TrainConfig(algo=algo, optimizer="sgd", hidden=[128, 128], epochs=4, batch_size=32,
@@ -39,6 +44,7 @@ def test_sgd_presets_train_too(algo, tmp_path):
     assert after > 0.5 and after > before + 0.3, (before, after)
 
 
+@pytest.mark.slow
 def test_the_mse_loss_trains_too(tmp_path):
     config = TrainConfig(algo="danp", loss="mse", hidden=[128, 128], epochs=4, batch_size=32,
                          trace_every=0, out=str(tmp_path))

@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_noisynets_train_with_no_arguments(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", "import sys; from noisynets.cli import main; sys.exit(main([]))"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=240,
+        capture_output=True, text=True, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     folders = list((tmp_path / "runs").iterdir())

@@ -185,7 +185,8 @@ def test_telegraph_offsets_are_per_node_and_fixed():
     source.reseed(6)
     source(a)
     assert not torch.equal(source.offset, offset)
-    assert source.mean == 0.0 and source.variance == pytest.approx(std**2)
+    assert torch.equal(source.mean, source.offset) and not source.zero_mean
+    assert source.variance == pytest.approx(std**2)
     assert source.state_dict() == {}
     assert Telegraph(std)(a).abs().eq(std).all() and Telegraph(std).offset is None
 
@@ -351,3 +352,37 @@ def test_make_noise_rejects_a_bad_default_std(std):
 def test_constructors_reject_bad_arguments(make):
     with pytest.raises(ValueError):
         make()
+
+
+@pytest.mark.parametrize("source", additive_sources(), ids=repr)
+def test_the_variance_summed_over_time_steps_is_the_declared_one(source):
+    """``Var(sum_{t<T} eps_t)``: ``T s^2`` for independent steps, more for telegraph noise."""
+    T = 5
+    source.reseed(12)
+    a = torch.zeros(ROWS, NODES, dtype=torch.float64)
+    total = sum(source(a) for _ in range(T))
+    assert_mean_variance(total, T * source.mean, source.summed_variance(T))
+
+
+def test_telegraph_summed_variance_counts_the_correlation_of_its_steps():
+    # switch 0.1, T = 4: rho = 0.8, 4 + 2 (3 rho + 2 rho^2 + rho^3) = 12.384
+    assert Telegraph(1.0, switch=0.1).summed_variance(4) == pytest.approx(12.384)
+    assert Telegraph(2.0, switch=0.5).summed_variance(4) == pytest.approx(16.0)  # independent
+    assert Gaussian(2.0).summed_variance(4) == pytest.approx(16.0)
+
+
+def test_only_centred_sources_claim_zero_mean():
+    assert Gaussian(0.1).zero_mean and CenteredBernoulli(0.1, p=0.2).zero_mean
+    assert Telegraph(0.1).zero_mean and Shot(0.1).zero_mean and Logistic(0.1).zero_mean
+    assert not Bernoulli(0.1).zero_mean
+    assert not Telegraph(0.1, offset_std=0.01).zero_mean
+    assert not Sum([Gaussian(0.1), Bernoulli(0.1)]).zero_mean
+    source = Telegraph(0.1, offset_std=0.01, seed=0)
+    source(torch.zeros(3, 4))
+    assert torch.equal(source.mean, source.offset)
+
+
+@pytest.mark.parametrize("source", additive_sources() + [Gain(0.2)], ids=repr)
+def test_a_sources_spec_is_one_line_that_make_noise_reads_back(source):
+    assert "\n" not in source.spec
+    assert repr(make_noise(source.spec, 1.0)) == repr(source)

@@ -218,6 +218,7 @@ def test_a_run_file_holds_exactly_the_documented_datasets(run, request):
 
 # --- the writer's memory --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_writers_memory_stays_flat_over_2000_records(tmp_path):
     probe, steps = 4, 3
     writer = TraceWriter(tmp_path / "m.h5", [20, 24, 10], [True, False], steps, range(probe),

@@ -16,7 +16,8 @@ from noisynets.units import LIF, UNITS
 NOISE = {"heaviside": 0.3, "sign": 0.3, "stochastic_binary": 1e-3, "lif": 0.2}
 
 
-@pytest.mark.parametrize("unit", UNITS)
+@pytest.mark.parametrize("unit", [u if u == "lif" else pytest.param(u, marks=pytest.mark.slow)
+                                  for u in UNITS])
 def test_every_unit_learns_with_anp_on_the_digits(unit, tmp_path):
     config = TrainConfig(
         algo="danp", unit=unit, hidden=[128], epochs=8, batch_size=32,
@@ -28,6 +29,7 @@ def test_every_unit_learns_with_anp_on_the_digits(unit, tmp_path):
     assert after > 0.5 and after > before + 0.3, (unit, before, after)
 
 
+@pytest.mark.slow
 def test_lif_units_learn_from_poisson_spike_input(tmp_path):
     config = TrainConfig(algo="danp", unit="lif", encoding="poisson", hidden=[128], epochs=8,
                          batch_size=32, time_steps=5, trace_every=0, out=str(tmp_path))
@@ -92,3 +94,22 @@ def test_np_refuses_noise_whose_variance_depends_on_the_activity():
     net = Network([4, 6, 3], noise=Gain(0.1))
     with pytest.raises(ValueError, match="additive"):
         make_rule("np").step(net, torch.randn(2, 4), torch.tensor([0, 1]))
+
+
+def test_nothing_of_a_spiking_network_outlives_it():
+    """snntorch keeps every neuron in a class-level list and a neuron keeps its last membrane
+    (and with it the whole BPTT graph); three networks trained with BPTT and deleted must
+    all be collected."""
+    import gc
+    import weakref
+
+    refs = []
+    for seed in range(3):
+        net = Network([10, 20, 5], unit="lif", time_steps=4, seed=seed)
+        optimizer = torch.optim.Adam(net.parameters())
+        make_rule("bp").step(net, torch.randn(8, 10), torch.randint(0, 5, (8,)))
+        optimizer.step()
+        refs.append(weakref.ref(net))
+        del net, optimizer
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]

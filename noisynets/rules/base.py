@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from noisynets.network import Network, Record
+from noisynets.network import Network, Passes, Record
 
 Gradients = list[tuple[Tensor, Tensor]]
 
@@ -12,14 +12,19 @@ Gradients = list[tuple[Tensor, Tensor]]
 class Rule:
     """A learning rule: estimates ``dLoss/dW_l`` and ``dLoss/db_l`` of every layer.
 
-    ``gradients`` returns the estimates and the record of the forward they came from;
-    ``step`` writes them into ``param.grad``, where any ``torch.optim`` optimizer applies them.
+    ``passes`` is the plan of the batched forward the rule runs; ``gradients`` returns the
+    estimates and the record of that forward; ``step`` writes the estimates into
+    ``param.grad``, where any ``torch.optim`` optimizer applies them.
     """
 
     name = "rule"
 
     def check(self, network: Network) -> None:
         """Raise ``ValueError`` when the rule is not defined for ``network``."""
+
+    def passes(self, network: Network) -> Passes:
+        """The passes of the rule's forward; pass 0 is the reference pass."""
+        raise NotImplementedError
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         raise NotImplementedError

@@ -9,6 +9,27 @@ from noisynets.network import Network, Passes, Record
 from noisynets.rules.base import Gradients, Rule
 
 
+def backprop(network: Network, x: Tensor, y: Tensor, passes: Passes) -> tuple[Gradients, Record]:
+    """``dLoss/dW_l`` and ``dLoss/db_l`` of ``Loss = mean_n loss_n`` of pass 0 of a forward of
+    ``passes``, and that forward's (detached) record.
+
+    With intrinsic noise in every pass, pass 0 of a rule's own plan, run from the same noise
+    state, is the operating point the rule's estimate refers to (``training.diagnostics``).
+    """
+    params = [p for layer in network.layers for p in (layer.weight, layer.bias)]
+    with torch.enable_grad():
+        record = network.run(x, y, passes)
+        flat = torch.autograd.grad(record.loss[0].mean(), params, allow_unused=True)
+    flat = [torch.zeros_like(p) if g is None else g for p, g in zip(params, flat)]
+    detached = Record(
+        [i.detach() for i in record.inputs],
+        [a.detach() for a in record.activity],
+        record.loss.detach(),
+        record.time_steps,
+    )
+    return list(zip(flat[0::2], flat[1::2])), detached
+
+
 class BP(Rule):
     """Backpropagation (autograd; through time for spiking units, with a surrogate gradient).
 
@@ -19,16 +40,8 @@ class BP(Rule):
 
     name = "bp"
 
+    def passes(self, network: Network) -> Passes:
+        return Passes.clean(network.num_layers, network.both_noisy)
+
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
-        params = [p for layer in network.layers for p in (layer.weight, layer.bias)]
-        with torch.enable_grad():
-            record = network.run(x, y, Passes.clean(network.num_layers, network.both_noisy))
-            flat = torch.autograd.grad(record.loss.mean(), params, allow_unused=True)
-        flat = [torch.zeros_like(p) if g is None else g for p, g in zip(params, flat)]
-        detached = Record(
-            [i.detach() for i in record.inputs],
-            [a.detach() for a in record.activity],
-            record.loss.detach(),
-            record.time_steps,
-        )
-        return list(zip(flat[0::2], flat[1::2])), detached
+        return backprop(network, x, y, self.passes(network))

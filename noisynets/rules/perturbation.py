@@ -25,6 +25,22 @@ def outer_products(signals: list[Tensor], record: Record) -> Gradients:
     return grads
 
 
+def check_controllable_noise(rule: str, network: Network) -> None:
+    """NP and INP need a noise-free reference pass and zero-mean noise (ALGORITHMS.md)."""
+    if network.both_noisy:
+        raise ValueError(
+            f"{rule} needs a noise-free reference pass and control of the noise; the network's "
+            "noise is intrinsic in both passes: use anp or danp"
+        )
+    for k, layer in enumerate(network.layers):
+        if not layer.noise.zero_mean:
+            raise ValueError(
+                f"{rule} needs zero-mean noise, but layer {k + 1}'s {layer.noise.spec} has a "
+                "non-zero mean (bernoulli, or telegraph with offsets): use centered_bernoulli, "
+                "telegraph without offset_std, or anp/danp, which need no noise statistics"
+            )
+
+
 def guarded(scale: Tensor, norm_sq: Tensor) -> Tensor:
     """``scale`` where it is finite and ``||da||^2 > 0``; 0 (no contribution) elsewhere."""
     return torch.where(torch.isfinite(scale) & (norm_sq > 0), scale, torch.zeros_like(scale))
@@ -33,9 +49,11 @@ def guarded(scale: Tensor, norm_sq: Tensor) -> Tensor:
 class NP(Rule):
     """Node perturbation with accessible noise: every layer perturbed at once.
 
-    ``g_W_l = mean_n [ dL_n / s^2 * eps_{l,n} xh_{l-1,n}^T ]``, with ``s^2`` the variance of the
-    layer's additive noise (times T for the noise summed over T steps). It reads the noise
-    values, through the network's accessible-noise path.
+    ``g_W_l = mean_n [ dL_n / s^2 * eps_{l,n} xh_{l-1,n}^T ]``, where ``eps`` is the noise a
+    node received summed over the T time steps and ``s^2 = Var(sum_t eps_t)`` its variance
+    (``T`` times the per-step variance only for noise independent across steps; the source
+    states it, ``NoiseSource.summed_variance``). Unbiased for zero-mean additive noise; other
+    noise is refused. It reads the noise values, through the network's accessible-noise path.
     """
 
     name = "np"
@@ -44,11 +62,7 @@ class NP(Rule):
         self.noise_samples = int(noise_samples)
 
     def check(self, network: Network) -> None:
-        if network.both_noisy:
-            raise ValueError(
-                "np needs a noise-free reference pass and the noise values; the network's noise "
-                "is intrinsic in both passes: use anp or danp"
-            )
+        check_controllable_noise("np", network)
         for k, layer in enumerate(network.layers):
             if not layer.noise.additive:
                 raise ValueError(
@@ -56,15 +70,17 @@ class NP(Rule):
                     f"{type(layer.noise).__name__}: use anp or danp"
                 )
 
+    def passes(self, network: Network) -> Passes:
+        return Passes.perturbed(network.num_layers, self.noise_samples)
+
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
-        passes = Passes.perturbed(network.num_layers, self.noise_samples)
         with torch.no_grad():
-            record, noise = network.run_reading_noise(x, y, passes)
+            record, noise = network.run_reading_noise(x, y, self.passes(network))
             dL = record.loss[1:] - record.loss[:1]
             signals = []
             for layer, eps in zip(network.layers, noise):
-                variance = layer.noise.variance * record.time_steps
+                variance = layer.noise.summed_variance(record.time_steps)
                 signals.append((dL / variance).unsqueeze(-1) * eps)
             return outer_products(signals, record), record
 
@@ -77,7 +93,7 @@ class INP(Rule):
 
     ``g_W_k = mean_n [ dL_n^(k) * n_k / ||da_{k,n}||^2 * da_{k,n} xh_{k-1,n}^T ]``, where
     ``da_k = eps_k`` exactly because nothing upstream of layer k is perturbed in pass k.
-    It needs layer-selective control of the noise.
+    It needs layer-selective control of the noise, and zero-mean noise.
     """
 
     name = "inp"
@@ -86,15 +102,14 @@ class INP(Rule):
         self.noise_samples = int(noise_samples)
 
     def check(self, network: Network) -> None:
-        if network.both_noisy:
-            raise ValueError(
-                "inp needs layer-selective control of the noise; the network's noise is "
-                "intrinsic in both passes: use anp or danp"
-            )
+        check_controllable_noise("inp", network)
+
+    def passes(self, network: Network) -> Passes:
+        return Passes.layerwise(network.num_layers, self.noise_samples)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
-        passes = Passes.layerwise(network.num_layers, self.noise_samples)
+        passes = self.passes(network)
         with torch.no_grad():
             record = network.run(x, y, passes)
             return self.estimate(record, passes), record
@@ -128,10 +143,12 @@ class ANP(Rule):
     def __init__(self, noise_samples: int = 1) -> None:
         self.noise_samples = int(noise_samples)
 
+    def passes(self, network: Network) -> Passes:
+        return Passes.perturbed(network.num_layers, self.noise_samples, network.both_noisy)
+
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
-        passes = Passes.perturbed(network.num_layers, self.noise_samples, network.both_noisy)
         with torch.no_grad():
-            record = network.run(x, y, passes)
+            record = network.run(x, y, self.passes(network))
             return self.estimate(record), record
 
     @staticmethod
