@@ -18,7 +18,8 @@ README lists it), with ``<k>`` the layer number 1..L::
 
 ``spikes``/``membrane`` exist for spiking layers, ``spike_events`` when asked for. Activities and
 inputs are summed over the T time steps, as the learning rules see them. Every dataset grows
-along its first axis, is chunked and gzip-compressed; the writer opens the file, appends one
+along its first axis and is chunked; the record datasets are gzip-compressed (the metrics, a few
+numbers per evaluation, are not); the writer opens the file, appends one
 record or one row of metrics, flushes and closes it again, so a run that dies (even by SIGKILL)
 leaves a file that holds everything written before, and a reader can open it while the run goes
 on. Nothing accumulates in memory.

@@ -23,9 +23,9 @@ RULES = ("bp", "dbp", "np", "dnp", "inp", "dinp", "anp", "danp")
 
 def run_cli(argv: list[str], out: Path, threads: int) -> dict:
     """``noisynets train ARGV --json --out OUT`` in its own process; its JSON result."""
-    command = ["noisynets", "train", *argv, "--json", "--no-progress", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    command = ["noisynets", "train", *argv, "--json", "--no-progress", "--threads", str(threads),
+               "--out", str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{proc.stderr}")
     return {"command": " ".join(command), **json.loads(proc.stdout.strip().splitlines()[-1])}

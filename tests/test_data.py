@@ -110,6 +110,17 @@ def test_digits_shape_split_and_range():
     assert torch.equal(ds.train_x * 16, torch.round(ds.train_x * 16))
 
 
+def test_the_documented_digits_split_is_the_loaded_one():
+    import re
+
+    ds = data.load_dataset("digits")
+    sizes = (ds.train_x.shape[0], ds.test_x.shape[0])
+    train, test = re.search(r"\((\d+) train / (\d+) test\)", data.__doc__).groups()
+    assert (int(train), int(test)) == sizes
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"({sizes[0]:,} train / {sizes[1]} test)" in readme
+
+
 def test_digits_split_matches_file_order():
     table = np.loadtxt(
         gzip.open(Path(data.__file__).parent / "embedded" / "digits.csv.gz"), delimiter=","

@@ -8,7 +8,6 @@ from noisynets import RULES
 from noisynets.config import TrainConfig
 from noisynets.training import train
 
-
 QUICK = ("bp", "dnp", "inp", "danp")  # one per rule family in the default run; all with -m slow
 
 
