@@ -1,8 +1,11 @@
 """noisynets: learning in networks whose nodes carry intrinsic noise, by node perturbation."""
 
-from noisynets.network import Network, Passes, Record
+from noisynets.network import Network, Passes, Record, wrap
 from noisynets.rules import RULES, make_rule, uses_decorrelation
 
 __version__ = "0.1.0"
 
-__all__ = ["RULES", "Network", "Passes", "Record", "make_rule", "uses_decorrelation", "__version__"]
+__all__ = [
+    "RULES", "Network", "Passes", "Record", "make_rule", "uses_decorrelation", "wrap",
+    "__version__",
+]

@@ -1,6 +1,6 @@
 """Data sets for noisynets: loading, validation and clear errors.
 
-Four data sets are known (see ``DATASETS``):
+Five data sets are known (see ``DATASETS``):
 
 ``digits``
     The 8x8 handwritten digits shipped inside the package (``noisynets/embedded/digits.csv.gz``,
@@ -14,6 +14,11 @@ Four data sets are known (see ``DATASETS``):
 ``cifar10``
     The python pickle batches (``data_batch_1`` .. ``data_batch_5``, ``test_batch``), in a folder
     ``cifar-10-batches-py/`` under the searched place or directly in it. Pixels scaled by 1/255.
+``teacher``
+    The classical benchmark of node perturbation (Werfel, Xie and Seung 2005; Hiratani et al.
+    2022): a regression task whose targets a random *teacher* network computes, generated
+    from a seed, no files. ``teacher:key=value,...`` sets its sizes and label noise (see
+    ``teacher_student``); the targets are real-valued, ``task == "regression"``.
 
 Files are looked for, in this order (``search_paths``): the explicit ``root`` argument (the folder
 itself, then ``root/<name>/``), ``$NOISYNETS_DATA/<name>/``, ``./data/<name>/`` and
@@ -24,7 +29,8 @@ Every problem (unknown name, missing files, truncated or corrupt files) raises `
 ``ValueError`` whose message is one line saying what is wrong, where, and how to fix it.
 
 Images are returned flattened, as float32 tensors of shape ``(n, features)`` with values in
-[0, 1]; labels are int64 tensors of shape ``(n,)``.
+[0, 1]; labels are int64 tensors of shape ``(n,)``. ``Dataset.input_shape`` is the shape a
+model receives one sample in: ``(C, H, W)`` for images, ``(features,)`` for vectors.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import os
 import pickle
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,7 +51,7 @@ import torch
 
 __all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "search_paths"]
 
-DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10")
+DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "teacher")
 
 ENV_VAR = "NOISYNETS_DATA"
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")  # read at call time, so tests can monkeypatch it
@@ -97,7 +103,9 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """A loaded data set: flattened float32 images in [0, 1] and int64 labels."""
+    """A loaded data set: flattened float32 inputs and int64 labels (classification) or
+    float32 targets of shape (n, outputs) (regression; ``num_classes`` is then the number of
+    outputs)."""
 
     name: str
     train_x: torch.Tensor
@@ -107,11 +115,25 @@ class Dataset:
     image_shape: tuple[int, ...]
     num_classes: int
     source: str
+    task: str = "classification"
 
     @property
     def num_features(self) -> int:
         """Number of input features per sample (the product of ``image_shape``)."""
-        return int(self.train_x.shape[1])
+        return int(np.prod(self.image_shape))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample as a model receives it: ``(C, H, W)`` for images, ``(features,)``."""
+        shape = tuple(self.image_shape)
+        return (1, *shape) if len(shape) == 2 else shape
+
+    def standardized(self) -> Dataset:
+        """The inputs shifted and scaled by the training set's mean and standard deviation
+        (one number each, over every sample and feature)."""
+        mean, std = self.train_x.mean(), self.train_x.std()
+        return replace(self, train_x=(self.train_x - mean) / std,
+                       test_x=(self.test_x - mean) / std)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,6 +145,8 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None) -> Datas
 
     ``digits`` is embedded in the package and ignores ``root``.
     """
+    if isinstance(name, str) and name.strip().lower().startswith("teacher"):
+        return teacher_student(**teacher_options(name))
     name = _canonical_name(name)
     if name == "digits":
         return _load_digits()
@@ -135,7 +159,7 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None) -> Datas
 def search_paths(name: str, root: str | os.PathLike[str] | None = None) -> list[Path]:
     """The folders searched for data set ``name``, in order (empty for the embedded ``digits``)."""
     name = _canonical_name(name)
-    if name == "digits":
+    if name in ("digits", "teacher"):
         return []
     paths: list[Path] = []
     if root is not None:
@@ -433,3 +457,85 @@ def _to_features(images: np.ndarray, scale: float) -> torch.Tensor:
 
 def _to_labels(labels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64).copy())
+
+
+# --------------------------------------------------------------------------------------------
+# the teacher-student regression task
+
+TEACHER_KEYS: dict[str, type] = {
+    "inputs": int, "hidden": int, "depth": int, "outputs": int, "label_noise": float,
+    "train": int, "test": int, "seed": int,
+}
+
+
+def teacher_student(
+    inputs: int = 20,
+    hidden: int = 50,
+    depth: int = 1,
+    outputs: int = 5,
+    label_noise: float = 0.0,
+    train: int = 10000,
+    test: int = 2000,
+    seed: int = 0,
+) -> Dataset:
+    """A regression task set by a random teacher network (Werfel et al. 2005; Hiratani et al.
+    2022)::
+
+        x ~ N(0, I_inputs)
+        y = W_out tanh(W_depth ... tanh(W_1 x)) + label_noise * z,   z ~ N(0, I_outputs)
+
+    with ``depth`` hidden layers of ``hidden`` tanh units (``depth = 0``: a linear teacher)
+    and weights ``N(0, 1 / fan_in)``. ``seed`` fixes the teacher and the samples; the targets
+    have shape (n, outputs).
+
+        >>> data = teacher_student(inputs=4, outputs=2, train=10, test=5)
+        >>> data.train_x.shape, data.train_y.shape, data.task
+        (torch.Size([10, 4]), torch.Size([10, 2]), 'regression')
+    """
+    values = dict(inputs=inputs, hidden=hidden, depth=depth, outputs=outputs, train=train,
+                  test=test, seed=seed)
+    for key, value in values.items():
+        low = 0 if key in ("depth", "seed") else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise DataError(f"teacher {key}={value!r} must be an integer >= {low}")
+    if not isinstance(label_noise, (int, float)) or not 0 <= label_noise < float("inf"):
+        raise DataError(f"teacher label_noise={label_noise!r} must be a finite number >= 0")
+    g = torch.Generator().manual_seed(seed)
+    sizes = [inputs] + [hidden] * depth + [outputs]
+    weights = [torch.randn(n, d, generator=g) / d**0.5 for d, n in zip(sizes, sizes[1:])]
+
+    def teach(x: torch.Tensor) -> torch.Tensor:
+        for k, w in enumerate(weights):
+            x = x @ w.T
+            if k < len(weights) - 1:
+                x = torch.tanh(x)
+        return x + label_noise * torch.randn(x.shape, generator=g)
+
+    train_x = torch.randn(train, inputs, generator=g)
+    test_x = torch.randn(test, inputs, generator=g)
+    return Dataset(
+        name="teacher", train_x=train_x, train_y=teach(train_x), test_x=test_x,
+        test_y=teach(test_x), image_shape=(inputs,), num_classes=outputs,
+        source=f"teacher-student, {'-'.join(map(str, sizes))}, label noise {label_noise:g}, "
+               f"seed {seed}", task="regression",
+    )
+
+
+def teacher_options(spec: str) -> dict[str, Any]:
+    """``teacher`` or ``teacher:key=value,...`` as keyword arguments of ``teacher_student``."""
+    name, colon, args = spec.strip().partition(":")
+    valid = f"valid keys: {', '.join(TEACHER_KEYS)}"
+    if name.strip().lower() != "teacher":
+        raise DataError(f"unknown data set {spec!r}: choose one of {', '.join(DATASETS)}")
+    options: dict[str, Any] = {}
+    for item in args.split(",") if colon else []:
+        key, eq, value = (t.strip() for t in item.partition("="))
+        if not eq or key not in TEACHER_KEYS:
+            raise DataError(f"bad teacher spec {spec!r}: {item.strip()!r} is not key=value "
+                            f"with a known key; {valid}")
+        try:
+            options[key] = TEACHER_KEYS[key](value)
+        except ValueError:
+            kind = "an integer" if TEACHER_KEYS[key] is int else "a number"
+            raise DataError(f"bad teacher spec {spec!r}: {key}={value!r} is not {kind}") from None
+    return options

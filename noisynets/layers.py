@@ -1,28 +1,41 @@
-"""NoisyLinear: a layer of noisy nodes, owning its weights, decorrelator, unit and noise.
+"""A layer: one weight operation, its decorrelator, and the nodes its output drives.
 
-For one time step with input ``x`` (ALGORITHMS.md, "Notation" and "Two passes")::
+A network is weight operations (``nn.Linear``, ``nn.Conv2d``) whose outputs drive *nodes*,
+with parameter-free operations (flatten, pooling, dropout, ...) in between. Layer ``l`` is::
 
-    xh = R x                      (R = I without decorrelation)
-    a  = W xh + b                 activity: the node's input current
-    at = a + eps                  only in the passes (rows) where the layer is noisy
-    h  = unit(at)
+    h         = pre(x)               parameter-free operations after the previous nodes
+    a         = mid(op(h; W R, b))   the weight operation, R folded into W (or xh = R h first)
+    at        = a + eps              the node's intrinsic noise, in the passes where it is noisy
+    x_next    = unit(at)             the unit: an activation, or a spiking neuron with state
+
+For a dense layer ``R`` decorrelates the input vector; for a convolution it decorrelates the
+input patches and is folded into the kernel, so the forward stays one convolution. The layer's
+gradient for a node-wise error signal ``e`` is the weight operation's own vector-Jacobian
+product at the reference pass's input (through ``mid`` where that is not empty): for a dense
+layer ``e^T xh``, for a convolution the correlation of ``e`` with the input patches. Nothing
+travels from layer to layer.
+
+The weight operation, the parameter-free operations and the unit belong to the user's model
+(``Network.model``); a layer refers to them without owning them, so the model's
+``state_dict`` is the user's own. A layer owns its decorrelator and its noise sources.
 
 Example::
 
     >>> import torch
-    >>> from noisynets.layers import NoisyLinear
+    >>> from torch import nn
+    >>> from noisynets.layers import Layer
     >>> from noisynets.noise import Gaussian
-    >>> from noisynets.units import make_unit
-    >>> layer = NoisyLinear(4, 3, make_unit("tanh"), Gaussian(0.1), decorrelation=True)
-    >>> xh = layer.decorrelate(torch.ones(2, 4))
-    >>> layer.activity(xh).shape
+    >>> layer = Layer(nn.Linear(4, 3), [], [], nn.Tanh(), Gaussian(0.1), decorrelation=True)
+    >>> seen, a = layer.drive(torch.ones(2, 4))
+    >>> a.shape
     torch.Size([2, 3])
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
+import snntorch as snn
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,50 +43,193 @@ from torch import Tensor, nn
 from noisynets.decorrelation import Decorrelator
 from noisynets.noise import NoiseSource
 
+WEIGHT_OPS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
-class NoisyLinear(nn.Module):
-    """A dense layer of ``out_features`` noisy nodes with ``in_features`` inputs.
 
-    ``noise`` enters the activity; the optional ``threshold_noise`` (spiking units) enters the
-    threshold. Both act only in the passes where the layer is noisy.
-
-    Weights are He-normal (``std = sqrt(2 / in_features)``), biases zero, ``R`` the identity.
+class Layer(nn.Module):
+    """Weight operation ``op`` (``nn.Linear`` or ``nn.Conv2d``), the parameter-free operations
+    ``pre`` before it and ``mid`` between it and its nodes, the nodes' ``unit``, their noise
+    ``noise`` and, for spiking units, ``threshold_noise``; ``decorrelation`` gives it an ``R``.
     """
 
     def __init__(
         self,
-        in_features: int,
-        out_features: int,
+        op: nn.Module,
+        pre: Sequence[nn.Module],
+        mid: Sequence[nn.Module],
         unit: nn.Module,
         noise: NoiseSource,
         decorrelation: bool = False,
-        generator: torch.Generator | None = None,
         threshold_noise: NoiseSource | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
-        self.weight = nn.Parameter(
-            torch.randn(self.out_features, self.in_features, generator=generator)
-            * math.sqrt(2.0 / self.in_features)
-        )
-        self.bias = nn.Parameter(torch.zeros(self.out_features))
-        self.decorrelator = Decorrelator(self.in_features) if decorrelation else None
-        self.unit = unit
+        # Not registered: these belong to the user's model.
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "pre", list(pre))
+        object.__setattr__(self, "mid", list(mid))
+        object.__setattr__(self, "unit", unit)
         self.noise = noise
         self.threshold_noise = threshold_noise
+        self.conv = isinstance(op, nn.Conv2d)
+        self.spiking = isinstance(unit, snn.SpikingNeuron)
+        # One sample's input and node shapes, seen at run time.
+        self.in_shape: tuple[int, ...] | None = None
+        self.node_shape: tuple[int, ...] | None = None
+        self.decorrelator: Decorrelator | None = None
+        if decorrelation:
+            if self.conv:
+                kh, kw = op.kernel_size
+                self.decorrelator = Decorrelator(op.in_channels // op.groups * kh * kw, op.groups)
+            else:
+                self.decorrelator = Decorrelator(op.in_features)
+        self._masks: dict[int, Tensor] = {}
 
-    def decorrelate(self, x: Tensor) -> Tensor:
-        """``xh = R x`` (``x`` itself when the layer does not decorrelate)."""
-        return x if self.decorrelator is None else self.decorrelator(x)
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.op.weight
 
-    def activity(self, xh: Tensor) -> Tensor:
-        """``a = W xh + b``."""
-        return F.linear(xh, self.weight, self.bias)
+    @property
+    def bias(self) -> nn.Parameter | None:
+        return self.op.bias
+
+    @property
+    def out_features(self) -> int:
+        return self.op.out_channels if self.conv else self.op.out_features
+
+    # --- the forward ----------------------------------------------------------------------
+
+    def begin(self, like: Tensor) -> None:
+        """Start a forward: new dropout masks, and the unit's state reset (snntorch's
+        ``init_hidden`` state: every state buffer empty, so the neuron starts from zero)."""
+        self._masks = {}
+        self.reset_state(like)
+
+    def reset_state(self, like: Tensor | None = None) -> None:
+        """Empty the unit's state, releasing whatever graph it held."""
+        if not self.spiking:
+            return
+        unit = self.unit
+        for name in unit._non_persistent_buffers_set:
+            old = getattr(unit, name)
+            ref = like if like is not None else old
+            setattr(unit, name, torch.zeros(0, device=ref.device, dtype=ref.dtype))
+        if hasattr(unit, "spike"):
+            unit.spike = None
+        if hasattr(unit, "threshold_shift"):
+            unit.threshold_shift = None
+
+    def apply_pre(self, h: Tensor, batch: int) -> Tensor:
+        """``pre(h)``. Dropout draws one mask per sample and forward, the same in every pass
+        and time step (``h`` holds the passes stacked, ``batch`` rows each)."""
+        for i, module in enumerate(self.pre):
+            if isinstance(module, nn.Dropout):
+                if module.training and module.p > 0:
+                    mask = self._masks.get(i)
+                    if mask is None:
+                        keep = torch.full((batch, *h.shape[1:]), 1.0 - module.p,
+                                          device=h.device, dtype=h.dtype)
+                        mask = torch.bernoulli(keep) / (1.0 - module.p)
+                        self._masks[i] = mask
+                    h = h * mask.repeat(h.shape[0] // batch, *([1] * (h.dim() - 1)))
+            else:
+                h = module(h)
+        return h
 
     def folded_weight(self) -> Tensor:
-        """``W R``, so that ``a = (W R) x + b`` (``W`` itself without decorrelation)."""
-        return self.weight if self.decorrelator is None else self.weight @ self.decorrelator.R
+        """``W R`` (for a convolution: every filter times ``R`` on its patch features)."""
+        W = self.weight
+        if self.decorrelator is None:
+            return W
+        R = self.decorrelator.R
+        if not self.conv:
+            return W @ R
+        G = self.op.groups
+        flat = W.reshape(G, W.shape[0] // G, -1) @ R.view(G, *R.shape[-2:])
+        return flat.reshape(W.shape)
+
+    def drive(self, h: Tensor, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(seen, a)``: what the gradient needs of the input, and the nodes' activity.
+
+        ``weight`` is ``folded_weight()`` when the caller folds ``R`` into ``W``; a dense
+        layer without it decorrelates the rows, ``seen = xh = R h``. A convolution always
+        folds, and ``seen`` is its raw input.
+        """
+        self.in_shape = tuple(h.shape[1:])
+        if self.conv:
+            a = self.op._conv_forward(h, self.folded_weight() if weight is None else weight,
+                                      self.bias)
+            seen = h
+        elif weight is not None:
+            a, seen = F.linear(h, weight, self.bias), h
+        else:
+            seen = h if self.decorrelator is None else self.decorrelator(h)
+            a = F.linear(seen, self.weight, self.bias)
+        for module in self.mid:
+            a = module(a)
+        return seen, a
+
+    def fire(self, current: Tensor, threshold_shift: Tensor | None = None) -> Tensor:
+        """The unit's output for input current ``current`` (one time step)."""
+        self.node_shape = tuple(current.shape[1:])
+        if threshold_shift is not None:
+            self.unit.threshold_shift = threshold_shift
+        return self.unit(current).to(current.dtype)
+
+    def membrane(self) -> Tensor | None:
+        """A spiking unit's membrane potential after the last step."""
+        return self.unit.mem if self.spiking else None
+
+    # --- what the rules and the decorrelator need ------------------------------------------
+
+    def seen_is_decorrelated(self, folded: bool) -> bool:
+        return self.decorrelator is not None and not self.conv and not folded
+
+    def gradient(self, e: Tensor, seen: Tensor, time_steps: int) -> tuple[Tensor, Tensor | None]:
+        """``(g_W, g_b)`` for node signal ``e`` (B, nodes) at reference input ``seen`` (B, ...):
+        the weight operation's vector-Jacobian product with ``e``, summed over the batch.
+
+        ``seen`` is the input summed over the T steps; the bias enters every step, so its
+        part is ``T`` times the VJP's. Dense layer without ``mid``: ``(e^T xh, T sum_n e)``.
+        """
+        T = time_steps
+        if not self.conv and not self.mid:
+            g_b = None if self.bias is None else e.sum(0) * T
+            return e.T @ seen, g_b
+        folded = self.conv and self.decorrelator is not None
+        weight = (self.folded_weight() if folded else self.weight).detach().requires_grad_()
+        leaves = [weight]
+        bias = None
+        if self.bias is not None:
+            bias = (self.bias * T).detach().requires_grad_()
+            leaves.append(bias)
+        with torch.enable_grad():
+            x = seen.reshape(seen.shape[0], *self.in_shape)
+            a = self.op._conv_forward(x, weight, bias) if self.conv else F.linear(x, weight, bias)
+            for module in self.mid:
+                a = module(a)
+            grads = torch.autograd.grad(a, leaves, e.reshape(a.shape))
+        g_w = grads[0]
+        if folded:  # W' = W R: dLoss/dW = dLoss/dW' R^T, per group
+            R = self.decorrelator.R
+            G = self.op.groups
+            g_w = (g_w.reshape(G, g_w.shape[0] // G, -1) @ R.view(G, *R.shape[-2:]).mT)
+            g_w = g_w.reshape(self.weight.shape)
+        return g_w, (None if bias is None else grads[1] * T)
+
+    def decorrelation_rows(self, seen: Tensor) -> Tensor:
+        """The decorrelated rows ``xh`` that ``R``'s update uses, from reference inputs ``seen``
+        (B, ...) already scaled to one time step: the input vectors of a dense layer, (m, d);
+        the input patches of a convolution, (m * positions, d) or (groups, m * positions, d).
+        """
+        if not self.conv:
+            return seen  # a dense layer's recorded input is already xh = R x
+        op = self.op
+        x = seen.reshape(seen.shape[0], *self.in_shape)
+        patches = F.unfold(x, op.kernel_size, op.dilation, op.padding, op.stride)
+        patches = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # (m L, C kh kw)
+        if op.groups > 1:
+            patches = patches.view(patches.shape[0], op.groups, -1).transpose(0, 1)
+        return patches if self.decorrelator is None else self.decorrelator(patches)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"op={self.op}, unit={self.unit}"

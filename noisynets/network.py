@@ -1,19 +1,26 @@
-"""Network: a stack of noisy layers that runs its clean and noisy passes as one batched forward.
+"""Network: any network of noisy nodes, run as one batched forward of its clean and noisy passes.
 
-One forward serves every unit type: a stateless unit is the ``T = 1`` case of the loop over
-time steps. For ``P`` passes of a batch of ``B`` samples the network stacks ``P`` copies of the
-batch (``P * B`` rows); pass ``p`` occupies rows ``p*B .. (p+1)*B``. A ``Passes`` plan says, per
+A network is weight operations (``nn.Linear``, ``nn.Conv2d``) whose outputs drive nodes (a torch
+activation, a discontinuous or stochastic unit, an snntorch neuron), with parameter-free
+operations (flatten, pooling, dropout) in between: an ``nn.Sequential``, nested ones included.
+``Network(sizes, unit=...)`` builds a fully connected one; ``Network(model)`` (or
+``noisynets.wrap(model)``) takes the user's own. The last weight operation's output is the
+readout node: its activity, averaged over the T time steps, is the logits.
+
+One forward serves every network: a stateless unit is the ``T = 1`` case of the loop over time
+steps. For ``P`` passes of a batch of ``B`` samples the network stacks ``P`` copies of the batch
+(``P * B`` rows); pass ``p`` occupies rows ``p*B .. (p+1)*B``. A ``Passes`` plan says, per
 layer, which passes carry that layer's noise. Per time step ``t`` and layer ``l``::
 
-    xh_{l-1,t} = R_l x_{l-1,t}
-    I_{l,t}    = W_l xh_{l-1,t} + b_l (+ eps_{l,t} in the layer's noisy passes)
-    x_{l,t}    = unit_l(I_{l,t})
+    h_{l,t}   = pre_l(x_{l-1,t})                      (x_{0,t}: the data, or its spikes)
+    I_{l,t}   = mid_l(op_l(h_{l,t}; W_l R_l, b_l)) (+ eps_{l,t} in the layer's noisy passes)
+    x_{l,t}   = unit_l(I_{l,t})
 
-and what a rule observes is summed over the ``T`` steps (ALGORITHMS.md, "Units"): the activity
-``a_l = sum_t I_{l,t}`` of every pass, the reference pass's input ``xh_{l-1} = sum_t xh_{l-1,t}``
-and each pass's loss on the logits ``a_L / T``. That is the ``Record``. It never holds the noise:
-the noise values leave a layer only through ``run_reading_noise``, the accessible-noise path
-that NP needs.
+and what a rule observes is summed over the ``T`` steps (docs/algorithms.md, "Time steps"):
+the activity ``a_l = sum_t I_{l,t}`` of every pass, the reference pass's input of every weight
+operation and each pass's loss on the logits ``a_L / T``. That is the ``Record``. It never holds
+the noise: the noise values leave a layer only through ``run_reading_noise``, the
+accessible-noise path that NP needs.
 
 Example::
 
@@ -29,22 +36,41 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import snntorch as snn
 import torch
-import torch.nn.functional as F
 from snntorch import spikegen
 from torch import Tensor, nn
 
-from noisynets.layers import NoisyLinear
+from noisynets.layers import WEIGHT_OPS, Layer
 from noisynets.losses import LOSSES
-from noisynets.noise import Gaussian, Logistic, NoiseSource
-from noisynets.units import make_unit
+from noisynets.models import he_normal, mlp
+from noisynets.noise import Gaussian, Logistic, NoiseSource, make_noise
+from noisynets.units import ACTIVATIONS, LIF, StochasticBinary
 
 ENCODINGS: tuple[str, ...] = ("current", "poisson")
+
+# Parameter-free operations a network may hold between its weight operations and nodes.
+FREE_OPS: tuple[type[nn.Module], ...] = (
+    nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool1d, nn.MaxPool2d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.Dropout,
+)
+# Modules that mix the rows of a batch (and so the passes) or carry state across time.
+REFUSED: dict[tuple[type[nn.Module], ...], str] = {
+    (nn.modules.batchnorm._NormBase,): (
+        "it normalises with statistics of the batch, which mixes the stacked passes of a "
+        "sample: remove it (or fold it into the weights of the layer before)"
+    ),
+    (nn.RNNBase, nn.RNNCellBase, snn.RLeaky, snn.RSynaptic, snn.SLSTM, snn.SConv2dLSTM): (
+        "recurrent layers are not supported: node perturbation here needs a feed-forward "
+        "network (spiking neurons with their own membrane state are fine)"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -76,9 +102,11 @@ class Passes:
 class Record:
     """What a system can report of one batched forward: no noise values.
 
-    * ``inputs[l]``   -- (B, d_l): layer l's decorrelated input of the reference pass (pass 0),
-      summed over time steps;
-    * ``activity[l]`` -- (P, B, n_l): layer l's activity in every pass, summed over time steps;
+    * ``inputs[l]``   -- (B, d_l): layer l's input in the reference pass (pass 0), summed over
+      time steps, flattened: decorrelated (``xh = R x``) for a dense layer, the raw feature
+      maps for a convolution (whose ``R`` acts on patches, folded into the kernel);
+    * ``activity[l]`` -- (P, B, n_l): layer l's activity in every pass, summed over time steps,
+      flattened (a feature map's channels, rows and columns);
     * ``loss``        -- (P, B): the per-sample loss of every pass;
     * ``time_steps``  -- T;
     * ``outputs`` and ``membrane`` -- per layer (T, P, B, n_l), only when asked for (traces).
@@ -89,7 +117,7 @@ class Record:
     loss: Tensor
     time_steps: int
     outputs: list[Tensor] | None = None
-    membrane: list[Tensor] | None = None
+    membrane: list[Tensor | None] | None = None
 
     @property
     def logits(self) -> Tensor:
@@ -97,35 +125,41 @@ class Record:
         return self.activity[-1] / self.time_steps
 
 
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
 class Network(nn.Module):
-    """A fully connected network of noisy layers.
+    """A network of noisy nodes: a fully connected stack, or the user's own ``nn.Sequential``.
 
     Args:
-        sizes: ``[d_0, n_1, ..., n_L]``, input features then the nodes of every layer.
-        unit: hidden units (see ``noisynets.units.UNITS``); the output layer is ``identity``.
-        noise: a noise source template, copied into every layer and reseeded there, or one
-            source per layer. Default ``Gaussian(noise_std)``.
+        model: ``[d_0, n_1, ..., n_L]`` (input features, then the nodes of every layer) builds
+            a fully connected network of ``unit`` nodes; an ``nn.Sequential`` is wrapped as it
+            is, and trained in place (its ``state_dict`` stays its own).
+        unit: the hidden units of a built network (see ``noisynets.units.UNITS``).
+        noise: a noise source (or spec, e.g. ``"telegraph:switch=0.1"``) copied into every
+            layer and reseeded there, or one source per layer. Default ``Gaussian(noise_std)``.
+        noise_std: the noise scale of a spec and of the default.
         decorrelation: give every layer a decorrelator ``R``.
         decorrelation_lr: ``eta_R``; decorrelation_fraction: the share of the batch whose
-            clean inputs form the correlation estimate.
+            reference inputs form the correlation estimate.
         both_noisy: the noise cannot be switched off, so even the reference pass is noisy.
-        time_steps: ``T``, the number of time steps (LIF units; 1 for stateless units).
+        time_steps: ``T``, the number of time steps (spiking units; 1 for stateless ones).
         encoding: ``current`` (the data as a constant input each step) or ``poisson``.
-        loss: ``ce`` or ``mse``.
-        beta, threshold: the LIF neurons' membrane decay and threshold.
-        threshold_noise: the std of Gaussian noise on the LIF threshold (0: none).
-        seed: fixes the weights and every layer's noise stream.
+        loss: ``ce``, ``mse`` or a callable ``loss(logits, target)`` returning one loss per
+            sample.
+        beta, threshold: the LIF neurons' membrane decay and threshold (built networks).
+        threshold_noise: the std of Gaussian noise on the threshold of ``units.LIF`` nodes.
+        seed: fixes the weights of a built network and every layer's noise stream.
 
-    A ``stochastic_binary`` network's hidden layers carry logistic noise of scale 1 (their
-    units are Bernoulli(sigmoid(a)) in the noisy passes); ``noise`` then applies to the
-    output layer.
+    Nodes whose unit is ``StochasticBinary`` carry logistic noise of scale 1 (their units are
+    Bernoulli(sigmoid(a)) in the noisy passes) instead of ``noise``.
     """
 
     def __init__(
         self,
-        sizes: Sequence[int],
+        model: Sequence[int] | nn.Module,
         unit: str = "leaky_relu",
-        noise: NoiseSource | Sequence[NoiseSource] | None = None,
+        noise: NoiseSource | str | Sequence[NoiseSource] | None = None,
         noise_std: float = 1e-3,
         decorrelation: bool = False,
         decorrelation_lr: float = 1e-3,
@@ -133,79 +167,81 @@ class Network(nn.Module):
         both_noisy: bool = False,
         time_steps: int = 1,
         encoding: str = "current",
-        loss: str = "ce",
+        loss: str | LossFn = "ce",
         beta: float = 0.9,
         threshold: float = 1.0,
         threshold_noise: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        sizes = [int(s) for s in sizes]
-        if len(sizes) < 2 or min(sizes) < 1:
-            raise ValueError(f"sizes {sizes} must list the input size and >= 1 layer, all >= 1")
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
+        if isinstance(loss, str):
+            if loss not in LOSSES:
+                raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}, or "
+                                 "pass a function loss(logits, target) -> one loss per sample")
+            self.loss_name, self.loss_fn = loss, LOSSES[loss]
+        elif callable(loss):
+            self.loss_name, self.loss_fn = getattr(loss, "__name__", "custom"), loss
+        else:
+            raise TypeError(f"loss {loss!r} must be a name ({', '.join(LOSSES)}) or a function")
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}: choose one of {', '.join(ENCODINGS)}")
-        if int(time_steps) < 1:
-            raise ValueError(f"time_steps {time_steps} must be >= 1")
+        if isinstance(time_steps, bool) or int(time_steps) != time_steps or time_steps < 1:
+            raise ValueError(f"time_steps {time_steps!r} must be an integer >= 1")
         if not 0.0 < decorrelation_fraction <= 1.0:
             raise ValueError(f"decorrelation_fraction {decorrelation_fraction} must be in (0, 1]")
-        num_layers = len(sizes) - 1
-        if noise is None:
-            noise = Gaussian(noise_std)
-        if isinstance(noise, NoiseSource):
-            noise = [copy.deepcopy(noise) for _ in range(num_layers)]
-        if len(noise) != num_layers:
-            raise ValueError(f"got {len(noise)} noise sources for {num_layers} layers")
-        if unit == "stochastic_binary":
-            noise = [Logistic(scale=1.0) for _ in range(num_layers - 1)] + [noise[-1]]
-        if threshold_noise < 0 or (threshold_noise > 0 and unit != "lif"):
-            raise ValueError(f"threshold_noise {threshold_noise} needs lif units and must be >= 0")
+        if threshold_noise < 0:
+            raise ValueError(f"threshold_noise {threshold_noise} must be >= 0")
 
+        # One generator, drawn in layer order: a built network's weights of layer l, then the
+        # seeds of its noise sources.
         g = torch.Generator().manual_seed(int(seed))
+        if isinstance(model, nn.Module):
+            self.model = model
+            self.sizes = None
+        else:
+            self.sizes = [int(s) for s in model]
+            if len(self.sizes) < 2 or min(self.sizes) < 1 or list(model) != self.sizes:
+                raise ValueError(f"sizes {list(model)} must list the input size and >= 1 "
+                                 "layer, all integers >= 1")
+            with torch.random.fork_rng(devices=[]):  # the seed sets the weights, below
+                self.model = mlp(self.sizes, unit, beta, threshold)
+        specs = parse(self.model)
+        if threshold_noise > 0 and not any(isinstance(s[3], LIF) for s in specs[:-1]):
+            raise ValueError(f"threshold_noise {threshold_noise:g} needs noisynets.units.LIF "
+                             "nodes (--unit lif)")
+        sources = noise_sources(noise, noise_std, len(specs))
         layers = []
-        for k in range(num_layers):
-            hidden = k < num_layers - 1
-            layer = NoisyLinear(
-                sizes[k],
-                sizes[k + 1],
-                make_unit(unit if hidden else "identity", beta=beta, threshold=threshold),
-                noise[k],
-                decorrelation=decorrelation,
-                generator=g,
-                threshold_noise=Gaussian(threshold_noise) if threshold_noise and hidden else None,
+        for k, (pre, op, mid, node_unit) in enumerate(specs):
+            if self.sizes is not None:
+                he_normal(op, g)
+            source = Logistic(scale=1.0) if isinstance(node_unit, StochasticBinary) else sources[k]
+            layer = Layer(
+                op, pre, mid, node_unit, source, decorrelation=decorrelation,
+                threshold_noise=Gaussian(threshold_noise) if threshold_noise
+                and isinstance(node_unit, LIF) else None,
             )
             layer.noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
             if layer.threshold_noise is not None:
                 layer.threshold_noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
-        self.sizes = sizes
-        self.unit = unit
+        self.unit = unit if self.sizes is not None else "custom"
         self.decorrelation_lr = float(decorrelation_lr)
         self.decorrelation_fraction = float(decorrelation_fraction)
         self.both_noisy = bool(both_noisy)
         self.time_steps = int(time_steps)
         self.encoding = encoding
-        self.loss_name = loss
-        self.loss_fn = LOSSES[loss]
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
     @property
-    def num_nodes(self) -> int:
-        """N = n_1 + ... + n_L, the number of perturbed nodes."""
-        return sum(self.sizes[1:])
-
-    @property
     def decorrelated(self) -> bool:
         return self.layers[0].decorrelator is not None
 
     def run(self, x: Tensor, y: Tensor, passes: Passes, keep_states: bool = False) -> Record:
-        """The batched forward of ``passes.count`` passes of batch ``x`` with labels ``y``."""
+        """The batched forward of ``passes.count`` passes of batch ``x`` with targets ``y``."""
         return self._forward(x, y, passes, None, keep_states)
 
     def run_reading_noise(
@@ -220,7 +256,8 @@ class Network(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, C) of one pass: noise-free, or noisy when the noise is intrinsic."""
         dummy = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        record = self._forward(x, dummy, Passes.clean(self.num_layers, self.both_noisy))
+        record = self._forward(x, dummy, Passes.clean(self.num_layers, self.both_noisy),
+                               loss=False)
         return record.logits[0]
 
     def _forward(
@@ -230,90 +267,118 @@ class Network(nn.Module):
         passes: Passes,
         noise_out: list[Tensor] | None = None,
         keep_states: bool = False,
+        loss: bool = True,
     ) -> Record:
-        B, P, T = x.shape[0], passes.count, self.time_steps
-        L = self.num_layers
-        # a = W (R x) = (W R) x: where decorrelating every row of every step costs more than
-        # forming W R once, a layer uses W R, and R is applied once to its summed input.
-        # (The first layer decorrelates B rows once, or once per step for spike input.)
-        rows = [B if self.encoding == "current" else T * B] + [T * P * B] * (L - 1)
-        folded = [
-            layer.folded_weight() if layer.decorrelator is not None
-            and n > layer.out_features + B else None
-            for layer, n in zip(self.layers, rows)
-        ]
-        states: list[Any] = [None] * L
-        activity: list[Tensor] = [x] * L  # placeholders, replaced at t = 0
-        seen: list[Tensor] = [x] * L  # each layer's input (R x unless folded), summed over T
+        B, P, T, L = x.shape[0], passes.count, self.time_steps, self.num_layers
+        if len(passes.noisy) != L:
+            raise ValueError(f"the pass plan has {len(passes.noisy)} layers, the network {L}")
+        folded = self._folded_weights(B, P)
+        for layer in self.layers:
+            layer.begin(x)
+        seen_sum: list[Tensor] = [x] * L
+        activity: list[Tensor] = [x] * L
         noise_sum: list[Tensor] = [x] * L
         outputs: list[list[Tensor]] = [[] for _ in range(L)]
         membrane: list[list[Tensor]] = [[] for _ in range(L)]
         first: tuple[Tensor, Tensor] | None = None
-        for t in range(T):
-            h = spikegen.rate_conv(x) if self.encoding == "poisson" else x
-            for k, layer in enumerate(self.layers):
-                if k == 0 and first is not None and self.encoding == "current":
-                    xh, current = first  # the same input at every step
-                else:
-                    if folded[k] is not None:
-                        xh, current = h, F.linear(h, folded[k], layer.bias)
+        try:
+            for t in range(T):
+                h = spikegen.rate_conv(x) if self.encoding == "poisson" else x
+                for k, layer in enumerate(self.layers):
+                    if k == 0 and first is not None:
+                        seen, current = first  # the same input at every step
                     else:
-                        xh = layer.decorrelate(h)
-                        current = layer.activity(xh)
-                    if k == 0:
-                        # The first layer's input is the same in every pass: one product for all.
-                        current = current.repeat(P, 1) if P > 1 else current
-                        first = (xh, current)
-                start, stop = passes.noisy[k]
-                shift = None
-                if stop > start:
-                    if k == 0 and T > 1 and self.encoding == "current":
-                        current = current.clone()  # the cached drive stays noise-free
-                    noisy = slice(start * B, stop * B)
-                    eps = layer.noise(current[noisy])
-                    current[noisy] += eps
-                    if noise_out is not None:
-                        noise_sum[k] = eps if t == 0 else noise_sum[k] + eps
-                    if layer.threshold_noise is not None:
-                        shift = torch.zeros_like(current)
-                        shift[noisy] = layer.threshold_noise(current[noisy])
-                h, states[k] = layer.unit(current, states[k], shift)
-                seen[k] = xh[:B] if t == 0 else seen[k] + xh[:B]
-                if t == 0:
-                    activity[k] = current
-                elif t == 1:
-                    activity[k] = activity[k] + current
-                else:
-                    activity[k] += current  # a tensor of this forward's own, summed in place
-                if keep_states:
-                    outputs[k].append(h.detach())
-                    if states[k] is not None:
-                        membrane[k].append(states[k][0].detach())
+                        seen, current = layer.drive(layer.apply_pre(h, B), folded[k])
+                        if k == 0:
+                            # The first layer's input is the same in every pass: one product.
+                            current = current.repeat(P, *([1] * (current.dim() - 1)))
+                            if self.encoding == "current" and T > 1:
+                                first = (seen, current)
+                    start, stop = passes.noisy[k]
+                    shift = None
+                    if stop > start:
+                        if k == 0 and first is not None:
+                            current = current.clone()  # the cached drive stays noise-free
+                        noisy = slice(start * B, stop * B)
+                        eps = layer.noise(current[noisy])
+                        current[noisy] += eps
+                        if noise_out is not None:
+                            noise_sum[k] = eps if t == 0 else noise_sum[k] + eps
+                        if layer.threshold_noise is not None:
+                            shift = torch.zeros_like(current)
+                            shift[noisy] = layer.threshold_noise(current[noisy])
+                    h = layer.fire(current, shift)
+                    flat = current.reshape(P * B, -1)
+                    reference = seen[:B].reshape(B, -1)
+                    seen_sum[k] = reference if t == 0 else seen_sum[k] + reference
+                    if t == 0:
+                        activity[k] = flat
+                    elif t == 1:
+                        activity[k] = activity[k] + flat
+                    else:
+                        activity[k] += flat  # a tensor of this forward's own, summed in place
+                    if keep_states:
+                        outputs[k].append(h.detach().reshape(P * B, -1))
+                        mem = layer.membrane()
+                        if mem is not None:
+                            membrane[k].append(mem.detach().reshape(P * B, -1))
+        finally:
+            for layer in self.layers:
+                layer.reset_state()  # nothing of this forward stays in the neurons
         activity = [a.view(P, B, -1) for a in activity]
         logits = activity[-1] / T
-        loss = self.loss_fn(logits.reshape(P * B, -1), y.repeat(P)).view(P, B)
+        if loss:
+            target = y.repeat(P, *([1] * (y.dim() - 1)))
+            losses = self.loss_fn(logits.reshape(P * B, -1), target).view(P, B)
+        else:
+            losses = logits.new_zeros(P, B)
         if noise_out is not None:
             for k, (start, stop) in enumerate(passes.noisy):
-                if stop > start:
-                    noise_out.append(noise_sum[k].view(stop - start, B, -1))
-                else:
-                    noise_out.append(torch.zeros(0, B, self.sizes[k + 1], device=x.device))
+                n = activity[k].shape[-1]
+                noise_out.append(noise_sum[k].reshape(stop - start, B, n) if stop > start
+                                 else torch.zeros(0, B, n, device=x.device, dtype=x.dtype))
         inputs = [
-            layer.decorrelate(s) if f is not None else s
-            for layer, s, f in zip(self.layers, seen, folded)
+            layer.decorrelator(s) if f is not None and not layer.conv else s
+            for layer, s, f in zip(self.layers, seen_sum, folded)
         ]
-        record = Record(inputs, activity, loss, T)
+        record = Record(inputs, activity, losses, T)
         if keep_states:
             record.outputs = [torch.stack(o).view(T, P, B, -1) for o in outputs]
-            record.membrane = [
-                torch.stack(m).view(T, P, B, -1) if m else None for m in membrane
-            ]
+            record.membrane = [torch.stack(m).view(T, P, B, -1) if m else None for m in membrane]
         return record
+
+    def _folded_weights(self, B: int, P: int) -> list[Tensor | None]:
+        """Per layer ``W R`` where the forward multiplies by it instead of decorrelating rows.
+
+        ``a = W (R x) = (W R) x``: a convolution always folds (its ``R`` acts on patches); a
+        dense layer folds where decorrelating every row of every step costs more than forming
+        ``W R`` once (the first layer sees ``B`` rows once, or once per step for spikes).
+        """
+        T = self.time_steps
+        rows = [B if self.encoding == "current" else T * B] + [T * P * B] * (self.num_layers - 1)
+        folded: list[Tensor | None] = []
+        for layer, n in zip(self.layers, rows):
+            fold = layer.decorrelator is not None and (layer.conv or n > layer.out_features + B)
+            folded.append(layer.folded_weight() if fold else None)
+        return folded
+
+    def gradients(
+        self, signals: Sequence[Tensor], record: Record
+    ) -> list[tuple[Tensor, Tensor | None]]:
+        """Per layer ``(g_W, g_b)`` from node signals ``e_l`` of shape (K, B, n_l): each weight
+        operation's own vector-Jacobian product with ``mean_k e_l`` at the reference input,
+        averaged over the batch (docs/algorithms.md, "The rules")."""
+        grads = []
+        for layer, e, seen in zip(self.layers, signals, record.inputs):
+            K, B = e.shape[0], e.shape[1]
+            grads.append(layer.gradient(e.sum(0) / (K * B), seen, record.time_steps))
+        return grads
 
     @contextmanager
     def untouched_noise(self) -> Iterator[None]:
-        """Forwards run inside leave every noise stream, and torch's global random state (the
-        Poisson encoding's), where they were: diagnostics and traces do not change a run."""
+        """Forwards run inside leave every noise stream, and torch's global random state
+        (Poisson encoding, dropout), where they were: diagnostics and traces do not change a
+        run."""
         sources = [m for m in self.modules() if isinstance(m, NoiseSource)]
         saved = [m.get_state() for m in sources]
         cuda = [p.device.index or 0 for p in self.parameters() if p.device.type == "cuda"][:1]
@@ -329,17 +394,162 @@ class Network(nn.Module):
         """One decorrelation step of every layer from the reference pass's inputs (mean over T).
 
         The correlation is estimated from the first ``ceil(fraction * B)`` samples of the batch
-        (a random subsample when the batches are shuffled).
+        (a random subsample when the batches are shuffled); a convolution uses all their
+        patches.
         """
         if not self.decorrelated:
             return
         B = record.inputs[0].shape[0]
         m = max(1, math.ceil(self.decorrelation_fraction * B))
-        for layer, xh in zip(self.layers, record.inputs):
-            layer.decorrelator.update(xh[:m].detach() / record.time_steps, self.decorrelation_lr)
+        for layer, seen in zip(self.layers, record.inputs):
+            rows = layer.decorrelation_rows(seen[:m].detach() / record.time_steps)
+            layer.decorrelator.update(rows, self.decorrelation_lr)
 
-    def set_gradients(self, grads: Sequence[tuple[Tensor, Tensor]]) -> None:
+    def set_gradients(self, grads: Sequence[tuple[Tensor, Tensor | None]]) -> None:
         """Write estimates ``(g_W_l, g_b_l)`` into ``.grad`` for a torch optimizer to apply."""
         for layer, (g_w, g_b) in zip(self.layers, grads):
             layer.weight.grad = g_w
-            layer.bias.grad = g_b
+            if layer.bias is not None:
+                layer.bias.grad = g_b
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """The weights and biases of every layer: what the rules estimate."""
+        return [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
+
+
+def wrap(model: nn.Module, **options: Any) -> Network:
+    """``Network(model, **options)``: the user's ``nn.Sequential`` as a noisy network.
+
+    Every rule, the training step, traces and diagnostics then work on it; its parameters are
+    trained in place, so ``torch.save(model.state_dict(), ...)`` works as always.
+
+        >>> from torch import nn
+        >>> import noisynets
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        >>> net = noisynets.wrap(model, noise_std=1e-3, decorrelation=True)
+        >>> net.num_layers, net.layers[0].unit
+        (2, ReLU())
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"wrap takes an nn.Module (an nn.Sequential), got {type(model).__name__}")
+    return Network(model, **options)
+
+
+def noise_sources(
+    noise: NoiseSource | str | Sequence[NoiseSource] | None, std: float, count: int
+) -> list[NoiseSource]:
+    """One noise source per layer: copies of a template (or spec), or the sources given."""
+    if noise is None:
+        noise = Gaussian(std)
+    elif isinstance(noise, str):
+        noise = make_noise(noise, std)
+    if isinstance(noise, NoiseSource):
+        return [copy.deepcopy(noise) for _ in range(count)]
+    noise = list(noise)
+    if len(noise) != count or not all(isinstance(s, NoiseSource) for s in noise):
+        raise ValueError(f"give one noise source, or one per layer: the network has {count} "
+                         f"layers, got {len(noise)}")
+    return noise
+
+
+def flat_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules of a (nested) ``nn.Sequential`` in the order they run, with their names."""
+    out = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential):
+            out += [(f"{name}.{sub}", m) for sub, m in flat_modules(child)]
+        else:
+            out.append((name, child))
+    return out
+
+
+def parse(model: nn.Module) -> list[tuple[list[nn.Module], nn.Module, list[nn.Module], nn.Module]]:
+    """The layers of ``model``: per weight operation ``(pre, op, mid, unit)``.
+
+    Raises ``ValueError`` with one line naming the module, its position and why, for what the
+    machinery cannot run: a model that is not an ``nn.Sequential``, a module that mixes the rows
+    of the stacked passes, a recurrent layer, a module of unknown type or with parameters the
+    rules do not train, a weight operation with no node after it, a node with no weight
+    operation before it, or a model that does not end with its readout weight operation.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(
+            f"the model is a {type(model).__name__}: noisynets runs an nn.Sequential (nested "
+            "ones too) of nn.Linear/nn.Conv2d, activations or snntorch neurons, and "
+            "parameter-free operations such as nn.Flatten and pooling"
+        )
+    layers: list[Any] = []
+    pending: list[nn.Module] = []
+    current: list[Any] | None = None  # [pre, op, mid, unit]
+    modules = flat_modules(model)
+    if not modules:
+        raise ValueError("the model is an empty nn.Sequential")
+    for position, (name, module) in enumerate(modules):
+        where = f"module {name!r} ({type(module).__name__}, position {position})"
+        kind = classify(module, where)
+        if kind == "weight":
+            if current is not None and current[3] is None:
+                raise ValueError(f"{where} follows the weight operation {current[1]} with no "
+                                 "node in between: put an activation or neuron after every "
+                                 "weight operation but the last")
+            if getattr(module, "padding_mode", "zeros") != "zeros":
+                raise ValueError(f"{where} has padding_mode={module.padding_mode!r}: use the "
+                                 "default 'zeros'")
+            current = [pending, module, [], None]
+            pending = []
+            layers.append(current)
+        elif kind == "node":
+            if current is None or current[3] is not None:
+                raise ValueError(f"{where} is a node with no weight operation before it: every "
+                                 "activation or neuron must follow an nn.Linear or nn.Conv2d")
+            current[3] = module
+        else:  # parameter-free
+            if current is not None and current[3] is None:
+                if isinstance(module, nn.Dropout):
+                    raise ValueError(f"{where} sits between a weight operation and its node: "
+                                     "put dropout after the node (activation or neuron)")
+                current[2].append(module)
+            else:
+                pending.append(module)
+    if not layers:
+        raise ValueError("the model has no weight operation (nn.Linear or nn.Conv2d)")
+    if current is None or current[3] is not None or pending:
+        raise ValueError(
+            f"the model ends with {type(modules[-1][1]).__name__} ({modules[-1][0]!r}): it must "
+            "end with its readout weight operation, whose output are the logits (read out as "
+            "their mean over the time steps); remove the final node"
+        )
+    current[3] = nn.Identity()  # the readout node
+    return [tuple(layer) for layer in layers]
+
+
+def classify(module: nn.Module, where: str) -> str:
+    """``weight``, ``node`` or ``free``; ``ValueError`` for a module the machinery refuses."""
+    for types, why in REFUSED.items():
+        if isinstance(module, types):
+            raise ValueError(f"{where}: {why}")
+    if isinstance(module, WEIGHT_OPS):
+        return "weight"
+    if isinstance(module, snn.SpikingNeuron):
+        if not module.init_hidden:
+            raise ValueError(f"{where} needs init_hidden=True: in an nn.Sequential a neuron "
+                             "keeps its state itself, the snntorch way")
+        if module.output:
+            raise ValueError(f"{where} has output=True: leave it False, so that the neuron "
+                             "returns its spikes only")
+        if any(True for _ in module.parameters()):
+            raise ValueError(f"{where} has learnable parameters (learn_beta, learn_threshold, "
+                             "...), which the perturbation rules do not train: leave them fixed")
+        return "node"
+    if isinstance(module, ACTIVATIONS):
+        return "node"
+    if isinstance(module, FREE_OPS):
+        return "free"
+    if any(True for _ in module.parameters()):
+        raise ValueError(f"{where} has parameters but is not an nn.Linear or nn.Conv2d, the "
+                         "weight operations the rules train")
+    raise ValueError(
+        f"{where} is of a type noisynets does not know: use nn.Linear/nn.Conv2d, a torch "
+        "activation or noisynets unit, an snntorch neuron, or nn.Flatten, nn.Unflatten, "
+        "pooling or nn.Dropout"
+    )

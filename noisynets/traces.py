@@ -88,10 +88,18 @@ def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
     return h5py.File(path, mode, locking=False)
 
 
-def spread(count: int, limit: int | None) -> np.ndarray:
-    """``limit`` indices spread evenly over ``range(count)`` (all of them if None or 0)."""
+def spread(count: int, limit: int | None, shape: Sequence[int] | None = None) -> np.ndarray:
+    """``limit`` indices spread evenly over ``range(count)`` (all of them if None or 0).
+
+    For a feature map (``shape = (C, H, W)``) whole channels are kept, spread evenly over the
+    channels, as many as ``limit`` allows (at least one): a traced map stays a map.
+    """
     if not limit or limit >= count:
         return np.arange(count)
+    if shape is not None and len(shape) == 3:
+        channels, size = int(shape[0]), int(shape[1]) * int(shape[2])
+        kept = spread(channels, max(1, limit // size))
+        return (kept[:, None] * size + np.arange(size)[None, :]).ravel()
     return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
 
 
@@ -100,14 +108,20 @@ class TraceWriter:
 
     Args:
         path: the file (created; an existing one is replaced).
-        sizes: the network's ``[d_0, n_1, ..., n_L]``.
+        sizes: the network's ``[d_0, n_1, ..., n_L]`` (its input size, then every layer's
+            node count), or the node counts ``[n_1, ..., n_L]`` alone when ``inputs`` is given.
         spiking: per layer, whether it emits spikes (LIF hidden layers).
         time_steps: T.
         probe_index: the training samples traced.
         attrs: file attributes (``config`` may be a dict: it is stored as JSON text).
         layers: the layer numbers (1..L) to trace; all by default.
         units: the most units (and inputs) traced per layer, spread evenly; 0 or None: all.
+            A feature map keeps whole channels.
         spike_events: also store spikes as an event list (record, time, sample, unit).
+        inputs: per layer the size of its (flattened) input, where it is not the node count
+            of the layer before (a convolutional network, pooling in between).
+        shapes: per layer ``(input_shape, node_shape)`` of one sample, stored as the layer's
+            attributes ``input_shape`` and ``shape``; default the flat sizes.
     """
 
     def __init__(
@@ -121,9 +135,15 @@ class TraceWriter:
         layers: Sequence[int] | None = None,
         units: int | None = None,
         spike_events: bool = False,
+        inputs: Sequence[int] | None = None,
+        shapes: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
     ) -> None:
         self.path = Path(path)
-        num_layers = len(sizes) - 1
+        if inputs is None:
+            inputs, sizes = list(sizes[:-1]), list(sizes[1:])
+        num_layers = len(sizes)
+        if shapes is None:
+            shapes = [((i,), (n,)) for i, n in zip(inputs, sizes)]
         self.layers = list(range(1, num_layers + 1)) if layers is None else sorted(set(layers))
         bad = [k for k in self.layers if not 1 <= k <= num_layers]
         if bad:
@@ -132,8 +152,9 @@ class TraceWriter:
         self.time_steps = int(time_steps)
         self.spiking = list(spiking)
         self.spike_events = spike_events
-        self.unit_index = {k: spread(sizes[k], units) for k in self.layers}
-        self.input_index = {k: spread(sizes[k - 1], units) for k in self.layers}
+        self.unit_index = {k: spread(sizes[k - 1], units, shapes[k - 1][1]) for k in self.layers}
+        self.input_index = {k: spread(inputs[k - 1], units, shapes[k - 1][0])
+                            for k in self.layers}
         self.records = 0
         probe = np.asarray(probe_index, dtype=np.int64)
         self.probe = len(probe)
@@ -153,13 +174,15 @@ class TraceWriter:
             self._grow(traces, "loss_noisy", (self.probe,), np.float32)
             for k in self.layers:
                 g = traces.create_group(f"layer_{k}")
-                units, inputs = len(self.unit_index[k]), len(self.input_index[k])
-                g.attrs["units"] = sizes[k]
-                g.attrs["inputs"] = sizes[k - 1]
+                g.attrs["units"] = sizes[k - 1]
+                g.attrs["inputs"] = inputs[k - 1]
+                units, inputs_traced = len(self.unit_index[k]), len(self.input_index[k])
+                g.attrs["input_shape"] = np.asarray(shapes[k - 1][0], dtype=np.int64)
+                g.attrs["shape"] = np.asarray(shapes[k - 1][1], dtype=np.int64)
                 g.attrs["spiking"] = bool(self.spiking[k - 1])
                 g.create_dataset("unit_index", data=self.unit_index[k])
                 g.create_dataset("input_index", data=self.input_index[k])
-                self._grow(g, "input", (self.probe, inputs), np.float32)
+                self._grow(g, "input", (self.probe, inputs_traced), np.float32)
                 self._grow(g, "activity_clean", (self.probe, units), np.float32)
                 self._grow(g, "activity_noisy", (self.probe, units), np.float32)
                 if self.spiking[k - 1]:

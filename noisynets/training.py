@@ -1,12 +1,14 @@
 """Training: one step, evaluation, the per-layer diagnostics, and the whole run behind the CLI.
 
-One training step (DESIGN.md, "The path of one training step")::
+One training step::
 
     record = rule.step(network, x, y)        # batched forward, estimates written into .grad
     optimizer.step()                         # any torch.optim optimizer
     network.update_decorrelation(record)     # R_l <- R_l - eta_R C_l R_l from the clean inputs
 
-Nothing in a step waits for the device: losses are summed on it and read once per epoch.
+``fit`` trains on a named data set, the user's own tensors ``(x, y)``, a torch ``Dataset`` or
+a ``DataLoader``. Nothing in a step waits for the device: losses are summed on it and read once
+per epoch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +30,7 @@ from tqdm import tqdm
 from noisynets.config import TrainConfig, resolve
 from noisynets.data import Dataset, load_dataset
 from noisynets.decorrelation import mean_abs_correlation
+from noisynets.models import conv_net, he_normal, load_model
 from noisynets.network import Network, Passes, Record
 from noisynets.noise import make_noise
 from noisynets.rules import Rule, make_rule, uses_decorrelation
@@ -42,8 +45,8 @@ class EpochStats:
     epoch: int
     step: int
     train_loss: float
-    test_loss: float
-    test_accuracy: float
+    test_loss: float | None  # None without test data
+    test_accuracy: float | None  # None for a regression task, or without test data
     alignment: list[float]
     decorrelation: list[float]
     estimate_norm: list[float]
@@ -94,9 +97,24 @@ def choose_device(name: str) -> torch.device:
 
 
 def build(config: TrainConfig, data: Dataset) -> tuple[Network, Rule, torch.optim.Optimizer]:
-    """The network, rule and optimizer a resolved ``config`` describes."""
+    """The network, rule and optimizer a resolved ``config`` describes: the fully connected
+    stack of ``hidden`` (``arch = "mlp"``), the convolutional preset (``"conv"``), or the
+    user's own model (``model = "FILE.py:FUNCTION"``). Call ``torch.manual_seed`` first: a
+    user's model initialises itself from torch's global generator."""
+    if config.model is not None:
+        model: list[int] | torch.nn.Module = load_model(config.model)
+    elif config.arch == "conv":
+        with torch.random.fork_rng(devices=[]):  # the seed sets the weights, below
+            model = conv_net(data.input_shape, data.num_classes, config.unit, config.beta,
+                             config.threshold)
+        g = torch.Generator().manual_seed(config.seed)
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                he_normal(module, g)
+    else:
+        model = [data.num_features, *config.hidden, data.num_classes]
     network = Network(
-        [data.num_features, *config.hidden, data.num_classes],
+        model,
         unit=config.unit,
         noise=make_noise(config.noise, config.noise_std),
         both_noisy=config.both_noisy,
@@ -114,9 +132,9 @@ def build(config: TrainConfig, data: Dataset) -> tuple[Network, Rule, torch.opti
     rule = make_rule(config.algo, noise_samples=config.noise_samples)
     rule.check(network)
     if config.optimizer == "adam":
-        optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
+        optimizer = torch.optim.Adam(network.trained_parameters(), lr=config.lr)
     else:
-        optimizer = torch.optim.SGD(network.parameters(), lr=config.lr)
+        optimizer = torch.optim.SGD(network.trained_parameters(), lr=config.lr)
     return network, rule, optimizer
 
 
@@ -131,17 +149,37 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(network: Network, x: Tensor, y: Tensor, batch_size: int = 2000) -> tuple[float, float]:
-    """Mean loss and accuracy (0..1) of ``network`` on ``(x, y)``."""
-    loss = torch.zeros((), device=x.device, dtype=torch.float64)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
-    for i in range(0, x.shape[0], batch_size):
-        logits = network(x[i : i + batch_size])
-        target = y[i : i + batch_size]
-        loss += network.loss_fn(logits, target).double().sum()
-        correct += (logits.argmax(-1) == target).sum()
-    n = max(1, x.shape[0])
-    return loss.item() / n, correct.item() / n
+def evaluate(
+    network: Network, x: Tensor | Iterable[tuple[Tensor, Tensor]], y: Tensor | None = None,
+    batch_size: int = 2000,
+) -> tuple[float, float | None]:
+    """Mean loss and accuracy (0..1) of ``network`` on ``(x, y)``, or on the batches of a
+    ``DataLoader`` ``x``; the accuracy is ``None`` for real-valued targets (regression).
+    Runs in eval mode (dropout off)."""
+    if isinstance(x, Tensor):
+        batches: Iterable[tuple[Tensor, Tensor]] = (
+            (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size))
+    else:
+        batches = x
+    device = next(network.parameters()).device
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n, regression = 0, False
+    was_training = network.training
+    network.eval()
+    try:
+        for xb, target in batches:
+            xb, target = xb.to(device), target.to(device)
+            logits = network(xb)
+            loss += network.loss_fn(logits, target).double().sum()
+            regression = target.is_floating_point()
+            if not regression:
+                correct += (logits.argmax(-1) == target).sum()
+            n += xb.shape[0]
+    finally:
+        network.train(was_training)
+    n = max(1, n)
+    return loss.item() / n, None if regression else correct.item() / n
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -175,19 +213,30 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
         estimate, record = rule.gradients(network, x, y)
     with network.untouched_noise():
         reference, _ = reference_gradients(network, rule, x, y)
-    flat = [torch.cat([w.flatten(), b]) for w, b in estimate]
-    flat_bp = [torch.cat([w.flatten(), b]) for w, b in reference]
+    flat = [flatten(g) for g in estimate]
+    flat_bp = [flatten(g) for g in reference]
     if record.activity[0].shape[0] > 1:
         change = sum((a[1:] - a[:1]).pow(2).sum(-1) for a in record.activity)
         zero = (change == 0).double().mean().item()
     else:
         zero = 0.0
+    rows = [layer.decorrelation_rows(seen / record.time_steps)[..., :DIAGNOSTIC_ROWS, :]
+            for layer, seen in zip(network.layers, record.inputs)]
     return {
         "alignment": [cosine(e, r) for e, r in zip(flat, flat_bp)],
-        "decorrelation": [mean_abs_correlation(i).item() for i in record.inputs],
+        "decorrelation": [mean_abs_correlation(r).item() for r in rows],
         "estimate_norm": [e.norm().item() for e in flat],
         "zero_change_fraction": zero,
     }
+
+
+DIAGNOSTIC_ROWS = 4096  # at most this many input rows (or patches) per layer for correlations
+
+
+def flatten(grad: tuple[Tensor, Tensor | None]) -> Tensor:
+    """A layer's weight and bias estimates as one vector."""
+    w, b = grad
+    return w.flatten() if b is None else torch.cat([w.flatten(), b.flatten()])
 
 
 def batches(
@@ -199,27 +248,86 @@ def batches(
     return list(torch.randperm(n, generator=generator).to(device).split(batch_size))
 
 
+TrainData = (Dataset | tuple[Tensor, Tensor] | torch.utils.data.Dataset
+             | torch.utils.data.DataLoader)
+
+
+def epoch_batches(
+    train: TrainData, batch_size: int, generator: torch.Generator, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """One shuffled epoch of ``(x, y)`` batches on ``device``: from a data set's training split
+    or the user's tensors (a seeded permutation), a ``DataLoader`` (its own order), or a torch
+    ``Dataset`` (a seeded shuffling ``DataLoader`` of ``batch_size``)."""
+    tensors = as_tensors(train)
+    if tensors is not None:
+        x, y = tensors
+        for index in batches(x.shape[0], batch_size, generator, device):
+            yield x[index], y[index]
+        return
+    if not isinstance(train, torch.utils.data.DataLoader):
+        train = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True,
+                                            generator=generator)
+    for x, y in train:
+        yield x.to(device), y.to(device)
+
+
+def as_tensors(data: Any) -> tuple[Tensor, Tensor] | None:
+    """``(x, y)`` of a noisynets ``Dataset`` (its training split) or a pair of tensors; else
+    ``None`` (a torch ``Dataset`` or ``DataLoader``)."""
+    if isinstance(data, Dataset):
+        return data.train_x, data.train_y
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
+            isinstance(t, Tensor) for t in data):
+        if data[0].shape[0] != data[1].shape[0]:
+            raise ValueError(f"x has {data[0].shape[0]} samples but y {data[1].shape[0]}")
+        return data[0], data[1]
+    if isinstance(data, (torch.utils.data.Dataset, torch.utils.data.DataLoader)):
+        return None
+    raise TypeError(f"training data must be a noisynets Dataset, a pair of tensors (x, y), a "
+                    f"torch Dataset or a DataLoader, not {type(data).__name__}")
+
+
 def fit(
     network: Network,
     rule: Rule,
     optimizer: torch.optim.Optimizer,
-    data: Dataset,
+    train: TrainData,
     epochs: int,
-    batch_size: int,
+    batch_size: int | None = None,
+    test: Dataset | tuple[Tensor, Tensor] | torch.utils.data.DataLoader | None = None,
     seed: int = 0,
     progress: bool = True,
     on_epoch: Callable[[EpochStats], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     name: str | None = None,
 ) -> list[EpochStats]:
-    """Train for ``epochs`` epochs on ``data`` (already on the network's device).
+    """Train for ``epochs`` epochs on ``train`` and measure after every epoch.
 
-    ``on_step(step)`` runs after every training step (steps count from 1), ``on_epoch(stats)``
-    after every epoch's evaluation; ``name`` labels the progress bar (default: the rule's)."""
-    device = data.train_x.device
+    ``train`` is a noisynets ``Dataset`` (its training split; then ``test`` defaults to its
+    test split), the user's tensors ``(x, y)``, a torch ``Dataset`` or a ``DataLoader``; tensors
+    and data sets are shuffled with a generator seeded by ``seed`` into batches of
+    ``batch_size``. ``test`` (a pair of tensors or a ``DataLoader``) is evaluated after every
+    epoch; the diagnostics use a fixed batch of training data. ``on_step(step)`` runs after
+    every training step (steps count from 1), ``on_epoch(stats)`` after every epoch's
+    evaluation; ``name`` labels the progress bar (default: the rule's)."""
+    device = next(network.parameters()).device
+    tensors = as_tensors(train)
+    if batch_size is None and not isinstance(train, torch.utils.data.DataLoader):
+        raise ValueError("give batch_size: the data is not a DataLoader with batches of its own")
+    if test is None and isinstance(train, Dataset):
+        test = (train.test_x, train.test_y)
+    elif isinstance(test, Dataset):
+        test = (test.test_x, test.test_y)
     generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(data.train_x.shape[0] / batch_size)
-    probe = slice(0, min(batch_size, data.train_x.shape[0]))
+    if tensors is not None:
+        steps_per_epoch = math.ceil(tensors[0].shape[0] / batch_size)
+        probe = (tensors[0][:batch_size].to(device), tensors[1][:batch_size].to(device))
+    else:
+        loader = train if isinstance(train, torch.utils.data.DataLoader) else None
+        steps_per_epoch = len(loader) if loader is not None else math.ceil(
+            len(train) / batch_size)
+        probe = next(epoch_batches(train, batch_size or 1, torch.Generator().manual_seed(seed),
+                                   device))
     history: list[EpochStats] = []
     bar = tqdm(
         total=epochs * steps_per_epoch, disable=not progress, unit="step", file=sys.stderr,
@@ -227,19 +335,21 @@ def fit(
     )
     start = time.perf_counter()
     step = 0
+    network.train()
     try:
         for epoch in range(1, epochs + 1):
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            for index in batches(data.train_x.shape[0], batch_size, generator, device):
-                record = train_step(network, rule, optimizer, data.train_x[index],
-                                    data.train_y[index])
+            samples = 0
+            for x, y in epoch_batches(train, batch_size, generator, device):
+                record = train_step(network, rule, optimizer, x, y)
                 loss_sum += record.loss[0].double().sum()
+                samples += x.shape[0]
                 step += 1
                 if on_step is not None:
                     on_step(step)
                 bar.update()
-            stats = epoch_stats(network, rule, data, epoch, probe, start,
-                                train_loss=loss_sum.item() / data.train_x.shape[0], step=step)
+            stats = epoch_stats(network, rule, test, probe, epoch, start,
+                                train_loss=loss_sum.item() / max(1, samples), step=step)
             history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
@@ -251,19 +361,25 @@ def fit(
 def epoch_stats(
     network: Network,
     rule: Rule,
-    data: Dataset,
+    test: tuple[Tensor, Tensor] | torch.utils.data.DataLoader | None,
+    probe: tuple[Tensor, Tensor],
     epoch: int,
-    probe: slice,
     start: float,
     train_loss: float | None = None,
     step: int = 0,
+    train: tuple[Tensor, Tensor] | None = None,
 ) -> EpochStats:
-    """Evaluate on the test set and take the diagnostics on a fixed batch of training data."""
+    """Evaluate on ``test`` (loss and accuracy: None without it) and take the diagnostics on
+    the fixed training batch ``probe``; without ``train_loss``, measure it on ``train``."""
     with network.untouched_noise():
-        test_loss, test_accuracy = evaluate(network, data.test_x, data.test_y)
+        test_loss, test_accuracy = None, None
+        if isinstance(test, (tuple, list)):
+            test_loss, test_accuracy = evaluate(network, *test)
+        elif test is not None:
+            test_loss, test_accuracy = evaluate(network, test)
         if train_loss is None:
-            train_loss, _ = evaluate(network, data.train_x, data.train_y)
-        diag = diagnostics(network, rule, data.train_x[probe], data.train_y[probe])
+            train_loss, _ = evaluate(network, *(train if train is not None else probe))
+        diag = diagnostics(network, rule, *probe)
     return EpochStats(
         epoch=epoch, step=step, train_loss=train_loss, test_loss=test_loss,
         test_accuracy=test_accuracy, seconds=time.perf_counter() - start, **diag,
@@ -309,6 +425,8 @@ def train(
         torch.set_num_threads(config.threads)
     device = choose_device(config.device)
     data = load_dataset(config.dataset, config.data_root)
+    if config.standardize:
+        data = data.standardized()
     torch.manual_seed(config.seed)
     network, rule, optimizer = build(config, data)
     network.to(device)
@@ -317,13 +435,16 @@ def train(
     result = RunResult(config=config, out=str(out), device=str(device))
     results_file = out / "results.json"
     writer = probe_x = probe_y = None
+    shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
     if config.trace_every > 0:
         probe_index = torch.arange(min(config.trace_probe, data.train_x.shape[0]))
         writer = TraceWriter(
-            out / "trace.h5", network.sizes,
-            [layer.unit.stateful for layer in network.layers], network.time_steps, probe_index,
+            out / "trace.h5", [s["units"] for s in shapes],
+            [layer.spiking for layer in network.layers], network.time_steps, probe_index,
             attrs=trace_attributes(config, device), layers=config.trace_layers,
             units=config.trace_units, spike_events=config.spike_events,
+            inputs=[s["inputs"] for s in shapes],
+            shapes=[(s["input_shape"], s["shape"]) for s in shapes],
         )
         probe_x = data.train_x[probe_index.to(device)]
         probe_y = data.train_y[probe_index.to(device)]
@@ -340,11 +461,14 @@ def train(
             writer.append_metrics(asdict(stats))
 
     emit = log or (lambda line: None)
-    emit(f"{config.algo} on {config.dataset}: {network.sizes}, {plural(config.epochs, 'epoch')}, "
-         f"batch {config.batch_size}, lr {config.lr:g}, noise {config.noise} "
-         f"{config.noise_std:g}, device {device}, run folder {out}")
+    emit(f"{config.algo} on {config.dataset}: {describe(network, shapes)}, "
+         f"{plural(config.epochs, 'epoch')}, batch {config.batch_size}, lr {config.lr:g}, "
+         f"noise {config.noise} {config.noise_std:g}, device {device}, run folder {out}")
     start = time.perf_counter()
-    result.initial = epoch_stats(network, rule, data, 0, slice(0, config.batch_size), start)
+    train_split = (data.train_x, data.train_y)
+    probe = (data.train_x[: config.batch_size], data.train_y[: config.batch_size])
+    result.initial = epoch_stats(network, rule, (data.test_x, data.test_y), probe, 0, start,
+                                 train=train_split)
     record_metrics(result.initial)
     trace(0)
     emit(f"{'epoch':>5} {'train loss':>10} {'test loss':>9} {'test acc':>8} {'alignment':>9}")
@@ -374,6 +498,24 @@ def train(
     return result
 
 
+def network_shapes(network: Network, x: Tensor, y: Tensor) -> list[dict[str, Any]]:
+    """Per layer: its (flattened) input and node counts, and one sample's input and node
+    shapes, from a clean forward of ``x`` that leaves the noise streams untouched."""
+    with torch.no_grad(), network.untouched_noise():
+        record = network.run(x, y, Passes.clean(network.num_layers))
+    return [dict(inputs=int(seen.shape[-1]), units=int(a.shape[-1]),
+                 input_shape=list(layer.in_shape), shape=list(layer.node_shape))
+            for layer, seen, a in zip(network.layers, record.inputs, record.activity)]
+
+
+def describe(network: Network, shapes: list[dict[str, Any]]) -> str:
+    """``[64, 1000, 10]`` for a dense stack; ``1x28x28 -> 16x28x28 -> ... -> 10`` else."""
+    if network.sizes is not None:
+        return str(network.sizes)
+    parts = [shapes[0]["input_shape"]] + [s["shape"] for s in shapes]
+    return " -> ".join("x".join(str(d) for d in shape) for shape in parts)
+
+
 def probe_record(network: Network, x: Tensor, y: Tensor) -> Record:
     """A reference and a noisy pass of the probe samples, with spikes and membrane kept; the
     noise streams are left as they were, so tracing does not change the run."""
@@ -397,11 +539,12 @@ def trace_attributes(config: TrainConfig, device: torch.device) -> dict[str, Any
 
 
 def to_device(data: Dataset, device: torch.device) -> Dataset:
-    """``data`` with its tensors on ``device``."""
+    """``data`` with its tensors on ``device`` and every sample in its ``input_shape``."""
+    shape = data.input_shape
     return replace(
         data,
-        train_x=data.train_x.to(device), train_y=data.train_y.to(device),
-        test_x=data.test_x.to(device), test_y=data.test_y.to(device),
+        train_x=data.train_x.to(device).view(-1, *shape), train_y=data.train_y.to(device),
+        test_x=data.test_x.to(device).view(-1, *shape), test_y=data.test_y.to(device),
     )
 
 
@@ -412,6 +555,8 @@ def plural(count: int, noun: str) -> str:
 
 def _row(stats: EpochStats) -> str:
     mean_alignment = sum(stats.alignment) / len(stats.alignment)
-    return (f"{stats.epoch:>5} {stats.train_loss:>10.4f} {stats.test_loss:>9.4f} "
-            f"{stats.test_accuracy:>8.4f} {mean_alignment:>9.3f}")
+    test_loss = "-" if stats.test_loss is None else f"{stats.test_loss:.4f}"
+    accuracy = "-" if stats.test_accuracy is None else f"{stats.test_accuracy:.4f}"
+    return (f"{stats.epoch:>5} {stats.train_loss:>10.4f} {test_loss:>9} "
+            f"{accuracy:>8} {mean_alignment:>9.3f}")
 

@@ -1,96 +1,55 @@
-"""Units: the nonlinearity (or neuron model) that turns a node's noisy activity into its output.
+"""Units: the modules that turn a node's noisy activity into its output.
 
-Every unit is "activity plus intrinsic noise, then a nonlinearity" (ALGORITHMS.md, "Units").
-A unit is called once per time step with the node's input current ``I_t`` (its activity with
-the noise already added) and its state, and returns its output and new state::
+Every unit is "activity plus intrinsic noise, then a nonlinearity" (docs/algorithms.md,
+"Units"). A unit is an ordinary ``nn.Module`` called once per time step with the node's input
+current ``I_t`` (its activity, the noise already added): a torch activation (``nn.LeakyReLU``,
+``nn.Tanh``, ...), one of the discontinuous units below, or a spiking neuron from snntorch,
+which keeps its membrane between the steps of a batch.
 
-    h_t, state = unit(I_t, state)
+* ``Heaviside`` and ``Sign``: discontinuous units; autograd sees a zero derivative.
+* ``StochasticBinary``: a Heaviside unit whose node carries logistic noise of scale 1 (the
+  network gives it that noise): ``Heaviside(a + logistic) ~ Bernoulli(sigmoid(a))``.
+* ``LIF``: ``snntorch.Leaky`` whose reset follows the spike it emitted and whose threshold
+  can be noisy.
 
-Rate, discontinuous and stochastic units are stateless (``state`` stays ``None``) and run for
-one time step; the leaky integrate-and-fire unit keeps a membrane potential and runs for ``T``.
-A ``stochastic_binary`` unit is a Heaviside unit whose layer carries logistic noise of scale 1:
-``Heaviside(a + logistic) ~ Bernoulli(sigmoid(a))``, so it needs no machinery of its own.
+``make_unit(name)`` builds the unit of a name in ``UNITS`` (the ``--unit`` option).
 
 Example::
 
     >>> import torch
-    >>> from noisynets.units import make_unit
-    >>> h, _ = make_unit("heaviside")(torch.tensor([-1.0, 0.5]), None)
-    >>> h
+    >>> Heaviside()(torch.tensor([-1.0, 0.5]))
     tensor([0., 1.])
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import snntorch as snn
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class RateUnit(nn.Module):
-    """A stateless unit ``h = f(a)``."""
-
-    stateful = False
-
-    def __init__(self, name: str, fn: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.name = name
-        self.fn = fn
-
-    def forward(
-        self, current: Tensor, state: Any = None, threshold_shift: Tensor | None = None
-    ) -> tuple[Tensor, None]:
-        return self.fn(current if threshold_shift is None else current - threshold_shift), None
-
-    def extra_repr(self) -> str:
-        return self.name
-
-
-def heaviside(a: Tensor) -> Tensor:
+class Heaviside(nn.Module):
     """``h = 1 if a > 0 else 0``. Its derivative is zero almost everywhere (and in autograd)."""
-    return (a > 0).to(a.dtype) + 0.0 * a
+
+    def forward(self, a: Tensor) -> Tensor:
+        return (a > 0).to(a.dtype) + 0.0 * a
 
 
-def sign(a: Tensor) -> Tensor:
+class Sign(nn.Module):
     """``h = +1 if a > 0 else -1``. Its derivative is zero almost everywhere (and in autograd)."""
-    return torch.where(a > 0, 1.0, -1.0).to(a.dtype) + 0.0 * a
+
+    def forward(self, a: Tensor) -> Tensor:
+        return torch.where(a > 0, 1.0, -1.0).to(a.dtype) + 0.0 * a
 
 
-class _Leaky(snn.Leaky):
-    """``snntorch.Leaky`` whose reset is the spike it emitted and whose threshold can be noisy.
-
-    snntorch recomputes the reset from the previous membrane and the *current* threshold. With a
-    noisy threshold that would draw the reset independently of the spike; here the reset is the
-    stored spike itself, and the spike is ``Heaviside(U_t - (theta + xi_theta,t))``, in the
-    membrane's dtype (snntorch's surrogate returns float32 even for a float64 membrane).
-
-    snntorch registers every neuron in the class-level list ``SpikingNeuron.instances`` (for its
-    ``init_hidden`` helpers, which this neuron does not use), which would keep every network
-    alive for the whole process; this neuron takes itself off that list.
-    """
-
-    last_spike: Tensor | None = None
-    threshold_shift: Tensor | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        snn.SpikingNeuron.instances.remove(self)
-
-    def mem_reset(self, mem: Tensor) -> Tensor:
-        if self.last_spike is None:
-            return super().mem_reset(mem)
-        return self.last_spike.detach()
-
-    def fire(self, mem: Tensor) -> Tensor:
-        shifted = mem if self.threshold_shift is None else mem - self.threshold_shift
-        return super().fire(shifted).to(mem.dtype)
+class StochasticBinary(Heaviside):
+    """A Heaviside unit whose node carries logistic noise of scale 1 (the network adds it):
+    in a noisy pass ``h = Heaviside(a + logistic) ~ Bernoulli(sigmoid(a))``."""
 
 
-class LIF(nn.Module):
+class LIF(snn.Leaky):
     """Leaky integrate-and-fire neurons (``snntorch.Leaky``) driven by a noisy input current.
 
     Per time step, with input current ``I_t`` (the node's activity plus its intrinsic noise)
@@ -99,71 +58,77 @@ class LIF(nn.Module):
         U_t = beta * U_{t-1} + I_t - S_{t-1} * theta        (reset by subtraction)
         S_t = Heaviside(U_t - theta - xi_t)
 
-    The reset always follows the spike ``S_{t-1}`` the neuron actually emitted. The state is
-    ``(U, S)``. Backpropagation through time uses snntorch's surrogate gradient (arctan).
+    The state lives in the neuron, snntorch's ``init_hidden`` way: ``mem`` (``U``) and
+    ``spike`` (the last ``S``); the network resets both at the start of every forward.
+    snntorch recomputes the reset from the previous membrane and the *current* threshold; with
+    a noisy threshold that would draw the reset independently of the spike, so here the reset
+    is the emitted spike itself. Spikes come in the membrane's dtype (snntorch's surrogate
+    returns float32 even for a float64 membrane). Backpropagation through time uses snntorch's
+    surrogate gradient (arctan).
+
+    snntorch registers every neuron in the class-level list ``SpikingNeuron.instances`` (for
+    helpers this neuron does not need), which would keep every network alive for the whole
+    process; this neuron takes itself off that list.
 
     Example::
 
         >>> import torch
         >>> lif = LIF(beta=0.5)
-        >>> state = None
         >>> for t in range(3):
-        ...     s, state = lif(torch.tensor([0.6]), state)
-        ...     print(int(s.item()), round(state[0].item(), 2))
+        ...     s = lif(torch.tensor([0.6]))
+        ...     print(int(s.item()), round(lif.mem.item(), 2))
         0 0.6
         0 0.9
         1 1.05
     """
 
-    stateful = True
-
     def __init__(self, beta: float = 0.9, threshold: float = 1.0) -> None:
-        super().__init__()
-        self.beta = float(beta)
-        self.threshold = float(threshold)
-        self.neuron = _Leaky(beta=self.beta, threshold=self.threshold)
+        super().__init__(beta=float(beta), threshold=float(threshold), init_hidden=True)
+        snn.SpikingNeuron.instances.remove(self)
+        self.spike: Tensor | None = None
+        self.threshold_shift: Tensor | None = None
 
-    def forward(
-        self,
-        current: Tensor,
-        state: tuple[Tensor, Tensor] | None,
-        threshold_shift: Tensor | None = None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        if state is None:
-            state = (torch.zeros_like(current), torch.zeros_like(current))
-        mem, spike = state
-        neuron = self.neuron
-        neuron.last_spike, neuron.threshold_shift = spike, threshold_shift
-        try:
-            spike, mem = neuron(current, mem)
-        finally:
-            # The state lives in what this returns, not in the neuron: a membrane left on the
-            # neuron would keep the last forward's whole graph alive.
-            neuron.last_spike = neuron.threshold_shift = neuron.reset = None
-            neuron.mem = neuron.mem.new_zeros(0)
-        return spike, (mem, spike)
+    def mem_reset(self, mem: Tensor) -> Tensor:
+        if self.spike is None or self.spike.shape != mem.shape:
+            return torch.zeros_like(mem)  # the first step: no spike yet
+        return self.spike.detach()
+
+    def fire(self, mem: Tensor) -> Tensor:
+        shifted = mem if self.threshold_shift is None else mem - self.threshold_shift
+        return super().fire(shifted).to(mem.dtype)
+
+    def forward(self, current: Tensor, mem: Any = None) -> Tensor:  # type: ignore[override]
+        self.spike = super().forward(current)
+        return self.spike
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta:g}, threshold={self.threshold:g}"
+        return f"beta={float(self.beta):g}, threshold={float(self.threshold):g}"
 
 
-RATE_UNITS: dict[str, Callable[[Tensor], Tensor]] = {
-    "leaky_relu": lambda a: F.leaky_relu(a, 0.01),
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "identity": lambda a: a,
-    "heaviside": heaviside,
-    "sign": sign,
-}
-UNITS: tuple[str, ...] = (*RATE_UNITS, "stochastic_binary", "lif")
+# torch's activations that a node may carry (a wrapped model may use any of them).
+ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Softplus, nn.Softsign, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardsigmoid,
+    nn.Hardswish, nn.LogSigmoid, nn.Tanhshrink, Heaviside, Sign,
+)
+
+UNITS: tuple[str, ...] = (
+    "leaky_relu", "tanh", "sigmoid", "identity", "heaviside", "sign", "stochastic_binary", "lif",
+)
 
 
 def make_unit(name: str, beta: float = 0.9, threshold: float = 1.0) -> nn.Module:
-    """The unit called ``name`` (one of ``UNITS``)."""
-    if name == "lif":
-        return LIF(beta=beta, threshold=threshold)
-    if name == "stochastic_binary":  # a Heaviside unit; its logistic noise is the layer's
-        return RateUnit(name, heaviside)
-    if name not in RATE_UNITS:
+    """The unit called ``name`` (one of ``UNITS``); ``beta`` and ``threshold`` for ``lif``."""
+    units = {
+        "leaky_relu": lambda: nn.LeakyReLU(0.01),
+        "tanh": nn.Tanh,
+        "sigmoid": nn.Sigmoid,
+        "identity": nn.Identity,
+        "heaviside": Heaviside,
+        "sign": Sign,
+        "stochastic_binary": StochasticBinary,
+        "lif": lambda: LIF(beta=beta, threshold=threshold),
+    }
+    if name not in units:
         raise ValueError(f"unknown unit {name!r}: choose one of {', '.join(UNITS)}")
-    return RateUnit(name, RATE_UNITS[name])
+    return units[name]()

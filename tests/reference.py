@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from noisynets import Network, Passes
@@ -71,6 +72,32 @@ class Brute:
     loss: Tensor | None = None
 
 
+def weight_op_one_row(layer, row: Tensor) -> Tensor:
+    """One sample through the layer's weight operation, ``R`` applied to the input vector or
+    to every patch, never folded into ``W``: ``W (R x) + b``; a convolution as patches."""
+    op, R = layer.op, None if layer.decorrelator is None else layer.decorrelator.R
+    if not layer.conv:
+        xh = row if R is None else R @ row
+        out = op.weight @ xh
+        return out if op.bias is None else out + op.bias
+    patches = F.unfold(row[None], op.kernel_size, op.dilation, op.padding, op.stride)[0]
+    G = op.groups
+    d = patches.shape[0] // G
+    W = op.weight.reshape(G, op.out_channels // G, d)
+    outs = []
+    for g in range(G):
+        p = patches[g * d:(g + 1) * d]
+        if R is not None:
+            p = (R if R.dim() == 2 else R[g]) @ p
+        outs.append(W[g] @ p)
+    out = torch.cat(outs)
+    if op.bias is not None:
+        out = out + op.bias[:, None]
+    h = (row.shape[1] + 2 * op.padding[0] - op.dilation[0] * (op.kernel_size[0] - 1) - 1) \
+        // op.stride[0] + 1
+    return out.view(op.out_channels, h, -1)
+
+
 @torch.no_grad()
 def brute_force(
     net: Network,
@@ -80,26 +107,31 @@ def brute_force(
     noise: list[tuple[Recorded, Recorded | None]],
     spikes: list[Tensor] | None = None,
 ) -> Brute:
-    """The forward of ``passes``, one pass and one step at a time, replaying recorded noise.
+    """The forward of ``passes``, one pass, step and sample at a time, replaying recorded noise.
 
     ``noise`` holds what ``record_noise`` recorded during exactly one batched forward of the
-    same plan; ``spikes`` the Poisson input of every step (``encoding="poisson"``).
+    same plan; ``spikes`` the Poisson input of every step (``encoding="poisson"``). Records the
+    inputs as the network reports them: decorrelated for a dense layer, raw for a convolution.
     """
     B, T, L = x.shape[0], net.time_steps, net.num_layers
-    activity = [torch.zeros(passes.count, B, n, dtype=x.dtype) for n in net.sizes[1:]]
-    inputs = [torch.zeros(B, d, dtype=x.dtype) for d in net.sizes[:-1]]
     for source, threshold in noise:
         assert len(source.draws) in (0, T), "record exactly one forward"
         assert threshold is None or len(threshold.draws) in (0, T)
+    activity: list[Tensor | None] = [None] * L
+    inputs: list[Tensor | None] = [None] * L
     losses = []
     for p in range(passes.count):
-        states = [None] * L
+        for layer in net.layers:
+            layer.reset_state(x)  # every pass starts from rest
         for t in range(T):
             h = spikes[t] if spikes is not None else x
             for k, layer in enumerate(net.layers):
-                R = layer.decorrelator.R if layer.decorrelator is not None else None
-                xh = h if R is None else torch.stack([R @ row for row in h])
-                current = torch.stack([layer.weight @ row + layer.bias for row in xh])
+                for module in layer.pre:
+                    h = module(h)
+                seen = h
+                current = torch.stack([weight_op_one_row(layer, row) for row in h])
+                for module in layer.mid:
+                    current = module(current)
                 start, stop = passes.noisy[k]
                 shift = None
                 if start <= p < stop:
@@ -109,12 +141,19 @@ def brute_force(
                         shift = noise[k][1].draws[t][rows]
                 elif noise[k][1] is not None:
                     shift = torch.zeros_like(current)
-                h, states[k] = layer.unit(current, states[k], shift)
+                h = layer.fire(current, shift)
+                if activity[k] is None:
+                    activity[k] = torch.zeros(passes.count, *current.shape, dtype=x.dtype)
                 activity[k][p] += current
                 if p == 0:
-                    inputs[k] += xh
-        losses.append(net.loss_fn(activity[-1][p] / T, y))
-    return Brute(activity, inputs, torch.stack(losses))
+                    if layer.decorrelator is not None and not layer.conv:
+                        seen = torch.stack([layer.decorrelator.R @ row for row in seen])
+                    inputs[k] = seen if t == 0 else inputs[k] + seen
+        losses.append(net.loss_fn(activity[-1][p].reshape(B, -1) / T, y))
+    for layer in net.layers:
+        layer.reset_state(x)
+    return Brute([a.reshape(passes.count, B, -1) for a in activity],
+                 [i.reshape(B, -1) for i in inputs], torch.stack(losses))
 
 
 class Basis(NoiseSource):

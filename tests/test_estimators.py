@@ -12,8 +12,7 @@ import torch
 
 from noisynets import Network, Passes, Record, make_rule
 from noisynets.noise import make_noise
-from noisynets.rules import ANP, INP
-from noisynets.rules.perturbation import outer_products
+from noisynets.rules import ANP, INP, NP
 from noisynets.training import cosine
 
 
@@ -82,21 +81,21 @@ def single_estimates(name: str, net: Network, x, y, count: int) -> list[list[tor
     L = net.num_layers
     if name == "np":
         record, noise = net.run_reading_noise(x, y, Passes.perturbed(L, count))
-        variance = [layer.noise.variance for layer in net.layers]
-        dL = record.loss[1:] - record.loss[:1]
-        return [flat(outer_products(
-            [(dL[k] / v).unsqueeze(-1) * eps[k : k + 1] for eps, v in zip(noise, variance)],
-            record)) for k in range(count)]
+        variances = [layer.noise.variance for layer in net.layers]
+        signals = NP.signals(record, noise, variances)
+        return [flat(net.gradients([e[k : k + 1] for e in signals], record))
+                for k in range(count)]
     if name == "inp":
         record = net.run(x, y, Passes.layerwise(L, count))
         picks = [[0] + [1 + layer * count + k for layer in range(L)] for k in range(count)]
-        estimate = lambda r: INP.estimate(r, Passes.layerwise(L, 1))  # noqa: E731
+        signals = lambda r: INP.signals(r, Passes.layerwise(L, 1))  # noqa: E731
     else:
         record = net.run(x, y, Passes.perturbed(L, count))
         picks = [[0, 1 + k] for k in range(count)]
-        estimate = ANP.estimate
-    return [flat(estimate(Record(record.inputs, [a[p] for a in record.activity],
-                                 record.loss[p], record.time_steps))) for p in picks]
+        signals = ANP.signals
+    subs = [Record(record.inputs, [a[p] for a in record.activity], record.loss[p],
+                   record.time_steps) for p in picks]
+    return [flat(net.gradients(signals(sub), sub)) for sub in subs]
 
 
 def test_a_single_inp_or_anp_estimate_aligns_better_than_one_of_np(small_net: Network, batch):
@@ -145,10 +144,12 @@ def test_anp_guards_samples_whose_activity_did_not_change():
     activity[0][1, 0, 0] = 1.0  # only node 0 of sample 0 of the noisy pass changed
     loss = torch.tensor([[1.0, 1.0, 1.0], [2.0, 1.5, 1.0]])
     record = Record([torch.ones(3, 5), torch.ones(3, 4)], activity, loss, 1)
-    (g_w, g_b), _ = ANP.estimate(record)
-    assert torch.isfinite(g_w).all() and torch.isfinite(g_b).all()
-    # Sample 0 alone: dL = 1, N = 6, ||da||^2 = 1 -> signal 6 on node 0, averaged over 3 samples.
-    torch.testing.assert_close(g_b, torch.tensor([2.0, 0.0, 0.0, 0.0]))
+    e, _ = ANP.signals(record)
+    assert torch.isfinite(e).all()
+    # Sample 0 alone: dL = 1, N = 6, ||da||^2 = 1 -> signal 6 on node 0; samples 1, 2: nothing.
+    expected = torch.zeros(1, 3, 4)
+    expected[0, 0, 0] = 6.0
+    torch.testing.assert_close(e, expected)
 
 
 @pytest.mark.parametrize("name", ["bp", "anp"])

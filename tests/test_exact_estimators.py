@@ -16,7 +16,7 @@ from reference import Basis, brute_force, flat, record_noise
 
 from noisynets import Network, Passes, Record, make_rule
 from noisynets.noise import Gaussian, Telegraph
-from noisynets.rules import ANP, NP
+from noisynets.rules import ANP, INP, NP
 
 SIZES = [5, 6, 6, 6]  # equal layer sizes: INP's K = 2 n_k passes cover every layer at once
 B = 7
@@ -74,17 +74,13 @@ def test_inp_with_basis_noise_is_the_gradient(T, decorrelation):
     assert_is_the_gradient(estimate, truth, f"INP, T={T}")
 
 
-def anp_by_hand(record: Record, pairs: list[tuple[int, int]]) -> list[tuple]:
-    """ALGORITHMS.md's ANP, one sample and one (reference, noisy) pair of passes at a time::
-
-        g_W_l = mean_{pairs, n} [ dL_n * N / ||da_n||^2 * da_{l,n} xh_{l-1,n}^T ]
-        g_b_l = T * mean_{pairs, n} [ dL_n * N / ||da_n||^2 * da_{l,n} ]
-    """
+def anp_by_hand(record: Record, pairs: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """docs/algorithms.md's ANP signal, one sample and one (reference, noisy) pair of passes at
+    a time: ``e_{l,n} = dL_n * N / ||da_n||^2 * da_{l,n}``, shape (pairs, B, n_l) per layer."""
     L, B = len(record.activity), record.loss.shape[1]
     N = sum(a.shape[-1] for a in record.activity)
-    grads = [[torch.zeros_like(a[0, 0][:, None] * xh[0][None, :]), torch.zeros_like(a[0, 0])]
-             for a, xh in zip(record.activity, record.inputs)]
-    for ref, noisy in pairs:
+    signals = [torch.zeros(len(pairs), B, a.shape[-1], dtype=a.dtype) for a in record.activity]
+    for j, (ref, noisy) in enumerate(pairs):
         for n in range(B):
             da = [record.activity[i][noisy, n] - record.activity[i][ref, n] for i in range(L)]
             norm_sq = sum(float(d @ d) for d in da)
@@ -92,10 +88,19 @@ def anp_by_hand(record: Record, pairs: list[tuple[int, int]]) -> list[tuple]:
                 continue
             dL = float(record.loss[noisy, n] - record.loss[ref, n])
             for i in range(L):
-                e = dL * N / norm_sq * da[i]
-                grads[i][0] += torch.outer(e, record.inputs[i][n]) / (len(pairs) * B)
-                grads[i][1] += record.time_steps * e / (len(pairs) * B)
-    return [tuple(g) for g in grads]
+                signals[i][j, n] = dL * N / norm_sq * da[i]
+    return signals
+
+
+def dense_gradients_by_hand(signals, record: Record) -> list[tuple]:
+    """``g_W = mean_{k,n} e_{k,n} xh_n^T``, ``g_b = T mean_{k,n} e_{k,n}``, sample by sample."""
+    grads = []
+    for e, xh in zip(signals, record.inputs):
+        K, B = e.shape[0], e.shape[1]
+        g_w = sum(torch.outer(e[k, n], xh[n]) for k in range(K) for n in range(B)) / (K * B)
+        g_b = record.time_steps * sum(e[k, n] for k in range(K) for n in range(B)) / (K * B)
+        grads.append((g_w, g_b))
+    return grads
 
 
 def test_anp_normalises_by_the_whole_networks_activity_change():
@@ -108,10 +113,8 @@ def test_anp_normalises_by_the_whole_networks_activity_change():
               torch.randn(4, 5, generator=g, dtype=torch.float64)]
     loss = torch.rand(3, 4, generator=g, dtype=torch.float64)
     record = Record(inputs, activity, loss, time_steps=3)
-    expected = anp_by_hand(record, [(0, 1), (0, 2)])
-    for got, want in zip(ANP.estimate(record), expected):
-        torch.testing.assert_close(got[0], want[0])
-        torch.testing.assert_close(got[1], want[1])
+    for got, want in zip(ANP.signals(record), anp_by_hand(record, [(0, 1), (0, 2)])):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("K", [1, 3])
@@ -127,7 +130,8 @@ def test_anp_is_its_formula_on_the_passes_the_network_ran(both_noisy, K):
     noisy = ((0 if both_noisy else 1, 1 + K),) * net.num_layers  # written out, not Passes'
     brute = brute_force(net, x, y, Passes(1 + K, noisy), noise)
     replay = Record(brute.inputs, brute.activity, brute.loss, net.time_steps)
-    for got, want in zip(estimate, anp_by_hand(replay, [(0, 1 + k) for k in range(K)])):
+    expected = dense_gradients_by_hand(anp_by_hand(replay, [(0, 1 + k) for k in range(K)]), replay)
+    for got, want in zip(estimate, expected):
         torch.testing.assert_close(got[0], want[0])
         torch.testing.assert_close(got[1], want[1])
     if both_noisy:
@@ -165,11 +169,11 @@ def test_k_samples_are_the_mean_of_k_single_estimates(name):
         if name == "inp":  # pass 1 + i K + k: sample k of layer i
             keep = [0] + [1 + i * K + k for i in range(L)]
             sub = Record(record.inputs, [a[keep] for a in record.activity], record.loss[keep], 2)
-            singles.append(make_rule("inp").estimate(sub, Passes.layerwise(L, 1)))
+            singles.append(net.gradients(INP.signals(sub, Passes.layerwise(L, 1)), sub))
         else:
             keep = [0, 1 + k]
             sub = Record(record.inputs, [a[keep] for a in record.activity], record.loss[keep], 2)
-            singles.append(ANP.estimate(sub))
+            singles.append(net.gradients(ANP.signals(sub), sub))
     for i in range(L):
         for j in range(2):
             mean = sum(s[i][j] for s in singles) / K

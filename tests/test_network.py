@@ -45,8 +45,8 @@ def test_the_first_layer_multiplies_its_input_once(monkeypatch, small_net, batch
     x, y = batch
     rows = []
     first = small_net.layers[0]
-    original = first.activity
-    monkeypatch.setattr(first, "activity", lambda xh: rows.append(xh.shape[0]) or original(xh))
+    original = first.drive
+    monkeypatch.setattr(first, "drive", lambda h, w: rows.append(h.shape[0]) or original(h, w))
     small_net.run(x, y, Passes.perturbed(4, samples=5))
     assert rows == [32]
 

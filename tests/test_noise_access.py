@@ -67,4 +67,4 @@ def test_the_anp_interface_has_no_noise_argument():
 
     from noisynets.rules import ANP
 
-    assert list(inspect.signature(ANP.estimate).parameters) == ["record"]
+    assert list(inspect.signature(ANP.signals).parameters) == ["record"]

@@ -41,14 +41,14 @@ def test_lif_units_learn_from_poisson_spike_input(tmp_path):
 def test_the_lif_reset_follows_the_spike_it_emitted_even_with_a_noisy_threshold():
     g = torch.Generator().manual_seed(0)
     lif = LIF(beta=0.8, threshold=1.0)
-    state = None
     mem_prev = torch.zeros(200, 50)
     spike_prev = torch.zeros(200, 50)
     for _ in range(30):
         current = 0.5 + 0.5 * torch.randn(200, 50, generator=g)
         shift = 0.5 * torch.randn(200, 50, generator=g)  # threshold noise, new every step
-        spike, state = lif(current, state, shift)
-        mem = state[0]
+        lif.threshold_shift = shift
+        spike = lif(current)
+        mem = lif.mem
         torch.testing.assert_close(mem, 0.8 * mem_prev + current - spike_prev * 1.0)
         assert torch.equal(spike, (mem - 1.0 - shift > 0).float())
         mem_prev, spike_prev = mem, spike

@@ -16,18 +16,20 @@ def backprop(network: Network, x: Tensor, y: Tensor, passes: Passes) -> tuple[Gr
     With intrinsic noise in every pass, pass 0 of a rule's own plan, run from the same noise
     state, is the operating point the rule's estimate refers to (``training.diagnostics``).
     """
-    params = [p for layer in network.layers for p in (layer.weight, layer.bias)]
+    params = network.trained_parameters()
     with torch.enable_grad():
         record = network.run(x, y, passes)
         flat = torch.autograd.grad(record.loss[0].mean(), params, allow_unused=True)
-    flat = [torch.zeros_like(p) if g is None else g for p, g in zip(params, flat)]
+    found = {id(p): torch.zeros_like(p) if g is None else g for p, g in zip(params, flat)}
+    grads = [(found[id(layer.weight)], None if layer.bias is None else found[id(layer.bias)])
+             for layer in network.layers]
     detached = Record(
         [i.detach() for i in record.inputs],
         [a.detach() for a in record.activity],
         record.loss.detach(),
         record.time_steps,
     )
-    return list(zip(flat[0::2], flat[1::2])), detached
+    return grads, detached
 
 
 class BP(Rule):

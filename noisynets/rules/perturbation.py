@@ -1,8 +1,11 @@
-"""The node-perturbation family: NP, INP and ANP (ALGORITHMS.md, "The rules").
+"""The node-perturbation family: NP, INP and ANP (docs/algorithms.md, "The rules").
 
-Every estimate is an average over the batch (and over the K noisy samples) of a per-sample
-outer product ``e_{l,n} xh_{l-1,n}^T``, where ``xh`` is the reference pass's decorrelated input
-summed over time and ``e`` the rule's node-wise error signal. ``dL_n = loss(noisy) - loss(ref)``.
+A rule turns what a forward reports into a node-wise error signal ``e_{l,k,n}`` for every
+layer ``l``, noisy pass ``k`` and sample ``n``, with ``dL_n = loss(noisy) - loss(reference)``.
+Each weight operation's estimate is its own vector-Jacobian product with ``mean_k e`` at the
+reference pass's input, averaged over the batch (``Network.gradients``); for a dense layer::
+
+    g_W_l = mean_{k,n} e_{l,k,n} xh_{l-1,n}^T        g_b_l = T mean_{k,n} e_{l,k,n}
 """
 
 from __future__ import annotations
@@ -12,17 +15,6 @@ from torch import Tensor
 
 from noisynets.network import Network, Passes, Record
 from noisynets.rules.base import Gradients, Rule
-
-
-def outer_products(signals: list[Tensor], record: Record) -> Gradients:
-    """``g_W_l = mean_{k,n} e_{l,k,n} xh_{l-1,n}^T``, ``g_b_l = T mean_{k,n} e_{l,k,n}`` for
-    per-layer signals ``e_l`` of shape (K, B, n_l); ``xh`` is shared by the K samples."""
-    grads = []
-    for e, xh in zip(signals, record.inputs):
-        K, B = e.shape[0], e.shape[1]
-        e_sum = e.sum(0)
-        grads.append((e_sum.T @ xh / (K * B), e_sum.sum(0) * record.time_steps / (K * B)))
-    return grads
 
 
 def check_controllable_noise(rule: str, network: Network) -> None:
@@ -77,12 +69,15 @@ class NP(Rule):
         self.check(network)
         with torch.no_grad():
             record, noise = network.run_reading_noise(x, y, self.passes(network))
-            dL = record.loss[1:] - record.loss[:1]
-            signals = []
-            for layer, eps in zip(network.layers, noise):
-                variance = layer.noise.summed_variance(record.time_steps)
-                signals.append((dL / variance).unsqueeze(-1) * eps)
-            return outer_products(signals, record), record
+            variances = [layer.noise.summed_variance(record.time_steps)
+                         for layer in network.layers]
+            return network.gradients(self.signals(record, noise, variances), record), record
+
+    @staticmethod
+    def signals(record: Record, noise: list[Tensor], variances: list[float]) -> list[Tensor]:
+        """``e_l = dL / s_l^2 * eps_l`` from the noise summed over time and its variance."""
+        dL = record.loss[1:] - record.loss[:1]
+        return [(dL / variance).unsqueeze(-1) * eps for eps, variance in zip(noise, variances)]
 
     def __repr__(self) -> str:
         return f"NP(noise_samples={self.noise_samples})"
@@ -112,10 +107,11 @@ class INP(Rule):
         passes = self.passes(network)
         with torch.no_grad():
             record = network.run(x, y, passes)
-            return self.estimate(record, passes), record
+            return network.gradients(self.signals(record, passes), record), record
 
     @staticmethod
-    def estimate(record: Record, passes: Passes) -> Gradients:
+    def signals(record: Record, passes: Passes) -> list[Tensor]:
+        """``e_k = dL^(k) * n_k / ||da_k||^2 * da_k`` from the passes that perturb layer k."""
         signals = []
         for activity, (start, stop) in zip(record.activity, passes.noisy):
             da = activity[start:stop] - activity[:1]
@@ -123,7 +119,7 @@ class INP(Rule):
             norm_sq = da.pow(2).sum(-1)
             scale = guarded(dL * da.shape[-1] / norm_sq, norm_sq)
             signals.append(scale.unsqueeze(-1) * da)
-        return outer_products(signals, record)
+        return signals
 
     def __repr__(self) -> str:
         return f"INP(noise_samples={self.noise_samples})"
@@ -149,16 +145,17 @@ class ANP(Rule):
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         with torch.no_grad():
             record = network.run(x, y, self.passes(network))
-            return self.estimate(record), record
+            return network.gradients(self.signals(record), record), record
 
     @staticmethod
-    def estimate(record: Record) -> Gradients:
+    def signals(record: Record) -> list[Tensor]:
+        """``e_l = dL * N / ||da||^2 * da_l``, ``||da||^2`` the whole network's change."""
         da = [a[1:] - a[:1] for a in record.activity]
         dL = record.loss[1:] - record.loss[:1]
         norm_sq = sum(d.pow(2).sum(-1) for d in da)
         N = sum(d.shape[-1] for d in da)
         scale = guarded(dL * N / norm_sq, norm_sq)
-        return outer_products([scale.unsqueeze(-1) * d for d in da], record)
+        return [scale.unsqueeze(-1) * d for d in da]
 
     def __repr__(self) -> str:
         return f"ANP(noise_samples={self.noise_samples})"
