@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from noisynets.config import DEVICES, OPTIMIZERS, TrainConfig, load_toml
-from noisynets.data import DATASETS
+from noisynets.data import DATASETS, TEACHER_KEYS
 from noisynets.losses import LOSSES
+from noisynets.models import ARCHS
 from noisynets.network import ENCODINGS
 from noisynets.noise import NOISES
 from noisynets.rules import RULES
@@ -86,10 +87,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="read settings from a TOML file (keys: the long option names with "
                         "underscores); options given on the command line win")
     p.add_argument("--algo", choices=RULES, help=f"learning rule (default {d.algo})")
-    p.add_argument("--dataset", choices=DATASETS, help=f"data set (default {d.dataset})")
+    p.add_argument("--dataset", metavar="NAME",
+                   help=f"data set: {', '.join(DATASETS)}; teacher:key=value,... sets the "
+                        f"teacher-student task ({', '.join(TEACHER_KEYS)}) (default {d.dataset})")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the data set's files")
+    p.add_argument("--arch", choices=ARCHS,
+                   help="built-in network: mlp (dense, --hidden) or conv (two conv layers and "
+                        "a linear readout) (default mlp)")
+    p.add_argument("--model", metavar="FILE.py:FUNCTION",
+                   help="train your own nn.Sequential: FUNCTION() in FILE.py builds it")
     p.add_argument("--hidden", type=positive_int, nargs="+", metavar="N",
-                   help="hidden layer sizes (default: the data set's preset)")
+                   help="hidden layer sizes of the mlp (default: the data set's preset)")
     p.add_argument("--epochs", type=positive_int, help="epochs (default: preset)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (default: preset)")
     p.add_argument("--lr", type=positive_float, help="learning rate (default: preset)")
@@ -105,7 +113,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--both-noisy", action="store_true", default=None,
                    help="the noise cannot be switched off: both passes are noisy (anp, danp)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="torch optimizer (adam)")
-    p.add_argument("--loss", choices=tuple(LOSSES), help="per-sample loss (ce)")
+    p.add_argument("--loss", choices=tuple(LOSSES),
+                   help="per-sample loss (ce; mse for the teacher's regression)")
+    p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                   help="shift and scale the inputs by the training set's mean and std "
+                        "(default: on for --arch conv)")
     p.add_argument("--unit", choices=UNITS, help="hidden units (leaky_relu)")
     p.add_argument("--time-steps", type=positive_int, help="time steps T (lif: 10, else 1)")
     p.add_argument("--encoding", choices=ENCODINGS, help="input over time: current | poisson")
@@ -180,9 +192,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"final test accuracy {summary['test_accuracy']:.4f} after "
-              f"{plural(summary['epochs'], 'epoch')} in {summary['seconds']:.1f} s; "
-              f"results in {summary['out']}")
+        if summary["test_accuracy"] is None:  # regression
+            score = f"final test loss {summary['test_loss']:.4g} ({summary['config']['loss']})"
+        else:
+            score = f"final test accuracy {summary['test_accuracy']:.4f}"
+        print(f"{score} after {plural(summary['epochs'], 'epoch')} in "
+              f"{summary['seconds']:.1f} s; results in {summary['out']}")
     return 0
 
 

@@ -175,6 +175,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     preset.update(UNIT_PRESETS.get(config.unit, {}))
     if conv:
         preset.update(CONV_PRESETS[name])
+    if conv or config.model is not None:
+        preset["hidden"] = None  # the dense stack's sizes do not apply
     if config.optimizer == "sgd":
         preset["lr"] = SGD_LR[config.algo]
     elif conv:
@@ -187,11 +189,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
         for name in preset
     }
     c = dataclasses.replace(config, **filled)
-    if not isinstance(c.hidden, (list, tuple)) or not c.hidden:
-        raise ValueError(f"hidden {c.hidden!r} must be a list of layer sizes, e.g. [1000, 1000]")
-    c.hidden = list(c.hidden)
-    for h in c.hidden:
-        _positive_int("hidden", h)
+    if c.hidden is not None or preset["hidden"] is not None:  # a dense stack
+        if not isinstance(c.hidden, (list, tuple)) or not c.hidden:
+            raise ValueError(f"hidden {c.hidden!r} must be a list of layer sizes, e.g. "
+                             "[1000, 1000]")
+        c.hidden = list(c.hidden)
+        for h in c.hidden:
+            _positive_int("hidden", h)
     for name in ("epochs", "batch_size", "noise_samples", "time_steps", "trace_probe"):
         _positive_int(name, getattr(c, name))
     for name in ("trace_every", "trace_units"):
@@ -202,10 +206,12 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if not isinstance(c.trace_layers, (list, tuple)) or not c.trace_layers:
             raise ValueError(f"trace_layers {c.trace_layers!r} must be a list of layer numbers")
         c.trace_layers = list(c.trace_layers)
+        layers = len(c.hidden) + 1 if c.hidden is not None else None  # else: the writer checks
         for k in c.trace_layers:
-            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(c.hidden) + 1:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (
+                    layers is not None and k > layers):
                 raise ValueError(f"trace layer {k!r} does not exist: the network has layers "
-                                 f"1..{len(c.hidden) + 1}")
+                                 f"1..{layers}")
     for name in ("lr", "noise_std", "beta", "threshold"):
         _positive_float(name, getattr(c, name))
     _nonnegative_float("decor_lr", c.decor_lr)

@@ -82,6 +82,8 @@ class Layer(nn.Module):
                 self.decorrelator = Decorrelator(op.in_channels // op.groups * kh * kw, op.groups)
             else:
                 self.decorrelator = Decorrelator(op.in_features)
+            # Where the model lives: a wrapped model may already be in float64 or on a GPU.
+            self.decorrelator.to(op.weight.device, op.weight.dtype)
         self._masks: dict[int, Tensor] = {}
 
     @property

@@ -37,8 +37,13 @@ def learning_curve(result: RunResult, path: str | Path) -> Path:
     axes[0].plot(epochs, [h.test_loss for h in history], "s--", label="test")
     axes[0].set(xlabel="epoch", ylabel=f"loss ({c.loss})", title="Loss")
     axes[0].legend()
-    axes[1].plot(epochs, [100 * h.test_accuracy for h in history], "o-", color="C2")
-    axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+    if any(h.test_accuracy is None for h in history):  # regression: no accuracy
+        axes[1].plot(epochs, [h.test_loss for h in history], "o-", color="C2")
+        axes[1].set(xlabel="epoch", ylabel=f"test loss ({c.loss})", title="Test loss",
+                    yscale="log")
+    else:
+        axes[1].plot(epochs, [100 * h.test_accuracy for h in history], "o-", color="C2")
+        axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
     for k in range(len(history[0].alignment)):
         axes[2].plot(epochs, [h.alignment[k] for h in history], "o-", label=f"layer {k + 1}")
     axes[2].set(xlabel="epoch", ylabel="cosine(estimate, BP gradient)",
@@ -46,7 +51,7 @@ def learning_curve(result: RunResult, path: str | Path) -> Path:
     axes[2].legend(fontsize="small")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{c.algo.upper()} on {c.dataset}, hidden {c.hidden}, {c.unit} units, "
+    fig.suptitle(f"{c.algo.upper()} on {c.dataset}, {architecture(c)}, "
                  f"noise {c.noise_std:g}, seed {c.seed}")
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -80,6 +85,7 @@ def trace_figure(trace: str | Path | TraceReader, out: str | Path) -> Path:
          partial(_layer_metric_panel, data, "decorrelation")],
         [partial(_activity_panel, data, k) for k in data["layers"]]
         + [partial(_change_panel, data)]
+        + [partial(_map_panel, data, k) for k in data["maps"]]
         + [partial(_raster_panel, data, k) for k in data["spiking"]],
     ]
     sections = [s for s in sections if s]
@@ -117,13 +123,17 @@ def _figure_data(reader: TraceReader) -> dict[str, Any]:
         "step": int(steps[-1]) if records else None,
         "first_step": int(steps[0]) if records else None,
         "sample": int(probe[0]) if len(probe) else None,
-        "layers": reader.layers, "spiking": [], "last": {},
+        "layers": reader.layers, "spiking": [], "maps": [], "last": {},
     }
     for k in data["layers"]:
         group = f"/traces/layer_{k}"
         spikes = f"{group}/spikes" in datasets
+        shape = attrs.get(group, {}).get("shape")
         last: dict[str, Any] = {"units": int(attrs.get(group, {}).get("units", 0)),
-                                "unit_index": reader.unit_index(k)}
+                                "unit_index": reader.unit_index(k),
+                                "shape": None if shape is None else [int(d) for d in shape]}
+        if last["shape"] is not None and len(last["shape"]) == 3:
+            data["maps"].append(k)
         if records:
             last["clean"] = reader.activity(k, "clean", records - 1)
             last["noisy"] = reader.activity(k, "noisy", records - 1)
@@ -135,16 +145,27 @@ def _figure_data(reader: TraceReader) -> dict[str, Any]:
     return data
 
 
+def architecture(c: Any) -> str:
+    """The network of a config (a ``TrainConfig`` or its dict) in a few words."""
+    get = c.get if isinstance(c, dict) else lambda key, default=None: getattr(c, key, default)
+    if get("model"):
+        text = f"model {get('model')}"
+    elif get("arch") == "conv":
+        text = f"conv net, {get('unit', '?')} units"
+    else:
+        hidden = " ".join(str(h) for h in get("hidden") or [])
+        text = f"hidden [{hidden}], {get('unit', '?')} units"
+    if (get("time_steps") or 1) > 1:
+        text += f", T = {get('time_steps')}"
+    return text
+
+
 def _figure_title(path: Path, data: dict[str, Any]) -> str:
     c = data["config"]
     parts = [f"{path.name}:"]
     if c:
-        hidden = " ".join(str(h) for h in c.get("hidden") or [])
-        unit = str(c.get("unit", "?"))
-        if (c.get("time_steps") or 1) > 1:
-            unit += f", T = {c['time_steps']}"
         parts.append(f"{str(c.get('algo', '?')).upper()} on {c.get('dataset', '?')}, "
-                     f"hidden [{hidden}], {unit}, noise {c.get('noise', '?')} "
+                     f"{architecture(c)}, noise {c.get('noise', '?')} "
                      f"{c.get('noise_std', float('nan')):g}, seed {c.get('seed', '?')};")
     if data["records"]:
         parts.append(f"{data['records']} records, steps {data['first_step']}..{data['step']}")
@@ -179,6 +200,9 @@ def _accuracy_panel(data: dict[str, Any], ax: plt.Axes) -> None:
     m = data["metrics"]
     if "epoch" not in m or "test_accuracy" not in m or not len(m["epoch"]):
         _empty(ax, "Test accuracy", "no evaluations yet")
+        return
+    if np.isnan(m["test_accuracy"]).all():
+        _empty(ax, "Test accuracy", "none: a regression task\n(the test loss is beside)")
         return
     ax.plot(m["epoch"], 100 * m["test_accuracy"], "o-", ms=4, color="C2", label="test")
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
@@ -260,6 +284,27 @@ def _change_panel(data: dict[str, Any], ax: plt.Axes) -> None:
            title=f"{title} ({_record_label(data)})")
     ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
     ax.legend(fontsize="small")
+
+
+def _map_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
+    """The first traced channel of a feature map: one probe sample's clean activity."""
+    title = f"Layer {k} feature map"
+    last = data["last"][k]
+    if "clean" not in last:
+        _empty(ax, title, "no records yet")
+        return
+    channels, height, width = last["shape"]
+    size = height * width
+    first = int(last["unit_index"][0]) // size
+    image = last["clean"][0, :size].reshape(height, width)
+    shown = ax.imshow(image, cmap="viridis", interpolation="nearest")
+    ax.figure.colorbar(shown, ax=ax, label=_activity_label(data, "activity $a$"), shrink=0.85)
+    ax.set(xlabel="column", ylabel="row",
+           title=f"{title}: channel {first + 1} of {channels}, sample {data['sample']}\n"
+                 f"clean pass ({_record_label(data)})")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(False)
 
 
 def _raster_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:

@@ -465,9 +465,11 @@ class TraceReader:
                 spiking += ", spike events"
             traced = (datasets[f"{group}/unit_index"][0][0],
                       datasets[f"{group}/input_index"][0][0])
-            lines.append(f"  {group.rsplit('/', 1)[1]:<9} {a.get('units', '?')} units, "
-                         f"{a.get('inputs', '?')} inputs; traced {traced[0]} units, "
-                         f"{traced[1]} inputs; {spiking}")
+            shape = _shape_text(a.get("shape"))
+            input_shape = _shape_text(a.get("input_shape"))
+            lines.append(f"  {group.rsplit('/', 1)[1]:<9} {a.get('units', '?')} units{shape}, "
+                         f"{a.get('inputs', '?')} inputs{input_shape}; traced {traced[0]} "
+                         f"units, {traced[1]} inputs; {spiking}")
         lines.append("datasets")
         width = max((len(p) for p in datasets), default=0)
         for p, (shape, dtype) in datasets.items():
@@ -499,6 +501,13 @@ def as_reader(trace: str | Path | TraceReader) -> TraceReader:
 
 
 # --- complete rows, by the schema -----------------------------------------------------------
+
+def _shape_text(shape: Any) -> str:
+    """`` (16x28x28)`` for a feature map's shape attribute; nothing for a vector or none."""
+    if shape is None or np.ndim(shape) != 1 or len(shape) < 2:
+        return ""
+    return " (" + "x".join(str(int(d)) for d in shape) + ")"
+
 
 # The first axis of every dataset of SCHEMA: records, evaluations, events, probe, inputs, units.
 _FIRST_AXIS = {path: shape.strip("()").split(",")[0].strip() for path, shape, _, _ in SCHEMA}

@@ -156,6 +156,22 @@ def brute_force(
                  [i.reshape(B, -1) for i in inputs], torch.stack(losses))
 
 
+def use_basis_noise(net: Network, x: Tensor, y: Tensor, c: float, layerwise: bool) -> int:
+    """Give every layer ``Basis`` noise (global node numbers for NP's all-layer passes, or each
+    layer's own for INP's ``layerwise`` passes); returns the number of passes a block needs:
+    ``2 N`` (NP) or ``2 max(n_l)`` with equal ``n_l`` (INP)."""
+    record = net.run(x, y, Passes.clean(net.num_layers))
+    sizes = [a.shape[-1] for a in record.activity]
+    total, offset = sum(sizes), 0
+    for layer, n in zip(net.layers, sizes):
+        if layerwise:
+            layer.noise = Basis(c, n, 0, n, x.shape[0])
+        else:
+            layer.noise = Basis(c, n, offset, total, x.shape[0])
+        offset += n
+    return 2 * (max(sizes) if layerwise else total)
+
+
 class Basis(NoiseSource):
     """Noise of basis directions for a layer of ``n`` nodes at ``offset`` among ``total``.
 
@@ -181,13 +197,13 @@ class Basis(NoiseSource):
 
     def forward(self, a: Tensor) -> Tensor:
         count = 2 * self.total
-        assert a.shape == (count * self.batch, self.n), a.shape
+        assert a.shape[0] == count * self.batch and a[0].numel() == self.n, a.shape
         eps = torch.zeros(count, self.batch, self.n, dtype=a.dtype)
         for i in range(count):
             node = i // 2 - self.offset
             if 0 <= node < self.n:
                 eps[i, :, node] = self.c if i % 2 == 0 else -self.c
-        return eps.view(count * self.batch, self.n)
+        return eps.view(a.shape)  # a feature map's nodes in their (C, H, W) order
 
 
 def flat(grads) -> list[Tensor]:

@@ -27,7 +27,10 @@ def no_data(tmp_path, monkeypatch):
     "argv, words",
     [
         (["train", "--algo", "backprop"], ["--algo", "backprop", "danp"]),
-        (["train", "--dataset", "imagenet"], ["--dataset", "imagenet", "fashion-mnist"]),
+        (["train", "--dataset", "imagenet"], ["dataset", "imagenet", "fashion-mnist", "teacher"]),
+        (["train", "--dataset", "teacher:width=3"], ["teacher", "width=3", "hidden"]),
+        (["train", "--dataset", "teacher:train=ten"], ["train='ten'", "integer"]),
+        (["train", "--arch", "conv", "--dataset", "teacher"], ["teacher", "--arch mlp"]),
         (["train", "--epochs", "0"], ["--epochs", "'0'", "positive"]),
         (["train", "--epochs", "-3"], ["--epochs", "'-3'"]),
         (["train", "--batch-size", "ten"], ["--batch-size", "'ten'", "integer"]),

@@ -1,0 +1,279 @@
+"""Bring your own network: the rules on a user's nn.Sequential, convolutions with patch
+decorrelation, spiking snntorch models, and clear refusals of what cannot work."""
+
+from __future__ import annotations
+
+import pytest
+import snntorch as snn
+import torch
+import torch.nn.functional as F
+from reference import brute_force, flat, record_noise, use_basis_noise
+from torch import nn
+
+import noisynets
+from noisynets import Network, Passes, make_rule
+from noisynets.decorrelation import mean_abs_correlation
+from noisynets.layers import Layer
+from noisynets.noise import Gaussian
+from noisynets.training import cosine, fit
+
+
+def small_conv() -> nn.Sequential:
+    """Pooling between a convolution and its nodes, a strided grouped convolution, a readout."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.AvgPool2d(2), nn.Tanh(),
+        nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2), nn.Tanh(),
+        nn.Flatten(), nn.Linear(16, 3),
+    ).double()
+
+
+def conv_data(batch: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 1, 8, 8, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (batch,), generator=g))
+
+
+def perturb_decorrelators(net: Network, scale: float = 0.1) -> None:
+    g = torch.Generator().manual_seed(1)
+    for layer in net.layers:
+        if layer.decorrelator is not None:
+            R = layer.decorrelator.R
+            R.add_(scale * torch.randn(R.shape, generator=g, dtype=R.dtype))
+
+
+# --- the convolution's vector-Jacobian product and its patch decorrelation ------------------
+
+@pytest.mark.parametrize("decorrelation", [False, True])
+def test_the_conv_vjp_is_the_explicit_outer_product_of_signals_and_patches(decorrelation):
+    """g_W = sum over samples and positions of e (R patch)^T per group; g_b = T sum e."""
+    op = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2).double()
+    layer = Layer(op, [], [], nn.Identity(), Gaussian(0.0), decorrelation=decorrelation).double()
+    net_like = layer.decorrelator
+    if net_like is not None:
+        g = torch.Generator().manual_seed(2)
+        net_like.R.add_(0.2 * torch.randn(net_like.R.shape, generator=g, dtype=torch.float64))
+    x = torch.randn(5, 4, 9, 9, dtype=torch.float64)
+    seen, a = layer.drive(x)
+    e = torch.randn(a.shape, dtype=torch.float64)
+    g_w, g_b = layer.gradient(e.flatten(1), seen.flatten(1), time_steps=3)
+
+    patches = F.unfold(x, 3, dilation=2, padding=2, stride=2)  # (B, 4*9, L)
+    L = patches.shape[-1]
+    E = e.reshape(5, 6, L)
+    expected_w = torch.zeros(6, 18, dtype=torch.float64)
+    expected_a = torch.zeros(5, 6, L, dtype=torch.float64)
+    for group in range(2):
+        P = patches[:, group * 18:(group + 1) * 18, :]  # (B, 18, L)
+        if decorrelation:
+            P = layer.decorrelator.R[group] @ P
+        rows = slice(group * 3, (group + 1) * 3)
+        for n in range(5):
+            expected_w[rows] += E[n, rows] @ P[n].T
+            expected_a[n, rows] = op.weight.reshape(6, 18)[rows] @ P[n]
+    torch.testing.assert_close(g_w, expected_w.view(6, 2, 3, 3))
+    torch.testing.assert_close(g_b, 3 * E.sum((0, 2)))
+    torch.testing.assert_close(a.reshape(5, 6, L), expected_a + op.bias[:, None])
+
+
+def test_conv_decorrelation_lowers_the_patches_mean_absolute_correlation():
+    """R learns from the reference pass's patches until they are far less correlated."""
+    data = noisynets.data.load_dataset("digits")
+    x = data.train_x.view(-1, 1, 8, 8)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(256, 10))
+    net = Network(model, decorrelation=True, decorrelation_lr=0.05, decorrelation_fraction=0.5)
+    y = data.train_y
+    layer = net.layers[0]
+    with torch.no_grad():
+        record = net.run(x[:512], y[:512], Passes.clean(2))
+        before = mean_abs_correlation(layer.decorrelation_rows(record.inputs[0])).item()
+        for step in range(200):
+            index = torch.arange(step * 64, step * 64 + 64) % x.shape[0]
+            net.update_decorrelation(net.run(x[index], y[index], Passes.clean(2)))
+        record = net.run(x[:512], y[:512], Passes.clean(2))
+        after = mean_abs_correlation(layer.decorrelation_rows(record.inputs[0])).item()
+    assert before > 0.3 and after < before / 3, (before, after)
+
+
+# --- the estimators on a convolutional network --------------------------------------------
+
+@pytest.mark.parametrize("T", [1, 2])
+@pytest.mark.parametrize("decorrelation", [False, True])
+def test_np_on_a_conv_net_with_basis_noise_is_autograds_gradient(decorrelation, T):
+    net = Network(small_conv(), decorrelation=decorrelation, time_steps=T, seed=0)
+    perturb_decorrelators(net)
+    x, y = conv_data()
+    passes = use_basis_noise(net, x, y, 1e-5, layerwise=False)
+    truth, _ = make_rule("bp").gradients(net, x, y)
+    estimate, _ = make_rule("np", noise_samples=passes).gradients(net, x, y)
+    for k, (e, g) in enumerate(zip(flat(estimate), flat(truth))):
+        torch.testing.assert_close(e, g, rtol=1e-6, atol=1e-9,
+                                   msg=lambda m, k=k: f"layer {k + 1}: {m}")
+
+
+@pytest.mark.parametrize("decorrelation", [False, True])
+def test_inp_and_anp_on_a_conv_net_keep_their_statistics(decorrelation):
+    """INP's mean is the gradient; ANP's mean is a descent direction, exact in layer 1."""
+    net = Network(small_conv(), decorrelation=decorrelation, noise_std=1e-4, seed=0)
+    perturb_decorrelators(net)
+    x, y = conv_data(batch=16, seed=1)
+    truth = flat(make_rule("bp").gradients(net, x, y)[0])
+    inp = flat(make_rule("inp", noise_samples=4000).gradients(net, x, y)[0])
+    for k, (m, g) in enumerate(zip(inp, truth)):
+        assert cosine(m, g) > 0.95, (k, cosine(m, g))
+        assert 0.9 < float(m.norm() / g.norm()) < 1.1, (k, float(m.norm() / g.norm()))
+    anp = flat(make_rule("anp", noise_samples=4000).gradients(net, x, y)[0])
+    cosines = [cosine(m, g) for m, g in zip(anp, truth)]
+    assert min(cosines) > 0.3 and cosines[0] > 0.95, cosines
+
+
+# --- the same machinery for every network --------------------------------------------------
+
+def test_the_wrapped_form_of_the_built_in_network_gives_the_same_estimates():
+    built = Network([12, 16, 16, 4], decorrelation=True, seed=3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.LeakyReLU(0.01),
+                          nn.Linear(16, 16), nn.LeakyReLU(0.01), nn.Linear(16, 4))
+    model.load_state_dict(built.model.state_dict())
+    wrapped = noisynets.wrap(model, decorrelation=True, seed=3)
+    for ours, theirs in zip(built.layers, wrapped.layers):  # the same noise streams
+        theirs.noise.reseed(ours.noise.seed)
+    x, y = torch.rand(10, 12), torch.randint(0, 4, (10,))
+    for name in ("bp", "np", "inp", "anp"):
+        a, _ = make_rule(name, noise_samples=2).gradients(built, x, y)
+        b, _ = make_rule(name, noise_samples=2).gradients(wrapped, x, y)
+        for u, v in zip(flat(a), flat(b)):
+            assert torch.equal(u, v), name
+
+
+def leaky_net(conv: bool) -> nn.Sequential:
+    torch.manual_seed(0)
+    if conv:
+        return nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), snn.Leaky(beta=0.9, init_hidden=True),
+            nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), snn.Leaky(beta=0.9, init_hidden=True),
+                         nn.Linear(128, 10))
+
+
+@pytest.mark.parametrize("algo", ["danp", "dbp"])
+@pytest.mark.parametrize("conv", [False, True], ids=["linear", "conv"])
+def test_an_snntorch_sequential_model_trains_with_danp_and_bptt(conv, algo):
+    data = noisynets.data.load_dataset("digits")
+    x, y = data.train_x.view(-1, 1, 8, 8), data.train_y
+    net = noisynets.wrap(leaky_net(conv), noise_std=0.05, time_steps=5, decorrelation=True,
+                         seed=0)
+    optimizer = torch.optim.Adam(net.trained_parameters(), lr=2e-3 if algo == "dbp" else 5e-3)
+    test = (data.test_x.view(-1, 1, 8, 8), data.test_y)
+    history = fit(net, make_rule(algo), optimizer, (x, y), epochs=4, batch_size=32, test=test,
+                  progress=False)
+    assert history[-1].test_accuracy > 0.6, [h.test_accuracy for h in history]  # chance: 0.1
+
+
+def test_snntorch_neurons_start_every_batch_at_rest_and_keep_no_graph():
+    net = noisynets.wrap(leaky_net(False), noise_std=0.2, time_steps=4)
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    first = net.run(x, y, Passes.clean(2))
+    make_rule("bp").gradients(net, x, y)
+    again = net.run(x, y, Passes.clean(2))
+    assert torch.equal(first.activity[0], again.activity[0])
+    leaky = net.layers[0].unit
+    assert leaky.mem.numel() == 0, "the membrane of the last forward was left on the neuron"
+
+
+@pytest.mark.parametrize("neuron", [
+    lambda: snn.Leaky(beta=0.8, init_hidden=True),
+    lambda: snn.Synaptic(alpha=0.7, beta=0.8, init_hidden=True),
+], ids=["Leaky", "Synaptic"])
+@pytest.mark.parametrize("both_noisy", [False, True])
+def test_a_wrapped_spiking_conv_net_runs_its_passes_as_the_brute_force_forward(neuron,
+                                                                            both_noisy):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), neuron(), nn.MaxPool2d(2),
+                          nn.Conv2d(3, 4, 3, groups=1), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(16, 3)).double()
+    net = noisynets.wrap(model, noise_std=0.3, time_steps=3, decorrelation=True,
+                         both_noisy=both_noisy, seed=0)
+    perturb_decorrelators(net)
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64) * 3
+    y = torch.randint(0, 3, (4,))
+    passes = Passes.perturbed(3, 2, both_noisy)
+    noise = record_noise(net)
+    record = net.run(x, y, passes)
+    brute = brute_force(net, x, y, passes, noise)
+    for k in range(3):
+        torch.testing.assert_close(record.activity[k], brute.activity[k])
+        torch.testing.assert_close(record.inputs[k], brute.inputs[k])
+    torch.testing.assert_close(record.loss, brute.loss)
+
+
+def test_dropout_draws_the_same_mask_in_every_pass_of_a_sample():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 50), nn.ReLU(), nn.Dropout(0.5), nn.Linear(50, 4))
+    net = noisynets.wrap(model, noise_std=1e-6)
+    x, y = torch.rand(8, 10), torch.randint(0, 4, (8,))
+    record = net.run(x, y, Passes.perturbed(2, 3))
+    out = record.activity[1]  # the readout sees the dropped-out hidden layer
+    assert (out[1:] - out[:1]).abs().max() < 1e-3, "a different mask in a noisy pass"
+    net.eval()
+    assert torch.equal(net(x), net(x)), "no dropout in eval mode"
+
+
+# --- what cannot work is refused in one line -----------------------------------------------
+
+REFUSALS = [
+    (lambda: nn.Linear(4, 2), "is a Linear: noisynets runs an nn.Sequential"),
+    (lambda: nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)),
+     "'1' (BatchNorm1d, position 1): it normalises with statistics of the batch"),
+    (lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.LSTM(8, 8), nn.Linear(8, 2)),
+     "'2' (LSTM, position 2): recurrent layers are not supported"),
+    (lambda: nn.Sequential(nn.Linear(4, 8), snn.RLeaky(beta=0.9, linear_features=8,
+                                                         init_hidden=True), nn.Linear(8, 2)),
+     "(RLeaky, position 1): recurrent"),
+    (lambda: nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)),
+     "'1' (Linear, position 1) follows the weight operation"),
+    (lambda: nn.Sequential(nn.ReLU(), nn.Linear(4, 2)),
+     "'0' (ReLU, position 0) is a node with no weight operation before it"),
+    (lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2), nn.Sigmoid()),
+     "ends with Sigmoid ('3'): it must end with its readout weight operation"),
+    (lambda: nn.Sequential(nn.Linear(4, 8), nn.Softmax(dim=1), nn.Linear(8, 2)),
+     "'1' (Softmax, position 1) is of a type noisynets does not know"),
+    (lambda: nn.Sequential(nn.Linear(4, 8), nn.PReLU(), nn.Linear(8, 2)),
+     "'1' (PReLU, position 1) has parameters but is not an nn.Linear or nn.Conv2d"),
+    (lambda: nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1), nn.ReLU(), nn.Linear(8, 2)),
+     "'1' (Dropout, position 1) sits between a weight operation and its node"),
+    (lambda: nn.Sequential(nn.Linear(4, 8), snn.Leaky(beta=0.9), nn.Linear(8, 2)),
+     "'1' (Leaky, position 1) needs init_hidden=True"),
+    (lambda: nn.Sequential(nn.Linear(4, 8), snn.Leaky(beta=0.9, init_hidden=True, output=True),
+                           nn.Linear(8, 2)), "has output=True"),
+    (lambda: nn.Sequential(nn.Linear(4, 8), snn.Leaky(beta=0.9, init_hidden=True,
+                                                        learn_beta=True), nn.Linear(8, 2)),
+     "has learnable parameters"),
+    (lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+                           nn.Flatten(), nn.Linear(2, 2)), "padding_mode='reflect'"),
+    (lambda: nn.Sequential(nn.Sequential(nn.Linear(4, 8)), nn.Sequential(nn.Linear(8, 2))),
+     "'1.0' (Linear, position 1) follows the weight operation"),
+    (lambda: nn.Sequential(), "the model is an empty nn.Sequential"),
+]
+
+
+@pytest.mark.parametrize("make,words", REFUSALS, ids=[w[:30] for _, w in REFUSALS])
+def test_a_model_the_machinery_cannot_run_is_refused_in_one_line(make, words):
+    with pytest.raises(ValueError) as info:
+        noisynets.wrap(make())
+    message = str(info.value)
+    assert words in message and "\n" not in message, message
+
+
+def test_the_cli_refuses_such_a_model_with_exit_status_2(cli_fails, tmp_path):
+    file = tmp_path / "nets.py"
+    file.write_text("from torch import nn\n\ndef make():\n"
+                    "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8),"
+                    " nn.ReLU(), nn.Linear(8, 10))\n\ndef broken():\n    raise RuntimeError('x')\n"
+                    "\ndef needs(size):\n    return None\n")
+    cli_fails(["train", "--model", f"{file}:make"], "BatchNorm1d", "position 2")
+    cli_fails(["train", "--model", f"{file}:missing"], "has no function 'missing'")
+    cli_fails(["train", "--model", f"{file}:broken"], "broken() in", "RuntimeError: x")
+    cli_fails(["train", "--model", f"{file}:needs"], "must take no arguments")
+    cli_fails(["train", "--model", "nowhere.py:make"], "does not exist")
+    cli_fails(["train", "--model", "nets.py"], "FILE.py:FUNCTION")
