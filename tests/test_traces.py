@@ -103,7 +103,8 @@ def documented_datasets(path: Path) -> set[str]:
     reader = TraceReader(path)
     spiking = [k for k in reader.layers if reader.spiking(k)]
     asked = bool(reader.config.get("spike_events"))
-    every_layer = {k for k in range(1, len(reader.config["hidden"]) + 2)}
+    every_layer = {int(name.rsplit("_", 1)[1]) for name in reader.metrics()
+                   if name.startswith("alignment_layer_")}
     layers_for = {"always": [None], "traced layers": reader.layers, "spiking layers": spiking,
                   "spiking layers, if asked": spiking if asked else []}
     expected = set()
@@ -143,6 +144,15 @@ def spiking_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lif")
     train(TrainConfig(epochs=1, hidden=[32], trace_every=5, unit="lif", time_steps=3,
                       noise_std=0.1, spike_events=True, out=str(out)), progress=False, log=None)
+    return out / "trace.h5"
+
+
+@pytest.fixture(scope="module")
+def conv_run(tmp_path_factory) -> Path:
+    """The spiking convolutional preset: feature maps (16x8x8, 32x4x4) traced by channel."""
+    out = tmp_path_factory.mktemp("conv")
+    train(TrainConfig(arch="conv", unit="lif", epochs=1, time_steps=2, trace_every=5,
+                      trace_units=100, out=str(out)), progress=False, log=None)
     return out / "trace.h5"
 
 
@@ -204,7 +214,7 @@ def test_the_docs_table_is_the_schema():
     assert docs_table() == [tuple(row) for row in SCHEMA]
 
 
-@pytest.mark.parametrize("run", ["rate_run", "spiking_run"])
+@pytest.mark.parametrize("run", ["rate_run", "spiking_run", "conv_run"])
 def test_a_run_file_holds_exactly_the_documented_datasets(run, request):
     path = request.getfixturevalue(run)
     found = set(TraceReader(path).datasets())
@@ -214,6 +224,26 @@ def test_a_run_file_holds_exactly_the_documented_datasets(run, request):
     if run == "spiking_run":
         assert "/traces/layer_1/spike_events" in found
         assert "/traces/layer_2/spikes" not in found  # the output layer does not spike
+
+
+def test_feature_maps_are_traced_by_whole_channels_with_their_shape(conv_run, capsys):
+    """Layer 1 (16x8x8) keeps 100 // 64 = 1 channel, layer 2 (32x4x4) 6 of 32 channels."""
+    reader = TraceReader(conv_run)
+    attrs = reader.attributes()
+    assert list(attrs["/traces/layer_1"]["shape"]) == [16, 8, 8]
+    assert list(attrs["/traces/layer_1"]["input_shape"]) == [1, 8, 8]
+    assert list(attrs["/traces/layer_2"]["shape"]) == [32, 4, 4]
+    assert list(attrs["/traces/layer_2"]["input_shape"]) == [16, 4, 4]
+    for k, (size, channels) in {1: (64, 1), 2: (16, 6)}.items():
+        index = reader.unit_index(k)
+        assert len(index) == size * channels
+        chosen = index.reshape(channels, size)
+        np.testing.assert_array_equal(chosen - chosen[:, :1], np.tile(np.arange(size),
+                                                                       (channels, 1)))
+        assert (chosen[:, 0] % size == 0).all()
+    assert reader.spiking(1) and reader.spiking(2) and not reader.spiking(3)
+    out = run_cli(capsys, ["inspect", str(conv_run)])
+    assert "1024 units (16x8x8), 64 inputs (1x8x8)" in out
 
 
 # --- the writer's memory --------------------------------------------------------------------
@@ -307,7 +337,7 @@ def test_a_half_written_evaluation_is_left_out(rate_run, tmp_path, capsys):
         assert z["metrics__epoch"].shape == z["metrics__test_loss"].shape == (evaluations,)
 
 
-@pytest.mark.parametrize("run", ["rate_run", "spiking_run"])
+@pytest.mark.parametrize("run", ["rate_run", "spiking_run", "conv_run"])
 def test_plot_writes_the_figure(run, request, tmp_path, capsys):
     path = request.getfixturevalue(run)
     out = tmp_path / "figure.png"

@@ -277,3 +277,58 @@ def test_the_cli_refuses_such_a_model_with_exit_status_2(cli_fails, tmp_path):
     cli_fails(["train", "--model", f"{file}:needs"], "must take no arguments")
     cli_fails(["train", "--model", "nowhere.py:make"], "does not exist")
     cli_fails(["train", "--model", "nets.py"], "FILE.py:FUNCTION")
+
+
+# --- your data and your loss ---------------------------------------------------------------
+
+def test_the_teacher_student_task_is_learned_as_a_regression(tmp_path):
+    """Targets from a random teacher network; the test MSE falls far below the targets'
+    variance, and the run reports no accuracy (JSON null), only the loss."""
+    import json
+
+    from noisynets.cli import main
+
+    data = noisynets.data.load_dataset("teacher:inputs=10,hidden=20,outputs=3,train=2000,"
+                                       "test=500,label_noise=0.01")
+    assert data.task == "regression" and data.train_y.dtype == torch.float32
+    assert data.train_y.shape == (2000, 3)
+    variance = data.test_y.var(0).mean().item()
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "teacher:inputs=10,hidden=20,outputs=3,train=2000,"
+                 "test=500,label_noise=0.01", "--algo", "danp", "--hidden", "64",
+                 "--epochs", "10", "--batch-size", "20", "--trace-every", "0", "--out", str(out),
+                 "--no-progress", "--json"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["test_accuracy"] is None and result["config"]["loss"] == "mse"
+    assert result["test_loss"] < 0.5 * variance, (result["test_loss"], variance)
+
+
+def test_fit_takes_the_users_tensors_a_dataset_or_a_dataloader_and_any_per_sample_loss():
+    """The same seeded run from tensors and from a TensorDataset; a DataLoader and a custom
+    loss (a callable returning one loss per sample) train too."""
+    data = noisynets.data.load_dataset("digits")
+    x, y = data.train_x, data.train_y
+    test = (data.test_x, data.test_y)
+
+    def run(train, loss="ce", epochs=4):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
+        net = noisynets.wrap(model, decorrelation=True, loss=loss, seed=0)
+        optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+        return fit(net, make_rule("danp"), optimizer, train, epochs=epochs, batch_size=32,
+                   test=test, progress=False)
+
+    from_tensors = run((x, y))
+    from_dataset = run(torch.utils.data.TensorDataset(x, y))
+    assert from_tensors[-1].test_accuracy > 0.7
+    assert from_dataset[-1].test_accuracy > 0.7
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64,
+                                         shuffle=True)
+    assert run(loader)[-1].test_accuracy > 0.6
+
+    def smooth_ce(logits, target):  # cross-entropy with label smoothing, per sample
+        return F.cross_entropy(logits, target, reduction="none", label_smoothing=0.1)
+
+    assert run((x, y), loss=smooth_ce)[-1].test_accuracy > 0.7
+    with pytest.raises(TypeError, match="pair of tensors"):
+        run([1, 2, 3])
