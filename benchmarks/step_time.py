@@ -2,6 +2,7 @@
 
     python benchmarks/step_time.py                       # 784-1000-1000-1000-10, batch 1000
     python benchmarks/step_time.py --hidden 256 256 --batch-size 256 --device cuda
+    python benchmarks/step_time.py --arch conv --batch-size 256   # the --arch conv network
 
 Prints, per rule, the median seconds per step (estimate + optimizer + decorrelation update)
 and the ratio to BP's step measured in the same run; also the forward-only time of the batched
@@ -18,6 +19,7 @@ import time
 import torch
 
 from noisynets import RULES, Network, Passes, make_rule, uses_decorrelation
+from noisynets.models import conv_net
 from noisynets.training import train_step
 
 
@@ -47,19 +49,26 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--arch", choices=("mlp", "conv"), default="mlp",
+                   help="mlp: --inputs, --hidden; conv: the --arch conv network on 1x28x28")
     args = p.parse_args()
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.batch_size, args.inputs, generator=g).to(device)
+    shape = (1, 28, 28) if args.arch == "conv" else (args.inputs,)
+    x = torch.rand(args.batch_size, *shape, generator=g).to(device)
     y = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
     sizes = [args.inputs, *args.hidden, 10]
-    print(f"network {sizes}, batch {args.batch_size}, device {device}, "
-          f"torch threads {torch.get_num_threads()}")
+
+    def network(**options) -> Network:
+        model = conv_net(shape, 10, "leaky_relu") if args.arch == "conv" else sizes
+        return Network(model, seed=0, **options).to(device)
+
+    print(f"network {'conv ' + str(shape) if args.arch == 'conv' else sizes}, batch "
+          f"{args.batch_size}, device {device}, torch threads {torch.get_num_threads()}")
 
     results = {}
     for name in ["bp", *[r for r in args.rules if r != "bp"]]:
-        net = Network(sizes, decorrelation=uses_decorrelation(name), decorrelation_fraction=0.1,
-                      seed=0).to(device)
+        net = network(decorrelation=uses_decorrelation(name), decorrelation_fraction=0.1)
         rule = make_rule(name)
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
         step = functools.partial(train_step, net, rule, optimizer, x, y)
@@ -68,7 +77,7 @@ def main() -> None:
     for name, seconds in results.items():
         print(f"{name:>6} {seconds:>9.4f} {seconds / results['bp']:>6.2f}")
 
-    net = Network(sizes, seed=0).to(device)
+    net = network()
     with torch.no_grad():
         clean = median_seconds(lambda: net.run(x, y, Passes.clean(net.num_layers)), device,
                                args.repeats)

@@ -2,6 +2,9 @@
 
     python simulations/compare_rules.py --dataset fashion-mnist --seed 0
     python simulations/compare_rules.py --dataset digits --rules danp anp -- --unit heaviside
+    python simulations/compare_rules.py --dataset fashion-mnist --rules bp danp --out runs/conv \
+        -- --arch conv
+    python simulations/compare_rules.py --dataset teacher --rules bp np anp danp
 
 Each run is ``noisynets train --algo RULE --dataset DATASET --seed SEED --json`` (plus any
 arguments after ``--``), in its own process, with its run folder under ``--out``. ``--workers``
@@ -49,11 +52,14 @@ def main() -> None:
     extra = [a for a in extra if a != "--"]
     with ThreadPoolExecutor(args.workers) as pool:
         results = list(pool.map(lambda r: run(r, args, extra), args.rules))
-    print("| rule | Adam lr | test accuracy | final train loss | mean alignment | seconds |")
+    regression = results[0]["test_accuracy"] is None  # the teacher: no accuracy, a test loss
+    score = "test loss" if regression else "test accuracy"
+    print(f"| rule | Adam lr | {score} | final train loss | mean alignment | seconds |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in results:
         alignment = r["history"][-1]["alignment"]
-        print(f"| {r['algo'].upper()} | {r['config']['lr']:g} | {r['test_accuracy']:.4f} | "
+        value = r["test_loss"] if regression else r["test_accuracy"]
+        print(f"| {r['algo'].upper()} | {r['config']['lr']:g} | {value:.4f} | "
               f"{r['train_loss']:.4f} | {sum(alignment) / len(alignment):.3f} | "
               f"{r['seconds']:.0f} |")
     Path(args.out).mkdir(parents=True, exist_ok=True)
