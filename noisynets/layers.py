@@ -186,17 +186,21 @@ class Layer(nn.Module):
     def seen_is_decorrelated(self, folded: bool) -> bool:
         return self.decorrelator is not None and not self.conv and not folded
 
-    def gradient(self, e: Tensor, seen: Tensor, time_steps: int) -> tuple[Tensor, Tensor | None]:
+    def gradient(
+        self, e: Tensor, seen: Tensor, time_steps: int, count: int = 1
+    ) -> tuple[Tensor, Tensor | None]:
         """``(g_W, g_b)`` for node signal ``e`` (B, nodes) at reference input ``seen`` (B, ...):
-        the weight operation's vector-Jacobian product with ``e``, summed over the batch.
+        the weight operation's vector-Jacobian product with ``e``, summed over the batch and
+        divided by ``count``.
 
         ``seen`` is the input summed over the T steps; the bias enters every step, so its
-        part is ``T`` times the VJP's. Dense layer without ``mid``: ``(e^T xh, T sum_n e)``.
+        part is ``T`` times the VJP's. Dense layer without ``mid``:
+        ``(e^T xh / count, T sum_n e / count)``.
         """
         T = time_steps
         if not self.conv and not self.mid:
-            g_b = None if self.bias is None else e.sum(0) * T
-            return e.T @ seen, g_b
+            g_b = None if self.bias is None else e.sum(0) * T / count
+            return e.T @ seen / count, g_b
         folded = self.conv and self.decorrelator is not None
         weight = (self.folded_weight() if folded else self.weight).detach().requires_grad_()
         leaves = [weight]
@@ -209,7 +213,7 @@ class Layer(nn.Module):
             a = self.op._conv_forward(x, weight, bias) if self.conv else F.linear(x, weight, bias)
             for module in self.mid:
                 a = module(a)
-            grads = torch.autograd.grad(a, leaves, e.reshape(a.shape))
+            grads = torch.autograd.grad(a, leaves, e.reshape(a.shape) / count)
         g_w = grads[0]
         if folded:  # W' = W R: dLoss/dW = dLoss/dW' R^T, per group
             R = self.decorrelator.R

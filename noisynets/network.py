@@ -371,7 +371,7 @@ class Network(nn.Module):
         grads = []
         for layer, e, seen in zip(self.layers, signals, record.inputs):
             K, B = e.shape[0], e.shape[1]
-            grads.append(layer.gradient(e.sum(0) / (K * B), seen, record.time_steps))
+            grads.append(layer.gradient(e.sum(0), seen, record.time_steps, K * B))
         return grads
 
     @contextmanager

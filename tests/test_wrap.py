@@ -56,7 +56,7 @@ def test_the_conv_vjp_is_the_explicit_outer_product_of_signals_and_patches(decor
     x = torch.randn(5, 4, 9, 9, dtype=torch.float64)
     seen, a = layer.drive(x)
     e = torch.randn(a.shape, dtype=torch.float64)
-    g_w, g_b = layer.gradient(e.flatten(1), seen.flatten(1), time_steps=3)
+    g_w, g_b = layer.gradient(e.flatten(1), seen.flatten(1), time_steps=3)  # count 1: sums
 
     patches = F.unfold(x, 3, dilation=2, padding=2, stride=2)  # (B, 4*9, L)
     L = patches.shape[-1]
