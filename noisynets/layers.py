@@ -26,7 +26,7 @@ Example::
     >>> from noisynets.layers import Layer
     >>> from noisynets.noise import Gaussian
     >>> layer = Layer(nn.Linear(4, 3), [], [], nn.Tanh(), Gaussian(0.1), decorrelation=True)
-    >>> seen, a = layer.drive(torch.ones(2, 4))
+    >>> seen, a = layer.drive(torch.ones(2, 4), batch=2)
     >>> a.shape
     torch.Size([2, 3])
 """
@@ -85,6 +85,7 @@ class Layer(nn.Module):
             # Where the model lives: a wrapped model may already be in float64 or on a GPU.
             self.decorrelator.to(op.weight.device, op.weight.dtype)
         self._masks: dict[int, Tensor] = {}
+        self._casts: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     @property
     def weight(self) -> nn.Parameter:
@@ -104,7 +105,14 @@ class Layer(nn.Module):
         """Start a forward: new dropout masks, and the unit's state reset (snntorch's
         ``init_hidden`` state: every state buffer empty, so the neuron starts from zero)."""
         self._masks = {}
+        self._casts = {}
         self.reset_state(like)
+
+    def end(self) -> None:
+        """Finish a forward: the unit's state emptied (it would hold the forward's graph) and
+        the weights cast for the difference products dropped."""
+        self.reset_state()
+        self._casts = {}
 
     def reset_state(self, like: Tensor | None = None) -> None:
         """Empty the unit's state, releasing whatever graph it held."""
@@ -149,26 +157,84 @@ class Layer(nn.Module):
         flat = W.reshape(G, W.shape[0] // G, -1) @ R.view(G, *R.shape[-2:])
         return flat.reshape(W.shape)
 
-    def drive(self, h: Tensor, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(seen, a)``: what the gradient needs of the input, and the nodes' activity.
+    def drive(
+        self,
+        h: Tensor,
+        batch: int,
+        passes: int = 1,
+        changed: tuple[int, int] = (0, 0),
+        weight: Tensor | None = None,
+        low: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``(seen, a)``: what the gradient needs of the reference input, and the activity of
+        ``passes`` stacked passes of ``batch`` rows each.
 
-        ``weight`` is ``folded_weight()`` when the caller folds ``R`` into ``W``; a dense
-        layer without it decorrelates the rows, ``seen = xh = R h``. A convolution always
-        folds, and ``seen`` is its raw input.
+        The reference pass (the first ``batch`` rows of ``h``) runs in full. A pass in
+        ``changed = (lo, hi)`` -- one whose input differs from the reference pass's -- runs as
+        the reference plus a difference, ``op(h) = op(h_ref) + op_0(h - h_ref)`` (``op_0``:
+        without the bias), its product in ``low`` precision (default: ``h``'s dtype); the
+        other passes have the reference pass's input, and so its drive. ``h`` may hold the
+        reference rows alone. ``weight`` is ``folded_weight()`` when the caller folds ``R``
+        into ``W``; a dense layer without it decorrelates the rows, ``seen = xh = R h``. A
+        convolution always folds, and ``seen`` is its raw input.
         """
         self.in_shape = tuple(h.shape[1:])
-        if self.conv:
-            a = self.op._conv_forward(h, self.folded_weight() if weight is None else weight,
-                                      self.bias)
-            seen = h
-        elif weight is not None:
-            a, seen = F.linear(h, weight, self.bias), h
-        else:
-            seen = h if self.decorrelator is None else self.decorrelator(h)
-            a = F.linear(seen, self.weight, self.bias)
+        reference = h[:batch]
+        seen, a_ref = self._product(reference, weight, self.bias)
+        a = a_ref
+        if passes > 1:
+            a = a_ref.new_empty((passes, *a_ref.shape))
+            lo, hi = changed
+            if hi <= lo or h.shape[0] == batch:
+                lo = hi = passes  # every pass has the reference pass's input
+            a[:lo] = a_ref
+            a[hi:] = a_ref
+            if hi > lo:
+                stacked = h.view(-1, batch, *h.shape[1:])
+                difference = (stacked[lo:hi] - reference).view(-1, *h.shape[1:])
+                changed_rows = a[lo:hi]
+                changed_rows.view(-1, *a_ref.shape[1:]).copy_(
+                    self._difference(difference, weight, low))
+                changed_rows += a_ref
+            a = a.view(-1, *a_ref.shape[1:])
         for module in self.mid:
             a = module(a)
         return seen, a
+
+    def _product(
+        self, x: Tensor, weight: Tensor | None, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``(seen, op(x))`` with ``R`` folded into ``weight``, or applied to the rows."""
+        if self.conv:
+            kernel = self.folded_weight() if weight is None else weight
+            return x, self.op._conv_forward(x, kernel, bias)
+        if weight is not None:
+            return x, F.linear(x, weight, bias)
+        seen = x if self.decorrelator is None else self.decorrelator(x)
+        return seen, F.linear(seen, self.weight, bias)
+
+    def _difference(self, dh: Tensor, weight: Tensor | None, low: torch.dtype | None) -> Tensor:
+        """``op_0(dh)``: the product without the bias, in ``low`` precision, in ``dh``'s dtype."""
+        if low is None or low == dh.dtype:
+            return self._product(dh, weight, None)[1]
+        x = dh.to(low)
+        if self.conv:
+            kernel = self.folded_weight() if weight is None else weight
+            out = self.op._conv_forward(x, self._low(kernel, low), None)
+        elif weight is not None:
+            out = F.linear(x, self._low(weight, low))
+        else:
+            if self.decorrelator is not None:
+                x = x @ self._low(self.decorrelator.R, low).mT
+            out = F.linear(x, self._low(self.weight, low))
+        return out.to(dh.dtype)
+
+    def _low(self, weight: Tensor, dtype: torch.dtype) -> Tensor:
+        """A weight (``W``, ``R``, a folded ``W R``) in ``dtype``, cast once per forward."""
+        key = (id(weight), dtype)
+        if key not in self._casts:  # the entry keeps ``weight`` alive: its id stays its own
+            self._casts[key] = (weight, weight.detach().to(dtype))
+        return self._casts[key][1]
 
     def fire(self, current: Tensor, threshold_shift: Tensor | None = None) -> Tensor:
         """The unit's output for input current ``current`` (one time step)."""

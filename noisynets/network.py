@@ -50,6 +50,7 @@ from noisynets.layers import WEIGHT_OPS, Layer
 from noisynets.losses import LOSSES
 from noisynets.models import he_normal, mlp
 from noisynets.noise import Gaussian, Logistic, NoiseSource, make_noise
+from noisynets.precision import PRECISIONS, difference_dtype
 from noisynets.units import ACTIVATIONS, LIF, StochasticBinary
 
 ENCODINGS: tuple[str, ...] = ("current", "poisson")
@@ -147,6 +148,9 @@ class Network(nn.Module):
         encoding: ``current`` (the data as a constant input each step) or ``poisson``.
         loss: ``ce``, ``mse`` or a callable ``loss(logits, target)`` returning one loss per
             sample.
+        precision: the number format of the noisy passes' difference products
+            (``noisynets.precision.PRECISIONS``; ``auto``: bfloat16 where the hardware makes it
+            faster, else the network's own dtype).
         beta, threshold: the LIF neurons' membrane decay and threshold (built networks).
         threshold_noise: the std of Gaussian noise on the threshold of ``units.LIF`` nodes.
         seed: fixes the weights of a built network and every layer's noise stream.
@@ -168,6 +172,7 @@ class Network(nn.Module):
         time_steps: int = 1,
         encoding: str = "current",
         loss: str | LossFn = "ce",
+        precision: str = "auto",
         beta: float = 0.9,
         threshold: float = 1.0,
         threshold_noise: float = 0.0,
@@ -191,6 +196,9 @@ class Network(nn.Module):
             raise ValueError(f"decorrelation_fraction {decorrelation_fraction} must be in (0, 1]")
         if threshold_noise < 0:
             raise ValueError(f"threshold_noise {threshold_noise} must be >= 0")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: choose one of "
+                             f"{', '.join(PRECISIONS)}")
 
         # One generator, drawn in layer order: a built network's weights of layer l, then the
         # seeds of its noise sources.
@@ -231,6 +239,7 @@ class Network(nn.Module):
         self.both_noisy = bool(both_noisy)
         self.time_steps = int(time_steps)
         self.encoding = encoding
+        self.precision = precision
 
     @property
     def num_layers(self) -> int:
@@ -273,6 +282,8 @@ class Network(nn.Module):
         if len(passes.noisy) != L:
             raise ValueError(f"the pass plan has {len(passes.noisy)} layers, the network {L}")
         folded = self._folded_weights(B, P)
+        changed = changed_passes(passes)
+        low = difference_dtype(self.precision, x.dtype, x.device)
         for layer in self.layers:
             layer.begin(x)
         seen_sum: list[Tensor] = [x] * L
@@ -288,12 +299,13 @@ class Network(nn.Module):
                     if k == 0 and first is not None:
                         seen, current = first  # the same input at every step
                     else:
-                        seen, current = layer.drive(layer.apply_pre(h, B), folded[k])
-                        if k == 0:
-                            # The first layer's input is the same in every pass: one product.
-                            current = current.repeat(P, *([1] * (current.dim() - 1)))
-                            if self.encoding == "current" and T > 1:
-                                first = (seen, current)
+                        # Passes whose input differs from the reference pass's run as the
+                        # reference plus a difference; the first layer's input is the same in
+                        # every pass, so its product is computed once.
+                        seen, current = layer.drive(layer.apply_pre(h, B), B, P, changed[k],
+                                                    folded[k], low)
+                        if k == 0 and self.encoding == "current" and T > 1:
+                            first = (seen, current)
                     start, stop = passes.noisy[k]
                     shift = None
                     if stop > start:
@@ -324,7 +336,7 @@ class Network(nn.Module):
                             membrane[k].append(mem.detach().reshape(P * B, -1))
         finally:
             for layer in self.layers:
-                layer.reset_state()  # nothing of this forward stays in the neurons
+                layer.end()  # nothing of this forward stays in the neurons
         activity = [a.view(P, B, -1) for a in activity]
         logits = activity[-1] / T
         if loss:
@@ -433,6 +445,19 @@ def wrap(model: nn.Module, **options: Any) -> Network:
     if not isinstance(model, nn.Module):
         raise TypeError(f"wrap takes an nn.Module (an nn.Sequential), got {type(model).__name__}")
     return Network(model, **options)
+
+
+def changed_passes(passes: Passes) -> list[tuple[int, int]]:
+    """Per layer, the passes ``(lo, hi)`` whose input may differ from the reference pass's: a
+    pass differs from layer ``l`` on once it, or the reference pass, was noisy below ``l``."""
+    out: list[tuple[int, int]] = []
+    differ: set[int] = set()
+    for start, stop in passes.noisy:
+        out.append((min(differ), max(differ) + 1) if differ else (0, 0))
+        if start == 0 and stop > 0:  # the reference pass is noisy: every other pass differs
+            differ |= set(range(1, passes.count))
+        differ |= set(range(max(start, 1), stop))
+    return out
 
 
 def noise_sources(

@@ -46,7 +46,7 @@ def test_the_first_layer_multiplies_its_input_once(monkeypatch, small_net, batch
     rows = []
     first = small_net.layers[0]
     original = first.drive
-    monkeypatch.setattr(first, "drive", lambda h, w: rows.append(h.shape[0]) or original(h, w))
+    monkeypatch.setattr(first, "drive", lambda h, *a: rows.append(h.shape[0]) or original(h, *a))
     small_net.run(x, y, Passes.perturbed(4, samples=5))
     assert rows == [32]
 

