@@ -6,6 +6,7 @@
 * ``noisynets plot FILE [-o OUT.png]``: the figure of a trace file (``plots.trace_figure``).
 * ``noisynets export FILE --format {npz,csv} [-o OUT]``: the file's data for other tools
   (``export.export_npz``, ``export.export_csv``; docs/traces.md describes both layouts).
+* ``noisynets bench [--json]``: the step time, FLOPs and memory of every rule (``bench``).
 
 This module only parses the command line and calls the library. ``inspect``, ``plot`` and
 ``export`` read through ``traces.TraceReader``, so they also read a file whose run is still
@@ -26,12 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from noisynets.bench import add_arguments as add_bench_arguments
 from noisynets.config import DEVICES, OPTIMIZERS, TrainConfig, load_toml
 from noisynets.data import DATASETS, TEACHER_KEYS
 from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
 from noisynets.network import ENCODINGS
 from noisynets.noise import NOISES
+from noisynets.precision import PRECISIONS
 from noisynets.rules import RULES
 from noisynets.units import UNITS
 
@@ -127,6 +130,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="std of Gaussian noise on the LIF threshold (0)")
     p.add_argument("--seed", type=nonnegative_int, help="seed of weights, noise and data order (0)")
     p.add_argument("--device", choices=DEVICES, help="auto | cpu | cuda (auto)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="number format of the noisy passes' difference products: auto "
+                        "(bfloat16 where the hardware makes it faster, else float32), "
+                        "float32, bfloat16, float64 (auto)")
     p.add_argument("--threads", type=positive_int,
                    help="CPU threads for torch (default: torch's choice, all cores)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: a new one under ./runs/)")
@@ -165,6 +172,8 @@ def make_parser() -> Parser:
     export.add_argument("-o", "--output", metavar="OUT",
                         help="the .npz file or the CSV folder (default: beside FILE, "
                              "FILE's name with .npz or _csv)")
+    bench = sub.add_parser("bench", help="time a training step of every rule, in one run")
+    add_bench_arguments(bench)
     return parser
 
 
@@ -249,7 +258,30 @@ def check_output(out: Path) -> None:
         raise ValueError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
 
 
-COMMANDS = {"train": cmd_train, "inspect": cmd_inspect, "plot": cmd_plot, "export": cmd_export}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from noisynets.bench import Setup, run
+    from noisynets.training import choose_device
+
+    if min(args.hidden) < 1 or args.batch_size < 1 or args.steps < 1:
+        raise ValueError("--hidden, --batch-size and --steps must be positive integers")
+    device = choose_device(args.device)
+    if args.quick:
+        setup = Setup(hidden=[64, 64], batch_size=32, spiking_hidden=[32], time_steps=3,
+                      spiking_batch=16, conv_batch=8)
+        rounds = 3
+    else:
+        setup = Setup(hidden=list(args.hidden), batch_size=args.batch_size)
+        rounds = args.steps
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    memory = "none" if args.no_memory else "spiking" if args.quick else "all"
+    summary = run(setup, device, rounds, memory=memory, log=log)
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "inspect": cmd_inspect, "plot": cmd_plot, "export": cmd_export,
+            "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

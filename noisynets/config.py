@@ -20,6 +20,7 @@ from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
 from noisynets.network import ENCODINGS
 from noisynets.noise import make_noise
+from noisynets.precision import PRECISIONS
 from noisynets.rules import RULES
 from noisynets.units import UNITS
 
@@ -55,6 +56,7 @@ class TrainConfig:
     threshold_noise: float = 0.0
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     threads: int | None = None
     data_root: str | None = None
     standardize: bool | None = None
@@ -166,6 +168,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _choice("unit", config.unit, UNITS)
     _choice("encoding", config.encoding, ENCODINGS)
     _choice("device", config.device, DEVICES)
+    _choice("precision", config.precision, PRECISIONS)
     if config.model is not None and not isinstance(config.model, str):
         raise ValueError(f"model {config.model!r} must be FILE.py:FUNCTION")
     conv = config.arch == "conv" and config.model is None

@@ -253,26 +253,32 @@ class Layer(nn.Module):
         return self.decorrelator is not None and not self.conv and not folded
 
     def gradient(
-        self, e: Tensor, seen: Tensor, time_steps: int, count: int = 1
+        self, e: Tensor, seen: Tensor, time_steps: int, count: int = 1,
+        low: torch.dtype | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """``(g_W, g_b)`` for node signal ``e`` (B, nodes) at reference input ``seen`` (B, ...):
         the weight operation's vector-Jacobian product with ``e``, summed over the batch and
-        divided by ``count``.
+        divided by ``count``; its products in ``low`` precision (default: ``e``'s dtype), the
+        result in ``e``'s.
 
         ``seen`` is the input summed over the T steps; the bias enters every step, so its
         part is ``T`` times the VJP's. Dense layer without ``mid``:
         ``(e^T xh / count, T sum_n e / count)``.
         """
         T = time_steps
+        dtype = e.dtype
+        if low is not None and low != dtype:
+            e, seen = e.to(low), seen.to(low)
         if not self.conv and not self.mid:
-            g_b = None if self.bias is None else e.sum(0) * T / count
-            return e.T @ seen / count, g_b
+            g_b = None if self.bias is None else e.sum(0, dtype=dtype) * T / count
+            return (e.T @ seen).to(dtype) / count, g_b
         folded = self.conv and self.decorrelator is not None
-        weight = (self.folded_weight() if folded else self.weight).detach().requires_grad_()
+        weight = (self.folded_weight() if folded else self.weight).detach().to(e.dtype)
+        weight.requires_grad_()
         leaves = [weight]
         bias = None
         if self.bias is not None:
-            bias = (self.bias * T).detach().requires_grad_()
+            bias = (self.bias * T).detach().to(e.dtype).requires_grad_()
             leaves.append(bias)
         with torch.enable_grad():
             x = seen.reshape(seen.shape[0], *self.in_shape)
@@ -280,13 +286,13 @@ class Layer(nn.Module):
             for module in self.mid:
                 a = module(a)
             grads = torch.autograd.grad(a, leaves, e.reshape(a.shape) / count)
-        g_w = grads[0]
+        g_w = grads[0].to(dtype)
         if folded:  # W' = W R: dLoss/dW = dLoss/dW' R^T, per group
             R = self.decorrelator.R
             G = self.op.groups
             g_w = (g_w.reshape(G, g_w.shape[0] // G, -1) @ R.view(G, *R.shape[-2:]).mT)
             g_w = g_w.reshape(self.weight.shape)
-        return g_w, (None if bias is None else grads[1] * T)
+        return g_w, (None if bias is None else grads[1].to(dtype) * T)
 
     def decorrelation_rows(self, seen: Tensor) -> Tensor:
         """The decorrelated rows ``xh`` that ``R``'s update uses, from reference inputs ``seen``

@@ -379,11 +379,13 @@ class Network(nn.Module):
     ) -> list[tuple[Tensor, Tensor | None]]:
         """Per layer ``(g_W, g_b)`` from node signals ``e_l`` of shape (K, B, n_l): each weight
         operation's own vector-Jacobian product with ``mean_k e_l`` at the reference input,
-        averaged over the batch (docs/algorithms.md, "The rules")."""
+        averaged over the batch (docs/algorithms.md, "The rules"), its products in the
+        network's ``precision`` (an estimate needs a few significant digits only)."""
         grads = []
+        low = difference_dtype(self.precision, record.loss.dtype, record.loss.device)
         for layer, e, seen in zip(self.layers, signals, record.inputs):
             K, B = e.shape[0], e.shape[1]
-            grads.append(layer.gradient(e.sum(0), seen, record.time_steps, K * B))
+            grads.append(layer.gradient(e.sum(0), seen, record.time_steps, K * B, low))
         return grads
 
     @contextmanager

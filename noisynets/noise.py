@@ -1,15 +1,16 @@
 """Noise sources: the intrinsic noise of a layer's nodes.
 
 A noise source turns a layer's activity ``a`` into the perturbation ``eps`` that enters its
-nodes, ``at = a + eps`` (ALGORITHMS.md, "Two passes"). Each source owns a seeded
+nodes, ``at = a + eps`` (docs/algorithms.md, "Two passes, one forward"). Each source owns a seeded
 ``torch.Generator`` on the device of the activity it perturbs, so a seed fixes every draw.
 A layer calls its source once per time step, so a stateful source (``Telegraph``) advances
 one step per call.
 
-Sources (ALGORITHMS.md, "Intrinsic, inaccessible noise"): ``Gaussian``, ``Bernoulli``,
-``CenteredBernoulli`` (binary devices), ``Telegraph`` (random telegraph noise, a stochastic
-magnetic tunnel junction), ``Gain`` (multiplicative), ``Shot`` (Poisson), ``Logistic``
-(Heaviside + logistic = stochastic binary unit) and ``Sum`` (independent sources added).
+Sources (docs/algorithms.md, "Noise that cannot be read or switched off"): ``Gaussian``,
+``Bernoulli``, ``CenteredBernoulli`` (binary devices), ``Telegraph`` (random telegraph noise,
+a stochastic magnetic tunnel junction), ``Gain`` (multiplicative), ``Shot`` (Poisson),
+``Logistic`` (Heaviside + logistic = stochastic binary unit) and ``Sum`` (independent sources
+added).
 
 ``make_noise(spec, std)`` builds a source from a spec string::
 

@@ -1,9 +1,10 @@
-"""The precision of the noisy passes' difference products.
+"""The precision of the noisy passes' difference products and of the estimates' products.
 
 A noisy pass runs as the reference pass plus a *difference*: per layer
 ``da = W (h_noisy - h_ref)`` (docs/algorithms.md, "Two passes, one forward"). The rules need
-only a few significant digits of ``da``, so that product may run in a cheaper number format
-than the reference pass, whose activities and losses stay in the network's own dtype.
+only a few significant digits of ``da``, and an estimate ``e^T xh`` only a few of its own, so
+those products may run in a cheaper number format than the reference pass, whose activities
+and losses stay in the network's own dtype (BP's products stay in it too).
 
 ``PRECISIONS``: ``auto`` (bfloat16 where the hardware multiplies it faster than float32 — a
 CUDA GPU of compute capability 8 or more, a CPU with AVX512-BF16 or AMX — and the network's own

@@ -33,6 +33,7 @@ from noisynets.decorrelation import mean_abs_correlation
 from noisynets.models import conv_net, he_normal, load_model
 from noisynets.network import Network, Passes, Record
 from noisynets.noise import make_noise
+from noisynets.precision import difference_dtype
 from noisynets.rules import Rule, make_rule, uses_decorrelation
 from noisynets.rules.bp import backprop
 from noisynets.traces import TraceWriter
@@ -64,6 +65,7 @@ class RunResult:
     seconds: float = 0.0
     out: str | None = None
     device: str = "cpu"
+    precision: str = "float32"  # the noisy passes' difference products, as resolved
 
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else self.initial
@@ -77,6 +79,7 @@ class RunResult:
             "initial_test_accuracy": self.initial.test_accuracy if self.initial else None,
             "seconds": round(self.seconds, 3),
             "device": self.device,
+            "precision": self.precision,
             "out": self.out,
             "config": self.config.to_dict(),
             "history": [asdict(h) for h in ([self.initial] if self.initial else [])
@@ -124,6 +127,7 @@ def build(config: TrainConfig, data: Dataset) -> tuple[Network, Rule, torch.opti
         time_steps=config.time_steps,
         encoding=config.encoding,
         loss=config.loss,
+        precision=config.precision,
         beta=config.beta,
         threshold=config.threshold,
         threshold_noise=config.threshold_noise,
@@ -432,7 +436,9 @@ def train(
     network.to(device)
     data = to_device(data, device)
     out = run_folder(config)
-    result = RunResult(config=config, out=str(out), device=str(device))
+    precision = difference_dtype(config.precision, data.train_x.dtype, device)
+    result = RunResult(config=config, out=str(out), device=str(device),
+                       precision=str(precision).removeprefix("torch."))
     results_file = out / "results.json"
     writer = probe_x = probe_y = None
     shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
@@ -525,7 +531,7 @@ def probe_record(network: Network, x: Tensor, y: Tensor) -> Record:
 
 
 def trace_attributes(config: TrainConfig, device: torch.device) -> dict[str, Any]:
-    """The attributes of a run's trace file (DESIGN.md, "Trace files")."""
+    """The attributes of a run's trace file (docs/traces.md, "Attributes")."""
     import noisynets
 
     return {

@@ -10,7 +10,7 @@ from noisynets import Network
 
 @pytest.fixture
 def small_net() -> Network:
-    """The 10-20-20-20-5 leaky-ReLU network of ALGORITHMS.md, in float64, noise 1e-4."""
+    """The 10-20-20-20-5 leaky-ReLU network of docs/algorithms.md, in float64, noise 1e-4."""
     return Network([10, 20, 20, 20, 5], noise_std=1e-4, seed=0).double()
 
 

@@ -198,7 +198,7 @@ class Basis(NoiseSource):
     def forward(self, a: Tensor) -> Tensor:
         count = 2 * self.total
         assert a.shape[0] == count * self.batch and a[0].numel() == self.n, a.shape
-        eps = torch.zeros(count, self.batch, self.n, dtype=a.dtype)
+        eps = torch.zeros(count, self.batch, self.n, dtype=a.dtype, device=a.device)
         for i in range(count):
             node = i // 2 - self.offset
             if 0 <= node < self.n:

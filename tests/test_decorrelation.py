@@ -1,4 +1,4 @@
-"""The decorrelator (ALGORITHMS.md, "Decorrelation")."""
+"""The decorrelator (docs/algorithms.md, "Decorrelation")."""
 
 from __future__ import annotations
 

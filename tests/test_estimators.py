@@ -1,4 +1,4 @@
-"""The estimators' statistics against autograd (ALGORITHMS.md, "What the estimators estimate").
+"""The estimators' statistics against autograd (docs/algorithms.md, "What the estimates estimate").
 
 NP and INP are unbiased: the mean of many estimates is the gradient. ANP is biased by design
 (a positive semi-definite preconditioning), so its mean is a descent direction in every layer.

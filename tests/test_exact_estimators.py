@@ -1,4 +1,4 @@
-"""Exact checks of every estimator's constants (ALGORITHMS.md, "The rules").
+"""Exact checks of every estimator's constants (docs/algorithms.md, "The rules").
 
 Statistical checks (``test_estimators.py``) see a wrong direction but not always a wrong
 length. Here the noise is made of basis directions (``reference.Basis``): over its passes

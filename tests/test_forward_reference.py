@@ -1,5 +1,6 @@
 """The batched forward equals a brute-force one: every pass and time step run on its own,
-unfolded, replaying the recorded noise (ALGORITHMS.md, "Two passes" and "Units").
+unfolded, replaying the recorded noise (docs/algorithms.md, "Two passes, one forward" and
+"Time steps").
 
 Across units, time steps, decorrelation (with ``R`` folded into ``W`` and not), both-noisy,
 encodings, noise with memory, threshold noise and every pass plan, the ``Record`` of one

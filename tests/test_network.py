@@ -1,4 +1,5 @@
-"""The batched clean/noisy forward and the Record it returns (ALGORITHMS.md, "Two passes")."""
+"""The batched clean/noisy forward and the Record it returns (docs/algorithms.md, "Two passes,
+one forward")."""
 
 from __future__ import annotations
 

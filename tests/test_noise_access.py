@@ -1,4 +1,5 @@
-""""The rule never reads eps" is true by construction (ALGORITHMS.md, "Intrinsic noise").
+""""The rule never reads eps" is true by construction (docs/algorithms.md, "Noise that cannot
+be read or switched off").
 
 The noise source below hands its layer a sealed tensor: the one operation allowed on it is
 addition, the layer's ``activity + eps``. Anything else that touches it -- a rule, a record,

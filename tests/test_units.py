@@ -1,4 +1,4 @@
-"""Units (ALGORITHMS.md, "Units"): every unit type learns with ANP; the LIF neuron's reset
+"""Units (docs/algorithms.md, "Units"): every unit type learns with ANP; the LIF neuron's reset
 follows the spike it emitted; BP cannot train through a discontinuous unit; a Heaviside unit
 with logistic noise is a Bernoulli(sigmoid) unit; NP and INP refuse noise they cannot read."""
 

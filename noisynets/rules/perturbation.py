@@ -18,7 +18,7 @@ from noisynets.rules.base import Gradients, Rule
 
 
 def check_controllable_noise(rule: str, network: Network) -> None:
-    """NP and INP need a noise-free reference pass and zero-mean noise (ALGORITHMS.md)."""
+    """NP and INP need a noise-free reference pass and zero-mean noise (docs/algorithms.md)."""
     if network.both_noisy:
         raise ValueError(
             f"{rule} needs a noise-free reference pass and control of the noise; the network's "

@@ -1,0 +1,284 @@
+"""``noisynets bench``: what a training step of every rule costs, measured in one run.
+
+Three networks, each rule's step timed interleaved with the others' (round after round, so a
+busy machine slows them alike), the median of ``steps`` rounds after two warm-up steps:
+
+* the dense network (``--hidden``, default 784-1000-1000-1000-10, batch 1000): BP, DBP, NP,
+  INP, ANP, DANP at K = 1, and NP, INP, ANP, DANP at K = 4 noise samples;
+* the spiking network (784-1000-10 LIF, T = 25, batch 256): DANP against BPTT (DBP);
+* the convolutional network of ``--arch conv`` (1x28x28, batch 256): BP, DBP, ANP, DANP.
+
+Also in the same run: the machine's matrix-multiply throughput in every number format the
+difference pass can use, the FLOPs of each step (``torch.utils.flop_counter``) and the share of
+that throughput they achieve, and each step's peak memory -- on a GPU
+``torch.cuda.max_memory_allocated``; on the CPU the growth of the peak resident set of a fresh
+process that runs a few steps of that rule alone. Every rule runs at its defaults
+(``precision="auto"``: see ``noisynets.precision``).
+
+``--json``: the last line of stdout is one JSON object with ``anp_over_bp``, ``danp_over_dbp``
+(K = 1), ``k4_over_k1`` (DANP), ``spiking_time_over_bptt``, ``spiking_memory_over_bptt``,
+``conv_danp_over_dbp``, the throughput and the full table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from noisynets.models import conv_net
+from noisynets.network import Network
+from noisynets.precision import difference_dtype, fast_bfloat16
+from noisynets.rules import make_rule, uses_decorrelation
+from noisynets.training import train_step
+
+
+@dataclass
+class Case:
+    """One measured configuration: a network, a rule, K."""
+
+    network: str  # "dense", "spiking" or "conv"
+    rule: str
+    samples: int = 1
+    seconds: float = 0.0
+    flops: float = 0.0
+    peak_mib: float | None = None
+    times: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.network}:{self.rule}:K{self.samples}"
+
+
+@dataclass
+class Setup:
+    """The sizes of the three networks."""
+
+    hidden: list[int]
+    batch_size: int = 1000
+    spiking_hidden: list[int] = field(default_factory=lambda: [1000])
+    time_steps: int = 25
+    spiking_batch: int = 256
+    conv_batch: int = 256
+    inputs: int = 784
+
+
+def build(case: Case, setup: Setup, device: torch.device) -> Callable[[], Any]:
+    """A function that runs one training step of ``case`` (network, data and optimizer made)."""
+    g = torch.Generator().manual_seed(0)
+    decorrelation = uses_decorrelation(case.rule)
+    common = dict(decorrelation=decorrelation, decorrelation_fraction=0.1, seed=0)
+    if case.network == "dense":
+        batch, shape = setup.batch_size, (setup.inputs,)
+        net = Network([setup.inputs, *setup.hidden, 10], **common)
+    elif case.network == "spiking":
+        batch, shape = setup.spiking_batch, (setup.inputs,)
+        net = Network([setup.inputs, *setup.spiking_hidden, 10], unit="lif",
+                      time_steps=setup.time_steps, noise_std=0.1, **common)
+    else:
+        batch, shape = setup.conv_batch, (1, 28, 28)
+        torch.manual_seed(0)
+        net = Network(conv_net(shape, 10, "leaky_relu"), **common)
+    net.to(device)
+    x = torch.rand(batch, *shape, generator=g).to(device)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+    rule = make_rule(case.rule, noise_samples=case.samples)
+    optimizer = torch.optim.Adam(net.trained_parameters(), lr=1e-4)
+    return lambda: train_step(net, rule, optimizer, x, y)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(cases: list[Case], steps: dict[str, Callable[[], Any]], rounds: int,
+                     device: torch.device) -> None:
+    """Two warm-up steps each, then ``rounds`` rounds of one step of every case."""
+    for case in cases:
+        for _ in range(2):
+            steps[case.name]()
+    sync(device)
+    for _ in range(rounds):
+        for case in cases:
+            start = time.perf_counter()
+            steps[case.name]()
+            sync(device)
+            case.times.append(time.perf_counter() - start)
+    for case in cases:
+        case.seconds = statistics.median(case.times)
+
+
+def count_flops(step: Callable[[], Any]) -> float:
+    """The floating-point operations of one step (matrix products and convolutions)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def throughput(device: torch.device, size: int = 1024, repeats: int = 10) -> dict[str, float]:
+    """GFLOP/s of a ``size x size`` matrix product in each number format."""
+    out = {}
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(size, size, generator=g).to(device)
+    b = torch.rand(size, size, generator=g).to(device)
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w = a.to(dtype), b.to(dtype)
+        for _ in range(2):
+            x @ w
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            x @ w
+        sync(device)
+        seconds = (time.perf_counter() - start) / repeats
+        out[str(dtype).removeprefix("torch.")] = 2 * size**3 / seconds / 1e9
+    return out
+
+
+def peak_memory(case: Case, setup: Setup, device: torch.device) -> float:
+    """MiB a few steps of ``case`` add to the peak memory: on a GPU in this process, on the
+    CPU in a fresh one (a process's peak resident set only grows)."""
+    if device.type == "cuda":
+        step = build(case, setup, device)
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        for _ in range(3):
+            step()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    code = ("import json, sys; from noisynets.bench import memory_probe; "
+            "print(memory_probe(json.loads(sys.argv[1])))")
+    payload = json.dumps({"case": asdict(case), "setup": asdict(setup)})
+    proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True,
+                          text=True, check=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def memory_probe(payload: dict[str, Any]) -> float:
+    """Inside a fresh process: how far three steps raise the peak resident set over what the
+    process held before them, in MiB. On Linux the peak (``VmHWM``) is reset to the current
+    size first (a process's peak is inherited from the one that started it); elsewhere
+    ``ru_maxrss`` is used as it is."""
+    case = Case(**{k: v for k, v in payload["case"].items() if k != "times"})
+    step = build(case, Setup(**payload["setup"]), torch.device("cpu"))
+    status = Path("/proc/self/status")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # peak := current
+        base = _status_kib(status, "VmRSS")
+        read = functools.partial(_status_kib, status, "VmHWM")
+    except OSError:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        read = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # noqa: E731
+    for _ in range(3):
+        step()
+    return (read() - base) / 1024
+
+
+def _status_kib(status: Path, field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status``."""
+    for line in status.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {field} in {status}")
+
+
+def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure every case; the summary ratios and the table. ``memory``: ``all`` cases'
+    peak memory, the ``spiking`` ones only, or ``none``."""
+    dense = [Case("dense", r) for r in ("bp", "dbp", "np", "inp", "anp", "danp")]
+    dense += [Case("dense", r, 4) for r in ("np", "inp", "anp", "danp")]
+    spiking = [Case("spiking", r) for r in ("dbp", "danp")]
+    conv = [Case("conv", r) for r in ("bp", "dbp", "anp", "danp")]
+    cases = dense + spiking + conv
+    precision = difference_dtype("auto", torch.float32, device)
+    log(f"device {device}, torch threads {torch.get_num_threads()}, difference products in "
+        f"{str(precision).removeprefix('torch.')} (fast bfloat16: {fast_bfloat16(device)})")
+    gflops = throughput(device)
+    log("matrix products: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gflops.items()))
+    steps = {case.name: build(case, setup, device) for case in cases}
+    for case in cases:
+        case.flops = count_flops(steps[case.name])
+    time_interleaved(cases, steps, rounds, device)
+    for case in cases:
+        if memory == "all" or (memory == "spiking" and case.network == "spiking"):
+            case.peak_mib = peak_memory(case, setup, device)
+    by = {case.name: case for case in cases}
+
+    def ratio(a: str, b: str, what: str = "seconds") -> float | None:
+        top, bottom = getattr(by[a], what), getattr(by[b], what)
+        return None if top is None or not bottom else top / bottom
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    table = []
+    for case in cases:
+        base = {"dense": "dense:bp:K1", "spiking": "spiking:dbp:K1", "conv": "conv:bp:K1"}
+        table.append({
+            "network": case.network, "rule": case.rule, "K": case.samples,
+            "seconds": round(case.seconds, 5),
+            "over_bp": rounded(ratio(case.name, base[case.network])),
+            "gflop": round(case.flops / 1e9, 3),
+            "fraction_of_fp32_throughput": round(
+                case.flops / case.seconds / 1e9 / gflops["float32"], 3),
+            "peak_mib": None if case.peak_mib is None else round(case.peak_mib, 1),
+        })
+    summary = {
+        "anp_over_bp": rounded(ratio("dense:anp:K1", "dense:bp:K1")),
+        "danp_over_dbp": rounded(ratio("dense:danp:K1", "dense:dbp:K1")),
+        "k4_over_k1": rounded(ratio("dense:danp:K4", "dense:danp:K1")),
+        "spiking_time_over_bptt": rounded(ratio("spiking:danp:K1", "spiking:dbp:K1")),
+        "spiking_memory_over_bptt": rounded(ratio("spiking:danp:K1", "spiking:dbp:K1",
+                                                  "peak_mib")),
+        "conv_danp_over_dbp": rounded(ratio("conv:danp:K1", "conv:dbp:K1")),
+        "precision": str(precision).removeprefix("torch."),
+        "throughput_gflops": {k: round(v, 1) for k, v in gflops.items()},
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "setup": asdict(setup),
+        "table": table,
+    }
+    log(f"{'network':<8} {'rule':<5} {'K':>2} {'s/step':>9} {'x BP':>6} {'GFLOP':>8} "
+        f"{'of fp32 peak':>12} {'peak MiB':>9}")
+    for row in table:
+        mib = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+        log(f"{row['network']:<8} {row['rule']:<5} {row['K']:>2} {row['seconds']:>9.4f} "
+            f"{row['over_bp']:>6.2f} {row['gflop']:>8.2f} "
+            f"{row['fraction_of_fp32_throughput']:>12.2f} {mib:>9}")
+    spiking_memory = summary["spiking_memory_over_bptt"]
+    log(f"ANP/BP {summary['anp_over_bp']:.2f}, DANP/DBP {summary['danp_over_dbp']:.2f}, "
+        f"DANP K=4/K=1 {summary['k4_over_k1']:.2f}, spiking DANP/BPTT time "
+        f"{summary['spiking_time_over_bptt']:.2f}"
+        + ("" if spiking_memory is None else f" memory {spiking_memory:.2f}")
+        + f", conv DANP/DBP {summary['conv_danp_over_dbp']:.2f}")
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hidden", type=int, nargs="+", default=[1000, 1000, 1000], metavar="N",
+                   help="hidden layers of the dense network (1000 1000 1000)")
+    p.add_argument("--batch-size", type=int, default=1000, help="dense batch (1000)")
+    p.add_argument("--steps", type=int, default=20, help="timed rounds, median taken (20)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--quick", action="store_true",
+                   help="small networks and few rounds: checks that the benchmark runs")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON object on the last line of stdout")

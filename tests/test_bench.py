@@ -1,0 +1,31 @@
+"""``noisynets bench``: every rule's step measured in one run, the summary as JSON."""
+
+from __future__ import annotations
+
+import json
+
+from noisynets.cli import main
+
+KEYS = ("anp_over_bp", "danp_over_dbp", "k4_over_k1", "spiking_time_over_bptt",
+        "spiking_memory_over_bptt", "conv_danp_over_dbp", "throughput_gflops", "table")
+
+
+def test_bench_quick_prints_the_ratios_and_the_table_as_json(capsys):
+    assert main(["bench", "--quick", "--json", "--no-memory"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    assert all(key in summary for key in KEYS), summary.keys()
+    table = {(row["network"], row["rule"], row["K"]): row for row in summary["table"]}
+    assert len(table) == 16
+    assert all(row["seconds"] > 0 and row["gflop"] > 0 for row in table.values())
+    # K = 4 noisy passes multiply more than one; decorrelation adds its products.
+    assert table["dense", "danp", 4]["gflop"] > table["dense", "danp", 1]["gflop"]
+    assert table["dense", "dbp", 1]["gflop"] > table["dense", "bp", 1]["gflop"]
+    ratio = table["dense", "anp", 1]["seconds"] / table["dense", "bp", 1]["seconds"]
+    assert abs(summary["anp_over_bp"] - ratio) < 1e-2
+    assert {"float32", "bfloat16"} <= set(summary["throughput_gflops"])
+
+
+def test_bench_refuses_bad_sizes_in_one_line(cli_fails):
+    cli_fails(["bench", "--steps", "0"], "--steps")
+    cli_fails(["bench", "--hidden", "0"], "--hidden")

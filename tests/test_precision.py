@@ -1,0 +1,59 @@
+"""The difference pass in a cheaper number format gives the same estimates (docs/algorithms.md,
+"Two passes, one forward"): only ``da``'s product runs in bfloat16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import flat
+
+from noisynets import Network, Passes, make_rule
+from noisynets.precision import difference_dtype
+from noisynets.training import cosine
+
+
+@pytest.mark.parametrize("name", ["np", "inp", "anp", "danp"])
+def test_a_bfloat16_difference_pass_gives_the_float32_estimate(name):
+    """With the same noise, the estimates of the two formats agree to cosine 0.999 in every
+    layer; the reference pass (activities, loss) is the same to the bit."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 50, generator=g), torch.randint(0, 10, (64,), generator=g)
+    estimates, records = {}, {}
+    for precision in ("float32", "bfloat16"):
+        net = Network([50, 200, 200, 10], decorrelation=name == "danp", precision=precision,
+                      noise_std=1e-2, seed=0)
+        rule = make_rule(name.removeprefix("d"), noise_samples=2)
+        estimates[precision], records[precision] = rule.gradients(net, x, y)
+    for k, (a, b) in enumerate(zip(flat(estimates["float32"]), flat(estimates["bfloat16"]))):
+        assert cosine(a, b) > 0.999, (k, cosine(a, b))
+        assert 0.99 < float(b.norm() / a.norm()) < 1.01
+    full, low = records["float32"], records["bfloat16"]
+    assert torch.equal(full.loss[0], low.loss[0])
+    assert not torch.equal(full.activity[-1][1:], low.activity[-1][1:]), "bf16 was not used"
+
+
+def test_auto_keeps_float64_networks_exact_and_names_are_checked():
+    cpu = torch.device("cpu")
+    assert difference_dtype("auto", torch.float64, cpu) == torch.float64
+    assert difference_dtype("bfloat16", torch.float32, cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        difference_dtype("half", torch.float32, cpu)
+    with pytest.raises(ValueError, match="unknown precision"):
+        Network([4, 3], precision="half")
+
+
+def test_the_first_layer_and_passes_with_the_reference_input_need_no_product(monkeypatch):
+    """INP's passes below the layer they perturb, and every pass at the first layer, have the
+    reference pass's input: the difference product runs only on the passes that differ."""
+    net = Network([6, 5, 5, 5, 3], seed=0)
+    rows: list[tuple[int, int]] = []
+    for k, layer in enumerate(net.layers):
+        original = layer._difference
+        monkeypatch.setattr(layer, "_difference",
+                            lambda dh, *a, k=k, f=original: rows.append((k, dh.shape[0])) or
+                            f(dh, *a))
+    net.run(torch.rand(7, 6), torch.zeros(7, dtype=torch.long), Passes.layerwise(4, 2))
+    assert rows == [(1, 2 * 7), (2, 4 * 7), (3, 6 * 7)]
+    rows.clear()
+    net.run(torch.rand(7, 6), torch.zeros(7, dtype=torch.long), Passes.perturbed(4, 3))
+    assert rows == [(1, 3 * 7), (2, 3 * 7), (3, 3 * 7)]
