@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from noisynets.config import TrainConfig
-from noisynets.training import train
+from noisynets.run import train
 
 
 def main() -> None:

@@ -137,6 +137,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int,
                    help="CPU threads for torch (default: torch's choice, all cores)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: a new one under ./runs/)")
+    p.add_argument("--checkpoint-every", type=nonnegative_int, metavar="E",
+                   help="write checkpoint.pt (and model.pt) every E epochs (1; 0: only the "
+                        "model, at the end)")
+    p.add_argument("--max-bad-steps", type=nonnegative_int, metavar="N",
+                   help="stop after N steps in a row with a non-finite loss, activity or "
+                        "estimate, each skipped (10; 0: no guard, no host sync per step)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in an existing --out folder")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint, with its own "
+                        "settings (only --threads may change)")
     p.add_argument("--trace-every", type=nonnegative_int,
                    help="trace the probe samples every N steps into trace.h5 (50; 0: off)")
     p.add_argument("--trace-probe", type=positive_int, help="probe samples traced (16)")
@@ -152,9 +163,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> Parser:
+    import noisynets
+
     parser = Parser(
-        prog="noisynets", description="Learning in noisy networks by node perturbation."
+        prog="noisynets", description="Learning in noisy networks by node perturbation. "
+        "The main job: noisynets train."
     )
+    parser.add_argument("--version", action="version",
+                        version=f"noisynets {noisynets.__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
     train = sub.add_parser("train", help="train a network (the main job)")
     add_train_arguments(train)
@@ -172,6 +188,13 @@ def make_parser() -> Parser:
     export.add_argument("-o", "--output", metavar="OUT",
                         help="the .npz file or the CSV folder (default: beside FILE, "
                              "FILE's name with .npz or _csv)")
+    evaluate = sub.add_parser("evaluate", help="measure a run's saved model on test data")
+    evaluate.add_argument("run", metavar="RUN_DIR", help="a run folder (it holds model.pt)")
+    evaluate.add_argument("--dataset", metavar="NAME",
+                          help="another data set of the same shapes (default: the run's)")
+    evaluate.add_argument("--data-root", metavar="DIR", help="folder holding its files")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print the result as one JSON object")
     bench = sub.add_parser("bench", help="time a training step of every rule, in one run")
     add_bench_arguments(bench)
     return parser
@@ -190,16 +213,29 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ValueError(str(e)) from None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from noisynets.training import plural, train
+# Options --resume takes along: they choose how to run, not what the run is.
+RESUME_OPTIONS = ("resume", "threads", "json", "no_progress", "config")
 
-    config = config_from_args(args)
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from noisynets.run import plural, resume, strict_json, train
+
     progress = not args.no_progress and sys.stderr.isatty()
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    result = train(config, progress=progress, log=log)
+    if args.resume is not None:
+        given = [f"--{name.replace('_', '-')}" for name, value in vars(args).items()
+                 if name not in RESUME_OPTIONS and name != "command"
+                 and value not in (None, False)]
+        if given or args.config:
+            raise UsageError(f"--resume continues a run with its own settings: leave out "
+                             f"{', '.join(given + (['--config'] if args.config else []))}")
+        result = resume(args.resume, progress=progress, log=log, threads=args.threads)
+    else:
+        result = train(config_from_args(args), progress=progress, log=log,
+                       overwrite=args.overwrite)
     summary = result.summary()
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(strict_json(summary), allow_nan=False))
     else:
         if summary["test_accuracy"] is None:  # regression
             score = f"final test loss {summary['test_loss']:.4g} ({summary['config']['loss']})"
@@ -207,6 +243,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             score = f"final test accuracy {summary['test_accuracy']:.4f}"
         print(f"{score} after {plural(summary['epochs'], 'epoch')} in "
               f"{summary['seconds']:.1f} s; results in {summary['out']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from noisynets.run import evaluate_run, strict_json
+
+    report = evaluate_run(args.run, dataset=args.dataset, data_root=args.data_root)
+    if args.json:
+        print(json.dumps(strict_json(report), allow_nan=False))
+    else:
+        accuracy = ("" if report["test_accuracy"] is None
+                    else f", test accuracy {report['test_accuracy']:.4f}")
+        print(f"{report['run']}: on the test split of {report['dataset']} "
+              f"({report['samples']} samples, {report['data_files']}): test loss "
+              f"{report['test_loss']:.4f}{accuracy}")
     return 0
 
 
@@ -260,7 +311,7 @@ def check_output(out: Path) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from noisynets.bench import Setup, run
-    from noisynets.training import choose_device
+    from noisynets.run import choose_device
 
     if min(args.hidden) < 1 or args.batch_size < 1 or args.steps < 1:
         raise ValueError("--hidden, --batch-size and --steps must be positive integers")
@@ -280,16 +331,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "inspect": cmd_inspect, "plot": cmd_plot, "export": cmd_export,
-            "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
+            "plot": cmd_plot, "export": cmd_export, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``noisynets`` console script; returns the exit status."""
+    from noisynets.run import DivergenceError
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        argv = ["train"]
     parser = make_parser()
+    if not argv:  # no command: say what there is, start nothing
+        parser.print_help()
+        return 0
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -299,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(e).split())
         print(f"noisynets: error: {message}", file=sys.stderr)
         return 2
+    except DivergenceError as e:
+        print(f"noisynets: {' '.join(str(e).split())}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("noisynets: interrupted; what was measured so far is in the run folder",
               file=sys.stderr)

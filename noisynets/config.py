@@ -61,6 +61,8 @@ class TrainConfig:
     data_root: str | None = None
     standardize: bool | None = None
     out: str | None = None
+    checkpoint_every: int = 1
+    max_bad_steps: int = 10
     trace_every: int = 50
     trace_probe: int = 16
     trace_layers: list[int] | None = None
@@ -201,7 +203,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
             _positive_int("hidden", h)
     for name in ("epochs", "batch_size", "noise_samples", "time_steps", "trace_probe"):
         _positive_int(name, getattr(c, name))
-    for name in ("trace_every", "trace_units"):
+    for name in ("trace_every", "trace_units", "checkpoint_every", "max_bad_steps"):
         if isinstance(getattr(c, name), bool) or not isinstance(getattr(c, name), int) \
                 or getattr(c, name) < 0:
             raise ValueError(f"{name} {getattr(c, name)!r} must be an integer >= 0")

@@ -24,7 +24,7 @@ import matplotlib.ticker  # noqa: E402
 from noisynets.traces import TraceReader, as_reader, layer_metric  # noqa: E402
 
 if TYPE_CHECKING:
-    from noisynets.training import RunResult
+    from noisynets.run import RunResult
 
 
 def learning_curve(result: RunResult, path: str | Path) -> Path:

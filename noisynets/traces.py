@@ -194,6 +194,48 @@ class TraceWriter:
                     if spike_events:
                         self._grow(g, "spike_events", (4,), np.int32, chunk_rows=4096)
 
+    @classmethod
+    def resume(cls, path: str | Path, records: int, evaluations: int) -> TraceWriter:
+        """The writer of an existing file, cut back to its first ``records`` records and
+        ``evaluations`` evaluations (a run continued from a checkpoint rewrites what came
+        after): nothing duplicated, nothing missing."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        try:
+            with h5py.File(self.path, "r+", locking=False) as f:
+                traces = f["traces"]
+                self.layers = sorted(int(name.split("_")[1]) for name in traces
+                                     if name.startswith("layer_"))
+                flags = {k: bool(traces[f"layer_{k}"].attrs["spiking"]) for k in self.layers}
+                self.spiking = [flags.get(k, False) for k in range(1, max(flags, default=0) + 1)]
+                spikes = [traces[f"layer_{k}/spikes"] for k in self.layers if flags[k]]
+                self.time_steps = int(spikes[0].shape[1]) if spikes else 1
+                self.spike_events = any(f"layer_{k}/spike_events" in traces for k in self.layers)
+                self.unit_index = {k: traces[f"layer_{k}/unit_index"][:] for k in self.layers}
+                self.input_index = {k: traces[f"layer_{k}/input_index"][:] for k in self.layers}
+                self.probe = int(traces["probe_index"].shape[0])
+                if int(traces["step"].shape[0]) < records:
+                    raise ValueError(f"trace file {str(self.path)!r} holds fewer records than "
+                                     "its checkpoint says: it is not this run's")
+                for name in f["metrics"]:
+                    f["metrics"][name].resize(min(evaluations, f["metrics"][name].shape[0]),
+                                              axis=0)
+
+                def cut(name: str, obj: Any) -> None:
+                    if not isinstance(obj, h5py.Dataset) or obj.maxshape[0] is not None:
+                        return
+                    if name.endswith("spike_events"):
+                        kept = int((obj[:, 0] < records).sum()) if obj.shape[0] else 0
+                        obj.resize(kept, axis=0)
+                    elif obj.shape[0] > records:
+                        obj.resize(records, axis=0)
+
+                traces.visititems(cut)
+        except (OSError, KeyError) as e:
+            raise ValueError(f"cannot continue trace file {str(self.path)!r}: {e}") from None
+        self.records = records
+        return self
+
     @staticmethod
     def _grow(group: h5py.Group, name: str, row: tuple[int, ...], dtype: Any,
               chunk_rows: int = 1) -> None:
@@ -593,7 +635,7 @@ def _which(which: str) -> str:
 
 # The metrics of every evaluation, in the order ``inspect`` and the CSV export show them.
 SCALAR_METRICS = ("epoch", "step", "test_accuracy", "train_loss", "test_loss", "seconds",
-                  "zero_change_fraction")
+                  "zero_change_fraction", "skipped_steps")
 # The per-layer metrics, stored as ``<name>_layer_<k>``.
 LAYER_METRICS = ("alignment", "decorrelation", "estimate_norm")
 

@@ -116,7 +116,7 @@ def test_train_json_reports_the_run(capsys, tmp_path):
 
 def test_a_one_epoch_run_speaks_of_one_epoch_and_labels_its_progress_bar(capsys, tmp_path):
     from noisynets.config import TrainConfig
-    from noisynets.training import train
+    from noisynets.run import train
 
     argv = ["train", "--algo", "danp", "--hidden", "16", "--epochs", "1", "--threads", "1",
             "--trace-every", "0", "--out", str(tmp_path / "cli"), "--no-progress"]

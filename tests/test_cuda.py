@@ -15,7 +15,8 @@ from torch import nn
 import noisynets
 from noisynets import RULES, Network, Passes, make_rule
 from noisynets.config import TrainConfig
-from noisynets.training import fit, train
+from noisynets.run import train
+from noisynets.training import fit
 
 pytestmark = [
     pytest.mark.cuda,

@@ -6,7 +6,7 @@ import pytest
 
 from noisynets import RULES
 from noisynets.config import TrainConfig
-from noisynets.training import train
+from noisynets.run import train
 
 QUICK = ("bp", "dnp", "inp", "danp")  # one per rule family in the default run; all with -m slow
 

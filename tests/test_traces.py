@@ -24,8 +24,8 @@ from noisynets.cli import main
 from noisynets.config import TrainConfig
 from noisynets.export import export_csv, export_npz
 from noisynets.network import Record
+from noisynets.run import train
 from noisynets.traces import SCHEMA, TraceReader, TraceWriter
-from noisynets.training import train
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "traces.md"
 PER_RECORD = [path for path, shape, _, _ in SCHEMA if shape.startswith("(records")]

@@ -9,7 +9,7 @@ import torch
 
 from noisynets import Network, Passes, make_rule
 from noisynets.config import TrainConfig
-from noisynets.training import train
+from noisynets.run import train
 from noisynets.units import LIF, UNITS
 
 # Per unit: a noise scale large enough to move the unit (a Heaviside unit must flip).

@@ -1,0 +1,469 @@
+"""A run: the whole job behind ``noisynets train``, its folder, and continuing or evaluating it.
+
+``train(config)`` resolves the config, loads the data, builds the network, trains, and keeps
+its run folder up to date:
+
+* ``results.json`` -- the config and every evaluation, rewritten after every epoch;
+* ``trace.h5`` -- metrics every epoch, probe records every ``trace_every`` steps;
+* ``model.pt`` -- the trained network (``noisynets.checkpoints``), at every checkpoint and at
+  the end; never one with a non-finite weight;
+* ``checkpoint.pt`` -- every ``checkpoint_every`` epochs, what ``resume(folder)`` needs to
+  continue exactly: a run killed at any moment and resumed ends with the metrics and trace
+  file of the same run uninterrupted;
+* ``learning_curve.png`` and ``trace.png``.
+
+An existing, non-empty folder is refused unless ``overwrite``. A step whose loss, activity or
+estimate is not finite is skipped and counted; ``max_bad_steps`` in a row stop the run with
+``DivergenceError``, which names the layer and what to change, and everything written so far
+stays. ``evaluate_run(folder)`` loads a run's model and measures it on the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from noisynets.checkpoints import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    load,
+    model_state,
+    noise_states,
+    random_states,
+    save_atomic,
+    set_noise_states,
+    set_random_states,
+)
+from noisynets.config import TrainConfig, resolve
+from noisynets.data import Dataset, load_dataset
+from noisynets.models import conv_net, he_normal, load_model
+from noisynets.network import Network, Passes, Record
+from noisynets.noise import make_noise
+from noisynets.precision import difference_dtype
+from noisynets.rules import Rule, make_rule, uses_decorrelation
+from noisynets.traces import TraceWriter
+from noisynets.training import Diverged, EpochStats, epoch_stats, evaluate, fit
+
+RESULTS_FILE = "results.json"
+RUN_FILES = (RESULTS_FILE, "trace.h5", "trace.png", "learning_curve.png", MODEL_FILE,
+             CHECKPOINT_FILE)
+
+
+class DivergenceError(RuntimeError):
+    """A run stopped because its steps kept giving non-finite values (one-line message)."""
+
+
+@dataclass
+class RunResult:
+    """A finished (or interrupted) run: its resolved config and one ``EpochStats`` per epoch."""
+
+    config: TrainConfig
+    history: list[EpochStats] = field(default_factory=list)
+    initial: EpochStats | None = None
+    seconds: float = 0.0
+    out: str | None = None
+    device: str = "cpu"
+    precision: str = "float32"  # the difference and estimate products, as resolved
+    data_files: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else self.initial
+        return {
+            "algo": self.config.algo,
+            "dataset": self.config.dataset,
+            "epochs": len(self.history),
+            "test_accuracy": last.test_accuracy,
+            "test_loss": last.test_loss,
+            "train_loss": last.train_loss,
+            "initial_test_accuracy": self.initial.test_accuracy if self.initial else None,
+            "skipped_steps": sum(h.skipped_steps for h in self.history),
+            "seconds": round(self.seconds, 3),
+            "device": self.device,
+            "precision": self.precision,
+            "data_files": self.data_files,
+            "out": self.out,
+            "config": self.config.to_dict(),
+            "history": [asdict(h) for h in ([self.initial] if self.initial else [])
+                        + self.history],
+        }
+
+
+def choose_device(name: str) -> torch.device:
+    """``auto`` is CUDA when torch sees a GPU, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device 'cuda' is not available (this torch build sees no GPU): use --device cpu, "
+            "or install a CUDA build of torch (see the README)"
+        )
+    return torch.device(name)
+
+
+def build(config: TrainConfig, data: Dataset) -> tuple[Network, Rule, torch.optim.Optimizer]:
+    """The network, rule and optimizer a resolved ``config`` describes: the fully connected
+    stack of ``hidden`` (``arch = "mlp"``), the convolutional preset (``"conv"``), or the
+    user's own model (``model = "FILE.py:FUNCTION"``). Call ``torch.manual_seed`` first: a
+    user's model initialises itself from torch's global generator."""
+    if config.model is not None:
+        model: list[int] | torch.nn.Module = load_model(config.model)
+    elif config.arch == "conv":
+        with torch.random.fork_rng(devices=[]):  # the seed sets the weights, below
+            model = conv_net(data.input_shape, data.num_classes, config.unit, config.beta,
+                             config.threshold)
+        g = torch.Generator().manual_seed(config.seed)
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                he_normal(module, g)
+    else:
+        model = [data.num_features, *config.hidden, data.num_classes]
+    network = Network(
+        model,
+        unit=config.unit,
+        noise=make_noise(config.noise, config.noise_std),
+        both_noisy=config.both_noisy,
+        decorrelation=uses_decorrelation(config.algo),
+        decorrelation_lr=config.decor_lr,
+        decorrelation_fraction=config.decor_fraction,
+        time_steps=config.time_steps,
+        encoding=config.encoding,
+        loss=config.loss,
+        precision=config.precision,
+        beta=config.beta,
+        threshold=config.threshold,
+        threshold_noise=config.threshold_noise,
+        seed=config.seed,
+    )
+    rule = make_rule(config.algo, noise_samples=config.noise_samples)
+    rule.check(network)
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(network.trained_parameters(), lr=config.lr)
+    else:
+        optimizer = torch.optim.SGD(network.trained_parameters(), lr=config.lr)
+    return network, rule, optimizer
+
+
+def run_folder(config: TrainConfig, overwrite: bool = False) -> Path:
+    """``config.out``, or a new folder ``runs/<time>-<algo>-<dataset>``. A folder that holds
+    anything is refused unless ``overwrite``, which removes the files of an earlier run."""
+    if config.out is not None:
+        path = Path(config.out)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = f"{stamp}-{config.algo}-{config.dataset.partition(':')[0]}"
+        path = Path("runs") / name
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path("runs") / f"{name}-{n}"
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {str(path)!r} is a file: name a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"--out {str(path)!r} exists and is not empty: name another folder, add "
+                f"--overwrite to replace its run, or --resume {str(path)!r} to continue it")
+        for name in RUN_FILES:
+            (path / name).unlink(missing_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create run folder {str(path)!r}: {e.strerror}") from None
+    return path
+
+
+def train(
+    config: TrainConfig,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    overwrite: bool = False,
+) -> RunResult:
+    """The whole job: resolve ``config``, train, and write the run folder (module doc)."""
+    config = resolve(config)
+    return _run(config, run_folder(config, overwrite), None, progress, log)
+
+
+def resume(
+    folder: str | Path,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    threads: int | None = None,
+) -> RunResult:
+    """Continue the run in ``folder`` from its last checkpoint (from the start when it was
+    killed before its first one), with its own settings; ``threads`` may differ."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"--resume {str(folder)!r}: no such run folder")
+    checkpoint = None
+    if (folder / CHECKPOINT_FILE).exists():
+        checkpoint = load(folder / CHECKPOINT_FILE, "checkpoint")
+        fields = checkpoint["config"]
+    elif (folder / RESULTS_FILE).exists():
+        try:
+            fields = json.loads((folder / RESULTS_FILE).read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"--resume: {str(folder / RESULTS_FILE)!r} is damaged and there "
+                             "is no checkpoint: start the run again") from None
+    else:
+        raise ValueError(f"--resume {str(folder)!r}: it holds no run (no {CHECKPOINT_FILE}, no "
+                         f"{RESULTS_FILE})")
+    config = resolve(TrainConfig(**{**fields, "out": str(folder)}))
+    if threads is not None:
+        config = dataclasses.replace(config, threads=threads)
+    if checkpoint is None:
+        return _run(config, run_folder(config, overwrite=True), None, progress, log)
+    if checkpoint["epoch"] >= config.epochs and (folder / MODEL_FILE).exists():
+        raise ValueError(f"--resume {str(folder)!r}: the run finished all {config.epochs} "
+                         "epochs already")
+    return _run(config, folder, checkpoint, progress, log)
+
+
+def _run(
+    config: TrainConfig,
+    out: Path,
+    checkpoint: dict[str, Any] | None,
+    progress: bool,
+    log: Callable[[str], None] | None,
+) -> RunResult:
+    from noisynets.plots import learning_curve, trace_figure
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = choose_device(config.device)
+    data = load_dataset(config.dataset, config.data_root)
+    if config.standardize:
+        data = data.standardized()
+    torch.manual_seed(config.seed)
+    network, rule, optimizer = build(config, data)
+    network.to(device)
+    data = to_device(data, device)
+    precision = difference_dtype(config.precision, data.train_x.dtype, device)
+    result = RunResult(config=config, out=str(out), device=str(device),
+                       precision=str(precision).removeprefix("torch."), data_files=data.source)
+    shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
+    generator = torch.Generator().manual_seed(config.seed)  # the order of the data
+    start = time.perf_counter()
+    first_epoch, step = 1, 0
+    if checkpoint is not None:
+        network.load_state_dict(checkpoint["network"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_noise_states(network, checkpoint["noise"])
+        generator.set_state(checkpoint["data_order"])
+        result.initial = EpochStats(**checkpoint["initial"])
+        result.history = [EpochStats(**h) for h in checkpoint["history"]]
+        first_epoch, step = checkpoint["epoch"] + 1, checkpoint["step"]
+        start -= checkpoint["seconds"]
+    writer = probe_x = probe_y = None
+    if config.trace_every > 0:
+        if checkpoint is not None:
+            writer = TraceWriter.resume(out / "trace.h5", checkpoint["trace_records"],
+                                        1 + len(result.history))
+        else:
+            probe_index = torch.arange(min(config.trace_probe, data.train_x.shape[0]))
+            writer = TraceWriter(
+                out / "trace.h5", [s["units"] for s in shapes],
+                [layer.spiking for layer in network.layers], network.time_steps, probe_index,
+                attrs=trace_attributes(config, device, data.source),
+                layers=config.trace_layers, units=config.trace_units,
+                spike_events=config.spike_events, inputs=[s["inputs"] for s in shapes],
+                shapes=[(s["input_shape"], s["shape"]) for s in shapes],
+            )
+        index = torch.arange(writer.probe, device=device)
+        probe_x, probe_y = data.train_x[index], data.train_y[index]
+
+    def save_results() -> None:
+        text = json.dumps(strict_json(result.summary()), indent=2, allow_nan=False) + "\n"
+        (out / RESULTS_FILE).write_text(text)
+
+    def save_model() -> None:
+        if all(bool(torch.isfinite(p).all()) for p in network.parameters()):
+            save_atomic(model_state(network, config.to_dict()), out / MODEL_FILE)
+
+    def trace(step: int) -> None:
+        if writer is not None and step % config.trace_every == 0:
+            writer.append_record(step, probe_record(network, probe_x, probe_y))
+
+    def save_checkpoint(stats: EpochStats) -> None:
+        save_atomic({
+            "format": "noisynets-checkpoint", "version": 1, "config": config.to_dict(),
+            "epoch": stats.epoch, "step": stats.step, "seconds": stats.seconds,
+            "network": network.state_dict(), "optimizer": optimizer.state_dict(),
+            "noise": noise_states(network), "random": random_states(),
+            "data_order": generator.get_state(),
+            "initial": asdict(result.initial), "history": [asdict(h) for h in result.history],
+            "trace_records": 0 if writer is None else writer.records,
+        }, out / CHECKPOINT_FILE)
+        save_model()
+
+    emit = log or (lambda line: None)
+    emit(f"{config.algo} on {config.dataset}: {describe(network, shapes)}, "
+         f"{plural(config.epochs, 'epoch')}, batch {config.batch_size}, lr {config.lr:g}, "
+         f"noise {config.noise} {config.noise_std:g}, device {device}, run folder {out}")
+    emit(f"data: {data.source}")
+    if checkpoint is None:
+        train_split = (data.train_x, data.train_y)
+        probe = (data.train_x[: config.batch_size], data.train_y[: config.batch_size])
+        result.initial = epoch_stats(network, rule, (data.test_x, data.test_y), probe, 0,
+                                     start, train=train_split)
+        if writer is not None:
+            writer.append_metrics(asdict(result.initial))
+        trace(0)
+    else:
+        set_random_states(checkpoint["random"])
+        emit(f"continuing after epoch {checkpoint['epoch']} (step {step})")
+    emit(f"{'epoch':>5} {'train loss':>10} {'test loss':>9} {'test acc':>8} {'alignment':>9}")
+    for stats in [result.initial, *result.history]:
+        emit(_row(stats))
+
+    def on_epoch(stats: EpochStats) -> None:
+        result.history.append(stats)
+        result.seconds = time.perf_counter() - start
+        if writer is not None:
+            writer.append_metrics(asdict(stats))
+        save_results()
+        every = config.checkpoint_every
+        if every and (stats.epoch % every == 0 or stats.epoch == config.epochs):
+            save_checkpoint(stats)
+        line = _row(stats)
+        if progress:
+            tqdm.write(line, file=sys.stdout)
+        else:
+            emit(line)
+
+    try:
+        fit(network, rule, optimizer, data, config.epochs, config.batch_size, seed=config.seed,
+            progress=progress, on_epoch=on_epoch, on_step=trace, name=config.algo,
+            max_bad_steps=config.max_bad_steps, first_epoch=first_epoch, first_step=step,
+            generator=generator, start=start)
+        save_model()
+    except Diverged as e:
+        raise DivergenceError(
+            f"training diverged: {e}, so nothing was applied; lower --lr (now "
+            f"{config.lr:g}) or --noise-std (now {config.noise_std:g}). Everything up to "
+            f"the last good step is in {out}") from None
+    finally:
+        result.seconds = time.perf_counter() - start
+        save_results()
+        if result.history:
+            learning_curve(result, out / "learning_curve.png")
+        if writer is not None and writer.records:
+            trace_figure(writer.path, out / "trace.png")
+    return result
+
+
+def evaluate_run(
+    folder: str | Path, dataset: str | None = None, data_root: str | None = None
+) -> dict[str, Any]:
+    """Load the model of the run in ``folder`` and measure it on the test split of its data
+    set (or of ``dataset``): ``{"test_loss", "test_accuracy", "samples", "dataset", ...}``."""
+    folder = Path(folder)
+    state = load(folder / MODEL_FILE, "model")
+    config = resolve(TrainConfig(**{**state["config"], "out": str(folder)}))
+    if dataset is not None:
+        config = resolve(dataclasses.replace(config, dataset=dataset))
+    if data_root is not None:
+        config = dataclasses.replace(config, data_root=data_root)
+    device = choose_device(config.device)
+    data = load_dataset(config.dataset, config.data_root)
+    if config.standardize:
+        data = data.standardized()
+    torch.manual_seed(config.seed)
+    network, _, _ = build(config, data)
+    try:
+        network.load_state_dict(state["network"])
+    except RuntimeError as e:
+        raise ValueError(f"{str(folder / MODEL_FILE)!r} does not fit the network its config "
+                         f"describes ({str(e).splitlines()[0]})") from None
+    network.to(device)
+    data = to_device(data, device)
+    loss, accuracy = evaluate(network, data.test_x, data.test_y)
+    return {"run": str(folder), "dataset": config.dataset, "data_files": data.source,
+            "samples": int(data.test_x.shape[0]), "test_loss": loss, "test_accuracy": accuracy}
+
+
+def network_shapes(network: Network, x: Tensor, y: Tensor) -> list[dict[str, Any]]:
+    """Per layer: its (flattened) input and node counts, and one sample's input and node
+    shapes, from a clean forward of ``x`` that leaves the noise streams untouched."""
+    with torch.no_grad(), network.untouched_noise():
+        record = network.run(x, y, Passes.clean(network.num_layers))
+    return [dict(inputs=int(seen.shape[-1]), units=int(a.shape[-1]),
+                 input_shape=list(layer.in_shape), shape=list(layer.node_shape))
+            for layer, seen, a in zip(network.layers, record.inputs, record.activity)]
+
+
+def describe(network: Network, shapes: list[dict[str, Any]]) -> str:
+    """``[64, 1000, 10]`` for a dense stack; ``1x28x28 -> 16x28x28 -> ... -> 10`` else."""
+    if network.sizes is not None:
+        return str(network.sizes)
+    parts = [shapes[0]["input_shape"]] + [s["shape"] for s in shapes]
+    return " -> ".join("x".join(str(d) for d in shape) for shape in parts)
+
+
+def probe_record(network: Network, x: Tensor, y: Tensor) -> Record:
+    """A reference and a noisy pass of the probe samples, with spikes and membrane kept; the
+    noise streams are left as they were, so tracing does not change the run."""
+    with torch.no_grad(), network.untouched_noise():
+        passes = Passes.perturbed(network.num_layers, 1, network.both_noisy)
+        return network.run(x, y, passes, keep_states=True)
+
+
+def trace_attributes(config: TrainConfig, device: torch.device, data_files: str = ""
+                     ) -> dict[str, Any]:
+    """The attributes of a run's trace file (docs/traces.md, "Attributes")."""
+    import noisynets
+
+    return {
+        "noisynets_version": noisynets.__version__,
+        "torch_version": torch.__version__,
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": str(device),
+        "seed": config.seed,
+        "data_files": data_files,
+        "config": config.to_dict(),
+    }
+
+
+def to_device(data: Dataset, device: torch.device) -> Dataset:
+    """``data`` with its tensors on ``device`` and every sample in its ``input_shape``."""
+    shape = data.input_shape
+    return dataclasses.replace(
+        data,
+        train_x=data.train_x.to(device).view(-1, *shape), train_y=data.train_y.to(device),
+        test_x=data.test_x.to(device).view(-1, *shape), test_y=data.test_y.to(device),
+    )
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None``: strict JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def _row(stats: EpochStats) -> str:
+    mean_alignment = sum(stats.alignment) / len(stats.alignment)
+    test_loss = "-" if stats.test_loss is None else f"{stats.test_loss:.4f}"
+    accuracy = "-" if stats.test_accuracy is None else f"{stats.test_accuracy:.4f}"
+    return (f"{stats.epoch:>5} {stats.train_loss:>10.4f} {test_loss:>9} "
+            f"{accuracy:>8} {mean_alignment:>9.3f}")
