@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from noisynets.bench import add_arguments as add_bench_arguments
-from noisynets.config import DEVICES, OPTIMIZERS, TrainConfig, load_toml
+from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, TrainConfig, load_toml
 from noisynets.data import DATASETS, TEACHER_KEYS
 from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
@@ -50,38 +50,44 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def positive_int(text: str) -> int:
-    value = nonnegative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
+def integer(text: str, low: int) -> int:
+    """``text`` as an integer ``>= low`` and at most ``LARGEST``."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 0")
+    if not low <= value <= LARGEST:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer from {low} to "
+                                         f"{LARGEST:_}")
     return value
 
 
-def positive_float(text: str) -> float:
-    value = nonnegative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
+def positive_int(text: str) -> int:
+    return integer(text, 1)
 
 
-def nonnegative_float(text: str) -> float:
+def nonnegative_int(text: str) -> int:
+    return integer(text, 0)
+
+
+def number(text: str, positive: bool) -> float:
+    """``text`` as a finite number, ``> 0`` (``positive``) or ``>= 0``."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be a finite number {'> 0' if positive else '>= 0'}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return number(text, positive=True)
+
+
+def nonnegative_float(text: str) -> float:
+    return number(text, positive=False)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,6 +124,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="torch optimizer (adam)")
     p.add_argument("--loss", choices=tuple(LOSSES),
                    help="per-sample loss (ce; mse for the teacher's regression)")
+    p.add_argument("--val-fraction", type=nonnegative_float, metavar="F",
+                   help="hold out this share of the training set (the same samples every "
+                        "run) and measure every epoch on it; the test split only at the end "
+                        "(0: none, every epoch on the test split)")
     p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
                    help="shift and scale the inputs by the training set's mean and std "
                         "(default: on for --arch conv)")
@@ -202,7 +212,7 @@ def make_parser() -> Parser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults, then the TOML file, then the command line."""
-    fields = load_toml(args.config) if args.config else {}
+    fields = load_toml(args.config) if args.config is not None else {}
     for name in TrainConfig.__dataclass_fields__:
         value = getattr(args, name, None)
         if value is not None:

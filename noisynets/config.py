@@ -9,6 +9,7 @@ Configs load from TOML files whose keys are the field names.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from noisynets.rules import RULES
 from noisynets.units import UNITS
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+LARGEST = 10**9  # the largest count any setting takes (sizes, epochs, steps, samples)
+MAX_PARAMETERS = 2 * 10**9  # the largest dense network a run builds
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
@@ -60,6 +63,7 @@ class TrainConfig:
     threads: int | None = None
     data_root: str | None = None
     standardize: bool | None = None
+    val_fraction: float = 0.0
     out: str | None = None
     checkpoint_every: int = 1
     max_bad_steps: int = 10
@@ -132,20 +136,43 @@ UNIT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+MAX_CONFIG_BYTES = 1_000_000
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """The fields of a TOML config file (keys are ``TrainConfig`` field names)."""
+    """The fields of a TOML config file (keys are ``TrainConfig`` field names), checked: an
+    unknown key is named with the closest valid one, a value of the wrong type or range with
+    its key, each error with the file's name."""
+    where = f"config file {str(path)!r}"
     path = Path(path)
+    if not str(path).strip() or not path.exists():
+        raise ValueError(f"{where} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{where} is not a file")
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"config file {str(path)!r} does not exist") from None
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ValueError(f"{where} is larger than {MAX_CONFIG_BYTES:_} bytes: it is no "
+                             "noisynets config")
+        data = tomllib.loads(raw.decode("utf-8"))
+    except OSError as e:
+        raise ValueError(f"{where} cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"config file {str(path)!r}: unknown key(s) {', '.join(unknown)}")
+        raise ValueError(f"{where} is not valid TOML: {e}") from None
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"{where}: unknown key {key!r}{hint}; the keys are the long "
+                             "options of noisynets train with underscores")
+    try:
+        resolve(TrainConfig(**data))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     return data
 
 
@@ -204,9 +231,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     for name in ("epochs", "batch_size", "noise_samples", "time_steps", "trace_probe"):
         _positive_int(name, getattr(c, name))
     for name in ("trace_every", "trace_units", "checkpoint_every", "max_bad_steps"):
-        if isinstance(getattr(c, name), bool) or not isinstance(getattr(c, name), int) \
-                or getattr(c, name) < 0:
-            raise ValueError(f"{name} {getattr(c, name)!r} must be an integer >= 0")
+        _integer(name, getattr(c, name), 0)
     if c.trace_layers is not None:
         if not isinstance(c.trace_layers, (list, tuple)) or not c.trace_layers:
             raise ValueError(f"trace_layers {c.trace_layers!r} must be a list of layer numbers")
@@ -223,12 +248,25 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _nonnegative_float("threshold_noise", c.threshold_noise)
     if c.threshold_noise > 0 and c.unit != "lif":
         raise ValueError(f"threshold_noise {c.threshold_noise:g} needs --unit lif")
-    for name in ("both_noisy", "standardize"):
+    for name in ("both_noisy", "standardize", "spike_events"):
         if not isinstance(getattr(c, name), bool):
             raise ValueError(f"{name} {getattr(c, name)!r} must be true or false")
+    for name in ("out", "data_root", "model"):
+        value = getattr(c, name)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"{name} {value!r} must be a non-empty path")
+    if c.hidden is not None:
+        sizes = [1, *c.hidden, 1]
+        if sum(a * b for a, b in zip(sizes, sizes[1:])) > MAX_PARAMETERS:
+            raise ValueError(f"hidden {c.hidden} makes a network of more than "
+                             f"{MAX_PARAMETERS:_} weights: choose smaller layers")
     if not isinstance(c.noise, str):
         raise ValueError(f"noise {c.noise!r} must be a noise spec such as 'gaussian'")
     make_noise(c.noise, c.noise_std)  # raises on a bad spec
+    _nonnegative_float("val_fraction", c.val_fraction)
+    if c.val_fraction >= 1:
+        raise ValueError(f"val_fraction {c.val_fraction:g} must be in [0, 1): the share of the "
+                         "training set held out for validation")
     _positive_float("decor_fraction", c.decor_fraction)
     if c.decor_fraction > 1:
         raise ValueError(f"decor_fraction {c.decor_fraction} must be in (0, 1]")
@@ -236,9 +274,19 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"beta {c.beta} must be in (0, 1]")
     if c.threads is not None:
         _positive_int("threads", c.threads)
-    if isinstance(c.seed, bool) or not isinstance(c.seed, int) or c.seed < 0:
-        raise ValueError(f"seed {c.seed!r} must be an integer >= 0")
+    _integer("seed", c.seed, 0)
+    if c.model is not None:
+        c.model = absolute_model(c.model)
     return c
+
+
+def absolute_model(spec: str) -> str:
+    """``FILE.py:FUNCTION`` with the file's absolute path, so a run's record finds it from
+    anywhere (``evaluate``, ``--resume``)."""
+    path, colon, function = spec.rpartition(":")
+    if not colon or not path:
+        return spec  # load_model says what is wrong with it
+    return f"{Path(path).expanduser().absolute()}:{function}"
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -246,19 +294,27 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
 
 
+def _integer(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= LARGEST:
+        raise ValueError(f"{name} {value!r} must be an integer from {low} to "
+                         f"{LARGEST:_}")
+
+
 def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} {value!r} must be a positive integer")
+    _integer(name, value, 1)
 
 
 def _positive_float(name: str, value: Any) -> None:
-    _nonnegative_float(name, value)
-    if value == 0:
-        raise ValueError(f"{name} {value!r} must be a positive, finite number")
+    _number(name, value, positive=True)
 
 
 def _nonnegative_float(name: str, value: Any) -> None:
+    _number(name, value, positive=False)
+
+
+def _number(name: str, value: Any, positive: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} {value!r} must be a number")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} {value!r} must be a finite number >= 0")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} {value!r} must be a finite number "
+                         f"{'> 0' if positive else '>= 0'}")

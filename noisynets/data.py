@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 import zlib
@@ -54,6 +55,7 @@ __all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "search_paths"]
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "teacher")
 
 ENV_VAR = "NOISYNETS_DATA"
+VALIDATION_SEED = 20231002  # fixes which training samples form the validation split
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")  # read at call time, so tests can monkeypatch it
 
 NUM_CLASSES = 10
@@ -84,12 +86,13 @@ _HOW_TO_GET = {
         "put your own copy of the four MNIST IDX files (train-images-idx3-ubyte, "
         "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, plain or .gz) "
         f"in ./data/mnist/ or in $NOISYNETS_DATA/mnist/ (set {ENV_VAR} to a folder holding "
-        "mnist/), or pass its folder as root"
+        "mnist/), or pass its folder with --data-root DIR (root= in Python)"
     ),
     "cifar10": (
         "unpack your own copy of cifar-10-python.tar.gz (the folder cifar-10-batches-py/ with "
         "data_batch_1..5 and test_batch) into ./data/cifar10/ or $NOISYNETS_DATA/cifar10/ "
-        f"(set {ENV_VAR} to a folder holding cifar10/), or pass its folder as root"
+        f"(set {ENV_VAR} to a folder holding cifar10/), or pass its folder with --data-root "
+        "DIR (root= in Python)"
     ),
 }
 
@@ -116,6 +119,14 @@ class Dataset:
     num_classes: int
     source: str
     task: str = "classification"
+    files: tuple[str, ...] = ()  # the files loaded (none for embedded or generated data)
+    val_x: torch.Tensor | None = None  # a validation split of the training set, if made
+    val_y: torch.Tensor | None = None
+
+    @property
+    def origin(self) -> str:
+        """Where the data came from, in a line: its files, or ``embedded`` / the generator."""
+        return ", ".join(self.files) if self.files else self.source
 
     @property
     def num_features(self) -> int:
@@ -128,12 +139,28 @@ class Dataset:
         shape = tuple(self.image_shape)
         return (1, *shape) if len(shape) == 2 else shape
 
+    def with_validation(self, fraction: float) -> Dataset:
+        """``ceil(fraction * n)`` training samples set aside as the validation split: the same
+        ones for every run of this data set (a permutation from the fixed seed
+        ``VALIDATION_SEED``), so that settings are chosen on them and the test split is
+        touched once, at the end."""
+        n = int(self.train_x.shape[0])
+        count = math.ceil(fraction * n)
+        if not 0 < count < n:
+            raise DataError(f"a validation share of {fraction:g} of {n} training samples "
+                            f"leaves {n - count} to train on: choose a share in (0, 1)")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+        kept, held = order[: n - count].sort().values, order[n - count:].sort().values
+        return replace(self, train_x=self.train_x[kept], train_y=self.train_y[kept],
+                       val_x=self.train_x[held], val_y=self.train_y[held])
+
     def standardized(self) -> Dataset:
         """The inputs shifted and scaled by the training set's mean and standard deviation
         (one number each, over every sample and feature)."""
         mean, std = self.train_x.mean(), self.train_x.std()
+        val_x = None if self.val_x is None else (self.val_x - mean) / std
         return replace(self, train_x=(self.train_x - mean) / std,
-                       test_x=(self.test_x - mean) / std)
+                       test_x=(self.test_x - mean) / std, val_x=val_x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,8 +231,21 @@ def _present(folder: Path, filename: str) -> Path | None:
 
 
 def _find_place(name: str, root: str | os.PathLike[str] | None) -> Path:
-    """The first folder holding any of the data set's files; it must hold all of them."""
+    """The first folder holding any of the data set's files; it must hold all of them. An
+    explicit ``root`` must exist and hold the data set: it is never passed over."""
     expected = _expected_files(name)
+    if root is not None:
+        base = Path(root).expanduser()
+        if not base.is_dir():
+            raise DataError(f"--data-root {str(root)!r} is not a folder: give the folder that "
+                            f"holds the {name} files")
+        for folder in _candidate_dirs(name, base) + _candidate_dirs(name, base / name):
+            if any(_present(folder, f) is not None for f in expected):
+                break
+        else:
+            raise DataError(
+                f"--data-root {str(root)!r} holds no {name} files (looked in {base} and "
+                f"{base / name} for {', '.join(expected)}, plain or .gz)")
     for place in search_paths(name, root):
         for folder in _candidate_dirs(name, place):
             missing = [f for f in expected if _present(folder, f) is None]
@@ -302,6 +342,7 @@ def _load_idx_dataset(name: str, folder: Path) -> Dataset:
         image_shape=tuple(int(d) for d in train_images.shape[1:]),
         num_classes=NUM_CLASSES,
         source=str(folder),
+        files=tuple(str(_present(folder, f)) for f in IDX_FILES),
     )
 
 
@@ -400,6 +441,7 @@ def _load_cifar10(folder: Path) -> Dataset:
         image_shape=CIFAR_IMAGE_SHAPE,
         num_classes=NUM_CLASSES,
         source=str(folder),
+        files=tuple(str(folder / n) for n in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH)),
     )
 
 

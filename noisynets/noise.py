@@ -577,6 +577,9 @@ def _component(spec: str, text: str, std: float) -> NoiseSource:
                 kwargs[key] = float(value)
             except ValueError:
                 raise bad(f"{key}={value!r} in {name} is not a number") from None
+            if key in ("std", "scale") and kwargs[key] == 0:
+                raise bad(f"{key}=0 in {name} injects no noise, and no rule can learn from "
+                          f"no perturbation: give {key} > 0")
     if "std" not in kwargs and "scale" not in kwargs:
         kwargs["std"] = std
     try:

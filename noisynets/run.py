@@ -87,6 +87,8 @@ class RunResult:
             "test_accuracy": last.test_accuracy,
             "test_loss": last.test_loss,
             "train_loss": last.train_loss,
+            "val_accuracy": last.val_accuracy,
+            "val_loss": last.val_loss,
             "initial_test_accuracy": self.initial.test_accuracy if self.initial else None,
             "skipped_steps": sum(h.skipped_steps for h in self.history),
             "seconds": round(self.seconds, 3),
@@ -243,15 +245,18 @@ def _run(
         torch.set_num_threads(config.threads)
     device = choose_device(config.device)
     data = load_dataset(config.dataset, config.data_root)
+    if config.val_fraction > 0:
+        data = data.with_validation(config.val_fraction)
     if config.standardize:
         data = data.standardized()
     torch.manual_seed(config.seed)
     network, rule, optimizer = build(config, data)
     network.to(device)
     data = to_device(data, device)
+    validation = None if data.val_x is None else (data.val_x, data.val_y)
     precision = difference_dtype(config.precision, data.train_x.dtype, device)
     result = RunResult(config=config, out=str(out), device=str(device),
-                       precision=str(precision).removeprefix("torch."), data_files=data.source)
+                       precision=str(precision).removeprefix("torch."), data_files=data.origin)
     shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
     generator = torch.Generator().manual_seed(config.seed)  # the order of the data
     start = time.perf_counter()
@@ -275,7 +280,7 @@ def _run(
             writer = TraceWriter(
                 out / "trace.h5", [s["units"] for s in shapes],
                 [layer.spiking for layer in network.layers], network.time_steps, probe_index,
-                attrs=trace_attributes(config, device, data.source),
+                attrs=trace_attributes(config, device, data.origin),
                 layers=config.trace_layers, units=config.trace_units,
                 spike_events=config.spike_events, inputs=[s["inputs"] for s in shapes],
                 shapes=[(s["input_shape"], s["shape"]) for s in shapes],
@@ -311,19 +316,23 @@ def _run(
     emit(f"{config.algo} on {config.dataset}: {describe(network, shapes)}, "
          f"{plural(config.epochs, 'epoch')}, batch {config.batch_size}, lr {config.lr:g}, "
          f"noise {config.noise} {config.noise_std:g}, device {device}, run folder {out}")
-    emit(f"data: {data.source}")
+    emit(f"data: {data.origin}")
     if checkpoint is None:
         train_split = (data.train_x, data.train_y)
         probe = (data.train_x[: config.batch_size], data.train_y[: config.batch_size])
         result.initial = epoch_stats(network, rule, (data.test_x, data.test_y), probe, 0,
-                                     start, train=train_split)
+                                     start, train=train_split, validation=validation,
+                                     final=False)
         if writer is not None:
             writer.append_metrics(asdict(result.initial))
         trace(0)
     else:
         set_random_states(checkpoint["random"])
         emit(f"continuing after epoch {checkpoint['epoch']} (step {step})")
-    emit(f"{'epoch':>5} {'train loss':>10} {'test loss':>9} {'test acc':>8} {'alignment':>9}")
+    split = "val" if validation is not None else "test"
+    emit(f"{'epoch':>5} {'train loss':>10} {split + ' loss':>9} {split + ' acc':>8} "
+         f"{'alignment':>9}" + ("   (test split: after the last epoch)" if validation
+                                is not None else ""))
     for stats in [result.initial, *result.history]:
         emit(_row(stats))
 
@@ -337,6 +346,9 @@ def _run(
         if every and (stats.epoch % every == 0 or stats.epoch == config.epochs):
             save_checkpoint(stats)
         line = _row(stats)
+        if validation is not None and stats.test_loss is not None:
+            line += f"   test loss {stats.test_loss:.4f}" + (
+                "" if stats.test_accuracy is None else f", test acc {stats.test_accuracy:.4f}")
         if progress:
             tqdm.write(line, file=sys.stdout)
         else:
@@ -389,7 +401,7 @@ def evaluate_run(
     network.to(device)
     data = to_device(data, device)
     loss, accuracy = evaluate(network, data.test_x, data.test_y)
-    return {"run": str(folder), "dataset": config.dataset, "data_files": data.source,
+    return {"run": str(folder), "dataset": config.dataset, "data_files": data.origin,
             "samples": int(data.test_x.shape[0]), "test_loss": loss, "test_accuracy": accuracy}
 
 
@@ -438,10 +450,13 @@ def trace_attributes(config: TrainConfig, device: torch.device, data_files: str 
 def to_device(data: Dataset, device: torch.device) -> Dataset:
     """``data`` with its tensors on ``device`` and every sample in its ``input_shape``."""
     shape = data.input_shape
+    validation = {} if data.val_x is None else dict(
+        val_x=data.val_x.to(device).view(-1, *shape), val_y=data.val_y.to(device))
     return dataclasses.replace(
         data,
         train_x=data.train_x.to(device).view(-1, *shape), train_y=data.train_y.to(device),
         test_x=data.test_x.to(device).view(-1, *shape), test_y=data.test_y.to(device),
+        **validation,
     )
 
 
@@ -462,8 +477,12 @@ def strict_json(value: Any) -> Any:
 
 
 def _row(stats: EpochStats) -> str:
+    """An epoch's line of the table: the validation split's numbers where there is one."""
     mean_alignment = sum(stats.alignment) / len(stats.alignment)
-    test_loss = "-" if stats.test_loss is None else f"{stats.test_loss:.4f}"
-    accuracy = "-" if stats.test_accuracy is None else f"{stats.test_accuracy:.4f}"
+    validating = stats.val_loss is not None
+    loss = stats.val_loss if validating else stats.test_loss
+    acc = stats.val_accuracy if validating else stats.test_accuracy
+    test_loss = "-" if loss is None else f"{loss:.4f}"
+    accuracy = "-" if acc is None else f"{acc:.4f}"
     return (f"{stats.epoch:>5} {stats.train_loss:>10.4f} {test_loss:>9} "
             f"{accuracy:>8} {mean_alignment:>9.3f}")

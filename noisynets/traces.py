@@ -635,7 +635,7 @@ def _which(which: str) -> str:
 
 # The metrics of every evaluation, in the order ``inspect`` and the CSV export show them.
 SCALAR_METRICS = ("epoch", "step", "test_accuracy", "train_loss", "test_loss", "seconds",
-                  "zero_change_fraction", "skipped_steps")
+                  "zero_change_fraction", "skipped_steps", "val_loss", "val_accuracy")
 # The per-layer metrics, stored as ``<name>_layer_<k>``.
 LAYER_METRICS = ("alignment", "decorrelation", "estimate_norm")
 

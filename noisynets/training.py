@@ -47,6 +47,8 @@ class EpochStats:
     zero_change_fraction: float
     seconds: float
     skipped_steps: int = 0  # steps skipped for a non-finite value (the divergence guard)
+    val_loss: float | None = None  # on the validation split, where there is one
+    val_accuracy: float | None = None
 
 
 def train_step(
@@ -256,6 +258,7 @@ def fit(
     first_step: int = 0,
     generator: torch.Generator | None = None,
     start: float | None = None,
+    validation: tuple[Tensor, Tensor] | None = None,
 ) -> list[EpochStats]:
     """Train for ``epochs`` epochs on ``train`` and measure after every epoch.
 
@@ -270,11 +273,15 @@ def fit(
     ``max_bad_steps > 0`` guards against divergence: a step whose loss, activity or estimate
     is not finite is skipped (nothing applied; it costs one host sync per step) and counted in
     the epoch's ``skipped_steps``; that many bad steps in a row raise ``Diverged``.
-    ``first_epoch``, ``first_step``, ``generator`` and ``start`` continue a run."""
+    ``first_epoch``, ``first_step``, ``generator`` and ``start`` continue a run. With a
+    ``validation`` split (a noisynets ``Dataset`` brings its own) every epoch is measured on
+    it, and ``test`` only after the last epoch."""
     device = next(network.parameters()).device
     tensors = as_tensors(train)
     if batch_size is None and not isinstance(train, torch.utils.data.DataLoader):
         raise ValueError("give batch_size: the data is not a DataLoader with batches of its own")
+    if isinstance(train, Dataset) and validation is None and train.val_x is not None:
+        validation = (train.val_x, train.val_y)
     if test is None and isinstance(train, Dataset):
         test = (train.test_x, train.test_y)
     elif isinstance(test, Dataset):
@@ -321,7 +328,8 @@ def fit(
                     on_step(step)
                 bar.update()
             stats = epoch_stats(network, rule, test, probe, epoch, start,
-                                train_loss=loss_sum.item() / max(1, samples), step=step)
+                                train_loss=loss_sum.item() / max(1, samples), step=step,
+                                validation=validation, final=epoch == epochs)
             stats.skipped_steps = skipped
             history.append(stats)
             if on_epoch is not None:
@@ -341,21 +349,28 @@ def epoch_stats(
     train_loss: float | None = None,
     step: int = 0,
     train: tuple[Tensor, Tensor] | None = None,
+    validation: tuple[Tensor, Tensor] | None = None,
+    final: bool = True,
 ) -> EpochStats:
-    """Evaluate on ``test`` (loss and accuracy: None without it) and take the diagnostics on
-    the fixed training batch ``probe``; without ``train_loss``, measure it on ``train``."""
+    """Evaluate and take the diagnostics on the fixed training batch ``probe``; without
+    ``train_loss``, measure it on ``train``. With a ``validation`` split, that is evaluated
+    every time and ``test`` only when ``final``; without one, ``test`` every time (loss and
+    accuracy: None where not measured)."""
     with network.untouched_noise():
-        test_loss, test_accuracy = None, None
-        if isinstance(test, (tuple, list)):
-            test_loss, test_accuracy = evaluate(network, *test)
-        elif test is not None:
-            test_loss, test_accuracy = evaluate(network, test)
+        test_loss = test_accuracy = val_loss = val_accuracy = None
+        if validation is not None:
+            val_loss, val_accuracy = evaluate(network, *validation)
+        if test is not None and (validation is None or final):
+            both = isinstance(test, (tuple, list))
+            test_loss, test_accuracy = evaluate(network, *test) if both else evaluate(
+                network, test)
         if train_loss is None:
             train_loss, _ = evaluate(network, *(train if train is not None else probe))
         diag = diagnostics(network, rule, *probe)
     return EpochStats(
         epoch=epoch, step=step, train_loss=train_loss, test_loss=test_loss,
-        test_accuracy=test_accuracy, seconds=time.perf_counter() - start, **diag,
+        test_accuracy=test_accuracy, seconds=time.perf_counter() - start,
+        val_loss=val_loss, val_accuracy=val_accuracy, **diag,
     )
 
 

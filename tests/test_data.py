@@ -219,12 +219,20 @@ def test_search_order_root_env_cwd_system(isolated: Path, monkeypatch: pytest.Mo
     assert load_dataset("mnist").train_x.shape[0] == 13
 
 
-def test_empty_root_falls_through_to_next_place(isolated: Path, monkeypatch: pytest.MonkeyPatch):
+def test_an_explicit_root_without_the_files_is_an_error(isolated: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    """A root the user named is never passed over for another copy of the data."""
     write_idx_dataset(isolated / "env" / "mnist")
     monkeypatch.setenv("NOISYNETS_DATA", str(isolated / "env"))
     empty = isolated / "empty"
     empty.mkdir()
-    assert load_dataset("mnist", root=empty).source == str(isolated / "env" / "mnist")
+    with pytest.raises(DataError, match="--data-root .*empty.* holds no mnist files"):
+        load_dataset("mnist", root=empty)
+    with pytest.raises(DataError, match="--data-root .*nowhere.* is not a folder"):
+        load_dataset("mnist", root=isolated / "nowhere")
+    loaded = load_dataset("mnist", root=isolated / "env")
+    assert loaded.files[0] == str(isolated / "env" / "mnist" / "train-images-idx3-ubyte")
+    assert loaded.origin.count(", ") == 3  # the four IDX files it read
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,16 +282,16 @@ def test_missing_dataset_names_places_and_fix(
     isolated: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ):
     monkeypatch.setenv("NOISYNETS_DATA", str(isolated / "env"))
-    root = isolated / "explicit"
     with pytest.raises(DataError) as excinfo:
-        load_dataset(name, root=root)
-    places = search_paths(name, root=root)
-    assert len(places) == 5
+        load_dataset(name)
+    places = search_paths(name)
+    assert len(places) == 3
     message = assert_one_line_error(excinfo, name, *(str(p) for p in places))
     if name == "fashion-mnist":
         assert "apt-get install -y dataset-fashion-mnist" in message
     else:
         assert "NOISYNETS_DATA" in message and "./data/" in message
+        assert "--data-root DIR" in message
 
 
 def test_incomplete_folder(isolated: Path):

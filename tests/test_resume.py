@@ -184,3 +184,22 @@ def test_a_checkpoint_is_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_validation_split_is_measured_every_epoch_and_the_test_split_once(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--hidden", "32", "--epochs", "3", "--val-fraction", "0.2",
+                 "--trace-every", "0", "--out", str(out), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "val loss" in table and "test split: after the last epoch" in table
+    results = strict((out / "results.json").read_text())
+    history = results["history"]
+    assert all(h["val_accuracy"] is not None for h in history)
+    assert [h["test_accuracy"] is not None for h in history] == [False, False, False, True]
+    assert results["test_accuracy"] == history[-1]["test_accuracy"]
+    from noisynets.data import load_dataset
+
+    full = load_dataset("digits")
+    split = full.with_validation(0.2)
+    assert split.train_x.shape[0] + split.val_x.shape[0] == full.train_x.shape[0]
+    assert torch.equal(split.val_x, full.with_validation(0.2).val_x)  # the same every run
