@@ -289,7 +289,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     reader = TraceReader(args.file)
     out = Path(args.output) if args.output else reader.path.with_suffix(".png")
-    check_output(out)
+    check_output(out, reader.path)
     print(f"figure written to {trace_figure(reader, out)}")
     return 0
 
@@ -301,18 +301,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     reader = TraceReader(args.file)
     if args.format == "npz":
         out = Path(args.output) if args.output else reader.path.with_suffix(".npz")
-        check_output(out)
+        check_output(out, reader.path)
         export_npz(reader, out)
     else:  # export_csv creates the folder, or says why it cannot
         out = (Path(args.output) if args.output
                else reader.path.with_name(reader.path.stem + "_csv"))
+        check_output(out, reader.path, folder=True)
         export_csv(reader, out)
     print(f"{args.format} export written to {out}")
     return 0
 
 
-def check_output(out: Path) -> None:
-    """A ``ValueError`` unless the file ``out`` (``-o`` of plot and export) can be written."""
+def check_output(out: Path, source: Path, folder: bool = False) -> None:
+    """A ``ValueError`` unless ``out`` (``-o`` of plot and export: a file, or a ``folder``)
+    can be written without touching the trace file ``source`` it is made from."""
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"output {str(out)!r} is the trace file it is made from: name "
+                         "another file")
+    if folder:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"output {str(out)!r} is a file: name a folder for the CSV files")
+        return
     if out.is_dir():
         raise ValueError(f"output {str(out)!r} is a folder: name a file")
     if not out.parent.is_dir():

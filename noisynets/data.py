@@ -40,6 +40,7 @@ import io
 import math
 import os
 import pickle
+import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -264,25 +265,54 @@ def _find_place(name: str, root: str | os.PathLike[str] | None) -> Path:
     )
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The (decompressed, for ``.gz``) contents of ``path``, or a DataError naming it."""
+MAX_FILE_BYTES = 4 * 2**30  # no data file of a supported data set is larger, unpacked
+
+
+def _read_bytes(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The (decompressed, for ``.gz``) contents of ``path``, or a DataError naming it. At most
+    ``limit`` bytes are unpacked (and one more, to tell a file that holds more): a small
+    compressed file cannot make the reader allocate more than its format allows."""
     try:
-        raw = path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
+            data = f.read(limit + 1)
     except OSError as exc:
+        if path.suffix == ".gz" and not isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise DataError(
+                f"{path} is not a valid gzip file ({exc or type(exc).__name__}); the file is "
+                "truncated or corrupt: replace it with a fresh copy") from None
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if path.suffix != ".gz":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
+    except (EOFError, zlib.error) as exc:
         raise DataError(
             f"{path} is not a valid gzip file ({exc or type(exc).__name__}); the file is "
             "truncated or corrupt: replace it with a fresh copy"
         ) from None
+    if len(data) > limit:
+        raise DataError(f"{path} holds more than {limit:_} bytes (unpacked), more than its "
+                        "format says: the file is corrupt or not what its name says")
+    return data
 
 
 # --------------------------------------------------------------------------------------------
 # IDX (MNIST, Fashion-MNIST)
+
+
+def _idx_size(path: Path, ndim: int) -> int:
+    """The size an IDX file of ``ndim`` dimensions declares in its header (its first
+    ``4 + 4 ndim`` bytes, read alone) -- a DataError if that is beyond ``MAX_FILE_BYTES``; a
+    short or garbled header gives the header's size, and ``_parse_idx`` names the problem."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
+            head = f.read(4 + 4 * ndim)
+    except (OSError, EOFError, zlib.error):
+        return 4 + 4 * ndim  # unreadable: _read_bytes says why
+    if len(head) < 4 + 4 * ndim:
+        return 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", head[4:4 + 4 * ndim])
+    size = 4 + 4 * ndim + math.prod(dims)
+    if size > MAX_FILE_BYTES:
+        raise DataError(f"{path}'s IDX header declares {dims}, {size:_} bytes: no such data "
+                        "set exists; the file is corrupt: replace it with a fresh copy")
+    return size
 
 
 def _parse_idx(path: Path, data: bytes, ndim: int) -> np.ndarray:
@@ -301,7 +331,7 @@ def _parse_idx(path: Path, data: bytes, ndim: int) -> np.ndarray:
     if len(data) < header:
         raise DataError(f"{path} is {size}, too short for its IDX header; {fix}")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python integers: no overflow
     if len(data) != expected:
         raise DataError(f"{path} is {size} but its IDX header {dims} needs {expected}; {fix}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
@@ -312,8 +342,8 @@ def _idx_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     images_path = _present(folder, f"{prefix}-images-idx3-ubyte")
     labels_path = _present(folder, f"{prefix}-labels-idx1-ubyte")
     assert images_path is not None and labels_path is not None  # checked by _find_place
-    images = _parse_idx(images_path, _read_bytes(images_path), ndim=3)
-    labels = _parse_idx(labels_path, _read_bytes(labels_path), ndim=1)
+    images = _parse_idx(images_path, _read_bytes(images_path, _idx_size(images_path, 3)), 3)
+    labels = _parse_idx(labels_path, _read_bytes(labels_path, _idx_size(labels_path, 1)), 1)
     if images.shape[0] == 0 or 0 in images.shape[1:]:
         raise DataError(f"{images_path} holds no images (IDX dimensions {images.shape})")
     if labels.shape[0] != images.shape[0]:
@@ -407,9 +437,13 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"(n, {features}) uint8; {fix}"
         )
     try:
-        labels = np.asarray(labels, dtype=np.int64)
+        labels = np.asarray(labels)
     except (TypeError, ValueError, OverflowError):
-        raise DataError(f"{path} has labels that are not integers; {fix}") from None
+        labels = np.asarray([], dtype=object)
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise DataError(f"{path} has labels that are not a list of integers ({labels.dtype}); "
+                        f"{fix}")
+    labels = labels.astype(np.int64)
     if labels.shape != (images.shape[0],):
         raise DataError(f"{path} has {labels.size} labels for {images.shape[0]} images; {fix}")
     if images.shape[0] == 0:

@@ -345,14 +345,21 @@ class TraceReader:
         if not hdf5:
             raise ValueError(f"{name!r} is not an HDF5 file (a noisynets trace file is the "
                              "trace.h5 of a run folder)")
-        found, missing = self._with_file(lambda f: (f.attrs.get("format"), _missing(f)))
+        found, version, missing = self._with_file(
+            lambda f: (f.attrs.get("format"), f.attrs.get("format_version"), _missing(f)))
         if found != FORMAT:
             raise ValueError(f"{name!r} is not a noisynets trace file "
                              f"(its format attribute is {found!r})")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{name!r} is a trace file of format version {version!r}; this "
+                             f"noisynets reads version {FORMAT_VERSION}")
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise ValueError(f"{name!r} is not a whole noisynets trace file: it lacks "
                              f"{', '.join(missing[:3])}{more}")
+        problem = self._with_file(_structure_problem)
+        if problem:
+            raise ValueError(f"{name!r} is a damaged or foreign trace file: {problem}")
 
     def _with_file(self, read: Callable[[h5py.File], _T]) -> _T:
         """``read(f)`` on a fresh handle. While the writer is mid-append, the open or the read
@@ -365,6 +372,11 @@ class TraceReader:
                     return read(f)
             except FileNotFoundError:
                 raise ValueError(f"trace file {str(self.path)!r} does not exist") from None
+            except (AttributeError, IndexError, TypeError, ValueError) as e:
+                # Not a writer mid-append: objects of the wrong kind or shape in the file.
+                message = " ".join(str(e).split()).strip("\"'")
+                raise ValueError(f"cannot read trace file {str(self.path)!r}: it is damaged "
+                                 f"({type(e).__name__}: {message})") from None
             except (OSError, KeyError, RuntimeError) as e:
                 if attempt == _READ_TRIES - 1:
                     message = " ".join(str(e).split()).strip("\"'")
@@ -578,6 +590,75 @@ def _missing(f: h5py.File) -> list[str]:
             if "<name>" not in name and name not in f:
                 missing.append(name)
     return missing
+
+
+MAX_DATASET_BYTES = 4 * 2**30  # a dataset that declares more is not one noisynets wrote
+_KINDS = {"float64": "f", "float32": "f", "int64": "i", "int32": "i", "uint8": "u"}
+
+
+def _structure_problem(f: h5py.File) -> str | None:
+    """What in ``f`` contradicts ``SCHEMA`` -- an object that is not a dataset, a wrong
+    dtype, rank or size along a fixed axis, an index out of its layer, an absurd declared
+    size -- or None. Checked before anything is read, so that a crafted file cannot make a
+    reader allocate what it declares."""
+    traces = f["traces"]
+    index = traces.get("probe_index")
+    if not isinstance(index, h5py.Dataset) or index.ndim != 1:
+        return "/traces/probe_index is not a list of samples"
+    sizes = {"probe": index.shape[0], "4": 4}
+    for path in _group_members(f):
+        obj = f.get(path)
+        pattern = _pattern(path)
+        spec = next(((shape, dtype) for p, shape, dtype, _ in SCHEMA if p == pattern), None)
+        if spec is None:
+            continue
+        if not isinstance(obj, h5py.Dataset):
+            return f"{path} is not a dataset"
+        axes = [a.strip() for a in spec[0].strip("()").split(",") if a.strip()]
+        if obj.ndim != len(axes):
+            return f"{path} has {obj.ndim} axes, the schema {len(axes)} {tuple(axes)}"
+        if obj.dtype.kind != _KINDS[spec[1]]:
+            return f"{path} holds {obj.dtype}, the schema {spec[1]}"
+        if obj.size * obj.dtype.itemsize > MAX_DATASET_BYTES:
+            return f"{path} declares {obj.size * obj.dtype.itemsize / 2**30:.0f} GiB"
+        layer = re.search(r"/layer_(\d+)/", path)
+        local = dict(sizes)
+        if layer:
+            group = traces[f"layer_{layer.group(1)}"]
+            for axis, index in (("units", "unit_index"), ("inputs", "input_index")):
+                if isinstance(group.get(index), h5py.Dataset) and group[index].ndim == 1:
+                    local[axis] = group[index].shape[0]
+        for axis, size in zip(axes, obj.shape):
+            if axis in local and size != local[axis]:
+                return f"{path} has {size} along {axis}, not {local[axis]}"
+        if path.endswith("unit_index") and layer:
+            attrs = traces[f"layer_{layer.group(1)}"].attrs
+            shape = attrs.get("shape")
+            if shape is not None and (np.ndim(shape) != 1 or
+                                      int(np.prod(shape)) != attrs.get("units")):
+                return f"layer {layer.group(1)}'s shape {shape!r} does not hold its units"
+        if path.endswith(("unit_index", "input_index")) and layer and obj.size:
+            limit = traces[f"layer_{layer.group(1)}"].attrs.get(
+                "units" if path.endswith("unit_index") else "inputs")
+            values = obj[:]
+            if not isinstance(limit, (int, np.integer)) or values.min() < 0 or \
+                    values.max() >= limit:
+                return f"{path} indexes beyond its layer's {limit!r}"
+    return None
+
+
+def _group_members(f: h5py.File) -> list[str]:
+    """The paths of every object under /metrics and /traces, datasets or not."""
+    found: list[str] = []
+    f.visit(lambda name: found.append("/" + name) if name.startswith(("metrics/", "traces/"))
+            else None)
+    return found
+
+
+def _pattern(path: str) -> str:
+    """``SCHEMA``'s name for ``path`` (``/traces/layer_<k>/input``)."""
+    pattern = re.sub(r"^/metrics/[^/]+$", "/metrics/<name>", path)
+    return re.sub(r"/layer_\d+/", "/layer_<k>/", pattern)
 
 
 def _rows(f: h5py.File, path: str, records: Any = slice(None)) -> np.ndarray:
