@@ -375,11 +375,12 @@ def _run(
     return result
 
 
-def evaluate_run(
+def load_network(
     folder: str | Path, dataset: str | None = None, data_root: str | None = None
-) -> dict[str, Any]:
-    """Load the model of the run in ``folder`` and measure it on the test split of its data
-    set (or of ``dataset``): ``{"test_loss", "test_accuracy", "samples", "dataset", ...}``."""
+) -> tuple[Network, TrainConfig, Dataset]:
+    """The trained network of the run in ``folder`` (its ``model.pt``, decorrelators included),
+    rebuilt from the run's config, on the run's device (CPU if it has no GPU now); with the
+    config and the data set (or ``dataset``) it was built for."""
     folder = Path(folder)
     state = load(folder / MODEL_FILE, "model")
     config = resolve(TrainConfig(**{**state["config"], "out": str(folder)}))
@@ -387,6 +388,8 @@ def evaluate_run(
         config = resolve(dataclasses.replace(config, dataset=dataset))
     if data_root is not None:
         config = dataclasses.replace(config, data_root=data_root)
+    if config.device == "cuda" and not torch.cuda.is_available():
+        config = dataclasses.replace(config, device="cpu")
     device = choose_device(config.device)
     data = load_dataset(config.dataset, config.data_root)
     if config.standardize:
@@ -398,8 +401,15 @@ def evaluate_run(
     except RuntimeError as e:
         raise ValueError(f"{str(folder / MODEL_FILE)!r} does not fit the network its config "
                          f"describes ({str(e).splitlines()[0]})") from None
-    network.to(device)
-    data = to_device(data, device)
+    return network.to(device), config, to_device(data, device)
+
+
+def evaluate_run(
+    folder: str | Path, dataset: str | None = None, data_root: str | None = None
+) -> dict[str, Any]:
+    """Load the model of the run in ``folder`` and measure it on the test split of its data
+    set (or of ``dataset``): ``{"test_loss", "test_accuracy", "samples", "dataset", ...}``."""
+    network, config, data = load_network(folder, dataset, data_root)
     loss, accuracy = evaluate(network, data.test_x, data.test_y)
     return {"run": str(folder), "dataset": config.dataset, "data_files": data.origin,
             "samples": int(data.test_x.shape[0]), "test_loss": loss, "test_accuracy": accuracy}

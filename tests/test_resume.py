@@ -98,6 +98,11 @@ def test_the_saved_model_loads_with_weights_only_and_evaluates_as_the_run_ended(
     assert any(k.endswith("decorrelator.R") for k in state["network"])
     report = evaluate_run(out)
     assert report["test_accuracy"] == result.history[-1].test_accuracy
+    from noisynets.run import load_network
+
+    network, _, data = load_network(out)
+    assert torch.equal(network.layers[0].decorrelator.R,
+                       state["network"]["layers.0.decorrelator.R"])
     assert report["test_loss"] == pytest.approx(result.history[-1].test_loss)
 
 
