@@ -53,7 +53,7 @@ from noisynets.network import Network, Passes, Record
 from noisynets.noise import make_noise
 from noisynets.precision import difference_dtype
 from noisynets.rules import Rule, make_rule, uses_decorrelation
-from noisynets.traces import TraceWriter
+from noisynets.traces import TraceWriter, flatten_metrics
 from noisynets.training import Diverged, EpochStats, epoch_stats, evaluate, fit
 
 RESULTS_FILE = "results.json"
@@ -277,6 +277,7 @@ def _run(
                                         1 + len(result.history))
         else:
             probe_index = torch.arange(min(config.trace_probe, data.train_x.shape[0]))
+            steps = config.epochs * math.ceil(data.train_x.shape[0] / config.batch_size)
             writer = TraceWriter(
                 out / "trace.h5", [s["units"] for s in shapes],
                 [layer.spiking for layer in network.layers], network.time_steps, probe_index,
@@ -284,6 +285,8 @@ def _run(
                 layers=config.trace_layers, units=config.trace_units,
                 spike_events=config.spike_events, inputs=[s["inputs"] for s in shapes],
                 shapes=[(s["input_shape"], s["shape"]) for s in shapes],
+                records=1 + steps // config.trace_every, evaluations=1 + config.epochs,
+                metrics=metric_names(network.num_layers),
             )
         index = torch.arange(writer.probe, device=device)
         probe_x, probe_y = data.train_x[index], data.train_y[index]
@@ -413,6 +416,14 @@ def evaluate_run(
     loss, accuracy = evaluate(network, data.test_x, data.test_y)
     return {"run": str(folder), "dataset": config.dataset, "data_files": data.origin,
             "samples": int(data.test_x.shape[0]), "test_loss": loss, "test_accuracy": accuracy}
+
+
+def metric_names(layers: int) -> list[str]:
+    """The names of an evaluation's metrics in the trace file, for ``layers`` layers."""
+    fields = {f.name: [0.0] * layers if f.name in ("alignment", "decorrelation",
+                                                   "estimate_norm") else 0.0
+              for f in dataclasses.fields(EpochStats)}
+    return list(flatten_metrics(fields))
 
 
 def network_shapes(network: Network, x: Tensor, y: Tensor) -> list[dict[str, Any]]:

@@ -54,7 +54,8 @@ import torch
 from noisynets.network import Record
 
 FORMAT = "noisynets-trace"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: resizable datasets, counted by their length (read, never written)
+READABLE_VERSIONS = (1, 2)
 
 # Every dataset a trace file can hold: (path, shape, dtype, when it is there).
 SCHEMA: tuple[tuple[str, str, str, str], ...] = (
@@ -75,6 +76,9 @@ SCHEMA: tuple[tuple[str, str, str, str], ...] = (
     ("/traces/layer_<k>/membrane_noisy", "(records, time, probe, units)", "float32",
      "spiking layers"),
     ("/traces/layer_<k>/spike_events", "(events, 4)", "int32", "spiking layers, if asked"),
+    ("/traces/layer_<k>/spike_event_count", "(1,)", "int64", "spiking layers, if asked"),
+    ("/count/records", "(1,)", "int64", "always"),
+    ("/count/evaluations", "(1,)", "int64", "always"),
 )
 
 # A read that meets a half-written file is tried this often, this many seconds apart.
@@ -104,7 +108,15 @@ def spread(count: int, limit: int | None, shape: Sequence[int] | None = None) ->
 
 
 class TraceWriter:
-    """Streams metrics and probe records of one run into an HDF5 file.
+    """Streams metrics and probe records of one run into an HDF5 file that survives any kill.
+
+    Every dataset is allocated in full when the file is made (``records`` records,
+    ``evaluations`` evaluations, contiguous, uncompressed), and the counts of complete records
+    and evaluations live in ``/count``. An append writes into space that already exists --
+    raw data only, no HDF5 metadata changes -- and raises its count last, so a run killed at any
+    moment, mid-write included, leaves a file whose structure is whole and whose counted
+    records are complete; a reader reads the counted rows only. A full disk shows when the
+    file is made, not in the middle of a run.
 
     Args:
         path: the file (created; an existing one is replaced).
@@ -122,6 +134,9 @@ class TraceWriter:
             of the layer before (a convolutional network, pooling in between).
         shapes: per layer ``(input_shape, node_shape)`` of one sample, stored as the layer's
             attributes ``input_shape`` and ``shape``; default the flat sizes.
+        records, evaluations: how many the file holds room for (a run knows: one record per
+            ``trace_every`` steps and step 0, one evaluation per epoch and epoch 0).
+        metrics: the names of the metrics of an evaluation (``metric_names``).
     """
 
     def __init__(
@@ -137,6 +152,9 @@ class TraceWriter:
         spike_events: bool = False,
         inputs: Sequence[int] | None = None,
         shapes: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
+        records: int = 1000,
+        evaluations: int = 1000,
+        metrics: Sequence[str] = (),
     ) -> None:
         self.path = Path(path)
         if inputs is None:
@@ -155,54 +173,77 @@ class TraceWriter:
         self.unit_index = {k: spread(sizes[k - 1], units, shapes[k - 1][1]) for k in self.layers}
         self.input_index = {k: spread(inputs[k - 1], units, shapes[k - 1][0])
                             for k in self.layers}
-        self.records = 0
+        self.records = self.evaluations = 0
+        self.capacity = int(records)
+        self.metrics = list(metrics)
+        self.events = {k: 0 for k in self.layers}
         probe = np.asarray(probe_index, dtype=np.int64)
         self.probe = len(probe)
-        with h5py.File(self.path, "w", locking=False) as f:
-            for key, value in attrs.items():
-                if isinstance(value, dict):
-                    value = json.dumps(value)
-                f.attrs[key] = str(value) if isinstance(value, str) else value
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs.setdefault("created", datetime.now(UTC).isoformat())
-            f.create_group("metrics")
-            traces = f.create_group("traces")
-            traces.create_dataset("probe_index", data=probe)
-            self._grow(traces, "step", (), np.int64)
-            self._grow(traces, "loss_clean", (self.probe,), np.float32)
-            self._grow(traces, "loss_noisy", (self.probe,), np.float32)
-            for k in self.layers:
-                g = traces.create_group(f"layer_{k}")
-                g.attrs["units"] = sizes[k - 1]
-                g.attrs["inputs"] = inputs[k - 1]
-                units, inputs_traced = len(self.unit_index[k]), len(self.input_index[k])
-                g.attrs["input_shape"] = np.asarray(shapes[k - 1][0], dtype=np.int64)
-                g.attrs["shape"] = np.asarray(shapes[k - 1][1], dtype=np.int64)
-                g.attrs["spiking"] = bool(self.spiking[k - 1])
-                g.create_dataset("unit_index", data=self.unit_index[k])
-                g.create_dataset("input_index", data=self.input_index[k])
-                self._grow(g, "input", (self.probe, inputs_traced), np.float32)
-                self._grow(g, "activity_clean", (self.probe, units), np.float32)
-                self._grow(g, "activity_noisy", (self.probe, units), np.float32)
-                if self.spiking[k - 1]:
-                    shape = (self.time_steps, self.probe, units)
-                    self._grow(g, "spikes", shape, np.uint8)
-                    self._grow(g, "spikes_noisy", shape, np.uint8)
-                    self._grow(g, "membrane", shape, np.float32)
-                    self._grow(g, "membrane_noisy", shape, np.float32)
-                    if spike_events:
-                        self._grow(g, "spike_events", (4,), np.int32, chunk_rows=4096)
+        try:
+            with h5py.File(self.path, "w", locking=False) as f:
+                for key, value in attrs.items():
+                    if isinstance(value, dict):
+                        value = json.dumps(value)
+                    f.attrs[key] = str(value) if isinstance(value, str) else value
+                f.attrs["format"] = FORMAT
+                f.attrs["format_version"] = FORMAT_VERSION
+                f.attrs.setdefault("created", datetime.now(UTC).isoformat())
+                count = f.create_group("count")
+                _fixed(count, "records", (1,), np.int64)
+                _fixed(count, "evaluations", (1,), np.int64)
+                count["records"][0] = count["evaluations"][0] = 0
+                group = f.create_group("metrics")
+                for name in self.metrics:
+                    _fixed(group, name, (int(evaluations),), np.float64)
+                traces = f.create_group("traces")
+                traces.create_dataset("probe_index", data=probe)
+                n = self.capacity
+                _fixed(traces, "step", (n,), np.int64)
+                _fixed(traces, "loss_clean", (n, self.probe), np.float32)
+                _fixed(traces, "loss_noisy", (n, self.probe), np.float32)
+                for k in self.layers:
+                    self._layer(traces, k, sizes[k - 1], inputs[k - 1], shapes[k - 1])
+        except OSError as e:
+            raise ValueError(f"cannot write trace file {str(self.path)!r}: "
+                             f"{e.strerror or e}") from None
+
+    def _layer(self, traces: h5py.Group, k: int, size: int, inputs: int,
+               shapes: tuple[Sequence[int], Sequence[int]]) -> None:
+        g = traces.create_group(f"layer_{k}")
+        g.attrs["units"] = size
+        g.attrs["inputs"] = inputs
+        g.attrs["input_shape"] = np.asarray(shapes[0], dtype=np.int64)
+        g.attrs["shape"] = np.asarray(shapes[1], dtype=np.int64)
+        g.attrs["spiking"] = bool(self.spiking[k - 1])
+        g.create_dataset("unit_index", data=self.unit_index[k])
+        g.create_dataset("input_index", data=self.input_index[k])
+        units, traced_inputs, n = len(self.unit_index[k]), len(self.input_index[k]), self.capacity
+        _fixed(g, "input", (n, self.probe, traced_inputs), np.float32)
+        _fixed(g, "activity_clean", (n, self.probe, units), np.float32)
+        _fixed(g, "activity_noisy", (n, self.probe, units), np.float32)
+        if self.spiking[k - 1]:
+            shape = (n, self.time_steps, self.probe, units)
+            _fixed(g, "spikes", shape, np.uint8)
+            _fixed(g, "spikes_noisy", shape, np.uint8)
+            _fixed(g, "membrane", shape, np.float32)
+            _fixed(g, "membrane_noisy", shape, np.float32)
+            if self.spike_events:  # room for every slot to spike
+                _fixed(g, "spike_events", (n * self.time_steps * self.probe * units, 4),
+                       np.int32)
+                _fixed(g, "spike_event_count", (1,), np.int64)
+                g["spike_event_count"][0] = 0
 
     @classmethod
     def resume(cls, path: str | Path, records: int, evaluations: int) -> TraceWriter:
-        """The writer of an existing file, cut back to its first ``records`` records and
-        ``evaluations`` evaluations (a run continued from a checkpoint rewrites what came
+        """The writer of an existing file, its counts set back to ``records`` records and
+        ``evaluations`` evaluations (a run continued from a checkpoint writes again what came
         after): nothing duplicated, nothing missing."""
         self = cls.__new__(cls)
         self.path = Path(path)
         try:
             with h5py.File(self.path, "r+", locking=False) as f:
+                if f.attrs.get("format_version") != FORMAT_VERSION or "count" not in f:
+                    raise ValueError("it is not of this noisynets' format")
                 traces = f["traces"]
                 self.layers = sorted(int(name.split("_")[1]) for name in traces
                                      if name.startswith("layer_"))
@@ -214,102 +255,130 @@ class TraceWriter:
                 self.unit_index = {k: traces[f"layer_{k}/unit_index"][:] for k in self.layers}
                 self.input_index = {k: traces[f"layer_{k}/input_index"][:] for k in self.layers}
                 self.probe = int(traces["probe_index"].shape[0])
-                if int(traces["step"].shape[0]) < records:
-                    raise ValueError(f"trace file {str(self.path)!r} holds fewer records than "
-                                     "its checkpoint says: it is not this run's")
-                for name in f["metrics"]:
-                    f["metrics"][name].resize(min(evaluations, f["metrics"][name].shape[0]),
-                                              axis=0)
-
-                def cut(name: str, obj: Any) -> None:
-                    if not isinstance(obj, h5py.Dataset) or obj.maxshape[0] is not None:
-                        return
-                    if name.endswith("spike_events"):
-                        kept = int((obj[:, 0] < records).sum()) if obj.shape[0] else 0
-                        obj.resize(kept, axis=0)
-                    elif obj.shape[0] > records:
-                        obj.resize(records, axis=0)
-
-                traces.visititems(cut)
+                self.capacity = int(traces["step"].shape[0])
+                self.metrics = list(f["metrics"])
+                if int(f["count/records"][0]) < records or \
+                        int(f["count/evaluations"][0]) < evaluations:
+                    raise ValueError("it holds fewer records or evaluations than the "
+                                     "checkpoint says: it is not this run's")
+                self.events = {}
+                for k in self.layers:
+                    group = traces[f"layer_{k}"]
+                    if "spike_event_count" in group:
+                        rows = group["spike_events"][: int(group["spike_event_count"][0])]
+                        self.events[k] = int((rows[:, 0] < records).sum())
+                        group["spike_event_count"][0] = self.events[k]
+                f["count/evaluations"][0] = evaluations
+                f["count/records"][0] = records
         except (OSError, KeyError) as e:
             raise ValueError(f"cannot continue trace file {str(self.path)!r}: {e}") from None
-        self.records = records
+        except ValueError as e:
+            raise ValueError(f"cannot continue trace file {str(self.path)!r}: {e}") from None
+        self.records, self.evaluations = records, evaluations
         return self
-
-    @staticmethod
-    def _grow(group: h5py.Group, name: str, row: tuple[int, ...], dtype: Any,
-              chunk_rows: int = 1) -> None:
-        group.create_dataset(
-            name, shape=(0, *row), maxshape=(None, *row), dtype=dtype,
-            chunks=(chunk_rows, *row) if row else (256,), compression="gzip",
-            compression_opts=4, shuffle=True,
-        )
 
     @contextmanager
     def _open(self) -> Iterator[h5py.File]:
-        f = h5py.File(self.path, "a", locking=False)
+        try:
+            f = h5py.File(self.path, "r+", locking=False)
+        except OSError as e:
+            raise ValueError(f"cannot write trace file {str(self.path)!r}: "
+                             f"{e.strerror or e}") from None
         try:
             yield f
             f.flush()
+        except OSError as e:  # a full disk, a vanished file
+            raise ValueError(f"cannot write trace file {str(self.path)!r}: "
+                             f"{e.strerror or e}; the records before are intact") from None
         finally:
             f.close()
 
-    @staticmethod
-    def _append(dataset: h5py.Dataset, rows: np.ndarray) -> None:
-        n = dataset.shape[0]
-        dataset.resize(n + rows.shape[0], axis=0)
-        dataset[n:] = rows
-
     def append_metrics(self, row: dict[str, float | Sequence[float]]) -> None:
-        """One evaluation: scalars, and per-layer lists stored as ``<name>_layer_<k>``."""
-        flat: dict[str, float] = {}
-        for name, value in row.items():
-            if isinstance(value, (list, tuple)):
-                flat.update({f"{name}_layer_{k + 1}": v for k, v in enumerate(value)})
-            else:
-                flat[name] = value
+        """One evaluation: scalars, and per-layer lists stored as ``<name>_layer_<k>`` (the
+        names given at creation; a missing value is NaN). The count rises last."""
+        flat = flatten_metrics(row)
         with self._open() as f:
             metrics = f["metrics"]
-            for name, value in flat.items():
-                if name not in metrics:
-                    metrics.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.float64,
-                                           chunks=(256,))
-                self._append(metrics[name], np.asarray([value], dtype=np.float64))
+            room = min((metrics[name].shape[0] for name in self.metrics), default=0)
+            if self.metrics and self.evaluations >= room:
+                raise ValueError(f"trace file {str(self.path)!r} has room for {room} "
+                                 "evaluations only")
+            for name in self.metrics:
+                value = flat.get(name)
+                metrics[name][self.evaluations] = np.nan if value is None else value
+            f.flush()
+            f["count/evaluations"][0] = self.evaluations + 1
+        self.evaluations += 1
 
     def append_record(self, step: int, record: Record) -> None:
         """One probe record: a forward of the probe set with a reference and a noisy pass,
-        run with ``keep_states=True``."""
+        run with ``keep_states=True``. Its data first, then its step, then the count."""
         def numpy(t: torch.Tensor, dtype: Any = np.float32) -> np.ndarray:
             return t.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
 
+        i = self.records
+        if i >= self.capacity:
+            raise ValueError(f"trace file {str(self.path)!r} has room for {self.capacity} "
+                             "records only")
         with self._open() as f:
             traces = f["traces"]
-            self._append(traces["loss_clean"], numpy(record.loss[0:1]))
-            self._append(traces["loss_noisy"], numpy(record.loss[1:2]))
+            traces["loss_clean"][i] = numpy(record.loss[0])
+            traces["loss_noisy"][i] = numpy(record.loss[1])
             for k in self.layers:
                 g = traces[f"layer_{k}"]
                 units = torch.as_tensor(self.unit_index[k], device=record.loss.device)
                 inputs = torch.as_tensor(self.input_index[k], device=record.loss.device)
                 activity = record.activity[k - 1].index_select(-1, units)
-                self._append(g["input"], numpy(record.inputs[k - 1].index_select(-1, inputs))[None])
-                self._append(g["activity_clean"], numpy(activity[0:1]))
-                self._append(g["activity_noisy"], numpy(activity[1:2]))
+                g["input"][i] = numpy(record.inputs[k - 1].index_select(-1, inputs))
+                g["activity_clean"][i] = numpy(activity[0])
+                g["activity_noisy"][i] = numpy(activity[1])
                 if not self.spiking[k - 1]:
                     continue
                 spikes = record.outputs[k - 1].index_select(-1, units)  # (T, P, B, units)
                 membrane = record.membrane[k - 1].index_select(-1, units)
-                self._append(g["spikes"], numpy(spikes[:, 0], np.uint8)[None])
-                self._append(g["spikes_noisy"], numpy(spikes[:, 1], np.uint8)[None])
-                self._append(g["membrane"], numpy(membrane[:, 0])[None])
-                self._append(g["membrane_noisy"], numpy(membrane[:, 1])[None])
+                g["spikes"][i] = numpy(spikes[:, 0], np.uint8)
+                g["spikes_noisy"][i] = numpy(spikes[:, 1], np.uint8)
+                g["membrane"][i] = numpy(membrane[:, 0])
+                g["membrane_noisy"][i] = numpy(membrane[:, 1])
                 if self.spike_events:
                     events = torch.nonzero(spikes[:, 0]).to("cpu").numpy().astype(np.int32)
                     events[:, 2] = self.unit_index[k][events[:, 2]]
-                    rows = np.column_stack([np.full(len(events), self.records, np.int32), events])
-                    self._append(g["spike_events"], rows.astype(np.int32))
-            # The step lands last: a record counts once all of its data is in the file.
-            self._append(traces["step"], np.asarray([step], dtype=np.int64))
+                    rows = np.column_stack([np.full(len(events), i, np.int32), events])
+                    start = self.events[k]
+                    if len(rows):
+                        g["spike_events"][start:start + len(rows)] = rows.astype(np.int32)
+                    self.events[k] = start + len(rows)
+            traces["step"][i] = step
+            f.flush()
+            for k in self.layers:  # the record is complete: its counts rise
+                if self.spike_events and self.spiking[k - 1]:
+                    traces[f"layer_{k}/spike_event_count"][0] = self.events[k]
+            f["count/records"][0] = i + 1
         self.records += 1
+
+
+def _fixed(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> None:
+    """A dataset of ``shape`` whose space is allocated now, contiguous: later writes into it
+    change raw data only, never the file's structure. Unwritten space is not filled (the file
+    system keeps it sparse) and is never read: counts say what holds data."""
+    space = h5py.h5s.create_simple(shape)
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    plist.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(np.dtype(dtype)), space,
+                    dcpl=plist)
+
+
+def flatten_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's values by metric name: a per-layer list ``alignment`` becomes
+    ``alignment_layer_1``, ``alignment_layer_2``, ..."""
+    flat: dict[str, Any] = {}
+    for name, value in row.items():
+        if isinstance(value, (list, tuple)):
+            flat.update({f"{name}_layer_{k + 1}": v for k, v in enumerate(value)})
+        else:
+            flat[name] = value
+    return flat
 
 
 class TraceReader:
@@ -350,9 +419,9 @@ class TraceReader:
         if found != FORMAT:
             raise ValueError(f"{name!r} is not a noisynets trace file "
                              f"(its format attribute is {found!r})")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(f"{name!r} is a trace file of format version {version!r}; this "
-                             f"noisynets reads version {FORMAT_VERSION}")
+                             f"noisynets reads versions {', '.join(map(str, READABLE_VERSIONS))}")
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise ValueError(f"{name!r} is not a whole noisynets trace file: it lacks "
@@ -401,7 +470,7 @@ class TraceReader:
         records and evaluations complete when the call starts, so that they fit together. Each
         dataset is read on its own: a short read is less likely to meet the writer."""
         records = slice(0, self.num_records)
-        evaluations = slice(0, min((len(m) for m in self.metrics().values()), default=0))
+        evaluations = slice(0, self._with_file(lambda f: _count(f, "evaluations")))
         first = {"records": records, "events": records, "evaluations": evaluations}
         return {p: self.read(p, first.get(_first_axis(p), slice(None))) for p in self.datasets()}
 
@@ -444,7 +513,7 @@ class TraceReader:
 
     @property
     def num_records(self) -> int:
-        return self._with_file(lambda f: int(f["traces/step"].shape[0]))
+        return self._with_file(lambda f: _count(f, "records"))
 
     def spiking(self, layer: int) -> bool:
         group = self.attributes().get(f"/traces/layer_{layer}")
@@ -584,7 +653,10 @@ def _missing(f: h5py.File) -> list[str]:
     where = {"always": ["layer_<k>"], "traced layers": list(layers),
              "spiking layers": [name for name, spiking in layers.items() if spiking]}
     missing = []
+    counted = f.attrs.get("format_version") != 1  # version 1 files have no /count
     for path, _, _, present in SCHEMA:
+        if path.startswith("/count/") and not counted:
+            continue
         for layer in where.get(present, []):  # "spiking layers, if asked": optional
             name = path.replace("layer_<k>", layer)
             if "<name>" not in name and name not in f:
@@ -644,14 +716,20 @@ def _structure_problem(f: h5py.File) -> str | None:
             if not isinstance(limit, (int, np.integer)) or values.min() < 0 or \
                     values.max() >= limit:
                 return f"{path} indexes beyond its layer's {limit!r}"
+    if "count" in f:
+        for what, room in (("records", f["traces/step"].shape[0]),
+                           ("evaluations", min((m.shape[0] for m in f["metrics"].values()),
+                                               default=0))):
+            if not 0 <= _count(f, what) <= room:
+                return f"it counts {_count(f, what)} {what} where it has room for {room}"
     return None
 
 
 def _group_members(f: h5py.File) -> list[str]:
-    """The paths of every object under /metrics and /traces, datasets or not."""
+    """The paths of every object under /metrics, /traces and /count, datasets or not."""
     found: list[str] = []
-    f.visit(lambda name: found.append("/" + name) if name.startswith(("metrics/", "traces/"))
-            else None)
+    f.visit(lambda name: found.append("/" + name)
+            if name.startswith(("metrics/", "traces/", "count/")) else None)
     return found
 
 
@@ -669,18 +747,29 @@ def _rows(f: h5py.File, path: str, records: Any = slice(None)) -> np.ndarray:
     d = f[path]
     axis = _first_axis(path)
     if axis == "evaluations":
-        return d[:min(m.shape[0] for m in f["metrics"].values())][records]
+        return d[:_count(f, "evaluations")][records]
     if axis not in ("records", "events"):
         return d[records]
-    n = f["traces/step"].shape[0]
+    n = _count(f, "records")
     if axis == "events":  # rows (record, time, sample, unit): the events of those records
-        events = d[:]
+        counter = path.rsplit("/", 1)[0] + "/spike_event_count"
+        events = d[: int(f[counter][0])] if counter in f else d[:]
         return events[np.isin(events[:, 0], np.arange(n)[records])]
     if isinstance(records, int):
         return d[range(n)[records]]
     if isinstance(records, slice):
         return d[slice(*records.indices(n))]
     return d[:n][records]
+
+
+def _count(f: h5py.File, what: str) -> int:
+    """Complete ``records`` or ``evaluations``: the writer's count (version 2), else the
+    length of ``/traces/step`` or of the shortest metric (version 1)."""
+    if "count" in f:
+        return int(f[f"count/{what}"][0])
+    if what == "records":
+        return int(f["traces/step"].shape[0])
+    return min((m.shape[0] for m in f["metrics"].values()), default=0)
 
 
 def _dataset_paths(f: h5py.File) -> list[str]:

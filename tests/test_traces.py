@@ -158,33 +158,55 @@ def conv_run(tmp_path_factory) -> Path:
 
 # --- a run killed, a run read while it writes -------------------------------------------------
 
-def test_sigkill_leaves_a_readable_file_of_complete_records(tmp_path, capsys):
-    path = tmp_path / "run" / "trace.h5"
-    proc = start_run(tmp_path / "run")
-    delay = random.uniform(0.2, 1.5)
+def killed_run(folder: Path, delay: float) -> Path:
+    """A run that writes a record every step (and the lif layer's spike events), killed
+    with SIGKILL ``delay`` seconds after its third record: wherever it was, writes included."""
+    path = folder / "trace.h5"
+    proc = start_run(folder)
     try:
         wait_for_records(proc, path, 3)
         time.sleep(delay)
         assert proc.poll() is None, f"the run finished within {delay:.2f} s: nothing to kill"
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait()
     finally:
         stop(proc)
     assert proc.returncode == -signal.SIGKILL
+    return path
+
+
+def assert_whole(path: Path, capsys) -> int:
+    """Plain h5py opens the file; every counted record is complete; the CLI reads it."""
     with h5py.File(path, "r") as f:  # plain h5py, file locking on: the file is whole
-        steps = f["traces/step"][:]
+        n = int(f["count/records"][0])
+        steps = f["traces/step"][:n]
         rows = {name: f[name].shape[0] for name in
                 {p.replace("<k>", str(k)) for p in PER_RECORD for k in (1, 2)} if name in f}
-    assert len(steps) >= 3, delay
-    short = {name: n for name, n in rows.items() if n < len(steps)}
-    assert not short, (f"killed after {delay:.2f} s: datasets with fewer rows than the "
-                       f"{len(steps)} steps: {short}")
-    assert len(rows) == 3 + 2 * 3  # step, two losses; per layer input and two activities
-    np.testing.assert_array_equal(steps, np.arange(len(steps)))
+        for name in rows:
+            f[name][:n]  # every counted row reads
+    assert n >= 3
+    assert not {name: r for name, r in rows.items() if r < n}
+    np.testing.assert_array_equal(steps, np.arange(n))
     out = run_cli(capsys, ["inspect", str(path)])
-    assert re.search(rf"^records\s+{len(steps)}\b", out, re.M), out
+    assert re.search(rf"^records\s+{n}\b", out, re.M), out
+    reader = TraceReader(path)
+    assert reader.activity(1, "clean").shape[0] == reader.num_records == n
+    return n
+
+
+def test_sigkill_leaves_a_readable_file_of_complete_records(tmp_path, capsys):
+    path = killed_run(tmp_path / "run", random.uniform(0.2, 1.5))
+    assert_whole(path, capsys)
     run_cli(capsys, ["plot", str(path)])
     assert path.with_suffix(".png").stat().st_size > 20_000
+
+
+@pytest.mark.slow
+def test_runs_killed_at_many_moments_leave_every_complete_record_readable(tmp_path, capsys):
+    """40 kills spread over a record's writing (a record every few ms): the file is whole
+    every time, mid-write or not."""
+    for k in range(40):
+        assert_whole(killed_run(tmp_path / f"run{k}", k * 0.0137), capsys)
 
 
 def test_a_reader_sees_the_records_grow_while_the_run_writes(tmp_path):
@@ -295,7 +317,7 @@ def test_inspect_prints_the_summary_and_final_metrics(rate_run, capsys):
     m = reader.metrics()
     assert re.search(rf"^records\s+{reader.num_records} \(steps 0\.\.{reader.steps()[-1]}\)",
                      out, re.M), out
-    assert "noisynets-trace, version 1" in out and "probe         16 samples" in out
+    assert "noisynets-trace, version 2" in out and "probe         16 samples" in out
     assert re.search(r"layer_1 +32 units, 64 inputs; traced 32 units, 64 inputs; not spiking",
                      out), out
     assert re.search(r"/traces/layer_1/activity_clean +\(\d+, 16, 32\) +float32", out), out
@@ -325,11 +347,11 @@ def test_inspect_and_plot_a_file_without_records_or_metrics(tmp_path, capsys):
 def test_a_half_written_evaluation_is_left_out(rate_run, tmp_path, capsys):
     path = tmp_path / "half.h5"
     path.write_bytes(rate_run.read_bytes())
-    with h5py.File(path, "a") as f:  # as if killed after the first metric of an evaluation
-        epoch = f["metrics/epoch"]
-        epoch.resize(epoch.shape[0] + 1, axis=0)
-        epoch[-1] = 99
     evaluations = TraceReader(rate_run).metrics()["epoch"].shape[0]
+    with h5py.File(path, "a") as f:  # as if killed after an evaluation's metrics, uncounted
+        f["count/evaluations"][0] = evaluations - 1
+        f["metrics/epoch"][evaluations - 1] = 99
+    evaluations -= 1
     out = run_cli(capsys, ["inspect", str(path)])
     assert f"the last of {evaluations} evaluations" in out and "epoch = 99" not in out
     run_cli(capsys, ["export", str(path), "--format", "npz", "-o", str(tmp_path / "h.npz")])
@@ -357,13 +379,15 @@ def test_export_npz_round_trips_every_dataset(run, request, tmp_path, capsys):
     path = request.getfixturevalue(run)
     out = tmp_path / "t.npz"
     run_cli(capsys, ["export", str(path), "--format", "npz", "-o", str(out)])
-    names = set(TraceReader(path).datasets())
+    reader = TraceReader(path)
+    names = set(reader.datasets())
+    counted = reader.arrays()  # the rows that hold data
     with np.load(out) as z, h5py.File(path, "r", locking=False) as f:
         assert set(z.files) == {n.lstrip("/").replace("/", "__") for n in names} | {"attrs"}
         for name in names:
             array = z[name.lstrip("/").replace("/", "__")]
             assert array.dtype == f[name].dtype
-            np.testing.assert_array_equal(array, f[name][:])
+            np.testing.assert_array_equal(array, counted[name])
         attrs = json.loads(z["attrs"].item())
     assert attrs["/"]["format"] == "noisynets-trace"
     assert attrs["/"]["config"]["hidden"] == [32]
@@ -425,25 +449,23 @@ def test_the_reader_returns_complete_records_and_evaluations_only(spiking_run, t
     records, evaluations = whole.num_records, len(whole.metrics()["epoch"])
     path = tmp_path / "half.h5"
     path.write_bytes(spiking_run.read_bytes())
-    with h5py.File(path, "a") as f:  # as if killed within a record and within an evaluation
-        for name in ("traces/loss_clean", "traces/layer_1/activity_noisy",
-                     "traces/layer_1/spike_events", "metrics/epoch"):
-            d = f[name]
-            d.resize(d.shape[0] + 1, axis=0)
-        f["traces/layer_1/spike_events"][-1] = [records, 0, 0, 0]
+    with h5py.File(path, "a") as f:  # as if killed after writing a record, before counting it
+        f["count/records"][0] = records - 1
+        f["count/evaluations"][0] = evaluations - 1
+    records, evaluations = records - 1, evaluations - 1
     reader = TraceReader(path)
-    assert reader.datasets()["/traces/loss_clean"][0] == (records + 1, 16)
+    assert reader.datasets()["/traces/loss_clean"][0] == (records + 1, 16)  # the room
     assert reader.loss("clean").shape == (records, 16)
     assert reader.activity(1, "noisy", -1).shape == (16, 32)
     assert {len(v) for v in reader.metrics().values()} == {evaluations}
     events = reader.read("/traces/layer_1/spike_events")
-    np.testing.assert_array_equal(events, whole.read("/traces/layer_1/spike_events"))
+    assert len(events) and events[:, 0].max() == records - 1  # the uncounted record's: out
     last = reader.read("traces/layer_1/spike_events", records=-1)
     assert len(last) and set(last[:, 0]) == {records - 1}
     arrays = reader.arrays()
     assert set(arrays) == set(reader.datasets())
-    for name, array in whole.arrays().items():
-        np.testing.assert_array_equal(arrays[name], array)
+    assert arrays["/traces/step"].shape == (records,)
+    assert arrays["/metrics/epoch"].shape == (evaluations,)
     with pytest.raises(KeyError, match="no dataset"):
         reader.read("/traces/layer_2/spikes")
 
