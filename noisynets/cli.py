@@ -7,6 +7,8 @@
 * ``noisynets export FILE --format {npz,csv} [-o OUT]``: the file's data for other tools
   (``export.export_npz``, ``export.export_csv``; docs/traces.md describes both layouts).
 * ``noisynets bench [--json]``: the step time, FLOPs and memory of every rule (``bench``).
+* ``noisynets sweep SWEEP.toml [--out DIR]``: every combination of a grid of settings, each an
+  ordinary run, on a local or a running Dask cluster (``sweep``).
 
 This module only parses the command line and calls the library. ``inspect``, ``plot`` and
 ``export`` read through ``traces.TraceReader``, so they also read a file whose run is still
@@ -207,6 +209,22 @@ def make_parser() -> Parser:
                           help="print the result as one JSON object")
     bench = sub.add_parser("bench", help="time a training step of every rule, in one run")
     add_bench_arguments(bench)
+    sweep = sub.add_parser("sweep", help="run every combination of a grid of settings")
+    sweep.add_argument("file", metavar="SWEEP.toml",
+                       help="a TOML file: [grid] (lists of values to combine) and [train] "
+                            "(settings all runs share), keys as in train --config")
+    sweep.add_argument("--out", metavar="DIR",
+                       help="folder of the sweep: a run folder per combination and the "
+                            "summary (default: runs/<SWEEP>); finished runs there are skipped")
+    sweep.add_argument("--workers", type=positive_int, metavar="N",
+                       help="runs at once on an embedded local Dask cluster (default: one per "
+                            "core, at most one per run; 1: in this process, no cluster)")
+    sweep.add_argument("--scheduler", metavar="ADDRESS",
+                       help="send the runs to the running Dask cluster at ADDRESS, e.g. "
+                            "tcp://10.0.0.5:8786 (dask-jobqueue, Kubernetes, a set of machines)")
+    sweep.add_argument("--json", action="store_true",
+                       help="print the result as one JSON object on the last line of stdout")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -350,8 +368,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from noisynets.sweep import as_dict, load_sweep, run_sweep
+
+    if args.scheduler is not None and args.workers is not None:
+        raise UsageError("--workers sizes the embedded local cluster; a running cluster "
+                         "(--scheduler) has its own workers: leave out one of them")
+    sweep = load_sweep(args.file)
+    out = args.out if args.out is not None else str(Path("runs") / Path(args.file).stem)
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    progress = not args.no_progress and sys.stderr.isatty()
+    result = run_sweep(sweep, out, workers=args.workers, scheduler=args.scheduler,
+                       progress=progress, log=log)
+    if args.json:
+        print(json.dumps(as_dict(result), allow_nan=False))
+    else:
+        print((Path(out) / "summary.md").read_text(), end="")
+        print(f"summary: {Path(out) / 'summary.md'}, {Path(out) / 'summary.csv'}, "
+              f"{Path(out) / 'summary.png'}")
+    if result.failed:
+        print(f"noisynets: {len(result.failed)} of {len(result.runs)} runs failed: "
+              + "; ".join(f"{r['name']}: {r['error']}" for r in result.failed), file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
-            "plot": cmd_plot, "export": cmd_export, "bench": cmd_bench}
+            "plot": cmd_plot, "export": cmd_export, "bench": cmd_bench, "sweep": cmd_sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

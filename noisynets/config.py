@@ -139,11 +139,10 @@ UNIT_PRESETS: dict[str, dict[str, Any]] = {
 MAX_CONFIG_BYTES = 1_000_000
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """The fields of a TOML config file (keys are ``TrainConfig`` field names), checked: an
-    unknown key is named with the closest valid one, a value of the wrong type or range with
-    its key, each error with the file's name."""
-    where = f"config file {str(path)!r}"
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The tables of a TOML file of at most ``MAX_CONFIG_BYTES``; a ``ValueError`` naming the
+    file says why it cannot be read."""
+    where = f"{what} {str(path)!r}"
     path = Path(path)
     if not str(path).strip() or not path.exists():
         raise ValueError(f"{where} does not exist")
@@ -154,21 +153,36 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             raw = f.read(MAX_CONFIG_BYTES + 1)
         if len(raw) > MAX_CONFIG_BYTES:
             raise ValueError(f"{where} is larger than {MAX_CONFIG_BYTES:_} bytes: it is no "
-                             "noisynets config")
-        data = tomllib.loads(raw.decode("utf-8"))
+                             f"noisynets {what.split()[0]}")
+        return tomllib.loads(raw.decode("utf-8"))
     except OSError as e:
         raise ValueError(f"{where} cannot be read: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{where} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{where} is not valid TOML: {e}") from None
+
+
+def check_keys(keys: Any, where: str) -> None:
+    """Every key must be a ``TrainConfig`` field: an unknown one is named with the closest
+    valid one."""
     names = [f.name for f in dataclasses.fields(TrainConfig)]
-    for key in data:
+    for key in keys:
         if key not in names:
-            close = difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.5)
+            close = difflib.get_close_matches(str(key).replace("-", "_"), names, n=1,
+                                              cutoff=0.5)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ValueError(f"{where}: unknown key {key!r}{hint}; the keys are the long "
                              "options of noisynets train with underscores")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """The fields of a TOML config file (keys are ``TrainConfig`` field names), checked: an
+    unknown key is named with the closest valid one, a value of the wrong type or range with
+    its key, each error with the file's name."""
+    where = f"config file {str(path)!r}"
+    data = read_toml(path)
+    check_keys(data, where)
     try:
         resolve(TrainConfig(**data))
     except ValueError as e:
