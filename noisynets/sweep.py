@@ -29,7 +29,8 @@ PBS, Kubernetes, a set of machines) -- and writes under ``out``:
 A run folder that holds a finished run of the same settings is skipped, one with a checkpoint
 is resumed from it (``noisynets.run.resume``), any other is started again: a killed sweep
 finishes only what is missing. A run that fails is reported with its error and the others go
-on. Unless ``[train]`` sets ``threads``, each run gets ``cores // runs at once`` torch threads
+on. Runs start seed by seed (every combination of the first seed, then of the next), so a
+sweep cut short holds whole seeds. Unless ``[train]`` sets ``threads``, each run gets ``cores // runs at once`` torch threads
 of its machine, so runs do not oversubscribe the cores.
 """
 
@@ -293,6 +294,8 @@ def run_sweep(
             records[run.name] = {"status": "skipped", "summary": summary}
     emit(f"sweep of {len(runs)} runs in {out}: {len(runs) - len(todo)} finished already, "
          f"{len(todo)} to run")
+    if "seed" in sweep.grid:  # seed by seed: a sweep cut short has whole seeds
+        todo.sort(key=lambda run: sweep.grid["seed"].index(run.values["seed"]))
     bar = tqdm(total=len(todo), disable=not progress, unit="run", desc="sweep", leave=False)
 
     def report(run: Run, record: dict[str, Any]) -> None:
