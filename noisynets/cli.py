@@ -169,6 +169,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="most units (and inputs) traced per layer, spread evenly (256; 0: all)")
     p.add_argument("--spike-events", action="store_true", default=None,
                    help="also store spikes as event lists (record, time, sample, unit)")
+    p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw learning_curve.png and trace.png at the end (on; --no-figures "
+                        "saves a second or two per run, e.g. in large sweeps)")
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object on the last line of stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -246,6 +249,7 @@ RESUME_OPTIONS = ("resume", "threads", "json", "no_progress", "config")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from noisynets.parallel import is_main_process
     from noisynets.run import plural, resume, strict_json, train
 
     progress = not args.no_progress and sys.stderr.isatty()
@@ -261,6 +265,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         result = train(config_from_args(args), progress=progress, log=log,
                        overwrite=args.overwrite)
+    if not is_main_process():  # data-parallel: rank 0 reports
+        return 0
     summary = result.summary()
     if args.json:
         print(json.dumps(strict_json(summary), allow_nan=False))

@@ -72,6 +72,7 @@ class TrainConfig:
     trace_layers: list[int] | None = None
     trace_units: int = 256
     spike_events: bool = False
+    figures: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -262,7 +263,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _nonnegative_float("threshold_noise", c.threshold_noise)
     if c.threshold_noise > 0 and c.unit != "lif":
         raise ValueError(f"threshold_noise {c.threshold_noise:g} needs --unit lif")
-    for name in ("both_noisy", "standardize", "spike_events"):
+    for name in ("both_noisy", "standardize", "spike_events", "figures"):
         if not isinstance(getattr(c, name), bool):
             raise ValueError(f"{name} {getattr(c, name)!r} must be true or false")
     for name in ("out", "data_root", "model"):

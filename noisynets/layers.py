@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import snntorch as snn
 import torch
@@ -42,6 +43,9 @@ from torch import Tensor, nn
 
 from noisynets.decorrelation import Decorrelator
 from noisynets.noise import NoiseSource
+
+if TYPE_CHECKING:
+    from noisynets.parallel import Shard
 
 WEIGHT_OPS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
@@ -128,17 +132,21 @@ class Layer(nn.Module):
         if hasattr(unit, "threshold_shift"):
             unit.threshold_shift = None
 
-    def apply_pre(self, h: Tensor, batch: int) -> Tensor:
+    def apply_pre(self, h: Tensor, batch: int, shard: Shard | None = None) -> Tensor:
         """``pre(h)``. Dropout draws one mask per sample and forward, the same in every pass
-        and time step (``h`` holds the passes stacked, ``batch`` rows each)."""
+        and time step (``h`` holds the passes stacked, ``batch`` rows each); with a ``shard``
+        the masks of the whole global batch, of which the rank keeps its ``batch`` rows."""
         for i, module in enumerate(self.pre):
             if isinstance(module, nn.Dropout):
                 if module.training and module.p > 0:
                     mask = self._masks.get(i)
                     if mask is None:
-                        keep = torch.full((batch, *h.shape[1:]), 1.0 - module.p,
+                        rows = batch if shard is None else shard.total
+                        keep = torch.full((rows, *h.shape[1:]), 1.0 - module.p,
                                           device=h.device, dtype=h.dtype)
                         mask = torch.bernoulli(keep) / (1.0 - module.p)
+                        if shard is not None:
+                            mask = shard.take(mask)
                         self._masks[i] = mask
                     h = h * mask.repeat(h.shape[0] // batch, *([1] * (h.dim() - 1)))
             else:

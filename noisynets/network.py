@@ -50,6 +50,7 @@ from noisynets.layers import WEIGHT_OPS, Layer
 from noisynets.losses import LOSSES
 from noisynets.models import he_normal, mlp
 from noisynets.noise import Gaussian, Logistic, NoiseSource, make_noise
+from noisynets.parallel import Shard, all_reduce_sum
 from noisynets.precision import PRECISIONS, difference_dtype
 from noisynets.units import ACTIVATIONS, LIF, StochasticBinary
 
@@ -240,6 +241,7 @@ class Network(nn.Module):
         self.time_steps = int(time_steps)
         self.encoding = encoding
         self.precision = precision
+        self.shard: Shard | None = None  # set by ``sharded``
 
     @property
     def num_layers(self) -> int:
@@ -248,6 +250,22 @@ class Network(nn.Module):
     @property
     def decorrelated(self) -> bool:
         return self.layers[0].decorrelator is not None
+
+    @contextmanager
+    def sharded(self, shard: Shard | None) -> Iterator[None]:
+        """Forwards and decorrelation updates inside run on this rank's ``shard`` of a global
+        batch (``noisynets.parallel``): ``x`` holds the rank's rows, every random draw is made
+        for the whole global batch and ``R`` learns from the global batch's rows. ``None``:
+        the whole batch, as always."""
+        previous, self.shard = self.shard, shard
+        try:
+            yield
+        finally:
+            self.shard = previous
+
+    def _draw(self, draw: Callable[[Tensor], Tensor], a: Tensor) -> Tensor:
+        """``draw(a)`` (noise, spikes): of the global batch, this rank's rows, when sharded."""
+        return draw(a) if self.shard is None else self.shard.drawn_globally(draw, a)
 
     def run(self, x: Tensor, y: Tensor, passes: Passes, keep_states: bool = False) -> Record:
         """The batched forward of ``passes.count`` passes of batch ``x`` with targets ``y``."""
@@ -294,7 +312,7 @@ class Network(nn.Module):
         first: tuple[Tensor, Tensor] | None = None
         try:
             for t in range(T):
-                h = spikegen.rate_conv(x) if self.encoding == "poisson" else x
+                h = self._draw(spikegen.rate_conv, x) if self.encoding == "poisson" else x
                 for k, layer in enumerate(self.layers):
                     if k == 0 and first is not None:
                         seen, current = first  # the same input at every step
@@ -302,8 +320,8 @@ class Network(nn.Module):
                         # Passes whose input differs from the reference pass's run as the
                         # reference plus a difference; the first layer's input is the same in
                         # every pass, so its product is computed once.
-                        seen, current = layer.drive(layer.apply_pre(h, B), B, P, changed[k],
-                                                    folded[k], low)
+                        seen, current = layer.drive(layer.apply_pre(h, B, self.shard), B, P,
+                                                    changed[k], folded[k], low)
                         if k == 0 and self.encoding == "current" and T > 1:
                             first = (seen, current)
                     start, stop = passes.noisy[k]
@@ -312,13 +330,13 @@ class Network(nn.Module):
                         if k == 0 and first is not None:
                             current = current.clone()  # the cached drive stays noise-free
                         noisy = slice(start * B, stop * B)
-                        eps = layer.noise(current[noisy])
+                        eps = self._draw(layer.noise, current[noisy])
                         current[noisy] += eps
                         if noise_out is not None:
                             noise_sum[k] = eps if t == 0 else noise_sum[k] + eps
                         if layer.threshold_noise is not None:
                             shift = torch.zeros_like(current)
-                            shift[noisy] = layer.threshold_noise(current[noisy])
+                            shift[noisy] = self._draw(layer.threshold_noise, current[noisy])
                     h = layer.fire(current, shift)
                     flat = current.reshape(P * B, -1)
                     reference = seen[:B].reshape(B, -1)
@@ -409,14 +427,31 @@ class Network(nn.Module):
 
         The correlation is estimated from the first ``ceil(fraction * B)`` samples of the batch
         (a random subsample when the batches are shuffled); a convolution uses all their
-        patches.
+        patches. Sharded, ``B`` is the global batch: each rank places the rows of its samples
+        among them at their place in zeros of the global row count, and a sum over the ranks
+        gathers them exactly (``noisynets.parallel``).
         """
         if not self.decorrelated:
             return
-        B = record.inputs[0].shape[0]
-        m = max(1, math.ceil(self.decorrelation_fraction * B))
+        T, shard = record.time_steps, self.shard
+        if shard is None:
+            m = max(1, math.ceil(self.decorrelation_fraction * record.inputs[0].shape[0]))
+            for layer, seen in zip(self.layers, record.inputs):
+                rows = layer.decorrelation_rows(seen[:m].detach() / T)
+                layer.decorrelator.update(rows, self.decorrelation_lr)
+            return
+        m = max(1, math.ceil(self.decorrelation_fraction * shard.total))
+        count = min(shard.size, max(0, m - shard.offset))  # the rank's samples among the m
+        gathered = []
         for layer, seen in zip(self.layers, record.inputs):
-            rows = layer.decorrelation_rows(seen[:m].detach() / record.time_steps)
+            local = layer.decorrelation_rows(seen[: max(1, count)].detach() / T)
+            per = local.shape[-2] // max(1, count)  # rows per sample: patches of a conv
+            rows = local.new_zeros(*local.shape[:-2], m * per, local.shape[-1])
+            start = shard.offset * per
+            rows[..., start : start + count * per, :] = local[..., : count * per, :]
+            gathered.append(rows)
+        all_reduce_sum(gathered, shard.world)
+        for layer, rows in zip(self.layers, gathered):
             layer.decorrelator.update(rows, self.decorrelation_lr)
 
     def set_gradients(self, grads: Sequence[tuple[Tensor, Tensor | None]]) -> None:

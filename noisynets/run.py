@@ -10,12 +10,18 @@ its run folder up to date:
 * ``checkpoint.pt`` -- every ``checkpoint_every`` epochs, what ``resume(folder)`` needs to
   continue exactly: a run killed at any moment and resumed ends with the metrics and trace
   file of the same run uninterrupted;
-* ``learning_curve.png`` and ``trace.png``.
+* ``learning_curve.png`` and ``trace.png`` (unless ``figures`` is off).
 
 An existing, non-empty folder is refused unless ``overwrite``. A step whose loss, activity or
 estimate is not finite is skipped and counted; ``max_bad_steps`` in a row stop the run with
 ``DivergenceError``, which names the layer and what to change, and everything written so far
 stays. ``evaluate_run(folder)`` loads a run's model and measures it on the test split.
+
+Started by ``torchrun`` (``WORLD_SIZE > 1``) the run is data-parallel (``noisynets.parallel``):
+every process loads the same data and seed and trains on its share of every batch, rank 0
+names the run folder and alone writes files and logs, and the run is the one-process run on
+the same batches. ``results.json`` records ``world_size``; a checkpoint resumes with any number
+of processes.
 """
 
 from __future__ import annotations
@@ -51,10 +57,18 @@ from noisynets.data import Dataset, load_dataset
 from noisynets.models import conv_net, he_normal, load_model
 from noisynets.network import Network, Passes, Record
 from noisynets.noise import make_noise
+from noisynets.parallel import World, decided_by_main, session
 from noisynets.precision import difference_dtype
 from noisynets.rules import Rule, make_rule, uses_decorrelation
 from noisynets.traces import TraceWriter, flatten_metrics
-from noisynets.training import Diverged, EpochStats, epoch_stats, evaluate, fit
+from noisynets.training import (
+    Diverged,
+    EpochStats,
+    check_shardable,
+    epoch_stats,
+    evaluate,
+    fit,
+)
 
 RESULTS_FILE = "results.json"
 RUN_FILES = (RESULTS_FILE, "trace.h5", "trace.png", "learning_curve.png", MODEL_FILE,
@@ -77,6 +91,7 @@ class RunResult:
     device: str = "cpu"
     precision: str = "float32"  # the difference and estimate products, as resolved
     data_files: str = ""
+    world_size: int = 1  # processes that trained it (data-parallel under torchrun)
 
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else self.initial
@@ -93,6 +108,7 @@ class RunResult:
             "skipped_steps": sum(h.skipped_steps for h in self.history),
             "seconds": round(self.seconds, 3),
             "device": self.device,
+            "world_size": self.world_size,
             "precision": self.precision,
             "data_files": self.data_files,
             "out": self.out,
@@ -194,7 +210,7 @@ def train(
 ) -> RunResult:
     """The whole job: resolve ``config``, train, and write the run folder (module doc)."""
     config = resolve(config)
-    return _run(config, run_folder(config, overwrite), None, progress, log)
+    return _start(config, lambda: run_folder(config, overwrite), None, progress, log)
 
 
 def resume(
@@ -225,11 +241,25 @@ def resume(
     if threads is not None:
         config = dataclasses.replace(config, threads=threads)
     if checkpoint is None:
-        return _run(config, run_folder(config, overwrite=True), None, progress, log)
+        return _start(config, lambda: run_folder(config, overwrite=True), None, progress, log)
     if checkpoint["epoch"] >= config.epochs and (folder / MODEL_FILE).exists():
         raise ValueError(f"--resume {str(folder)!r}: the run finished all {config.epochs} "
                          "epochs already")
-    return _run(config, folder, checkpoint, progress, log)
+    return _start(config, lambda: folder, checkpoint, progress, log)
+
+
+def _start(
+    config: TrainConfig,
+    folder: Callable[[], Path],
+    checkpoint: dict[str, Any] | None,
+    progress: bool,
+    log: Callable[[str], None] | None,
+) -> RunResult:
+    """``_run`` in the run folder ``folder()`` names; under torchrun in every process, with
+    the folder named by rank 0."""
+    with session(choose_device(config.device)) as world:
+        out = decided_by_main(folder, world)
+        return _run(config, out, checkpoint, progress, log, world)
 
 
 def _run(
@@ -238,12 +268,16 @@ def _run(
     checkpoint: dict[str, Any] | None,
     progress: bool,
     log: Callable[[str], None] | None,
+    world: World | None = None,
 ) -> RunResult:
     from noisynets.plots import learning_curve, trace_figure
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    device = choose_device(config.device)
+    device = choose_device(config.device) if world is None else world.device
+    main = world is None or world.main  # the process that writes files and logs
+    if not main:
+        progress, log = False, None
     data = load_dataset(config.dataset, config.data_root)
     if config.val_fraction > 0:
         data = data.with_validation(config.val_fraction)
@@ -253,10 +287,13 @@ def _run(
     network, rule, optimizer = build(config, data)
     network.to(device)
     data = to_device(data, device)
+    if world is not None:
+        check_shardable(data, config.batch_size, world)
     validation = None if data.val_x is None else (data.val_x, data.val_y)
     precision = difference_dtype(config.precision, data.train_x.dtype, device)
     result = RunResult(config=config, out=str(out), device=str(device),
-                       precision=str(precision).removeprefix("torch."), data_files=data.origin)
+                       precision=str(precision).removeprefix("torch."), data_files=data.origin,
+                       world_size=1 if world is None else world.size)
     shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
     generator = torch.Generator().manual_seed(config.seed)  # the order of the data
     start = time.perf_counter()
@@ -264,14 +301,15 @@ def _run(
     if checkpoint is not None:
         network.load_state_dict(checkpoint["network"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        set_noise_states(network, checkpoint["noise"])
+        noise = checkpoint["noise"]
+        set_noise_states(network, noise if world is None else on_device(noise, device))
         generator.set_state(checkpoint["data_order"])
         result.initial = EpochStats(**checkpoint["initial"])
         result.history = [EpochStats(**h) for h in checkpoint["history"]]
         first_epoch, step = checkpoint["epoch"] + 1, checkpoint["step"]
         start -= checkpoint["seconds"]
     writer = probe_x = probe_y = None
-    if config.trace_every > 0:
+    if config.trace_every > 0 and main:
         if checkpoint is not None:
             writer = TraceWriter.resume(out / "trace.h5", checkpoint["trace_records"],
                                         1 + len(result.history))
@@ -292,11 +330,13 @@ def _run(
         probe_x, probe_y = data.train_x[index], data.train_y[index]
 
     def save_results() -> None:
+        if not main:
+            return
         text = json.dumps(strict_json(result.summary()), indent=2, allow_nan=False) + "\n"
         (out / RESULTS_FILE).write_text(text)
 
     def save_model() -> None:
-        if all(bool(torch.isfinite(p).all()) for p in network.parameters()):
+        if main and all(bool(torch.isfinite(p).all()) for p in network.parameters()):
             save_atomic(model_state(network, config.to_dict()), out / MODEL_FILE)
 
     def trace(step: int) -> None:
@@ -304,6 +344,8 @@ def _run(
             writer.append_record(step, probe_record(network, probe_x, probe_y))
 
     def save_checkpoint(stats: EpochStats) -> None:
+        if not main:
+            return
         save_atomic({
             "format": "noisynets-checkpoint", "version": 1, "config": config.to_dict(),
             "epoch": stats.epoch, "step": stats.step, "seconds": stats.seconds,
@@ -331,6 +373,8 @@ def _run(
         trace(0)
     else:
         set_random_states(checkpoint["random"])
+        if world is not None and device.type == "cuda" and checkpoint["random"]["cuda"]:
+            torch.cuda.set_rng_state(checkpoint["random"]["cuda"][0], device)  # rank 0's GPU
         emit(f"continuing after epoch {checkpoint['epoch']} (step {step})")
     split = "val" if validation is not None else "test"
     emit(f"{'epoch':>5} {'train loss':>10} {split + ' loss':>9} {split + ' acc':>8} "
@@ -361,7 +405,7 @@ def _run(
         fit(network, rule, optimizer, data, config.epochs, config.batch_size, seed=config.seed,
             progress=progress, on_epoch=on_epoch, on_step=trace, name=config.algo,
             max_bad_steps=config.max_bad_steps, first_epoch=first_epoch, first_step=step,
-            generator=generator, start=start)
+            generator=generator, start=start, world=world)
         save_model()
     except Diverged as e:
         raise DivergenceError(
@@ -371,11 +415,21 @@ def _run(
     finally:
         result.seconds = time.perf_counter() - start
         save_results()
-        if result.history:
+        if result.history and main and config.figures:
             learning_curve(result, out / "learning_curve.png")
-        if writer is not None and writer.records:
+        if writer is not None and writer.records and config.figures:
             trace_figure(writer.path, out / "trace.png")
     return result
+
+
+def on_device(states: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    """Noise states (``checkpoints.noise_states``) whose CUDA generators move to ``device``:
+    every rank of a data-parallel run continues the streams rank 0 saved, on its own GPU."""
+    if device.type != "cuda":
+        return states
+    return [{**s, "generator": (str(device), s["generator"][1])}
+            if s["generator"] is not None and s["generator"][0].startswith("cuda") else s
+            for s in states]
 
 
 def load_network(

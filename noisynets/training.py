@@ -10,6 +10,8 @@ One training step::
 a ``DataLoader``. Nothing in a step waits for the device (losses are summed on it and read once
 per epoch) unless the divergence guard is on, which reads one flag per step. The whole run
 behind ``noisynets train`` -- its folder, files, checkpoints and resume -- is ``noisynets.run``.
+Given a ``world`` of processes (``noisynets.parallel``), ``fit`` trains data-parallel: each
+rank steps on its share of every global batch, and the steps are those of the whole batch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ from tqdm import tqdm
 from noisynets.data import Dataset
 from noisynets.decorrelation import mean_abs_correlation
 from noisynets.network import Network, Passes, Record
+from noisynets.parallel import (
+    Shard,
+    World,
+    all_reduce_gradients,
+    all_reduce_sum,
+    any_rank,
+    shard_of,
+)
 from noisynets.rules import Rule
 from noisynets.rules.bp import backprop
 
@@ -52,44 +62,59 @@ class EpochStats:
 
 
 def train_step(
-    network: Network, rule: Rule, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor
+    network: Network, rule: Rule, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+    shard: Shard | None = None,
 ) -> Record:
-    """One step: estimate into ``.grad``, the optimizer's update, one decorrelation update."""
-    record = rule.step(network, x, y)
-    optimizer.step()
-    network.update_decorrelation(record)
+    """One step: estimate into ``.grad``, the optimizer's update, one decorrelation update.
+    With a ``shard`` (``x``, ``y``: this rank's rows of the global batch) the estimates and the
+    decorrelation's rows are summed over the ranks: the step of the whole global batch."""
+    with network.sharded(shard):
+        record = rule.step(network, x, y)
+        if shard is not None:
+            all_reduce_gradients(network.trained_parameters(), shard)
+        optimizer.step()
+        network.update_decorrelation(record)
     return record
 
 
 def guarded_step(
-    network: Network, rule: Rule, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor
+    network: Network, rule: Rule, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+    shard: Shard | None = None,
 ) -> tuple[Record, str | None]:
-    """``train_step``, unless the step's loss, activity or estimate is not finite: then
-    nothing is applied (no update of the weights, the optimizer's state or ``R``) and the
-    second value says what, and in which layer, was not finite."""
-    record = rule.step(network, x, y)
-    problem = nonfinite(network, record)
-    if problem is None:
-        optimizer.step()
-        network.update_decorrelation(record)
-    else:
-        optimizer.zero_grad(set_to_none=True)
+    """``train_step``, unless the step's loss, activity or estimate is not finite (on any
+    rank, with a ``shard``): then nothing is applied (no update of the weights, the
+    optimizer's state or ``R``) and the second value says what, and in which layer, was not
+    finite."""
+    with network.sharded(shard):
+        record = rule.step(network, x, y)
+        if shard is not None:
+            all_reduce_gradients(network.trained_parameters(), shard)
+        problem = nonfinite(network, record, None if shard is None else shard.world)
+        if problem is None:
+            optimizer.step()
+            network.update_decorrelation(record)
+        else:
+            optimizer.zero_grad(set_to_none=True)
     return record, problem
 
 
-def nonfinite(network: Network, record: Record) -> str | None:
+def nonfinite(network: Network, record: Record, world: World | None = None) -> str | None:
     """``None`` when the record's losses and activities and every estimate in ``.grad`` are
-    finite (one host sync), else the first that was not, from the input layer up, e.g.
-    ``"activity of layer 2"``."""
+    finite (one host sync; in every rank of ``world``), else the first that was not, from the
+    input layer up, e.g. ``"activity of layer 2"``."""
     checks = []
     for k, (layer, a) in enumerate(zip(network.layers, record.activity)):
         checks.append((f"activity of layer {k + 1}", a))
         checks += [(f"estimate of layer {k + 1}", p.grad) for p in (layer.weight, layer.bias)
                    if p is not None and p.grad is not None]
     checks.append(("loss", record.loss))
-    if bool(torch.stack([torch.isfinite(t).all() for _, t in checks]).all()):
+    bad = ~torch.stack([torch.isfinite(t).all() for _, t in checks]).all()
+    if world is not None:
+        bad = any_rank(bad, world)
+    if not bool(bad):
         return None
-    return next(what for what, t in checks if not bool(torch.isfinite(t).all()))
+    return next((what for what, t in checks if not bool(torch.isfinite(t).all())),
+                "value in another process's share of the batch")
 
 
 @torch.no_grad()
@@ -215,6 +240,34 @@ def epoch_batches(
         yield x.to(device), y.to(device)
 
 
+def sharded_batches(
+    tensors: tuple[Tensor, Tensor], batch_size: int, generator: torch.Generator,
+    device: torch.device, world: World,
+) -> Iterator[tuple[Tensor, Tensor, Shard]]:
+    """``epoch_batches`` of tensors, each global batch cut to this rank's share: ``(x, y,
+    shard)``. Every rank draws the same permutation, so the global batches are one process's."""
+    x, y = tensors
+    for index in batches(x.shape[0], batch_size, generator, device):
+        shard = shard_of(index.shape[0], world)
+        mine = shard.take(index)
+        yield x[mine], y[mine], shard
+
+
+def check_shardable(train: TrainData, batch_size: int | None, world: World) -> None:
+    """``ValueError`` unless ``train`` splits over ``world``: tensors or a noisynets data set
+    whose every batch (the last one of an epoch too) has a sample for every rank."""
+    tensors = as_tensors(train)
+    if tensors is None:
+        raise ValueError("data-parallel training splits tensors or a noisynets data set, not a "
+                         "torch Dataset or DataLoader: pass the data as tensors (x, y)")
+    n = tensors[0].shape[0]
+    smallest = min(n, batch_size, n % batch_size or batch_size)
+    if smallest < world.size:
+        raise ValueError(f"a batch of {smallest} samples (of {n}, in batches of {batch_size}) "
+                         f"cannot be split over {world.size} processes: change the batch size "
+                         "or run fewer processes")
+
+
 def as_tensors(data: Any) -> tuple[Tensor, Tensor] | None:
     """``(x, y)`` of a noisynets ``Dataset`` (its training split) or a pair of tensors; else
     ``None`` (a torch ``Dataset`` or ``DataLoader``)."""
@@ -259,6 +312,7 @@ def fit(
     generator: torch.Generator | None = None,
     start: float | None = None,
     validation: tuple[Tensor, Tensor] | None = None,
+    world: World | None = None,
 ) -> list[EpochStats]:
     """Train for ``epochs`` epochs on ``train`` and measure after every epoch.
 
@@ -275,11 +329,17 @@ def fit(
     the epoch's ``skipped_steps``; that many bad steps in a row raise ``Diverged``.
     ``first_epoch``, ``first_step``, ``generator`` and ``start`` continue a run. With a
     ``validation`` split (a noisynets ``Dataset`` brings its own) every epoch is measured on
-    it, and ``test`` only after the last epoch."""
+    it, and ``test`` only after the last epoch.
+
+    With a ``world`` of processes (``noisynets.parallel``; every rank calls ``fit`` alike)
+    each global batch is split over the ranks and the step is the one of the whole batch; the
+    epoch's ``train_loss`` is the global mean, and every rank measures the same."""
     device = next(network.parameters()).device
     tensors = as_tensors(train)
     if batch_size is None and not isinstance(train, torch.utils.data.DataLoader):
         raise ValueError("give batch_size: the data is not a DataLoader with batches of its own")
+    if world is not None:
+        check_shardable(train, batch_size, world)
     if isinstance(train, Dataset) and validation is None and train.val_x is not None:
         validation = (train.val_x, train.val_y)
     if test is None and isinstance(train, Dataset):
@@ -309,10 +369,15 @@ def fit(
         for epoch in range(first_epoch, epochs + 1):
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             samples = skipped = 0
-            for x, y in epoch_batches(train, batch_size, generator, device):
+            if world is None:
+                shares = ((x, y, None) for x, y in epoch_batches(train, batch_size, generator,
+                                                                  device))
+            else:
+                shares = sharded_batches(tensors, batch_size, generator, device, world)
+            for x, y, shard in shares:
                 step += 1
                 if max_bad_steps > 0:
-                    record, problem = guarded_step(network, rule, optimizer, x, y)
+                    record, problem = guarded_step(network, rule, optimizer, x, y, shard)
                     if problem is not None:
                         bad, skipped = bad + 1, skipped + 1
                         if bad >= max_bad_steps:
@@ -321,12 +386,16 @@ def fit(
                         continue
                     bad = 0
                 else:
-                    record = train_step(network, rule, optimizer, x, y)
+                    record = train_step(network, rule, optimizer, x, y, shard)
                 loss_sum += record.loss[0].double().sum()
                 samples += x.shape[0]
                 if on_step is not None:
                     on_step(step)
                 bar.update()
+            if world is not None:  # the global mean: one sum over the ranks per epoch
+                totals = torch.stack([loss_sum, loss_sum.new_tensor(samples)])
+                all_reduce_sum([totals], world)
+                loss_sum, samples = totals[0], totals[1].item()
             stats = epoch_stats(network, rule, test, probe, epoch, start,
                                 train_loss=loss_sum.item() / max(1, samples), step=step,
                                 validation=validation, final=epoch == epochs)
