@@ -10,6 +10,7 @@ node noise s = 1e-4, seed 0) it prints, per layer and rule,
 These are the figures quoted in docs/algorithms.md. Usage::
 
     python simulations/estimator_statistics.py [--samples 20000] [--singles 1000] [--seed 0]
+    python simulations/estimator_statistics.py --quick   # 2000 and 100: a few seconds
 """
 
 from __future__ import annotations
@@ -34,14 +35,18 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20000, help="estimates averaged")
     parser.add_argument("--singles", type=int, default=1000, help="single estimates")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="2000 averaged and 100 single estimates (a few seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.samples, args.singles = 2000, 100
 
     net = Network([10, 20, 20, 20, 5], noise_std=1e-4, seed=args.seed).double()
     g = torch.Generator().manual_seed(args.seed + 1)
     x = torch.randn(64, 10, generator=g, dtype=torch.float64)
     y = torch.randint(0, 5, (64,), generator=g)
     truth = flat(make_rule("bp").gradients(net, x, y)[0])
-    chunk = 1000
+    chunk = min(1000, args.samples)
     print(f"10-20-20-20-5 leaky ReLU, batch 64, noise 1e-4, float64, seed {args.seed}; "
           f"mean of {args.samples} estimates, {args.singles} single estimates")
     print(f"{'rule':<5} {'mean-estimate cosine per layer':<34} {'norm ratio':<26} "

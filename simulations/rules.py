@@ -23,7 +23,8 @@ from common import arguments, curve, final, histories, save, sweep  # noqa: E402
 
 RULES = ["bp", "dbp", "np", "dnp", "inp", "dinp", "anp", "danp"]
 FULL = dict(dataset="fashion-mnist", epochs=20, val_fraction=0.1)
-QUICK = dict(dataset="digits", hidden=[64, 64], epochs=2, val_fraction=0.1, trace_every=0)
+QUICK = dict(dataset="digits", hidden=[64, 64], epochs=2, val_fraction=0.1, trace_every=0,
+             figures=False)
 
 
 def main() -> None:

@@ -1,0 +1,60 @@
+"""Every simulation runs in its --quick form: its sweeps finish and its figure is written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SIMULATIONS = Path(__file__).parent.parent / "simulations"
+
+
+def simulate(name: str, out: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(SIMULATIONS / f"{name}.py"), "--quick", "--out", str(out),
+               "--no-progress"]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+
+
+def test_rules_then_alignment_which_reuses_its_runs(tmp_path):
+    simulate("rules", tmp_path)
+    sweep = json.loads((tmp_path / "rules" / "sweep.json").read_text())
+    assert sorted({r["values"]["algo"] for r in sweep["runs"]}) == sorted(
+        ["bp", "dbp", "np", "dnp", "inp", "dinp", "anp", "danp"])
+    assert all(r["status"] == "done" for r in sweep["runs"])
+    assert is_png(tmp_path / "rules.png")
+    proc = simulate("alignment", tmp_path)
+    assert "12 finished already, 0 to run" in proc.stdout  # the six NP-family rules x 2 seeds
+    assert is_png(tmp_path / "alignment.png")
+
+
+@pytest.mark.parametrize("name, sweeps", [
+    ("noisy_hardware", ["noise_types", "noise_levels"]),
+    ("spiking", ["lif_mlp", "lif_conv", "heaviside_mlp"]),
+    ("scaling", ["depth", "width", "noise_samples"]),
+    ("conv", ["conv"]),
+])
+def test_a_simulation_runs_its_sweeps_and_draws_its_figure(tmp_path, name, sweeps):
+    simulate(name, tmp_path)
+    for sweep in sweeps:
+        result = json.loads((tmp_path / sweep / "sweep.json").read_text())
+        assert result["runs"] and all(r["status"] == "done" for r in result["runs"])
+    assert is_png(tmp_path / f"{name}.png")
+
+
+def test_estimator_statistics_quick_prints_every_rule():
+    proc = subprocess.run([sys.executable, str(SIMULATIONS / "estimator_statistics.py"),
+                           "--quick"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["np", "inp", "anp"]
+    inp_mean_cosines = [float(v) for v in rows[1][1:5]]
+    assert min(inp_mean_cosines) > 0.9  # INP's mean estimate is the gradient
