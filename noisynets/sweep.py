@@ -30,8 +30,9 @@ A run folder that holds a finished run of the same settings is skipped, one with
 is resumed from it (``noisynets.run.resume``), any other is started again: a killed sweep
 finishes only what is missing. A run that fails is reported with its error and the others go
 on. Runs start seed by seed (every combination of the first seed, then of the next), so a
-sweep cut short holds whole seeds. Unless ``[train]`` sets ``threads``, each run gets ``cores // runs at once`` torch threads
-of its machine, so runs do not oversubscribe the cores.
+sweep cut short holds whole seeds. Unless ``[train]`` sets ``threads``, each run gets
+``cores // runs at once`` torch threads of its machine, so runs do not oversubscribe the
+cores.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ reference pass and with noise that cannot be switched off, and against the noise
     python simulations/noisy_hardware.py
     python simulations/noisy_hardware.py --quick
 
-On the embedded digits (64-1000-1000-1000-10, batch 64, Adam 1e-3, 20 epochs, seeds 0-2):
+On the embedded digits (64-500-500-10 leaky ReLU, batch 64, Adam 1e-3, 20 epochs, seeds 0-2):
 
 * ``noise_types``: DANP under gaussian, centered_bernoulli, bernoulli (non-zero mean),
   telegraph (correlated in time), gain (multiplicative), shot and logistic noise of scale
@@ -29,7 +29,7 @@ from common import arguments, final, save, sweep  # noqa: E402
 NOISES = ["gaussian", "centered_bernoulli", "bernoulli", "telegraph", "gain", "shot",
           "logistic"]
 LEVELS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
-FULL = dict(dataset="digits", epochs=20, trace_every=0)
+FULL = dict(dataset="digits", hidden=[500, 500], epochs=20, trace_every=0)
 QUICK = dict(dataset="digits", hidden=[64], epochs=2, batch_size=256, trace_every=0, figures=False)
 
 

@@ -9,7 +9,7 @@ On the embedded digits, seeds 0-2, 20 epochs, batch 64, Adam 1e-3, Gaussian nois
 * ``depth``: BP and DANP on 1 to 6 hidden layers of 256;
 * ``width``: BP and DANP on three hidden layers of 32, 128, 512 and 2048;
 * ``noise_samples``: NP, ANP and DANP with K = 1, 2, 4, 8 noisy passes per step (each step
-  averages K estimates; on 1000-1000-1000).
+  averages K estimates; on three hidden layers of 256).
 
 Figure ``scaling.png``: the final test accuracy against depth, width and K.
 """
@@ -42,7 +42,7 @@ def main() -> None:
                                  "seed": seeds}, train)
     samples = sweep(args, "noise_samples", {"algo": ["np", "anp", "danp"], "noise_samples": ks,
                                             "seed": seeds},
-                    {**train, "hidden": [64] if args.quick else [1000, 1000, 1000]})
+                    {**train, "hidden": [64] if args.quick else [256, 256, 256]})
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.3))
     panels = [(axes[0], depth, "hidden", depths, lambda d: [width] * d,
                f"hidden layers (of {width})", ["bp", "danp"]),
