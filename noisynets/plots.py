@@ -1,6 +1,45 @@
 """Figures (matplotlib, headless): the learning curve of a run and the figure of a trace file.
 
-Example::
+``learning_curve(result, path)`` draws a run's ``learning_curve.png`` from its ``RunResult``,
+by epoch (epoch 0: before training), one panel each:
+
+* **Loss** (per sample). *Train*: the mean over the epoch's training steps of the reference
+  pass's loss, measured while the weights changed; at epoch 0 (an open marker) the loss on the
+  whole training split before training. *Validation*, where the run held a validation split
+  out (``--val-fraction``), else *test*. With a validation split the test split is measured
+  once, after the last epoch: one marker, *test (final)*.
+* **Accuracy**, a fraction 0..1 as in ``results.json``: validation and test as for the loss.
+  Left out for a regression task (the teacher data set), which has none.
+* **Alignment with BP**: per layer the cosine of the rule's estimate with the BP gradient of
+  the same batch. The axis is symmetric-logarithmic, linear only below a power of ten under the
+  layers' typical value, so a hidden layer at 0.02 varies as visibly as the output layer at
+  0.5 (marked "(output)" in the legend).
+
+``trace_figure(file, out)`` draws a trace file (``trace.png``, ``noisynets plot``): the same
+panels from the file's metrics and the **input decorrelation** per layer (the mean
+|off-diagonal correlation| of each layer's input as its ``R`` sees it; titled *input
+correlation* for a rule that does not decorrelate); then, of the last complete record, per
+traced layer the activity histograms of the reference and the noisy pass, the distribution of
+``da = noisy - reference`` of every layer, one channel of every feature map, and a spike raster
+of every spiking layer (one probe sample, reference pass).
+
+What the labels promise:
+
+* The reference pass is the *clean pass*, unless the run made every pass noisy
+  (``both_noisy``): then there is no clean pass, and the figures say *reference pass (noisy)*.
+* A panel without data -- no accuracy for a regression, no records yet, a metric that is NaN
+  throughout -- is left out, not drawn empty; a file with nothing to show yet gives a figure
+  that says so and what the file holds.
+* Linear axes never use an offset ("+8e-1"), and every curve panel's y range has a minimum
+  (accuracy 0.05; loss 10 % of its size; decorrelation 0.05), so that the change of a
+  one-epoch run from 0.8012 to 0.8015 is drawn as the near-flat line it is.
+
+``sweep_figure(result, path)`` draws a sweep's ``summary.png`` (``noisynets.sweep``): per group
+of runs the mean learning curve over the seeds with their range as a band, and every seed's
+final value.
+
+``learning_curve_figure(result)`` and ``trace_file_figure(file)`` return the figure without
+saving it (``plt.close`` it when done). Example::
 
     from noisynets.plots import trace_figure
     trace_figure("runs/<run>/trace.h5", "runs/<run>/trace.png")
@@ -8,8 +47,9 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,95 +60,129 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
-from noisynets.traces import TraceReader, as_reader, layer_metric  # noqa: E402
+from noisynets.rules import RULES, uses_decorrelation  # noqa: E402
+from noisynets.traces import TraceReader, as_reader, flatten_metrics, layer_metric  # noqa: E402
 
 if TYPE_CHECKING:
     from noisynets.run import RunResult
+    from noisynets.sweep import SweepResult
 
-
-def learning_curve(result: RunResult, path: str | Path) -> Path:
-    """Train loss, test accuracy and per-layer alignment with BP, by epoch, in one PNG."""
-    history = ([result.initial] if result.initial else []) + result.history
-    epochs = [h.epoch for h in history]
-    c = result.config
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
-    axes[0].plot(epochs[1:], [h.train_loss for h in history[1:]], "o-", label="train (clean pass)")
-    axes[0].plot(epochs, [h.test_loss for h in history], "s--", label="test")
-    axes[0].set(xlabel="epoch", ylabel=f"loss ({c.loss})", title="Loss")
-    axes[0].legend()
-    if any(h.test_accuracy is None for h in history):  # regression: no accuracy
-        axes[1].plot(epochs, [h.test_loss for h in history], "o-", color="C2")
-        axes[1].set(xlabel="epoch", ylabel=f"test loss ({c.loss})", title="Test loss",
-                    yscale="log")
-    else:
-        axes[1].plot(epochs, [100 * h.test_accuracy for h in history], "o-", color="C2")
-        axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
-    for k in range(len(history[0].alignment)):
-        axes[2].plot(epochs, [h.alignment[k] for h in history], "o-", label=f"layer {k + 1}")
-    axes[2].set(xlabel="epoch", ylabel="cosine(estimate, BP gradient)",
-                title="Alignment with BP", ylim=(-0.05, 1.05))
-    axes[2].legend(fontsize="small")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{c.algo.upper()} on {c.dataset}, {architecture(c)}, "
-                 f"noise {c.noise_std:g}, seed {c.seed}")
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-# --- The figure of a trace file -------------------------------------------------------------
+Panel = Callable[[plt.Axes], None]
 
 _STYLE = {
     "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
     "ytick.labelsize": 10, "legend.fontsize": 9, "figure.titlesize": 13,
+    "axes.formatter.useoffset": False,
 }
 _COLUMNS = 4
+# The least y range of a curve panel: a change smaller than this is drawn as (nearly) flat.
+_LEAST_ACCURACY_RANGE = 0.05  # accuracy (fraction)
+_LEAST_LOSS_RANGE = 0.1  # loss: this share of its largest magnitude
+_LEAST_CORRELATION_RANGE = 0.05  # mean |off-diagonal correlation|
 
+
+# --- The learning curve of a run -------------------------------------------------------------
+
+def learning_curve(result: RunResult, path: str | Path) -> Path:
+    """Loss, accuracy and per-layer alignment with BP by epoch, in one PNG (module doc).
+    Returns ``path``."""
+    return _save(learning_curve_figure(result), Path(path), dpi=110)
+
+
+def learning_curve_figure(result: RunResult) -> Figure:
+    """The figure of ``learning_curve``, not saved: one row of curve panels."""
+    history = ([result.initial] if result.initial else []) + list(result.history)
+    rows = [flatten_metrics(dataclasses.asdict(h)) for h in history]
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    metrics = {name: np.array([_number(row.get(name)) for row in rows]) for name in names}
+    config = result.config.to_dict()
+    data = {"config": config, "metrics": metrics}
+    panels = _curve_panels(data, decorrelation=False)
+    with plt.rc_context(_STYLE):
+        if not panels:
+            return _note_figure(f"{_run_title(config)}\n\nno evaluations: nothing to plot")
+        fig = plt.figure(figsize=(4.8 * len(panels), 4.2), layout="constrained")
+        _draw(fig, [panels], len(panels))
+        fig.suptitle(_run_title(config))
+    return fig
+
+
+# --- The figure of a trace file -------------------------------------------------------------
 
 def trace_figure(trace: str | Path | TraceReader, out: str | Path) -> Path:
     """One PNG of a trace file: learning curves, alignment with BP and input decorrelation per
-    layer by epoch; clean and noisy activity distributions of the last record per traced layer
-    and the distribution of ``da = noisy - clean``; a spike raster of the last record for
-    every spiking layer (one probe sample, clean pass).
+    layer by epoch; reference and noisy activity distributions of the last record per traced
+    layer and the distribution of ``da = noisy - reference``; a spike raster of the last
+    record for every spiking layer (one probe sample, reference pass). See the module doc.
 
     ``trace`` is a trace file or its ``TraceReader``. Works on a file whose run is still
-    writing or was killed: what is not there yet is left out (a panel says so). Returns ``out``.
+    writing or was killed: what is not there yet is left out. Returns ``out``.
     """
+    return _save(trace_file_figure(trace), Path(out), dpi=100)
+
+
+def trace_file_figure(trace: str | Path | TraceReader) -> Figure:
+    """The figure of ``trace_figure``, not saved."""
     reader = as_reader(trace)
     data = _figure_data(reader)
-    sections: list[list[Callable[[plt.Axes], None]]] = [
-        [partial(_loss_panel, data), partial(_accuracy_panel, data),
-         partial(_layer_metric_panel, data, "alignment"),
-         partial(_layer_metric_panel, data, "decorrelation")],
-        [partial(_activity_panel, data, k) for k in data["layers"]]
-        + [partial(_change_panel, data)]
-        + [partial(_map_panel, data, k) for k in data["maps"]]
-        + [partial(_raster_panel, data, k) for k in data["spiking"]],
-    ]
+    sections: list[list[Panel]] = [_curve_panels(data, decorrelation=True), _record_panels(data)]
     sections = [s for s in sections if s]
-    rows = sum(math.ceil(len(s) / _COLUMNS) for s in sections)
     with plt.rc_context(_STYLE):
+        if not sections:
+            held = reader.describe().split("\ndatasets")[0]
+            return _note_figure(f"{_figure_title(reader.path, data)}\n\nnothing to plot yet: no "
+                                f"evaluations and no complete records. The file holds:\n\n{held}")
+        rows = sum(math.ceil(len(s) / _COLUMNS) for s in sections)
         fig = plt.figure(figsize=(4.6 * _COLUMNS, 3.9 * rows + 0.5), layout="constrained")
-        grid = fig.add_gridspec(rows, _COLUMNS)
-        row = 0
-        for section in sections:
-            for i, draw in enumerate(section):
-                ax = fig.add_subplot(grid[row + i // _COLUMNS, i % _COLUMNS])
-                draw(ax)
-                ax.grid(alpha=0.3)
-            row += math.ceil(len(section) / _COLUMNS)
+        _draw(fig, sections, _COLUMNS)
         fig.suptitle(_figure_title(reader.path, data))
-        out = Path(out)
-        try:
-            fig.savefig(out, dpi=100)
-        except OSError as e:
-            raise ValueError(f"cannot write figure {str(out)!r}: {e.strerror or e}") from None
-        finally:
-            plt.close(fig)
+    return fig
+
+
+def _record_panels(data: dict[str, Any]) -> list[Panel]:
+    """The panels of the last complete record: none without one."""
+    layers = [k for k in data["layers"] if "clean" in data["last"][k]]
+    if not layers:
+        return []
+    return ([partial(_activity_panel, data, k) for k in layers]
+            + [partial(_change_panel, data)]
+            + [partial(_map_panel, data, k) for k in data["maps"] if k in layers]
+            + [partial(_raster_panel, data, k) for k in data["spiking"]
+               if "spikes" in data["last"][k]])
+
+
+def _draw(fig: Figure, sections: list[list[Panel]], columns: int) -> None:
+    """Every section's panels, ``columns`` a row, each section starting a new row."""
+    rows = sum(math.ceil(len(s) / columns) for s in sections)
+    grid = fig.add_gridspec(rows, columns)
+    row = 0
+    for section in sections:
+        for i, draw in enumerate(section):
+            ax = fig.add_subplot(grid[row + i // columns, i % columns])
+            ax.grid(alpha=0.3)  # before drawing: an image panel turns it off
+            draw(ax)
+            _no_offset(ax)
+        row += math.ceil(len(section) / columns)
+
+
+def _save(fig: Figure, out: Path, dpi: int) -> Path:
+    try:
+        with plt.rc_context(_STYLE):
+            fig.savefig(out, dpi=dpi)
+    except OSError as e:
+        raise ValueError(f"cannot write figure {str(out)!r}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
     return out
+
+
+def _note_figure(text: str) -> Figure:
+    """A figure without panels that says why."""
+    fig = plt.figure(figsize=(10, 2 + 0.18 * text.count("\n")))
+    fig.text(0.02, 0.97, text, va="top", ha="left", family="monospace", fontsize=10)
+    return fig
 
 
 def _figure_data(reader: TraceReader) -> dict[str, Any]:
@@ -160,13 +234,21 @@ def architecture(c: Any) -> str:
     return text
 
 
+def _run_title(c: dict[str, Any]) -> str:
+    """The run in one line: rule, data, network, noise, seed, and a run without a clean pass."""
+    std = c.get("noise_std")
+    std_text = f"{std:g}" if isinstance(std, (int, float)) else "?"
+    text = (f"{str(c.get('algo', '?')).upper()} on {c.get('dataset', '?')}, {architecture(c)}, "
+            f"noise {c.get('noise', '?')} {std_text}, seed {c.get('seed', '?')}")
+    if _both_noisy(c):
+        text += "; every pass noisy (no clean pass)"
+    return text
+
+
 def _figure_title(path: Path, data: dict[str, Any]) -> str:
-    c = data["config"]
     parts = [f"{path.name}:"]
-    if c:
-        parts.append(f"{str(c.get('algo', '?')).upper()} on {c.get('dataset', '?')}, "
-                     f"{architecture(c)}, noise {c.get('noise', '?')} "
-                     f"{c.get('noise_std', float('nan')):g}, seed {c.get('seed', '?')};")
+    if data["config"]:
+        parts.append(f"{_run_title(data['config'])};")
     if data["records"]:
         parts.append(f"{data['records']} records, steps {data['first_step']}..{data['step']}")
     else:
@@ -174,68 +256,214 @@ def _figure_title(path: Path, data: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _empty(ax: plt.Axes, title: str, text: str) -> None:
-    ax.set_title(title)
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
+# --- What the labels say -------------------------------------------------------------------
+
+def _both_noisy(config: dict[str, Any]) -> bool:
+    return config.get("both_noisy") is True
+
+
+def _reference(config: dict[str, Any]) -> str:
+    """The name of the reference pass: clean, unless every pass is noisy."""
+    return "reference pass (noisy)" if _both_noisy(config) else "clean pass"
+
+
+def _output_layer(data: dict[str, Any]) -> int | None:
+    """The number of the output layer (the last one with a per-layer metric)."""
+    layers = [k for name in ("alignment", "decorrelation", "estimate_norm")
+              for k in layer_metric(data["metrics"], name)]
+    return max(layers) if layers else None
+
+
+def _layer_label(data: dict[str, Any], k: int) -> str:
+    return f"layer {k} (output)" if k == _output_layer(data) else f"layer {k}"
+
+
+# --- The curve panels: loss, accuracy, alignment, decorrelation by epoch ----------------------
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _series(data: dict[str, Any], name: str) -> np.ndarray | None:
+    """Metric ``name`` as floats aligned with the epochs, or None where it holds no finite
+    value (not measured, or NaN throughout)."""
+    m = data["metrics"]
+    if name not in m:
+        return None
+    epochs = len(m["epoch"])
+    values = np.asarray(m[name], dtype=np.float64)[:epochs]
+    return values if np.isfinite(values).any() else None
+
+
+def _layer_series(data: dict[str, Any], name: str) -> dict[int, np.ndarray]:
+    """Per layer metric ``name`` by layer number, the layers with a finite value only."""
+    epochs = len(data["metrics"]["epoch"])
+    found = {k: np.asarray(v, dtype=np.float64)[:epochs]
+             for k, v in layer_metric(data["metrics"], name).items()}
+    return {k: v for k, v in found.items() if np.isfinite(v).any()}
+
+
+def _curve_panels(data: dict[str, Any], decorrelation: bool) -> list[Panel]:
+    """The curve panels that have data (none before the first evaluation)."""
+    m = data["metrics"]
+    if "epoch" not in m or not len(m["epoch"]):
+        return []
+    panels: list[Panel] = []
+    if any(_series(data, n) is not None for n in ("train_loss", "val_loss", "test_loss")):
+        panels.append(partial(_loss_panel, data))
+    if any(_series(data, n) is not None for n in ("val_accuracy", "test_accuracy")):
+        panels.append(partial(_accuracy_panel, data))
+    names = ("alignment", "decorrelation") if decorrelation else ("alignment",)
+    panels += [partial(_layer_metric_panel, data, n) for n in names if _layer_series(data, n)]
+    return panels
+
+
+def _plot(ax: plt.Axes, x: np.ndarray, y: np.ndarray | None, fmt: str, **kw: Any) -> bool:
+    """Plot the finite points of ``y`` (a line breaks at a gap); nothing if there are none."""
+    if y is None or not np.isfinite(y).any():
+        return False
+    ax.plot(x, y, fmt, **kw)
+    return True
+
+
+def _splits(data: dict[str, Any], what: str, ax: plt.Axes, color: str) -> list[np.ndarray]:
+    """Validation (every epoch) and test (every epoch, or its final point only when there is
+    a validation split) of ``what`` (``loss``, ``accuracy``); returns the values drawn."""
+    epoch = np.asarray(data["metrics"]["epoch"], dtype=np.float64)
+    val, test = _series(data, f"val_{what}"), _series(data, f"test_{what}")
+    drawn = [v for v in (val, test) if v is not None]
+    _plot(ax, epoch, val, "d-", ms=5, color="C2", label="validation")
+    if val is not None:
+        _plot(ax, epoch, test, "s", ms=8, color=color, label="test (final)")
+    else:
+        _plot(ax, epoch, test, "s--", ms=5, color=color, label="test")
+    return drawn
 
 
 def _loss_panel(data: dict[str, Any], ax: plt.Axes) -> None:
-    m = data["metrics"]
-    if "epoch" not in m or not len(m["epoch"]):
-        _empty(ax, "Loss", "no evaluations yet")
-        return
-    loss = data["config"].get("loss", "ce")
-    if "train_loss" in m:
-        ax.plot(m["epoch"], m["train_loss"], "o-", ms=4, label="train (clean pass)")
-    if "test_loss" in m:
-        ax.plot(m["epoch"], m["test_loss"], "s--", ms=4, label="test")
-    ax.set(xlabel="epoch", ylabel=f"loss ({loss}, per sample)", title="Loss")
+    m, config = data["metrics"], data["config"]
+    epoch = np.asarray(m["epoch"], dtype=np.float64)
+    reference = _reference(config)
+    drawn = []
+    train = _series(data, "train_loss")
+    if train is not None:
+        later = epoch > 0
+        _plot(ax, epoch[later], train[later], "o-", ms=5, color="C0",
+              label=f"train, {reference}:\nmean over the epoch's steps")
+        _plot(ax, epoch[~later], train[~later], "o", ms=7, color="C0", mfc="white", mew=1.8,
+              zorder=3, label=f"train, {reference}:\ntraining split before training")
+        drawn.append(train)
+    drawn += _splits(data, "loss", ax, "C1")
+    loss = config.get("loss")
+    ax.set(xlabel="epoch", ylabel=f"loss ({loss}, mean per sample)" if loss
+           else "loss (mean per sample)", title="Loss")
+    scale = max(float(np.nanmax(np.abs(np.concatenate(drawn)))), 1e-12)
+    _least_range(ax, drawn, _LEAST_LOSS_RANGE * scale)
     _integer_ticks(ax)
-    ax.legend()
+    ax.legend(fontsize="small", framealpha=0.8)
 
 
 def _accuracy_panel(data: dict[str, Any], ax: plt.Axes) -> None:
-    m = data["metrics"]
-    if "epoch" not in m or "test_accuracy" not in m or not len(m["epoch"]):
-        _empty(ax, "Test accuracy", "no evaluations yet")
-        return
-    if np.isnan(m["test_accuracy"]).all():
-        _empty(ax, "Test accuracy", "none: a regression task\n(the test loss is beside)")
-        return
-    ax.plot(m["epoch"], 100 * m["test_accuracy"], "o-", ms=4, color="C2", label="test")
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+    drawn = _splits(data, "accuracy", ax, "C1")
+    ax.set(xlabel="epoch", ylabel="accuracy (fraction)",
+           title="Accuracy" if _series(data, "val_accuracy") is not None else "Test accuracy")
+    _least_range(ax, drawn, _LEAST_ACCURACY_RANGE, bounds=(0.0, 1.0))
     _integer_ticks(ax)
-    ax.legend(loc="lower right")
+    ax.legend(framealpha=0.8)
 
 
 def _layer_metric_panel(data: dict[str, Any], name: str, ax: plt.Axes) -> None:
-    title, ylabel = {
-        "alignment": ("Alignment with BP", "cosine(estimate, BP gradient)"),
-        "decorrelation": ("Input decorrelation", "mean |off-diagonal correlation|"),
-    }[name]
     m = data["metrics"]
-    series = layer_metric(m, name)
-    if "epoch" not in m or not series or not len(m["epoch"]):
-        _empty(ax, title, "no evaluations yet")
-        return
-    for k, values in series.items():
-        ax.plot(m["epoch"], values, "o-", ms=4, label=f"layer {k}")
-    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    epoch = np.asarray(m["epoch"], dtype=np.float64)
+    series = _layer_series(data, name)
+    for i, (k, values) in enumerate(series.items()):
+        _plot(ax, epoch, values, "o-", ms=4, color=f"C{i % 10}", label=_layer_label(data, k))
     if name == "alignment":
-        low = min(-0.05, float(np.nanmin([v.min() for v in series.values()])) - 0.05)
-        ax.set_ylim(low, 1.05)
+        ax.set(xlabel="epoch", ylabel="cosine(estimate, BP gradient)\n(symmetric log axis)",
+               title="Alignment with BP")
+        _alignment_axis(ax, list(series.values()))
     else:
-        top = float(np.nanmax([v.max() for v in series.values()]))
-        ax.set_ylim(0, 1.15 * top if top > 0 else 1)
+        algo = data["config"].get("algo")
+        plain = algo in RULES and not uses_decorrelation(algo)
+        ax.set(xlabel="epoch", ylabel="mean |off-diagonal correlation|",
+               title="Input correlation (rule does not decorrelate)" if plain
+               else "Input decorrelation")
+        top = float(np.nanmax(np.concatenate(list(series.values()))))
+        ax.set_ylim(0, max(1.15 * top, _LEAST_CORRELATION_RANGE))
     _integer_ticks(ax)
     ax.legend(fontsize="small", ncol=2 if len(series) > 4 else 1)
+
+
+def _decade_above(value: float) -> float:
+    """The power of ten above ``value`` > 0 (0.76 -> 1, 0.05 -> 0.1, 0.1 -> 1)."""
+    return 10.0 ** (math.floor(math.log10(value)) + 1)
+
+
+def _alignment_axis(ax: plt.Axes, series: Sequence[np.ndarray]) -> None:
+    """A symmetric-log y axis for cosines: linear below a power of ten under the smallest
+    layer's median |cosine| (and left out where no value is below it), logarithmic above, so
+    every layer's changes show."""
+    finite = [v[np.isfinite(v)] for v in series]
+    medians = [float(np.median(np.abs(v))) for v in finite if len(v)]
+    typical = min((x for x in medians if x > 0), default=0.1)
+    linthresh = 10.0 ** math.floor(math.log10(min(max(typical, 1e-6), 0.1)))
+    values = np.concatenate(finite)
+    top = min(_decade_above(max(float(values.max()), linthresh)), 1.0) * 1.08
+    low = float(values.min())
+    if low >= linthresh:  # all on the logarithmic part: no linear part below
+        bottom = linthresh
+    elif low >= 0:
+        bottom = 0.0
+    else:
+        bottom = -min(_decade_above(max(-low, linthresh)), 1.0) * 1.08
+    ax.set_yscale("symlog", linthresh=linthresh, linscale=0.5)
+    ax.set_ylim(bottom, top)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.SymmetricalLogLocator(
+        linthresh=linthresh, base=10, subs=np.arange(2, 10)))
+    decades = math.log10(top / linthresh) + (math.log10(-bottom / linthresh) if bottom < 0 else 0)
+    if decades <= 2.5:  # few decades: label 2 and 5 of each too
+
+        def minor(v: float, _: Any) -> str:
+            mantissa = abs(v) / 10.0 ** math.floor(math.log10(abs(v))) if v else 0.0
+            return f"{v:g}" if round(mantissa) in (2, 5) and abs(v) > linthresh else ""
+
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
+
+
+def _least_range(ax: plt.Axes, drawn: Sequence[np.ndarray], least: float,
+                 bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
+    """Widen the y axis to at least ``least`` around the data (inside ``bounds``), so a tiny
+    change is not blown up to the panel's height."""
+    values = np.concatenate([np.asarray(v, dtype=np.float64) for v in drawn])
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return
+    low, high = float(values.min()), float(values.max())
+    if high - low >= least:
+        return
+    middle = (low + high) / 2
+    low, high = middle - least / 2, middle + least / 2
+    if low < bounds[0]:
+        low, high = bounds[0], bounds[0] + least
+    elif high > bounds[1]:
+        low, high = bounds[1] - least, bounds[1]
+    ax.set_ylim(low - 0.05 * least, high + 0.05 * least)
+
+
+def _no_offset(ax: plt.Axes) -> None:
+    """No "+8e-1" offset on a linear axis: tick labels show the values themselves."""
+    for axis in (ax.xaxis, ax.yaxis):
+        formatter = axis.get_major_formatter()
+        if isinstance(formatter, matplotlib.ticker.ScalarFormatter):
+            formatter.set_useOffset(False)
 
 
 def _integer_ticks(ax: plt.Axes) -> None:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
+
+# --- The panels of the last record ----------------------------------------------------------
 
 def _activity_label(data: dict[str, Any], symbol: str) -> str:
     steps = data["config"].get("time_steps") or 1
@@ -246,6 +474,10 @@ def _record_label(data: dict[str, Any]) -> str:
     return f"record {data['records'] - 1}, step {data['step']}"
 
 
+def _layer_title(data: dict[str, Any], k: int) -> str:
+    return f"Layer {k} (output)" if k == _output_layer(data) else f"Layer {k}"
+
+
 def _shared_bins(values: list[np.ndarray]) -> np.ndarray | int:
     """40 histogram bins spanning all of ``values``, so overlaid histograms compare."""
     everything = np.concatenate(values)
@@ -253,46 +485,38 @@ def _shared_bins(values: list[np.ndarray]) -> np.ndarray | int:
 
 
 def _activity_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
-    title = f"Layer {k} activity"
     last = data["last"][k]
-    if "clean" not in last:
-        _empty(ax, title, "no records yet")
-        return
     clean, noisy = last["clean"].ravel(), last["noisy"].ravel()
     bins = _shared_bins([clean, noisy])
-    ax.hist(clean, bins=bins, alpha=0.55, color="C0", label="clean pass")
+    ax.hist(clean, bins=bins, alpha=0.55, color="C0", label=_reference(data["config"]))
     ax.hist(noisy, bins=bins, histtype="step", lw=1.8, color="C3", label="noisy pass")
     traced = len(last["unit_index"])
     ax.set(xlabel=_activity_label(data, "activity $a$"), ylabel="count (samples x units)",
-           title=f"{title} ({_record_label(data)})")
-    ax.legend(title=f"{traced} of {last['units']} units", title_fontsize="small")
+           title=f"{_layer_title(data, k)} activity ({_record_label(data)})")
+    ax.legend(title=f"{traced} of {last['units']} units", title_fontsize="small",
+              fontsize="small", framealpha=0.8)
 
 
 def _change_panel(data: dict[str, Any], ax: plt.Axes) -> None:
-    title = "Noisy - clean activity"
     layers = [k for k in data["layers"] if "clean" in data["last"][k]]
-    if not layers:
-        _empty(ax, title, "no records yet")
-        return
     changes = {k: (data["last"][k]["noisy"] - data["last"][k]["clean"]).ravel() for k in layers}
     bins = _shared_bins(list(changes.values()))
     for i, (k, da) in enumerate(changes.items()):
-        ax.hist(da, bins=bins, histtype="step", lw=1.8, color=f"C{i}", density=True,
-                label=f"layer {k}")
-    ax.set(xlabel=_activity_label(data, r"$\Delta a = a_\mathrm{noisy} - a_\mathrm{clean}$"),
+        ax.hist(da, bins=bins, histtype="step", lw=1.8, color=f"C{i % 10}", density=True,
+                label=_layer_label(data, k))
+    reference, name = (("reference", "ref") if _both_noisy(data["config"])
+                       else ("clean", "clean"))
+    ax.set(xlabel=_activity_label(
+               data, rf"$\Delta a = a_\mathrm{{noisy}} - a_\mathrm{{{name}}}$"),
            ylabel="probability density (1/a.u.)",
-           title=f"{title} ({_record_label(data)})")
+           title=f"Noisy - {reference} activity ({_record_label(data)})")
     ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
     ax.legend(fontsize="small")
 
 
 def _map_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
-    """The first traced channel of a feature map: one probe sample's clean activity."""
-    title = f"Layer {k} feature map"
+    """The first traced channel of a feature map: one probe sample's reference activity."""
     last = data["last"][k]
-    if "clean" not in last:
-        _empty(ax, title, "no records yet")
-        return
     channels, height, width = last["shape"]
     size = height * width
     first = int(last["unit_index"][0]) // size
@@ -300,19 +524,16 @@ def _map_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
     shown = ax.imshow(image, cmap="viridis", interpolation="nearest")
     ax.figure.colorbar(shown, ax=ax, label=_activity_label(data, "activity $a$"), shrink=0.85)
     ax.set(xlabel="column", ylabel="row",
-           title=f"{title}: channel {first + 1} of {channels}, sample {data['sample']}\n"
-                 f"clean pass ({_record_label(data)})")
+           title=f"{_layer_title(data, k)} feature map: channel {first + 1} of {channels}, "
+                 f"sample {data['sample']}\n{_reference(data['config'])} "
+                 f"({_record_label(data)})")
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(False)
 
 
 def _raster_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
-    title = f"Layer {k} spikes"
     last = data["last"][k]
-    if "spikes" not in last:
-        _empty(ax, title, "no records yet")
-        return
     spikes = last["spikes"]  # (time, units)
     units = last["unit_index"]
     t, u = np.nonzero(spikes)
@@ -323,6 +544,81 @@ def _raster_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
            label=f"spike ({len(t)} of {spikes.size} slots)")
     ax.set(xlabel="time step", ylabel="unit (number in layer)", xlim=(-0.5, steps - 0.5),
            ylim=(-0.5, 1.15 * size),
-           title=f"{title}: sample {data['sample']}, clean pass\n({_record_label(data)})")
+           title=f"{_layer_title(data, k)} spikes: sample {data['sample']}, "
+                 f"{_reference(data['config'])}\n({_record_label(data)})")
     _integer_ticks(ax)
     ax.legend(loc="upper right", fontsize="small", framealpha=0.9)
+
+
+# --- sweeps ---------------------------------------------------------------------------------
+
+
+def sweep_figure(result: SweepResult, path: str | Path) -> Path:
+    """The figure of a sweep (``summary.png``): left, per group of runs (the grid's values other
+    than the seed) the mean learning curve over its seeds, the band spanning the seeds' range;
+    right, every seed's final value as a dot and the group's mean as a line. The curve is the
+    validation split's where the runs hold one out, else the test split's; a regression sweep
+    shows the loss."""
+    from noisynets.sweep import groups, score_name
+
+    score = score_name(result)
+    validating = any(h.get(score.replace("test", "val")) is not None
+                     for r in result.runs for h in r.get("summary", {}).get("history", []))
+    curve_metric = score.replace("test", "val") if validating else score
+    split = "validation" if validating else "test"
+    what = "accuracy (fraction)" if score == "test_accuracy" else "loss"
+    fig, (ax_curve, ax_final) = plt.subplots(1, 2, figsize=(12, 4.5),
+                                             gridspec_kw={"width_ratios": [3, 2]})
+    labels, finals = [], []
+    for values, runs in groups(result):
+        label = ", ".join(f"{k}={_value_text(v)}" for k, v in values.items()) or "all runs"
+        histories = [[(h["epoch"], h[curve_metric]) for h in r["summary"]["history"]
+                      if h.get(curve_metric) is not None] for r in runs if "summary" in r]
+        histories = [h for h in histories if h]
+        labels.append(label)
+        finals.append([r["summary"][score] for r in runs if "summary" in r
+                       and r["summary"].get(score) is not None])
+        if not histories:
+            continue
+        epochs = sorted({e for h in histories for e, _ in h})
+        table = [dict(h) for h in histories]
+        mean = [np.mean([t[e] for t in table if e in t]) for e in epochs]
+        low = [min(t[e] for t in table if e in t) for e in epochs]
+        high = [max(t[e] for t in table if e in t) for e in epochs]
+        line, = ax_curve.plot(epochs, mean, marker="o", markersize=3,
+                              label=f"{label} (n={len(histories)})")
+        if len(histories) > 1:
+            ax_curve.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+    ax_curve.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax_curve.set_xlabel("epoch (0: before training)")
+    ax_curve.set_ylabel(f"{split} {what}")
+    ax_curve.set_title(f"{split} {what} per epoch: mean over seeds, band = seed range")
+    ax_curve.ticklabel_format(axis="y", useOffset=False)
+    if labels:
+        ax_curve.legend(fontsize=7)
+    x = np.arange(len(labels))
+    for i, values in enumerate(finals):
+        if values:
+            ax_final.hlines(np.mean(values), i - 0.3, i + 0.3, color="k", linewidth=2)
+            ax_final.scatter(np.full(len(values), i), values, color="C0", zorder=3, s=14)
+    ax_final.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+    ax_final.set_ylabel(f"final {score.replace('_', ' ')}"
+                        + (" (fraction)" if score == "test_accuracy" else ""))
+    ax_final.set_title("final value: seeds (dots), mean (line)")
+    numbers = [v for values in finals for v in values]
+    if numbers and score == "test_accuracy":
+        lo, hi = min(numbers), max(numbers)
+        pad = max(0.01, 0.15 * (hi - lo))
+        ax_final.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+    ax_final.ticklabel_format(axis="y", useOffset=False)
+    fig.suptitle(f"sweep {Path(result.out).name}: {len(result.runs)} runs")
+    fig.tight_layout()
+    return _save(fig, Path(path), 110)
+
+
+def _value_text(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

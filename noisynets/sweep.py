@@ -459,7 +459,7 @@ def write_summary(result: SweepResult) -> None:
                 "summary": rows, "runs": result.runs}
     (out / "sweep.json").write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
     if any("summary" in r for r in result.runs):
-        from noisynets._sweep_plot import sweep_figure
+        from noisynets.plots import sweep_figure
 
         sweep_figure(result, out / "summary.png")
 
