@@ -30,7 +30,7 @@ RULES = ["np", "dnp", "inp", "dinp", "anp", "danp"]
 def main() -> None:
     args = arguments("rules", __doc__, epochs=FULL["epochs"])
     train = dict(QUICK) if args.quick else {**FULL, "epochs": args.epochs}
-    seeds = [0, 1] if args.quick else [0, 1, 2]
+    seeds = [0, 1] if args.quick else args.seed_list
     result = sweep(args, "rules", {"algo": RULES, "seed": seeds}, train)
     figure(result, Path(args.out) / "alignment.png")
 

@@ -3,7 +3,8 @@
 Each simulation is a sweep definition (``noisynets.sweep``: a ``[grid]`` and ``[train]``
 table, written as dicts) in a full and a ``--quick`` form, plus its figure. Its command line::
 
-    python simulations/<name>.py [--quick] [--out DIR] [--workers N] [--scheduler ADDRESS]
+    python simulations/<name>.py [--quick] [--epochs E] [--seeds N] [--out DIR]
+                                 [--workers N] [--scheduler ADDRESS]
 
 ``--quick`` runs a small form on the embedded digits in under a minute (the test suite runs
 it). The runs land in ``DIR`` (default ``runs/simulations/<name>`` or ``..._quick``), one
@@ -35,6 +36,9 @@ def arguments(name: str, doc: str, epochs: int | None = None) -> argparse.Namesp
                        help=f"epochs of the full form ({epochs}); the folder name says so")
     p.add_argument("--quick", action="store_true",
                    help="a small form on the embedded digits, under a minute")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="seeds 0..N-1 of the full form (3); a later call with more adds the "
+                        "missing seeds to the same sweeps")
     p.add_argument("--out", metavar="DIR", help="folder of the simulation's sweeps")
     p.add_argument("--workers", type=int, metavar="N",
                    help="runs at once on an embedded Dask cluster (default: one per core; "
@@ -48,6 +52,7 @@ def arguments(name: str, doc: str, epochs: int | None = None) -> argparse.Namesp
         args.out = str(Path("runs") / "simulations" / (name + suffix))
     if args.quick and args.workers is None and args.scheduler is None:
         args.workers = 1  # small runs: a cluster would cost more than it saves
+    args.seed_list = list(range(max(1, args.seeds)))
     return args
 
 

@@ -29,7 +29,7 @@ QUICK = dict(dataset="digits", arch="conv", epochs=1, batch_size=256, trace_ever
 def main() -> None:
     args = arguments("conv", __doc__, epochs=FULL["epochs"])
     train = dict(QUICK) if args.quick else {**FULL, "epochs": args.epochs}
-    seeds = [0] if args.quick else [0, 1, 2]
+    seeds = [0] if args.quick else args.seed_list
     result = sweep(args, "conv", {"algo": RULES, "seed": seeds}, train)
     fig, (ax, ax_final) = plt.subplots(1, 2, figsize=(12, 4.3))
     for values, runs in histories(result):

@@ -36,7 +36,7 @@ QUICK = dict(dataset="digits", hidden=[64], epochs=2, batch_size=256, trace_ever
 def main() -> None:
     args = arguments("noisy_hardware", __doc__, epochs=FULL["epochs"])
     train = dict(QUICK) if args.quick else {**FULL, "epochs": args.epochs}
-    seeds = [0] if args.quick else [0, 1, 2]
+    seeds = [0] if args.quick else args.seed_list
     noises = NOISES[:3] if args.quick else NOISES
     levels = LEVELS[::2] if args.quick else LEVELS
     types = sweep(args, "noise_types", {"noise": noises, "both_noisy": [False, True],

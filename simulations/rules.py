@@ -30,7 +30,7 @@ QUICK = dict(dataset="digits", hidden=[64, 64], epochs=2, val_fraction=0.1, trac
 def main() -> None:
     args = arguments("rules", __doc__, epochs=FULL["epochs"])
     train = dict(QUICK) if args.quick else {**FULL, "epochs": args.epochs}
-    seeds = [0, 1] if args.quick else [0, 1, 2]
+    seeds = [0, 1] if args.quick else args.seed_list
     result = sweep(args, "rules", {"algo": RULES, "seed": seeds}, train)
     figure(result, Path(args.out) / "rules.png")
 

@@ -31,7 +31,7 @@ QUICK = dict(dataset="digits", epochs=1, batch_size=256, trace_every=0, figures=
 def main() -> None:
     args = arguments("scaling", __doc__, epochs=FULL["epochs"])
     train = dict(QUICK) if args.quick else {**FULL, "epochs": args.epochs}
-    seeds = [0] if args.quick else [0, 1, 2]
+    seeds = [0] if args.quick else args.seed_list
     width = 32 if args.quick else 256
     depths = [1, 3] if args.quick else [1, 2, 3, 4, 5, 6]
     widths = [16, 64] if args.quick else [32, 128, 512, 2048]

@@ -31,7 +31,7 @@ QUICK = dict(dataset="digits", epochs=1, batch_size=256, time_steps=3, trace_eve
 def main() -> None:
     args = arguments("spiking", __doc__, epochs=FULL["epochs"])
     train = dict(QUICK) if args.quick else {**FULL, "epochs": args.epochs}
-    seeds = [0] if args.quick else [0, 1, 2]
+    seeds = [0] if args.quick else args.seed_list
     results = []
     for unit, arch in NETWORKS:
         settings = {**train, "unit": unit, "arch": arch}
