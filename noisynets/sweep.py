@@ -270,11 +270,13 @@ def run_sweep(
     ``scheduler``: the address of a running Dask scheduler, e.g. ``tcp://10.0.0.5:8786``;
     without it an embedded local cluster of ``workers`` processes (default: one per core, at
     most one per run). ``workers = 1`` without a scheduler runs in this process, no cluster.
+    The workers of a running cluster write the run folders under ``out`` (made absolute), so
+    they need it, and the data sets, at the same paths: a shared file system.
     """
     from tqdm import tqdm
 
     emit = log or (lambda line: None)
-    out = Path(out)
+    out = Path(out).absolute()  # the workers of a cluster write there: a shared file system
     runs = sweep.runs()
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):

@@ -174,3 +174,19 @@ def test_a_killed_sweep_on_a_two_worker_dask_cluster_finishes_only_the_missing_r
     assert stamps == {name: (out / name / "model.pt").stat().st_mtime_ns for name in first}
     assert sorted(finished()) == sorted(names)
     assert len(result["summary"]) == 2 and all(row["done"] == 2 for row in result["summary"])
+
+
+def test_a_sweep_sent_to_a_running_cluster_gives_each_run_its_share_of_the_cores(tmp_path):
+    import logging
+
+    from distributed import LocalCluster
+
+    path = write(tmp_path / "s.toml", TINY.replace('algo = ["bp", "danp"]', 'algo = ["bp"]'))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        result = run_sweep(load_sweep(path), tmp_path / "out", scheduler=cluster.scheduler_address,
+                           progress=False, log=None)
+    assert [r["status"] for r in result.runs] == ["done", "done"]
+    cores = len(os.sched_getaffinity(0))
+    for run in result.runs:  # two task slots on this machine: each run gets half its cores
+        assert run["summary"]["config"]["threads"] == max(1, cores // 2)
