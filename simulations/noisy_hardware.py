@@ -30,7 +30,8 @@ NOISES = ["gaussian", "centered_bernoulli", "bernoulli", "telegraph", "gain", "s
           "logistic"]
 LEVELS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 FULL = dict(dataset="digits", hidden=[500, 500], epochs=20, trace_every=0)
-QUICK = dict(dataset="digits", hidden=[64], epochs=2, batch_size=256, trace_every=0, figures=False)
+QUICK = dict(dataset="digits", hidden=[64], epochs=1, batch_size=256, trace_every=0,
+             figures=False)
 
 
 def main() -> None:

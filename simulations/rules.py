@@ -2,7 +2,7 @@
 
     python simulations/rules.py                  # 784-1000-1000-1000-10, batch 1000, 20 epochs
     python simulations/rules.py --epochs 5       # what RESULTS.md reports (a 2-core machine)
-    python simulations/rules.py --quick          # digits, a small net, 2 epochs: under a minute
+    python simulations/rules.py --quick          # digits, a small net, 2 epochs: seconds
 
 BP, NP, INP and ANP, each plain and decorrelated (D-), seeds 0, 1 and 2, Adam with each rule's
 preset learning rate, 10 % of the training set held out (the same samples for every run):
@@ -23,8 +23,8 @@ from common import arguments, curve, final, histories, save, sweep  # noqa: E402
 
 RULES = ["bp", "dbp", "np", "dnp", "inp", "dinp", "anp", "danp"]
 FULL = dict(dataset="fashion-mnist", epochs=20, val_fraction=0.1)
-QUICK = dict(dataset="digits", hidden=[64, 64], epochs=2, val_fraction=0.1, trace_every=0,
-             figures=False)
+QUICK = dict(dataset="digits", hidden=[64, 64], epochs=2, batch_size=256, val_fraction=0.1,
+             trace_every=0, figures=False)
 
 
 def main() -> None:

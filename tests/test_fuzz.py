@@ -18,6 +18,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from noisynets.cli import main
@@ -195,6 +196,8 @@ def checkpoint_cases(tmp: Path, rng: random.Random, run: Path) -> list[bytes]:
             foreign, evil, b"PK\x03\x04" + rng.randbytes(100)]
 
 
+@pytest.mark.slow  # 480 cases, a minute or more; the default run keeps the short checks of
+# tests/test_cli.py, test_data.py, test_traces.py and test_resume.py
 def test_hundreds_of_malformed_inputs_get_one_line_each(tmp_path, monkeypatch, capfd):
     from noisynets import data
     from noisynets.config import TrainConfig

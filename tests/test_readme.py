@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+@pytest.mark.slow  # about 40 s idle, minutes on a busy machine: the spiking example trains
 def test_the_library_examples_run_and_learn(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # an example saves a model into the working folder
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)

@@ -176,6 +176,7 @@ def test_a_killed_sweep_on_a_two_worker_dask_cluster_finishes_only_the_missing_r
     assert len(result["summary"]) == 2 and all(row["done"] == 2 for row in result["summary"])
 
 
+@pytest.mark.slow  # starts a second cluster; the default run has the embedded one
 def test_a_sweep_sent_to_a_running_cluster_gives_each_run_its_share_of_the_cores(tmp_path):
     import logging
 
