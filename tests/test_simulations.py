@@ -32,7 +32,7 @@ def test_rules_then_alignment_which_reuses_its_runs(tmp_path):
     assert all(r["status"] == "done" for r in sweep["runs"])
     assert is_png(tmp_path / "rules.png")
     proc = simulate("alignment", tmp_path)
-    assert "12 finished already, 0 to run" in proc.stdout  # the six NP-family rules x 2 seeds
+    assert "16 finished already, 0 to run" in proc.stdout  # the same sweep: nothing runs again
     assert is_png(tmp_path / "alignment.png")
 
 
