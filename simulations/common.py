@@ -24,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from noisynets.cli import positive_int  # noqa: E402
 from noisynets.sweep import Sweep, SweepResult, groups, run_sweep  # noqa: E402
 
 
@@ -32,15 +33,15 @@ def arguments(name: str, doc: str, epochs: int | None = None) -> argparse.Namesp
     ``epochs`` (the full form's), ``--epochs`` may change them."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     if epochs is not None:
-        p.add_argument("--epochs", type=int, default=epochs,
+        p.add_argument("--epochs", type=positive_int, default=epochs,
                        help=f"epochs of the full form ({epochs}); the folder name says so")
     p.add_argument("--quick", action="store_true",
                    help="a small form on the embedded digits, under a minute")
-    p.add_argument("--seeds", type=int, default=3,
+    p.add_argument("--seeds", type=positive_int, default=3,
                    help="seeds 0..N-1 of the full form (3); a later call with more adds the "
                         "missing seeds to the same sweeps")
     p.add_argument("--out", metavar="DIR", help="folder of the simulation's sweeps")
-    p.add_argument("--workers", type=int, metavar="N",
+    p.add_argument("--workers", type=positive_int, metavar="N",
                    help="runs at once on an embedded Dask cluster (default: one per core; "
                         "1: in this process)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask cluster's scheduler")
@@ -52,7 +53,7 @@ def arguments(name: str, doc: str, epochs: int | None = None) -> argparse.Namesp
         args.out = str(Path("runs") / "simulations" / (name + suffix))
     if args.quick and args.workers is None and args.scheduler is None:
         args.workers = 1  # small runs: a cluster would cost more than it saves
-    args.seed_list = list(range(max(1, args.seeds)))
+    args.seed_list = list(range(args.seeds))
     return args
 
 
