@@ -559,7 +559,7 @@ def sweep_figure(result: SweepResult, path: str | Path) -> Path:
     right, every seed's final value as a dot and the group's mean as a line. The curve is the
     validation split's where the runs hold one out, else the test split's; a regression sweep
     shows the loss."""
-    from noisynets.sweep import groups, score_name
+    from noisynets.sweep import groups, score_name, seed_curve, value_text
 
     score = score_name(result)
     validating = any(h.get(score.replace("test", "val")) is not None
@@ -571,23 +571,19 @@ def sweep_figure(result: SweepResult, path: str | Path) -> Path:
                                              gridspec_kw={"width_ratios": [3, 2]})
     labels, finals = [], []
     for values, runs in groups(result):
-        label = ", ".join(f"{k}={_value_text(v)}" for k, v in values.items()) or "all runs"
-        histories = [[(h["epoch"], h[curve_metric]) for h in r["summary"]["history"]
-                      if h.get(curve_metric) is not None] for r in runs if "summary" in r]
-        histories = [h for h in histories if h]
+        label = ", ".join(f"{k}={value_text(v)}" for k, v in values.items()) or "all runs"
         labels.append(label)
         finals.append([r["summary"][score] for r in runs if "summary" in r
                        and r["summary"].get(score) is not None])
-        if not histories:
+        histories = [r["summary"]["history"] for r in runs if "summary" in r]
+        seeds = sum(any(h.get(curve_metric) is not None for h in history)
+                    for history in histories)
+        if not seeds:
             continue
-        epochs = sorted({e for h in histories for e, _ in h})
-        table = [dict(h) for h in histories]
-        mean = [np.mean([t[e] for t in table if e in t]) for e in epochs]
-        low = [min(t[e] for t in table if e in t) for e in epochs]
-        high = [max(t[e] for t in table if e in t) for e in epochs]
+        epochs, mean, low, high = seed_curve(histories, curve_metric)
         line, = ax_curve.plot(epochs, mean, marker="o", markersize=3,
-                              label=f"{label} (n={len(histories)})")
-        if len(histories) > 1:
+                              label=f"{label} (n={seeds})")
+        if seeds > 1:
             ax_curve.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
     ax_curve.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax_curve.set_xlabel("epoch (0: before training)")
@@ -614,11 +610,3 @@ def sweep_figure(result: SweepResult, path: str | Path) -> Path:
     fig.suptitle(f"sweep {Path(result.out).name}: {len(result.runs)} runs")
     fig.tight_layout()
     return _save(fig, Path(path), 110)
-
-
-def _value_text(value: object) -> str:
-    if isinstance(value, (list, tuple)):
-        return "x".join(str(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)

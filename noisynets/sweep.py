@@ -74,9 +74,10 @@ class Sweep:
 
     grid: dict[str, list[Any]]
     train: dict[str, Any] = field(default_factory=dict)
+    where: str = "sweep"  # how errors name it: "sweep file 'x.toml'"
 
     def __post_init__(self) -> None:
-        check_sweep(self.grid, self.train, "sweep")
+        check_sweep(self.grid, self.train, self.where)
 
     def runs(self) -> list[Run]:
         """Every combination of the grid's values, in the file's order (the last key varies
@@ -144,9 +145,7 @@ def load_sweep(path: str | Path) -> Sweep:
             hint = f" (did you mean [{close[0]}]?)" if close else ""
             raise ValueError(f"{where}: unknown table [{key}]{hint}; a sweep file has [grid] "
                              "(the values to combine) and [train] (the settings all runs share)")
-    grid, train = data.get("grid", {}), data.get("train", {})
-    check_sweep(grid, train, where)
-    sweep = Sweep(grid, train)
+    sweep = Sweep(data.get("grid", {}), data.get("train", {}), where)
     try:
         sweep.runs()
     except ValueError as e:
@@ -158,16 +157,17 @@ def run_name(values: dict[str, Any]) -> str:
     """The folder of a combination: ``algo-bp_seed-0``; a list value joins with ``x``."""
     if not values:
         return "run"
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, (list, tuple)):
-            text = "x".join(str(v) for v in value)
-        elif isinstance(value, float):
-            text = f"{value:g}"
-        else:
-            text = str(value)
-        parts.append(f"{key}-{re.sub(r'[^A-Za-z0-9.+-]+', '-', text) or 'none'}")
-    return "_".join(parts)
+    return "_".join(f"{key}-{re.sub(r'[^A-Za-z0-9.+-]+', '-', value_text(value)) or 'none'}"
+                    for key, value in values.items())
+
+
+def value_text(value: Any) -> str:
+    """A grid value in a few characters: ``[100, 50]`` is ``100x50``, ``0.001`` is ``0.001``."""
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 # --- running ------------------------------------------------------------------------------
@@ -402,6 +402,23 @@ def groups(result: SweepResult) -> list[tuple[dict[str, Any], list[dict[str, Any
         values = {k: run["values"][k] for k in keys}
         grouped.setdefault(json.dumps(values), (values, []))[1].append(run)
     return list(grouped.values())
+
+
+def seed_curve(histories: list[list[dict[str, Any]]], key: str, index: int | None = None
+               ) -> tuple[list[int], list[float], list[float], list[float]]:
+    """From every seed's epoch history: the epochs and the mean, minimum and maximum over the
+    seeds of ``key`` (element ``index`` of a per-layer metric such as ``alignment``)."""
+    table: dict[int, list[float]] = {}
+    for history in histories:
+        for h in history:
+            value = h.get(key)
+            if value is not None and index is not None:
+                value = value[index]
+            if value is not None:
+                table.setdefault(h["epoch"], []).append(value)
+    epochs = sorted(table)
+    return (epochs, [statistics.fmean(table[e]) for e in epochs],
+            [min(table[e]) for e in epochs], [max(table[e]) for e in epochs])
 
 
 def spread(values: list[float]) -> dict[str, float | None]:

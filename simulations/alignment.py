@@ -21,20 +21,17 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import arguments, curve, histories, save, sweep  # noqa: E402
-from rules import FULL, QUICK  # noqa: E402
-from rules import RULES as ALL_RULES  # noqa: E402
+import rules  # noqa: E402
+from common import arguments, curve, histories, save  # noqa: E402
+from rules import FULL  # noqa: E402
 
 RULES = ["np", "dnp", "inp", "dinp", "anp", "danp"]
 
 
 def main() -> None:
     args = arguments("rules", __doc__, epochs=FULL["epochs"])
-    train = dict(QUICK) if args.quick else {**FULL, "epochs": args.epochs}
-    seeds = [0, 1] if args.quick else args.seed_list
     # the very sweep of rules.py (all eight rules), so its summary stays whole
-    result = sweep(args, "rules", {"algo": ALL_RULES, "seed": seeds}, train)
-    figure(result, Path(args.out) / "alignment.png")
+    figure(rules.run(args), Path(args.out) / "alignment.png")
 
 
 def figure(result, path: Path) -> None:

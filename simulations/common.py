@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 
 from noisynets.cli import positive_int  # noqa: E402
 from noisynets.sweep import Sweep, SweepResult, groups, run_sweep  # noqa: E402
+from noisynets.sweep import seed_curve as curve  # noqa: E402, F401  (the simulations' curves)
 
 
 def arguments(name: str, doc: str, epochs: int | None = None) -> argparse.Namespace:
@@ -75,23 +76,6 @@ def histories(result: SweepResult) -> list[tuple[dict[str, Any], list[list[dict[
     """Per group of runs (grid values other than the seed): every seed's epoch history."""
     return [(values, [r["summary"]["history"] for r in runs if "summary" in r])
             for values, runs in groups(result)]
-
-
-def curve(history_list: list[list[dict[str, Any]]], key: str, index: int | None = None
-          ) -> tuple[list[int], list[float], list[float], list[float]]:
-    """Epochs and the mean, minimum and maximum over seeds of ``key`` (element ``index`` of a
-    per-layer metric), from every seed's history."""
-    table: dict[int, list[float]] = {}
-    for history in history_list:
-        for h in history:
-            value = h.get(key)
-            if value is not None and index is not None:
-                value = value[index]
-            if value is not None:
-                table.setdefault(h["epoch"], []).append(value)
-    epochs = sorted(table)
-    return (epochs, [sum(table[e]) / len(table[e]) for e in epochs],
-            [min(table[e]) for e in epochs], [max(table[e]) for e in epochs])
 
 
 def final(result: SweepResult, values: dict[str, Any], key: str) -> list[float]:

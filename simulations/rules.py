@@ -13,6 +13,7 @@ every seed's final test accuracy.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import arguments, curve, final, histories, save, sweep  # noqa: E402
+
+from noisynets.sweep import SweepResult  # noqa: E402
 
 RULES = ["bp", "dbp", "np", "dnp", "inp", "dinp", "anp", "danp"]
 FULL = dict(dataset="fashion-mnist", epochs=20, val_fraction=0.1)
@@ -29,10 +32,14 @@ QUICK = dict(dataset="digits", hidden=[64, 64], epochs=2, batch_size=256, val_fr
 
 def main() -> None:
     args = arguments("rules", __doc__, epochs=FULL["epochs"])
+    figure(run(args), Path(args.out) / "rules.png")
+
+
+def run(args: argparse.Namespace) -> SweepResult:
+    """The sweep of this experiment (alignment.py draws another figure of the same runs)."""
     train = dict(QUICK) if args.quick else {**FULL, "epochs": args.epochs}
     seeds = [0, 1] if args.quick else args.seed_list
-    result = sweep(args, "rules", {"algo": RULES, "seed": seeds}, train)
-    figure(result, Path(args.out) / "rules.png")
+    return sweep(args, "rules", {"algo": RULES, "seed": seeds}, train)
 
 
 def figure(result, path: Path) -> None:
