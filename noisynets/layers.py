@@ -249,7 +249,10 @@ class Layer(nn.Module):
         self.node_shape = tuple(current.shape[1:])
         if threshold_shift is not None:
             self.unit.threshold_shift = threshold_shift
-        return self.unit(current).to(current.dtype)
+        out = self.unit(current)
+        if isinstance(out, tuple):  # an snntorch neuron with output=True: (spikes, states...)
+            out = out[0]
+        return out.to(current.dtype)
 
     def membrane(self) -> Tensor | None:
         """A spiking unit's membrane potential after the last step."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,9 +69,19 @@ REFUSED: dict[tuple[type[nn.Module], ...], str] = {
         "it normalises with statistics of the batch, which mixes the stacked passes of a "
         "sample: remove it (or fold it into the weights of the layer before)"
     ),
-    (nn.RNNBase, nn.RNNCellBase, snn.RLeaky, snn.RSynaptic, snn.SLSTM, snn.SConv2dLSTM): (
+    (nn.RNNBase, nn.RNNCellBase): (
         "recurrent layers are not supported: node perturbation here needs a feed-forward "
         "network (spiking neurons with their own membrane state are fine)"
+    ),
+    (snn.RLeaky, snn.RSynaptic): (
+        "recurrent spiking layers are not supported yet: their recurrent weight acts on the "
+        "previous step's spikes, a second weight operation inside the neuron that no rule "
+        "estimates here; use snn.Leaky or snn.Synaptic, or train the model with snntorch's "
+        "own BPTT loop"
+    ),
+    (snn.SLSTM, snn.SConv2dLSTM): (
+        "spiking LSTMs are not supported: their gates are weight operations inside the "
+        "neuron; use snn.Leaky or snn.Synaptic after an nn.Linear/nn.Conv2d"
     ),
 }
 
@@ -111,7 +122,9 @@ class Record:
       flattened (a feature map's channels, rows and columns);
     * ``loss``        -- (P, B): the per-sample loss of every pass;
     * ``time_steps``  -- T;
-    * ``outputs`` and ``membrane`` -- per layer (T, P, B, n_l), only when asked for (traces).
+    * ``outputs`` and ``membrane`` -- per layer (T, P, B, n_l), only when asked for (traces);
+    * ``readout`` -- (P, B, C), a spiking readout's logits: its spike counts ``sum_t S_t``
+      (``readout="spikes"``) or its peak membrane ``max_t U_t`` (``"membrane"``); else None.
     """
 
     inputs: list[Tensor]
@@ -120,14 +133,31 @@ class Record:
     time_steps: int
     outputs: list[Tensor] | None = None
     membrane: list[Tensor | None] | None = None
+    readout: Tensor | None = None
 
     @property
     def logits(self) -> Tensor:
-        """(P, B, C): the readout of every pass, the output layer's summed drive over T."""
+        """(P, B, C): the readout of every pass: the output layer's summed drive over T, or a
+        spiking readout's ``readout``."""
+        if self.readout is not None:
+            return self.readout
         return self.activity[-1] / self.time_steps
 
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+# ``scales(record, squares) -> [((lo, hi), c_l)]`` of a rule's per-step signal, per layer.
+StepScales = Callable[["Record", list[Tensor]], list[tuple[tuple[int, int], Tensor]]]
+# ``on_step(layer, t, xh_t, I_t, eps_t)`` after layer ``layer``'s nodes fired at step ``t``:
+# its reference input ``xh_t`` (B, ...), its input current ``I_t`` of every pass (P B, ...)
+# and the noise ``eps_t`` of its noisy passes (None where it has none).
+StepHook = Callable[[int, int, Tensor, Tensor, "Tensor | None"], None]
+READOUTS: tuple[str, ...] = ("spikes", "membrane")
+# Parameter-free operations that are linear: between a weight operation and its nodes the
+# product at the summed input equals the sum of the per-step products.
+LINEAR_FREE_OPS: tuple[type[nn.Module], ...] = (
+    nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+)
 
 
 class Network(nn.Module):
@@ -154,6 +184,12 @@ class Network(nn.Module):
             faster, else the network's own dtype).
         beta, threshold: the LIF neurons' membrane decay and threshold (built networks).
         threshold_noise: the std of Gaussian noise on the threshold of ``units.LIF`` nodes.
+        per_step: the perturbation rules take per-step products ``g_W = sum_t e_t xh_t^T``
+            instead of ``(sum_t e_t)(sum_t xh_t)^T / T``-style summed ones (docs/algorithms.md,
+            "Per-step products"): the forward runs twice with the same noise, memory flat in T.
+        readout: a spiking readout's logits (a model ending with a neuron after its last
+            weight operation): ``spikes`` (spike counts, the default) or ``membrane`` (the peak
+            membrane potential over the steps).
         seed: fixes the weights of a built network and every layer's noise stream.
 
     Nodes whose unit is ``StochasticBinary`` carry logistic noise of scale 1 (their units are
@@ -177,6 +213,8 @@ class Network(nn.Module):
         beta: float = 0.9,
         threshold: float = 1.0,
         threshold_noise: float = 0.0,
+        per_step: bool = False,
+        readout: str = "spikes",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -197,6 +235,8 @@ class Network(nn.Module):
             raise ValueError(f"decorrelation_fraction {decorrelation_fraction} must be in (0, 1]")
         if threshold_noise < 0:
             raise ValueError(f"threshold_noise {threshold_noise} must be >= 0")
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}: choose one of {', '.join(READOUTS)}")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}: choose one of "
                              f"{', '.join(PRECISIONS)}")
@@ -241,7 +281,11 @@ class Network(nn.Module):
         self.time_steps = int(time_steps)
         self.encoding = encoding
         self.precision = precision
+        self.per_step = bool(per_step)
+        self.readout = readout
+        self.spiking_readout = self.layers[-1].spiking
         self.shard: Shard | None = None  # set by ``sharded``
+        self._told_fixed = False
 
     @property
     def num_layers(self) -> int:
@@ -295,6 +339,7 @@ class Network(nn.Module):
         noise_out: list[Tensor] | None = None,
         keep_states: bool = False,
         loss: bool = True,
+        on_step: StepHook | None = None,
     ) -> Record:
         B, P, T, L = x.shape[0], passes.count, self.time_steps, self.num_layers
         if len(passes.noisy) != L:
@@ -310,6 +355,7 @@ class Network(nn.Module):
         outputs: list[list[Tensor]] = [[] for _ in range(L)]
         membrane: list[list[Tensor]] = [[] for _ in range(L)]
         first: tuple[Tensor, Tensor] | None = None
+        readout: Tensor | None = None  # a spiking readout's spike count or peak membrane
         try:
             for t in range(T):
                 h = self._draw(spikegen.rate_conv, x) if self.encoding == "poisson" else x
@@ -326,6 +372,7 @@ class Network(nn.Module):
                             first = (seen, current)
                     start, stop = passes.noisy[k]
                     shift = None
+                    eps = None
                     if stop > start:
                         if k == 0 and first is not None:
                             current = current.clone()  # the cached drive stays noise-free
@@ -338,6 +385,12 @@ class Network(nn.Module):
                             shift = torch.zeros_like(current)
                             shift[noisy] = self._draw(layer.threshold_noise, current[noisy])
                     h = layer.fire(current, shift)
+                    if on_step is not None:
+                        step_input = (layer.decorrelator(seen[:B]) if folded[k] is not None
+                                      and not layer.conv else seen[:B])
+                        on_step(k, t, step_input, current, eps)
+                    if k == L - 1 and self.spiking_readout:
+                        readout = self._read_out(readout, h, layer, t)
                     flat = current.reshape(P * B, -1)
                     reference = seen[:B].reshape(B, -1)
                     seen_sum[k] = reference if t == 0 else seen_sum[k] + reference
@@ -356,7 +409,7 @@ class Network(nn.Module):
             for layer in self.layers:
                 layer.end()  # nothing of this forward stays in the neurons
         activity = [a.view(P, B, -1) for a in activity]
-        logits = activity[-1] / T
+        logits = activity[-1] / T if readout is None else readout.view(P, B, -1)
         if loss:
             target = y.repeat(P, *([1] * (y.dim() - 1)))
             losses = self.loss_fn(logits.reshape(P * B, -1), target).view(P, B)
@@ -372,6 +425,8 @@ class Network(nn.Module):
             for layer, s, f in zip(self.layers, seen_sum, folded)
         ]
         record = Record(inputs, activity, losses, T)
+        if readout is not None:
+            record.readout = logits
         if keep_states:
             record.outputs = [torch.stack(o).view(T, P, B, -1) for o in outputs]
             record.membrane = [torch.stack(m).view(T, P, B, -1) if m else None for m in membrane]
@@ -392,6 +447,93 @@ class Network(nn.Module):
             folded.append(layer.folded_weight() if fold else None)
         return folded
 
+    def _read_out(self, readout: Tensor | None, spikes: Tensor, layer: Layer, t: int) -> Tensor:
+        """A spiking readout after step ``t``: the spike count ``sum_t S_t`` (``spikes``) or
+        the peak membrane ``max_t U_t`` (``membrane``), (P B, C)."""
+        value = spikes if self.readout == "spikes" else layer.membrane()
+        value = value.reshape(value.shape[0], -1)
+        if readout is None:
+            return value
+        return readout + value if self.readout == "spikes" else torch.maximum(readout, value)
+
+    def check_summed_products(self) -> None:
+        """Summed products need a linear ``mid``: ``mid(op(sum_t h_t)) = sum_t mid(op(h_t))``."""
+        if self.time_steps == 1 or self.per_step:
+            return
+        for k, layer in enumerate(self.layers):
+            for module in layer.mid:
+                if not isinstance(module, LINEAR_FREE_OPS):
+                    raise ValueError(
+                        f"layer {k + 1} has {type(module).__name__} between its weight operation "
+                        f"and its nodes at time_steps={self.time_steps}: the product at the "
+                        "input summed over the steps is not the estimate there; use per-step "
+                        "products (per_step=True, --per-step-products) or put the pooling "
+                        "after the nodes")
+
+    def tell_fixed_neuron_parameters(self) -> None:
+        """Say once that the perturbation rules hold the neurons' own parameters fixed."""
+        names = sorted({name.rsplit(".", 1)[-1] for layer in self.layers
+                        for name, _ in layer.unit.named_parameters()})
+        if names and not self._told_fixed:
+            self._told_fixed = True
+            warnings.warn(f"the perturbation rules hold the neurons' learnable {', '.join(names)} "
+                          "fixed (they estimate weights and biases only); bp/dbp (BPTT) trains "
+                          "them", stacklevel=3)
+
+    def step_gradients(
+        self, x: Tensor, y: Tensor, passes: Passes, scales: StepScales, read_noise: bool = False,
+    ) -> tuple[list[tuple[Tensor, Tensor | None]], Record]:
+        """Per-step products (docs/algorithms.md, "Per-step products"), memory flat in T.
+
+        A rule's node signal is ``e_{l,t} = c_l * v_{l,t}`` per noisy pass and sample: a scale
+        ``c_l`` known only after the pass (it holds the loss change) times a per-step vector,
+        the activity change ``da_{l,t} = I_{l,t} - I_{l,t}(reference)`` or, ``read_noise``, the
+        noise ``eps_{l,t}``. The forward runs once to measure ``dL`` and
+        ``sum_t ||da_{l,t}||^2``; ``scales(record, squares)`` returns per layer its passes
+        ``(lo, hi)`` and ``c_l`` of shape (hi - lo, B); the forward then runs again on the same
+        noise and every step adds ``layer.gradient(sum_k e_{l,t}, xh_{l-1,t})``::
+
+            g_W_l = mean_{k,n} sum_t e_{l,t,k,n} xh_{l-1,t,n}^T
+            g_b_l = mean_{k,n} sum_t e_{l,t,k,n}
+        """
+        self.tell_fixed_neuron_parameters()
+        P, B, L = passes.count, x.shape[0], self.num_layers
+        squares = [x.new_zeros(P - 1, B) for _ in range(L)]
+
+        def measure(k: int, t: int, xh: Tensor, current: Tensor, eps: Tensor | None) -> None:
+            drive = current.reshape(P, B, -1)
+            squares[k] += (drive[1:] - drive[:1]).pow(2).sum(-1)
+
+        with self.untouched_noise():
+            first = self._forward(x, y, passes, on_step=measure)
+        plan = scales(first, squares)
+        low = difference_dtype(self.precision, x.dtype, x.device)
+        sums: list[list[Tensor | None]] = [[None, None] for _ in range(L)]
+
+        def accumulate(k: int, t: int, xh: Tensor, current: Tensor, eps: Tensor | None) -> None:
+            (lo, hi), scale = plan[k]
+            if hi <= lo:
+                return
+            if read_noise:
+                v = eps.reshape(hi - lo, B, -1)
+            else:
+                drive = current.reshape(P, B, -1)
+                v = drive[lo:hi] - drive[:1]
+            e = (scale.unsqueeze(-1) * v).sum(0)
+            g_w, g_b = self.layers[k].gradient(e, xh.reshape(B, -1), 1, (hi - lo) * B, low)
+            old_w, old_b = sums[k]
+            sums[k] = [g_w if old_w is None else old_w + g_w,
+                       g_b if old_b is None else old_b + g_b]
+
+        record = self._forward(x, y, passes, on_step=accumulate)
+        grads = []
+        for layer, (g_w, g_b) in zip(self.layers, sums):
+            g_w = torch.zeros_like(layer.weight) if g_w is None else g_w
+            if layer.bias is not None and g_b is None:
+                g_b = torch.zeros_like(layer.bias)
+            grads.append((g_w, g_b))
+        return grads, record
+
     def gradients(
         self, signals: Sequence[Tensor], record: Record
     ) -> list[tuple[Tensor, Tensor | None]]:
@@ -399,6 +541,8 @@ class Network(nn.Module):
         operation's own vector-Jacobian product with ``mean_k e_l`` at the reference input,
         averaged over the batch (docs/algorithms.md, "The rules"), its products in the
         network's ``precision`` (an estimate needs a few significant digits only)."""
+        self.check_summed_products()
+        self.tell_fixed_neuron_parameters()
         grads = []
         low = difference_dtype(self.precision, record.loss.dtype, record.loss.device)
         for layer, e, seen in zip(self.layers, signals, record.inputs):
@@ -462,8 +606,16 @@ class Network(nn.Module):
                 layer.bias.grad = g_b
 
     def trained_parameters(self) -> list[nn.Parameter]:
-        """The weights and biases of every layer: what the rules estimate."""
-        return [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
+        """The weights and biases of every layer (what the rules estimate), then the neurons'
+        own learnable parameters (``learn_beta``, ``learn_threshold``, ...: BPTT trains them,
+        the perturbation rules hold them fixed)."""
+        weights = [p for layer in self.layers for p in (layer.weight, layer.bias)
+                   if p is not None]
+        return weights + self.neuron_parameters()
+
+    def neuron_parameters(self) -> list[nn.Parameter]:
+        """The learnable parameters of the nodes' units (snntorch's ``learn_beta``, ...)."""
+        return [p for layer in self.layers for p in layer.unit.parameters()]
 
 
 def wrap(model: nn.Module, **options: Any) -> Network:
@@ -575,11 +727,14 @@ def parse(model: nn.Module) -> list[tuple[list[nn.Module], nn.Module, list[nn.Mo
                 pending.append(module)
     if not layers:
         raise ValueError("the model has no weight operation (nn.Linear or nn.Conv2d)")
+    if current is not None and isinstance(current[3], snn.SpikingNeuron) and not pending:
+        return [tuple(layer) for layer in layers]  # a spiking readout: its spikes are read out
     if current is None or current[3] is not None or pending:
         raise ValueError(
             f"the model ends with {type(modules[-1][1]).__name__} ({modules[-1][0]!r}): it must "
             "end with its readout weight operation, whose output are the logits (read out as "
-            "their mean over the time steps); remove the final node"
+            "their mean over the time steps), or with a spiking neuron after it (a spiking "
+            "readout); remove the final node"
         )
     current[3] = nn.Identity()  # the readout node
     return [tuple(layer) for layer in layers]
@@ -596,13 +751,7 @@ def classify(module: nn.Module, where: str) -> str:
         if not module.init_hidden:
             raise ValueError(f"{where} needs init_hidden=True: in an nn.Sequential a neuron "
                              "keeps its state itself, the snntorch way")
-        if module.output:
-            raise ValueError(f"{where} has output=True: leave it False, so that the neuron "
-                             "returns its spikes only")
-        if any(True for _ in module.parameters()):
-            raise ValueError(f"{where} has learnable parameters (learn_beta, learn_threshold, "
-                             "...), which the perturbation rules do not train: leave them fixed")
-        return "node"
+        return "node"  # output=True: its spikes drive the next layer; learnable: BPTT trains
     if isinstance(module, ACTIVATIONS):
         return "node"
     if isinstance(module, FREE_OPS):

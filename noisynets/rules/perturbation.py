@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from noisynets.network import Network, Passes, Record
+from noisynets.network import Network, Passes, Record, StepScales
 from noisynets.rules.base import Gradients, Rule
 
 
@@ -31,6 +31,18 @@ def check_controllable_noise(rule: str, network: Network) -> None:
                 "non-zero mean (bernoulli, or telegraph with offsets): use centered_bernoulli, "
                 "telegraph without offset_std, or anp/danp, which need no noise statistics"
             )
+
+
+def check_independent_steps(network: Network) -> None:
+    """Per-step NP divides by the per-step variance: the noise must not carry memory."""
+    T = network.time_steps
+    for k, layer in enumerate(network.layers):
+        summed, variance = layer.noise.summed_variance(T), T * layer.noise.variance
+        if abs(summed - variance) > 1e-9 * max(abs(variance), 1e-300):
+            raise ValueError(
+                f"np with per-step products needs noise independent across time steps; layer "
+                f"{k + 1}'s {layer.noise.spec} has memory: use summed products (no "
+                "--per-step-products), or anp/danp")
 
 
 def guarded(scale: Tensor, norm_sq: Tensor) -> Tensor:
@@ -67,6 +79,11 @@ class NP(Rule):
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
+        if network.per_step:
+            check_independent_steps(network)
+            with torch.no_grad():
+                return network.step_gradients(x, y, self.passes(network), self.step_scales(
+                    network, self.passes(network)), read_noise=True)
         with torch.no_grad():
             record, noise = network.run_reading_noise(x, y, self.passes(network))
             variances = [layer.noise.summed_variance(record.time_steps)
@@ -78,6 +95,20 @@ class NP(Rule):
         """``e_l = dL / s_l^2 * eps_l`` from the noise summed over time and its variance."""
         dL = record.loss[1:] - record.loss[:1]
         return [(dL / variance).unsqueeze(-1) * eps for eps, variance in zip(noise, variances)]
+
+    @staticmethod
+    def step_scales(network: Network, passes: Passes) -> StepScales:
+        """Per-step NP: ``e_{l,t} = dL / sigma_l^2 * eps_{l,t}``, ``sigma_l^2`` the per-step
+        variance (noise independent across steps, so ``E[dL eps_t] = sigma^2 dLoss/dI_t``)."""
+        variances = [layer.noise.variance for layer in network.layers]
+
+        def scales(record: Record, squares: list[Tensor]) -> list:
+            out = []
+            for (lo, hi), variance in zip(passes.noisy, variances):
+                dL = record.loss[lo:hi] - record.loss[:1]
+                out.append(((lo, hi), dL / variance))
+            return out
+        return scales
 
     def __repr__(self) -> str:
         return f"NP(noise_samples={self.noise_samples})"
@@ -105,6 +136,9 @@ class INP(Rule):
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
         passes = self.passes(network)
+        if network.per_step:
+            with torch.no_grad():
+                return network.step_gradients(x, y, passes, self.step_scales(passes))
         with torch.no_grad():
             record = network.run(x, y, passes)
             return network.gradients(self.signals(record, passes), record), record
@@ -120,6 +154,20 @@ class INP(Rule):
             scale = guarded(dL * da.shape[-1] / norm_sq, norm_sq)
             signals.append(scale.unsqueeze(-1) * da)
         return signals
+
+    @staticmethod
+    def step_scales(passes: Passes) -> StepScales:
+        """Per-step INP: ``e_{k,t} = dL^(k) * n_k T / sum_t ||da_{k,t}||^2 * da_{k,t}``: the
+        perturbation is a vector of ``n_k T`` (node, step) entries."""
+        def scales(record: Record, squares: list[Tensor]) -> list:
+            out = []
+            T = record.time_steps
+            for activity, sq, (lo, hi) in zip(record.activity, squares, passes.noisy):
+                dL = record.loss[lo:hi] - record.loss[:1]
+                norm_sq = sq[lo - 1:hi - 1]
+                out.append(((lo, hi), guarded(dL * activity.shape[-1] * T / norm_sq, norm_sq)))
+            return out
+        return scales
 
     def __repr__(self) -> str:
         return f"INP(noise_samples={self.noise_samples})"
@@ -143,9 +191,21 @@ class ANP(Rule):
         return Passes.perturbed(network.num_layers, self.noise_samples, network.both_noisy)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
+        if network.per_step:
+            with torch.no_grad():
+                return network.step_gradients(x, y, self.passes(network), self.step_scales)
         with torch.no_grad():
             record = network.run(x, y, self.passes(network))
             return network.gradients(self.signals(record), record), record
+
+    @staticmethod
+    def step_scales(record: Record, squares: list[Tensor]) -> list:
+        """Per-step ANP: ``e_{l,t} = dL * N T / sum_{l,t} ||da_{l,t}||^2 * da_{l,t}``."""
+        dL = record.loss[1:] - record.loss[:1]
+        norm_sq = sum(squares)
+        N = sum(a.shape[-1] for a in record.activity)
+        scale = guarded(dL * N * record.time_steps / norm_sq, norm_sq)
+        return [((1, record.loss.shape[0]), scale)] * len(squares)
 
     @staticmethod
     def signals(record: Record) -> list[Tensor]:
