@@ -34,7 +34,7 @@ from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, TrainConfig, load_tom
 from noisynets.data import DATASETS, TEACHER_KEYS
 from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
-from noisynets.network import ENCODINGS
+from noisynets.network import ENCODINGS, READOUTS
 from noisynets.noise import NOISES
 from noisynets.precision import PRECISIONS
 from noisynets.rules import RULES
@@ -136,6 +136,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit", choices=UNITS, help="hidden units (leaky_relu)")
     p.add_argument("--time-steps", type=positive_int, help="time steps T (lif: 10, else 1)")
     p.add_argument("--encoding", choices=ENCODINGS, help="input over time: current | poisson")
+    p.add_argument("--per-step-products", dest="per_step", action="store_true", default=None,
+                   help="perturbation rules take per-step products g_W = sum_t e_t xh_t^T "
+                        "(spiking layers, pooling before neurons at T > 1); the forward runs "
+                        "twice on the same noise (default: the paper's summed products)")
+    p.add_argument("--readout", choices=READOUTS,
+                   help="a model ending with a spiking neuron: its logits are the spike "
+                        "counts (spikes) or the peak membrane (membrane) (spikes)")
     p.add_argument("--beta", type=positive_float, help="LIF membrane decay (0.9)")
     p.add_argument("--threshold", type=positive_float, help="LIF threshold (1.0)")
     p.add_argument("--threshold-noise", type=nonnegative_float,

@@ -19,7 +19,7 @@ from typing import Any
 from noisynets.data import DATASETS, teacher_options
 from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
-from noisynets.network import ENCODINGS
+from noisynets.network import ENCODINGS, READOUTS
 from noisynets.noise import make_noise
 from noisynets.precision import PRECISIONS
 from noisynets.rules import RULES
@@ -57,6 +57,8 @@ class TrainConfig:
     beta: float = 0.9
     threshold: float = 1.0
     threshold_noise: float = 0.0
+    per_step: bool = False
+    readout: str = "spikes"
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -211,6 +213,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         _choice("loss", config.loss, LOSSES)
     _choice("unit", config.unit, UNITS)
     _choice("encoding", config.encoding, ENCODINGS)
+    _choice("readout", config.readout, READOUTS)
     _choice("device", config.device, DEVICES)
     _choice("precision", config.precision, PRECISIONS)
     if config.model is not None and not isinstance(config.model, str):
@@ -263,7 +266,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _nonnegative_float("threshold_noise", c.threshold_noise)
     if c.threshold_noise > 0 and c.unit != "lif":
         raise ValueError(f"threshold_noise {c.threshold_noise:g} needs --unit lif")
-    for name in ("both_noisy", "standardize", "spike_events", "figures"):
+    for name in ("both_noisy", "per_step", "standardize", "spike_events", "figures"):
         if not isinstance(getattr(c, name), bool):
             raise ValueError(f"{name} {getattr(c, name)!r} must be true or false")
     for name in ("out", "data_root", "model"):

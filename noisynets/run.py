@@ -162,6 +162,8 @@ def build(config: TrainConfig, data: Dataset) -> tuple[Network, Rule, torch.opti
         beta=config.beta,
         threshold=config.threshold,
         threshold_noise=config.threshold_noise,
+        per_step=config.per_step,
+        readout=config.readout,
         seed=config.seed,
     )
     rule = make_rule(config.algo, noise_samples=config.noise_samples)

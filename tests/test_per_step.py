@@ -202,7 +202,7 @@ def test_per_step_anp_is_its_formula_step_by_step():
     estimate, again = ANP(noise_samples=K).gradients(net, x, y)
     torch.testing.assert_close(again.loss, record.loss)  # the replay ran on the same noise
     dL = record.loss[1:] - record.loss[:1]
-    da = [[I[1:] - I[:1] for I in steps] for steps in currents]
+    da = [[c[1:] - c[:1] for c in steps] for steps in currents]
     norm_sq = sum(d.pow(2).sum(-1) for steps in da for d in steps)
     N = sum(c[0].shape[-1] for c in currents)
     for k in range(L):
@@ -239,3 +239,20 @@ def test_per_step_np_refuses_noise_with_memory_in_one_line():
     with pytest.raises(ValueError, match="independent across time steps") as info:
         make_rule("np").gradients(net, x, y)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("readout", ["spikes", "membrane"])
+def test_per_step_np_on_a_spiking_readout_is_bptt(readout):
+    """A model ending with a (smooth) neuron: the loss on its spike counts or peak membrane."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 6), SmoothLeaky(), nn.Linear(6, 4), SmoothLeaky())
+    net = noisynets.wrap(model, time_steps=T, per_step=True, readout=readout, seed=0).double()
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.weight.mul_(2.0)
+            layer.bias.fill_(0.3)
+    x, y = data((5,), 4)
+    passes = use_step_basis(net, node_counts(net, x, y), layerwise=False)
+    truth, _ = make_rule("bp").gradients(net, x, y)
+    estimate, _ = make_rule("np", noise_samples=passes).gradients(net, x, y)
+    assert_is_bptt(estimate, truth, f"per-step NP, spiking readout ({readout})")
