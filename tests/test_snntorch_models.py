@@ -119,3 +119,38 @@ def test_perturbation_rules_hold_learnable_neuron_parameters_fixed_and_say_so_on
         batch_size=32, progress=False)
     assert not all(torch.equal(p, old) for p, old in zip(net.neuron_parameters(), before))
     assert not torch.equal(first, net.layers[0].weight)
+
+
+HIDDEN = dict(init_hidden=True)
+KINDS = {  # docs/algorithms.md's table of snntorch neurons: each one runs every rule
+    "Leaky": lambda: snn.Leaky(beta=0.9, **HIDDEN),
+    "Leaky reset zero": lambda: snn.Leaky(beta=0.9, reset_mechanism="zero", **HIDDEN),
+    "Leaky reset none": lambda: snn.Leaky(beta=0.9, reset_mechanism="none", **HIDDEN),
+    "Leaky no reset delay": lambda: snn.Leaky(beta=0.9, reset_delay=False, **HIDDEN),
+    "Leaky graded spikes": lambda: snn.Leaky(beta=0.9, graded_spikes_factor=0.5,
+                                             learn_graded_spikes_factor=True, **HIDDEN),
+    "Leaky inhibition": lambda: snn.Leaky(beta=0.9, inhibition=True, **HIDDEN),
+    "Leaky per-neuron beta": lambda: snn.Leaky(beta=torch.full((16,), 0.8), **HIDDEN),
+    "Leaky output": lambda: snn.Leaky(beta=0.9, output=True, **HIDDEN),
+    "Synaptic learn_alpha": lambda: snn.Synaptic(alpha=0.8, beta=0.9, learn_alpha=True,
+                                                 **HIDDEN),
+    "Alpha": lambda: snn.Alpha(alpha=0.9, beta=0.8, **HIDDEN),
+    "Lapicque": lambda: snn.Lapicque(beta=0.9, **HIDDEN),
+}
+
+
+@pytest.mark.parametrize("per_step", [False, True], ids=["summed", "per-step"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_snntorch_neuron_kind_of_the_table_runs_every_rule(kind, per_step):
+    x, y = torch.rand(8, 10) * 2, torch.randint(0, 3, (8,))
+    for algo in ("bp", "np", "inp", "danp"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(10, 16), KINDS[kind](), nn.Linear(16, 3))
+        net = noisynets.wrap(model, time_steps=4, noise_std=0.1, per_step=per_step,
+                             decorrelation=algo == "danp")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # learnable parameters held fixed: said once
+            grads, record = make_rule(algo).gradients(net, x, y)
+        assert all(torch.isfinite(g_w).all() and torch.isfinite(g_b).all()
+                   for g_w, g_b in grads), (kind, algo)
+        assert record.activity[0].shape[-1] == 16
