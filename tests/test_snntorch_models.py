@@ -9,6 +9,7 @@ import warnings
 import pytest
 import snntorch as snn
 import snntorch.functional as SF
+import snntorch.functional.quant as quant
 import torch
 from torch import nn
 
@@ -130,6 +131,8 @@ KINDS = {  # docs/algorithms.md's table of snntorch neurons: each one runs every
     "Leaky graded spikes": lambda: snn.Leaky(beta=0.9, graded_spikes_factor=0.5,
                                              learn_graded_spikes_factor=True, **HIDDEN),
     "Leaky inhibition": lambda: snn.Leaky(beta=0.9, inhibition=True, **HIDDEN),
+    "Leaky state_quant": lambda: snn.Leaky(beta=0.9, state_quant=quant.state_quant(
+        num_bits=4, uniform=True), **HIDDEN),
     "Leaky per-neuron beta": lambda: snn.Leaky(beta=torch.full((16,), 0.8), **HIDDEN),
     "Leaky output": lambda: snn.Leaky(beta=0.9, output=True, **HIDDEN),
     "Synaptic learn_alpha": lambda: snn.Synaptic(alpha=0.8, beta=0.9, learn_alpha=True,
