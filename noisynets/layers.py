@@ -76,6 +76,11 @@ class Layer(nn.Module):
         self.threshold_noise = threshold_noise
         self.conv = isinstance(op, nn.Conv2d)
         self.spiking = isinstance(unit, snn.SpikingNeuron)
+        # A recurrent neuron's own weight operation on its previous spikes (RLeaky, RSynaptic).
+        self.recurrent: nn.Module | None = None
+        if isinstance(unit, (snn.RLeaky, snn.RSynaptic)) and any(
+                p.requires_grad for p in unit.recurrent.parameters()):
+            self.recurrent = unit.recurrent
         # One sample's input and node shapes, seen at run time.
         self.in_shape: tuple[int, ...] | None = None
         self.node_shape: tuple[int, ...] | None = None
@@ -253,6 +258,33 @@ class Layer(nn.Module):
         if isinstance(out, tuple):  # an snntorch neuron with output=True: (spikes, states...)
             out = out[0]
         return out.to(current.dtype)
+
+    def recurrent_parameters(self) -> list[nn.Parameter]:
+        """A recurrent neuron's recurrent weight (and bias): ``V``, ``c`` of ``V S_{t-1} + c``."""
+        return [] if self.recurrent is None else list(self.recurrent.parameters())
+
+    def recurrent_input(self, current: Tensor, batch: int) -> Tensor:
+        """The reference pass's previous-step spikes ``S_{t-1}`` (zeros at the first step), the
+        input of the recurrent weight at this step; call before ``fire``."""
+        previous = self.unit.spk
+        if previous.shape != current.shape:
+            return current.new_zeros(batch, *current.shape[1:])
+        return previous[:batch].detach()
+
+    def recurrent_gradient(
+        self, e: Tensor, previous: Tensor, time_steps: int, count: int = 1,
+    ) -> tuple[Tensor, ...]:
+        """The recurrent weight operation's vector-Jacobian product with node signal ``e``
+        (B, nodes) at its input ``previous`` (B, ...: ``S_{t-1}``, or its sum over the steps),
+        divided by ``count``; a bias enters every step, so its part is ``T`` times the VJP's:
+        ``(e^T S_prev / count, T sum_n e / count)`` for an all-to-all ``nn.Linear``."""
+        params = self.recurrent_parameters()
+        with torch.enable_grad():
+            x = previous.reshape(previous.shape[0], *self.node_shape).to(e.dtype)
+            out = self.recurrent(x)
+            grads = torch.autograd.grad(out, params, e.reshape(out.shape) / count)
+        names = [name for name, _ in self.recurrent.named_parameters()]
+        return tuple(g * time_steps if name == "bias" else g for name, g in zip(names, grads))
 
     def membrane(self) -> Tensor | None:
         """A spiking unit's membrane potential after the last step."""

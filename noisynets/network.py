@@ -73,12 +73,6 @@ REFUSED: dict[tuple[type[nn.Module], ...], str] = {
         "recurrent layers are not supported: node perturbation here needs a feed-forward "
         "network (spiking neurons with their own membrane state are fine)"
     ),
-    (snn.RLeaky, snn.RSynaptic): (
-        "recurrent spiking layers are not supported yet: their recurrent weight acts on the "
-        "previous step's spikes, a second weight operation inside the neuron that no rule "
-        "estimates here; use snn.Leaky or snn.Synaptic, or train the model with snntorch's "
-        "own BPTT loop"
-    ),
     (snn.SLSTM, snn.SConv2dLSTM): (
         "spiking LSTMs are not supported: their gates are weight operations inside the "
         "neuron; use snn.Leaky or snn.Synaptic after an nn.Linear/nn.Conv2d"
@@ -123,6 +117,9 @@ class Record:
     * ``loss``        -- (P, B): the per-sample loss of every pass;
     * ``time_steps``  -- T;
     * ``outputs`` and ``membrane`` -- per layer (T, P, B, n_l), only when asked for (traces);
+    * ``recurrent_inputs`` -- per layer (B, n_l), the reference pass's previous-step spikes
+      ``sum_t S_{l,t-1}`` that a recurrent neuron's (``RLeaky``, ``RSynaptic``) recurrent
+      weight acts on, summed over the steps; None for other layers;
     * ``readout`` -- (P, B, C), a spiking readout's logits: its spike counts ``sum_t S_t``
       (``readout="spikes"``) or its peak membrane ``max_t U_t`` (``"membrane"``); else None.
     """
@@ -134,6 +131,7 @@ class Record:
     outputs: list[Tensor] | None = None
     membrane: list[Tensor | None] | None = None
     readout: Tensor | None = None
+    recurrent_inputs: list[Tensor | None] | None = None
 
     @property
     def logits(self) -> Tensor:
@@ -147,10 +145,11 @@ class Record:
 LossFn = Callable[[Tensor, Tensor], Tensor]
 # ``scales(record, squares) -> [((lo, hi), c_l)]`` of a rule's per-step signal, per layer.
 StepScales = Callable[["Record", list[Tensor]], list[tuple[tuple[int, int], Tensor]]]
-# ``on_step(layer, t, xh_t, I_t, eps_t)`` after layer ``layer``'s nodes fired at step ``t``:
-# its reference input ``xh_t`` (B, ...), its input current ``I_t`` of every pass (P B, ...)
-# and the noise ``eps_t`` of its noisy passes (None where it has none).
-StepHook = Callable[[int, int, Tensor, Tensor, "Tensor | None"], None]
+# ``on_step(layer, t, xh_t, I_t, eps_t, s_t)`` after layer ``layer``'s nodes fired at step
+# ``t``: its reference input ``xh_t`` (B, ...), its input current ``I_t`` of every pass
+# (P B, ...), the noise ``eps_t`` of its noisy passes (None where it has none) and, for a
+# recurrent neuron, the reference pass's previous-step spikes ``s_t = S_{t-1}`` (else None).
+StepHook = Callable[[int, int, Tensor, Tensor, "Tensor | None", "Tensor | None"], None]
 READOUTS: tuple[str, ...] = ("spikes", "membrane")
 # Parameter-free operations that are linear: between a weight operation and its nodes the
 # product at the summed input equals the sum of the per-step products.
@@ -356,6 +355,7 @@ class Network(nn.Module):
         membrane: list[list[Tensor]] = [[] for _ in range(L)]
         first: tuple[Tensor, Tensor] | None = None
         readout: Tensor | None = None  # a spiking readout's spike count or peak membrane
+        recurrent_sum: list[Tensor | None] = [None] * L
         try:
             for t in range(T):
                 h = self._draw(spikegen.rate_conv, x) if self.encoding == "poisson" else x
@@ -384,11 +384,16 @@ class Network(nn.Module):
                         if layer.threshold_noise is not None:
                             shift = torch.zeros_like(current)
                             shift[noisy] = self._draw(layer.threshold_noise, current[noisy])
+                    previous = None
+                    if layer.recurrent is not None:
+                        previous = layer.recurrent_input(current, B)
+                        recurrent_sum[k] = (previous if recurrent_sum[k] is None
+                                            else recurrent_sum[k] + previous)
                     h = layer.fire(current, shift)
                     if on_step is not None:
                         step_input = (layer.decorrelator(seen[:B]) if folded[k] is not None
                                       and not layer.conv else seen[:B])
-                        on_step(k, t, step_input, current, eps)
+                        on_step(k, t, step_input, current, eps, previous)
                     if k == L - 1 and self.spiking_readout:
                         readout = self._read_out(readout, h, layer, t)
                     flat = current.reshape(P * B, -1)
@@ -425,6 +430,9 @@ class Network(nn.Module):
             for layer, s, f in zip(self.layers, seen_sum, folded)
         ]
         record = Record(inputs, activity, losses, T)
+        if any(r is not None for r in recurrent_sum):
+            record.recurrent_inputs = [None if r is None else r.reshape(B, -1)
+                                       for r in recurrent_sum]
         if readout is not None:
             record.readout = logits
         if keep_states:
@@ -473,7 +481,8 @@ class Network(nn.Module):
     def tell_fixed_neuron_parameters(self) -> None:
         """Say once that the perturbation rules hold the neurons' own parameters fixed."""
         names = sorted({name.rsplit(".", 1)[-1] for layer in self.layers
-                        for name, _ in layer.unit.named_parameters()})
+                        for name, p in layer.unit.named_parameters()
+                        if p.requires_grad and not name.startswith("recurrent.")})
         if names and not self._told_fixed:
             self._told_fixed = True
             warnings.warn(f"the perturbation rules hold the neurons' learnable {', '.join(names)} "
@@ -500,7 +509,8 @@ class Network(nn.Module):
         P, B, L = passes.count, x.shape[0], self.num_layers
         squares = [x.new_zeros(P - 1, B) for _ in range(L)]
 
-        def measure(k: int, t: int, xh: Tensor, current: Tensor, eps: Tensor | None) -> None:
+        def measure(k: int, t: int, xh: Tensor, current: Tensor, eps: Tensor | None,
+                    previous: Tensor | None) -> None:
             drive = current.reshape(P, B, -1)
             squares[k] += (drive[1:] - drive[:1]).pow(2).sum(-1)
 
@@ -508,9 +518,10 @@ class Network(nn.Module):
             first = self._forward(x, y, passes, on_step=measure)
         plan = scales(first, squares)
         low = difference_dtype(self.precision, x.dtype, x.device)
-        sums: list[list[Tensor | None]] = [[None, None] for _ in range(L)]
+        sums: list[list[Tensor] | None] = [None] * L
 
-        def accumulate(k: int, t: int, xh: Tensor, current: Tensor, eps: Tensor | None) -> None:
+        def accumulate(k: int, t: int, xh: Tensor, current: Tensor, eps: Tensor | None,
+                       previous: Tensor | None) -> None:
             (lo, hi), scale = plan[k]
             if hi <= lo:
                 return
@@ -520,18 +531,19 @@ class Network(nn.Module):
                 drive = current.reshape(P, B, -1)
                 v = drive[lo:hi] - drive[:1]
             e = (scale.unsqueeze(-1) * v).sum(0)
-            g_w, g_b = self.layers[k].gradient(e, xh.reshape(B, -1), 1, (hi - lo) * B, low)
-            old_w, old_b = sums[k]
-            sums[k] = [g_w if old_w is None else old_w + g_w,
-                       g_b if old_b is None else old_b + g_b]
+            layer = self.layers[k]
+            grads = layer.gradient(e, xh.reshape(B, -1), 1, (hi - lo) * B, low)
+            if layer.recurrent is not None:
+                grads = grads + layer.recurrent_gradient(e, previous, 1, (hi - lo) * B)
+            sums[k] = list(grads) if sums[k] is None else [
+                None if old is None else old + new for old, new in zip(sums[k], grads)]
 
         record = self._forward(x, y, passes, on_step=accumulate)
         grads = []
-        for layer, (g_w, g_b) in zip(self.layers, sums):
-            g_w = torch.zeros_like(layer.weight) if g_w is None else g_w
-            if layer.bias is not None and g_b is None:
-                g_b = torch.zeros_like(layer.bias)
-            grads.append((g_w, g_b))
+        for layer, summed in zip(self.layers, sums):
+            params = [layer.weight, layer.bias, *layer.recurrent_parameters()]
+            grads.append(tuple(summed) if summed is not None else tuple(
+                None if p is None else torch.zeros_like(p) for p in params))
         return grads, record
 
     def gradients(
@@ -545,9 +557,14 @@ class Network(nn.Module):
         self.tell_fixed_neuron_parameters()
         grads = []
         low = difference_dtype(self.precision, record.loss.dtype, record.loss.device)
-        for layer, e, seen in zip(self.layers, signals, record.inputs):
+        recurrent = record.recurrent_inputs or [None] * self.num_layers
+        for layer, e, seen, previous in zip(self.layers, signals, record.inputs, recurrent):
             K, B = e.shape[0], e.shape[1]
-            grads.append(layer.gradient(e.sum(0), seen, record.time_steps, K * B, low))
+            grad = layer.gradient(e.sum(0), seen, record.time_steps, K * B, low)
+            if layer.recurrent is not None:
+                grad = grad + layer.recurrent_gradient(e.sum(0), previous, record.time_steps,
+                                                       K * B)
+            grads.append(grad)
         return grads
 
     @contextmanager
@@ -599,23 +616,33 @@ class Network(nn.Module):
             layer.decorrelator.update(rows, self.decorrelation_lr)
 
     def set_gradients(self, grads: Sequence[tuple[Tensor, Tensor | None]]) -> None:
-        """Write estimates ``(g_W_l, g_b_l)`` into ``.grad`` for a torch optimizer to apply."""
-        for layer, (g_w, g_b) in zip(self.layers, grads):
+        """Write estimates ``(g_W_l, g_b_l)`` -- and a recurrent neuron's ``(g_V_l, g_c_l)``
+        after them -- into ``.grad`` for a torch optimizer to apply."""
+        for layer, (g_w, g_b, *recurrent) in zip(self.layers, grads):
             layer.weight.grad = g_w
             if layer.bias is not None:
                 layer.bias.grad = g_b
+            for parameter, g in zip(layer.recurrent_parameters(), recurrent):
+                parameter.grad = g
 
     def trained_parameters(self) -> list[nn.Parameter]:
         """The weights and biases of every layer (what the rules estimate), then the neurons'
         own learnable parameters (``learn_beta``, ``learn_threshold``, ...: BPTT trains them,
         the perturbation rules hold them fixed)."""
-        weights = [p for layer in self.layers for p in (layer.weight, layer.bias)
+        weights = [p for layer in self.layers
+                   for p in (layer.weight, layer.bias, *layer.recurrent_parameters())
                    if p is not None]
         return weights + self.neuron_parameters()
 
     def neuron_parameters(self) -> list[nn.Parameter]:
-        """The learnable parameters of the nodes' units (snntorch's ``learn_beta``, ...)."""
-        return [p for layer in self.layers for p in layer.unit.parameters()]
+        """The learnable parameters of the nodes' units (snntorch's ``learn_beta``, ...), but
+        a recurrent neuron's recurrent weight operation, which the rules estimate."""
+        out = []
+        for layer in self.layers:
+            recurrent = {id(p) for p in layer.recurrent_parameters()}
+            out += [p for p in layer.unit.parameters()
+                    if p.requires_grad and id(p) not in recurrent]
+        return out
 
 
 def wrap(model: nn.Module, **options: Any) -> Network:

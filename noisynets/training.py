@@ -202,10 +202,9 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
 DIAGNOSTIC_ROWS = 4096  # at most this many input rows (or patches) per layer for correlations
 
 
-def flatten(grad: tuple[Tensor, Tensor | None]) -> Tensor:
-    """A layer's weight and bias estimates as one vector."""
-    w, b = grad
-    return w.flatten() if b is None else torch.cat([w.flatten(), b.flatten()])
+def flatten(grad: tuple[Tensor | None, ...]) -> Tensor:
+    """A layer's weight and bias estimates (and a recurrent neuron's) as one vector."""
+    return torch.cat([g.flatten() for g in grad if g is not None])
 
 
 def batches(

@@ -139,6 +139,11 @@ KINDS = {  # docs/algorithms.md's table of snntorch neurons: each one runs every
                                                  **HIDDEN),
     "Alpha": lambda: snn.Alpha(alpha=0.9, beta=0.8, **HIDDEN),
     "Lapicque": lambda: snn.Lapicque(beta=0.9, **HIDDEN),
+    "RLeaky": lambda: snn.RLeaky(beta=0.9, linear_features=16, **HIDDEN),
+    "RLeaky one-to-one": lambda: snn.RLeaky(beta=0.9, all_to_all=False, V=0.5, **HIDDEN),
+    "RLeaky fixed recurrence": lambda: snn.RLeaky(beta=0.9, linear_features=16,
+                                                  learn_recurrent=False, **HIDDEN),
+    "RSynaptic": lambda: snn.RSynaptic(alpha=0.8, beta=0.9, linear_features=16, **HIDDEN),
 }
 
 
@@ -154,6 +159,7 @@ def test_every_snntorch_neuron_kind_of_the_table_runs_every_rule(kind, per_step)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # learnable parameters held fixed: said once
             grads, record = make_rule(algo).gradients(net, x, y)
-        assert all(torch.isfinite(g_w).all() and torch.isfinite(g_b).all()
-                   for g_w, g_b in grads), (kind, algo)
+        assert all(torch.isfinite(g).all() for layer in grads for g in layer), (kind, algo)
+        recurrent = net.layers[0].recurrent_parameters()
+        assert len(grads[0]) == 2 + len(recurrent)
         assert record.activity[0].shape[-1] == 16

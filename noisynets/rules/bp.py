@@ -25,7 +25,8 @@ def backprop(
         record = network.run(x, y, passes)
         flat = torch.autograd.grad(record.loss[0].mean(), params, allow_unused=True)
     found = {id(p): torch.zeros_like(p) if g is None else g for p, g in zip(params, flat)}
-    grads = [(found[id(layer.weight)], None if layer.bias is None else found[id(layer.bias)])
+    grads = [(found[id(layer.weight)], None if layer.bias is None else found[id(layer.bias)],
+              *(found[id(p)] for p in layer.recurrent_parameters()))
              for layer in network.layers]
     if neuron_grads is not None:
         neuron_grads.extend((p, found[id(p)]) for p in network.neuron_parameters())
@@ -35,6 +36,8 @@ def backprop(
         record.loss.detach(),
         record.time_steps,
         readout=None if record.readout is None else record.readout.detach(),
+        recurrent_inputs=None if record.recurrent_inputs is None else [
+            None if r is None else r.detach() for r in record.recurrent_inputs],
     )
     return grads, detached
 
