@@ -257,6 +257,8 @@ class Layer(nn.Module):
         out = self.unit(current)
         if isinstance(out, tuple):  # an snntorch neuron with output=True: (spikes, states...)
             out = out[0]
+        if self.recurrent is not None:  # snntorch's spikes are float32: the recurrent weight
+            self.unit.spk = self.unit.spk.to(current.dtype)  # acts on them at the next step
         return out.to(current.dtype)
 
     def recurrent_parameters(self) -> list[nn.Parameter]:

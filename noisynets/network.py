@@ -55,7 +55,7 @@ from noisynets.parallel import Shard, all_reduce_sum
 from noisynets.precision import PRECISIONS, difference_dtype
 from noisynets.units import ACTIVATIONS, LIF, StochasticBinary
 
-ENCODINGS: tuple[str, ...] = ("current", "poisson")
+ENCODINGS: tuple[str, ...] = ("current", "poisson", "sequence")
 
 # Parameter-free operations a network may hold between its weight operations and nodes.
 FREE_OPS: tuple[type[nn.Module], ...] = (
@@ -175,7 +175,9 @@ class Network(nn.Module):
             reference inputs form the correlation estimate.
         both_noisy: the noise cannot be switched off, so even the reference pass is noisy.
         time_steps: ``T``, the number of time steps (spiking units; 1 for stateless ones).
-        encoding: ``current`` (the data as a constant input each step) or ``poisson``.
+        encoding: ``current`` (the data as a constant input each step), ``poisson`` (its
+            Poisson spikes) or ``sequence`` (inputs of shape (B, T, ...): step t gets
+            ``x[:, t]``, a time-varying input).
         loss: ``ce``, ``mse`` or a callable ``loss(logits, target)`` returning one loss per
             sample.
         precision: the number format of the noisy passes' difference products
@@ -343,6 +345,9 @@ class Network(nn.Module):
         B, P, T, L = x.shape[0], passes.count, self.time_steps, self.num_layers
         if len(passes.noisy) != L:
             raise ValueError(f"the pass plan has {len(passes.noisy)} layers, the network {L}")
+        if self.encoding == "sequence" and (x.dim() < 2 or x.shape[1] != T):
+            raise ValueError(f"encoding 'sequence' takes inputs (batch, T={T}, ...), one per time "
+                             f"step; got shape {tuple(x.shape)}")
         folded = self._folded_weights(B, P)
         changed = changed_passes(passes)
         low = difference_dtype(self.precision, x.dtype, x.device)
@@ -358,7 +363,10 @@ class Network(nn.Module):
         recurrent_sum: list[Tensor | None] = [None] * L
         try:
             for t in range(T):
-                h = self._draw(spikegen.rate_conv, x) if self.encoding == "poisson" else x
+                if self.encoding == "sequence":
+                    h = x[:, t]  # a time-varying input: step t of each sample's sequence
+                else:
+                    h = self._draw(spikegen.rate_conv, x) if self.encoding == "poisson" else x
                 for k, layer in enumerate(self.layers):
                     if k == 0 and first is not None:
                         seen, current = first  # the same input at every step
