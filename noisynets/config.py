@@ -213,6 +213,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
         _choice("loss", config.loss, LOSSES)
     _choice("unit", config.unit, UNITS)
     _choice("encoding", config.encoding, ENCODINGS)
+    if config.encoding == "sequence":
+        raise ValueError("encoding 'sequence' takes inputs with a time axis (batch, T, ...), "
+                         "which no data set here has: use current or poisson, or "
+                         "noisynets.wrap(model, encoding='sequence') on your own sequences")
     _choice("readout", config.readout, READOUTS)
     _choice("device", config.device, DEVICES)
     _choice("precision", config.precision, PRECISIONS)
