@@ -153,11 +153,11 @@ def test_every_snntorch_neuron_kind_of_the_table_runs_every_rule(kind, per_step)
     x, y = torch.rand(8, 10) * 2, torch.randint(0, 3, (8,))
     for algo in ("bp", "np", "inp", "danp"):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(10, 16), KINDS[kind](), nn.Linear(16, 3))
-        net = noisynets.wrap(model, time_steps=4, noise_std=0.1, per_step=per_step,
-                             decorrelation=algo == "danp")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # learnable parameters held fixed: said once
+        with warnings.catch_warnings():  # snntorch's inhibition, and parameters held fixed
+            warnings.simplefilter("ignore")
+            model = nn.Sequential(nn.Linear(10, 16), KINDS[kind](), nn.Linear(16, 3))
+            net = noisynets.wrap(model, time_steps=4, noise_std=0.1, per_step=per_step,
+                                 decorrelation=algo == "danp")
             grads, record = make_rule(algo).gradients(net, x, y)
         assert all(torch.isfinite(g).all() for layer in grads for g in layer), (kind, algo)
         recurrent = net.layers[0].recurrent_parameters()

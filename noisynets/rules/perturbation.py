@@ -19,6 +19,7 @@ from noisynets.rules.base import Gradients, Rule
 
 def check_controllable_noise(rule: str, network: Network) -> None:
     """NP and INP need a noise-free reference pass and zero-mean noise (docs/algorithms.md)."""
+    network.check_summed_products()
     if network.both_noisy:
         raise ValueError(
             f"{rule} needs a noise-free reference pass and control of the noise; the network's "
@@ -186,6 +187,9 @@ class ANP(Rule):
 
     def __init__(self, noise_samples: int = 1) -> None:
         self.noise_samples = int(noise_samples)
+
+    def check(self, network: Network) -> None:
+        network.check_summed_products()
 
     def passes(self, network: Network) -> Passes:
         return Passes.perturbed(network.num_layers, self.noise_samples, network.both_noisy)
