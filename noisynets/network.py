@@ -5,7 +5,9 @@ activation, a discontinuous or stochastic unit, an snntorch neuron), with parame
 operations (flatten, pooling, dropout) in between: an ``nn.Sequential``, nested ones included.
 ``Network(sizes, unit=...)`` builds a fully connected one; ``Network(model)`` (or
 ``noisynets.wrap(model)``) takes the user's own. The last weight operation's output is the
-readout node: its activity, averaged over the T time steps, is the logits.
+readout node: its activity, averaged over the T time steps, is the logits -- or, when the
+model ends with a spiking neuron after it (a spiking readout), that neuron's spike counts or
+peak membrane (``readout``).
 
 One forward serves every network: a stateless unit is the ``T = 1`` case of the loop over time
 steps. For ``P`` passes of a batch of ``B`` samples the network stacks ``P`` copies of the batch
@@ -14,13 +16,15 @@ layer, which passes carry that layer's noise. Per time step ``t`` and layer ``l`
 
     h_{l,t}   = pre_l(x_{l-1,t})                      (x_{0,t}: the data, or its spikes)
     I_{l,t}   = mid_l(op_l(h_{l,t}; W_l R_l, b_l)) (+ eps_{l,t} in the layer's noisy passes)
-    x_{l,t}   = unit_l(I_{l,t})
+    x_{l,t}   = unit_l(I_{l,t})         (a recurrent neuron adds V_l x_{l,t-1} + c_l itself)
 
 and what a rule observes is summed over the ``T`` steps (docs/algorithms.md, "Time steps"):
 the activity ``a_l = sum_t I_{l,t}`` of every pass, the reference pass's input of every weight
 operation and each pass's loss on the logits ``a_L / T``. That is the ``Record``. It never holds
 the noise: the noise values leave a layer only through ``run_reading_noise``, the
-accessible-noise path that NP needs.
+accessible-noise path that NP needs. With ``per_step=True`` the rules take their products at
+every step instead (``step_gradients``: the forward replayed on the same noise, an ``on_step``
+hook adding each step's product).
 
 Example::
 
@@ -186,8 +190,9 @@ class Network(nn.Module):
         beta, threshold: the LIF neurons' membrane decay and threshold (built networks).
         threshold_noise: the std of Gaussian noise on the threshold of ``units.LIF`` nodes.
         per_step: the perturbation rules take per-step products ``g_W = sum_t e_t xh_t^T``
-            instead of ``(sum_t e_t)(sum_t xh_t)^T / T``-style summed ones (docs/algorithms.md,
-            "Per-step products"): the forward runs twice with the same noise, memory flat in T.
+            instead of the paper's ``e (sum_t xh_t)^T`` with ``e`` from the summed activity
+            (docs/algorithms.md, "Per-step products"): the forward runs twice on the same
+            noise, memory flat in T.
         readout: a spiking readout's logits (a model ending with a neuron after its last
             weight operation): ``spikes`` (spike counts, the default) or ``membrane`` (the peak
             membrane potential over the steps).
