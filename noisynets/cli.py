@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from noisynets.bench import add_arguments as add_bench_arguments
-from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, TrainConfig, load_toml
+from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, SCHEDULES, TrainConfig, load_toml
 from noisynets.data import DATASETS, TEACHER_KEYS
 from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
@@ -97,7 +97,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.toml",
                    help="read settings from a TOML file (keys: the long option names with "
                         "underscores); options given on the command line win")
-    p.add_argument("--algo", choices=RULES, help=f"learning rule (default {d.algo})")
+    p.add_argument("--algo", choices=RULES, type=str.lower,
+                   help=f"learning rule, any case (default {d.algo})")
     p.add_argument("--dataset", metavar="NAME",
                    help=f"data set: {', '.join(DATASETS)}; teacher:key=value,... sets the "
                         f"teacher-student task ({', '.join(TEACHER_KEYS)}) (default {d.dataset})")
@@ -124,6 +125,29 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--both-noisy", action="store_true", default=None,
                    help="the noise cannot be switched off: both passes are noisy (anp, danp)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="torch optimizer (adam)")
+    p.add_argument("--weight-decay", type=nonnegative_float, metavar="L",
+                   help="weight decay lambda (0): adam, sgd add lambda*w to the estimate; "
+                        "adamw decays the weights apart from it")
+    p.add_argument("--momentum", type=nonnegative_float, metavar="M",
+                   help="momentum of --optimizer sgd, in [0, 1) (0)")
+    p.add_argument("--lr-schedule", choices=SCHEDULES,
+                   help="learning rate by epoch (torch.optim.lr_scheduler): constant, cosine "
+                        "(to near 0 at the last epoch), step (times --lr-gamma every "
+                        "--lr-step epochs), exponential (times --lr-gamma every epoch) "
+                        "(constant)")
+    p.add_argument("--lr-step", type=positive_int, metavar="E",
+                   help="epochs between the step schedule's decays (a third of the epochs)")
+    p.add_argument("--lr-gamma", type=positive_float, metavar="G",
+                   help="the factor of the step (0.1) and exponential (0.9) schedules")
+    p.add_argument("--clip-grad", type=positive_float, metavar="MAX_NORM",
+                   help="scale the estimates down to this total norm before each update, as "
+                        "torch.nn.utils.clip_grad_norm_ (off)")
+    p.add_argument("--early-stopping", type=nonnegative_int, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a new lowest validation loss "
+                        "(needs --val-fraction; 0: off)")
+    p.add_argument("--probe-batches", type=positive_int, metavar="P",
+                   help="training batches the alignment and other diagnostics average over, "
+                        "with the alignment's spread over them (4)")
     p.add_argument("--loss", choices=tuple(LOSSES),
                    help="per-sample loss (ce; mse for the teacher's regression)")
     p.add_argument("--val-fraction", type=nonnegative_float, metavar="F",
@@ -172,6 +196,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=None,
                    help="draw learning_curve.png and trace.png at the end (on; --no-figures "
                         "saves a second or two per run, e.g. in large sweeps)")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard event files to RUN_DIR/tensorboard (needs "
+                        "pip install 'noisynets[tensorboard]')")
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object on the last line of stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
