@@ -4,8 +4,9 @@
 * ``noisynets inspect FILE``: what a trace file holds, and its last metrics
   (``traces.TraceReader.describe``).
 * ``noisynets plot FILE [-o OUT.png]``: the figure of a trace file (``plots.trace_figure``).
-* ``noisynets export FILE --format {npz,csv} [-o OUT]``: the file's data for other tools
-  (``export.export_npz``, ``export.export_csv``; docs/traces.md describes both layouts).
+* ``noisynets export FILE --format {npz,csv,nwb} [-o OUT]``: the file's data for other tools
+  (``export.export_npz``, ``export.export_csv``, ``export_nwb.export_nwb``; docs/traces.md
+  describes the layouts).
 * ``noisynets bench [--json]``: the step time, FLOPs and memory of every rule (``bench``).
 * ``noisynets sweep SWEEP.toml [--out DIR]``: every combination of a grid of settings, each an
   ordinary run, on a local or a running Dask cluster (``sweep``).
@@ -223,13 +224,17 @@ def make_parser() -> Parser:
     plot.add_argument("file", metavar="FILE", help=trace_file)
     plot.add_argument("-o", "--output", metavar="OUT.png",
                       help="the figure (default: FILE's name with .png, beside it)")
-    export = sub.add_parser("export", help="write a trace file's data as .npz or CSV files")
+    export = sub.add_parser("export", help="write a trace file's data as .npz, CSV or NWB")
     export.add_argument("file", metavar="FILE", help=trace_file)
     export.add_argument("--format", required=True, choices=EXPORT_FORMATS,
-                        help="npz: one archive of every dataset; csv: a folder of CSV files")
+                        help="npz: one archive of every dataset; csv: a folder of CSV files; "
+                             "nwb: a Neurodata Without Borders file (spikes in its Units "
+                             "table; needs pip install 'noisynets[nwb]')")
     export.add_argument("-o", "--output", metavar="OUT",
-                        help="the .npz file or the CSV folder (default: beside FILE, "
-                             "FILE's name with .npz or _csv)")
+                        help="the .npz file, the CSV folder or the .nwb file (default: beside "
+                             "FILE, FILE's name with .npz, _csv or .nwb)")
+    export.add_argument("--dt", type=positive_float, metavar="SECONDS",
+                        help="nwb: seconds per simulated time step, the file's clock (0.001)")
     evaluate = sub.add_parser("evaluate", help="measure a run's saved model on test data")
     evaluate.add_argument("run", metavar="RUN_DIR", help="a run folder (it holds model.pt)")
     evaluate.add_argument("--dataset", metavar="NAME",
@@ -324,7 +329,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # --- inspect, plot, export -----------------------------------------------------------------
 
-EXPORT_FORMATS: tuple[str, ...] = ("npz", "csv")
+EXPORT_FORMATS: tuple[str, ...] = ("npz", "csv", "nwb")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -350,10 +355,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from noisynets.traces import TraceReader
 
     reader = TraceReader(args.file)
+    if args.dt is not None and args.format != "nwb":
+        raise UsageError("--dt sets the clock of an NWB file: use it with --format nwb")
     if args.format == "npz":
         out = Path(args.output) if args.output else reader.path.with_suffix(".npz")
         check_output(out, reader.path)
         export_npz(reader, out)
+    elif args.format == "nwb":
+        from noisynets.export_nwb import DEFAULT_DT, export_nwb
+
+        out = Path(args.output) if args.output else reader.path.with_suffix(".nwb")
+        check_output(out, reader.path)
+        export_nwb(reader, out, DEFAULT_DT if args.dt is None else args.dt)
     else:  # export_csv creates the folder, or says why it cannot
         out = (Path(args.output) if args.output
                else reader.path.with_name(reader.path.stem + "_csv"))
@@ -435,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from noisynets.run import DivergenceError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if hasattr(sys.stdout, "reconfigure"):  # redirected too: every line as it is printed
+        sys.stdout.reconfigure(line_buffering=True)
     parser = make_parser()
     if not argv:  # no command: say what there is, start nothing
         parser.print_help()

@@ -130,15 +130,15 @@ class StepLossCSV(StepLoss):
                                     for step, loss in rows)
 
 
-def summary_writer(folder: Path, purge_step: int | None = None) -> Any:
-    """A ``torch.utils.tensorboard.SummaryWriter`` in ``folder``; ``ValueError`` naming the
-    extra to install when tensorboard is missing."""
+def summary_writer_class() -> Any:
+    """``torch.utils.tensorboard.SummaryWriter``; ``ValueError`` naming the extra to install
+    when tensorboard is missing."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ValueError("--tensorboard needs the tensorboard package: pip install "
                          "'noisynets[tensorboard]' (or pip install tensorboard)") from None
-    return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+    return SummaryWriter
 
 
 class TensorBoard(StepLoss):
@@ -149,7 +149,8 @@ class TensorBoard(StepLoss):
     def __init__(self, folder: Path, rows: Sequence[EpochStats] = (),
                  last_step: int | None = None) -> None:
         super().__init__()
-        self.writer = summary_writer(folder, None if last_step is None else last_step + 1)
+        self.writer = summary_writer_class()(
+            log_dir=str(folder), purge_step=None if last_step is None else last_step + 1)
         if last_step is None:
             for stats in rows:
                 self._metrics(stats)

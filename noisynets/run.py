@@ -53,7 +53,7 @@ from noisynets.checkpoints import (
     set_random_states,
 )
 from noisynets.config import TrainConfig, resolve
-from noisynets.data import Dataset, load_dataset
+from noisynets.data import DataSplits, load_dataset
 from noisynets.hooks import (
     METRICS_FILE,
     STEPS_FILE,
@@ -63,6 +63,7 @@ from noisynets.hooks import (
     MetricsCSV,
     StepLossCSV,
     TensorBoard,
+    summary_writer_class,
 )
 from noisynets.models import conv_net, he_normal, load_model
 from noisynets.network import Network, Passes, Record
@@ -155,7 +156,7 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build(config: TrainConfig, data: Dataset) -> tuple[Network, Rule, torch.optim.Optimizer]:
+def build(config: TrainConfig, data: DataSplits) -> tuple[Network, Rule, torch.optim.Optimizer]:
     """The network, rule and optimizer a resolved ``config`` describes: the fully connected
     stack of ``hidden`` (``arch = "mlp"``), the convolutional preset (``"conv"``), or the
     user's own model (``model = "FILE.py:FUNCTION"``). Call ``torch.manual_seed`` first: a
@@ -282,6 +283,8 @@ def _start(
     """``_run`` in the run folder ``folder()`` names; under torchrun in every process, with
     the folder named by rank 0. A run refused before it wrote anything (bad data, a network
     the rule cannot train) leaves no empty folder behind that it created."""
+    if config.tensorboard:
+        summary_writer_class()  # refused before the folder is made
     with session(choose_device(config.device)) as world:
         out = decided_by_main(folder, world)
         try:
@@ -515,7 +518,7 @@ def _run(
     return result
 
 
-def prepare_data(config: TrainConfig, device: torch.device, world: World | None) -> Dataset:
+def prepare_data(config: TrainConfig, device: torch.device, world: World | None) -> DataSplits:
     """The run's data set: loaded, its validation split held out, standardized if asked, on
     ``device``; checked to split over ``world``'s processes."""
     data = load_dataset(config.dataset, config.data_root)
@@ -576,7 +579,7 @@ def restore(state: RunState, checkpoint: dict[str, Any], world: World | None,
     return checkpoint["epoch"] + 1, checkpoint["step"]
 
 
-def open_trace(state: RunState, data: Dataset, shapes: list[dict[str, Any]],
+def open_trace(state: RunState, data: DataSplits, shapes: list[dict[str, Any]],
                checkpoint: dict[str, Any] | None) -> tuple[Tensor, Tensor] | None:
     """The run's trace file (rank 0 only; continued on resume) in ``state.writer``; returns
     the probe samples it traces."""
@@ -626,7 +629,7 @@ def run_hooks(state: RunState, probe: tuple[Tensor, Tensor] | None,
     return hooks
 
 
-def initial_stats(state: RunState, data: Dataset) -> EpochStats:
+def initial_stats(state: RunState, data: DataSplits) -> EpochStats:
     """Epoch 0: the measurements before training, on the whole training split."""
     config = state.config
     validation = None if data.val_x is None else (data.val_x, data.val_y)
@@ -670,7 +673,7 @@ def on_device(states: list[dict[str, Any]], device: torch.device) -> list[dict[s
 
 def load_network(
     folder: str | Path, dataset: str | None = None, data_root: str | None = None
-) -> tuple[Network, TrainConfig, Dataset]:
+) -> tuple[Network, TrainConfig, DataSplits]:
     """The trained network of the run in ``folder`` (its ``model.pt``, decorrelators included),
     rebuilt from the run's config, on the run's device (CPU if it has no GPU now); with the
     config and the data set (or ``dataset``) it was built for."""
@@ -758,7 +761,7 @@ def trace_attributes(config: TrainConfig, device: torch.device, data_files: str 
     }
 
 
-def to_device(data: Dataset, device: torch.device) -> Dataset:
+def to_device(data: DataSplits, device: torch.device) -> DataSplits:
     """``data`` with its tensors on ``device`` and every sample in its ``input_shape``."""
     shape = data.input_shape
     validation = {} if data.val_x is None else dict(

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from noisynets.data import Dataset
+from noisynets.data import DataSplits
 from noisynets.decorrelation import mean_abs_correlation
 from noisynets.network import Network, Passes, Record
 from noisynets.parallel import (
@@ -247,7 +247,7 @@ def batches(
     return list(torch.randperm(n, generator=generator).to(device).split(batch_size))
 
 
-TrainData = (Dataset | tuple[Tensor, Tensor] | torch.utils.data.Dataset
+TrainData = (DataSplits | tuple[Tensor, Tensor] | torch.utils.data.Dataset
              | torch.utils.data.DataLoader)
 
 
@@ -299,9 +299,9 @@ def check_shardable(train: TrainData, batch_size: int | None, world: World) -> N
 
 
 def as_tensors(data: Any) -> tuple[Tensor, Tensor] | None:
-    """``(x, y)`` of a noisynets ``Dataset`` (its training split) or a pair of tensors; else
+    """``(x, y)`` of a noisynets ``DataSplits`` (its training split) or a pair of tensors; else
     ``None`` (a torch ``Dataset`` or ``DataLoader``)."""
-    if isinstance(data, Dataset):
+    if isinstance(data, DataSplits):
         return data.train_x, data.train_y
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(
             isinstance(t, Tensor) for t in data):
@@ -310,7 +310,7 @@ def as_tensors(data: Any) -> tuple[Tensor, Tensor] | None:
         return data[0], data[1]
     if isinstance(data, (torch.utils.data.Dataset, torch.utils.data.DataLoader)):
         return None
-    raise TypeError(f"training data must be a noisynets Dataset, a pair of tensors (x, y), a "
+    raise TypeError(f"training data must be a noisynets DataSplits, a pair of tensors (x, y), a "
                     f"torch Dataset or a DataLoader, not {type(data).__name__}")
 
 
@@ -330,7 +330,7 @@ def fit(
     train: TrainData,
     epochs: int,
     batch_size: int | None = None,
-    test: Dataset | tuple[Tensor, Tensor] | torch.utils.data.DataLoader | None = None,
+    test: DataSplits | tuple[Tensor, Tensor] | torch.utils.data.DataLoader | None = None,
     seed: int = 0,
     progress: bool = True,
     on_epoch: Callable[[EpochStats], None] | None = None,
@@ -351,7 +351,7 @@ def fit(
 ) -> list[EpochStats]:
     """Train for ``epochs`` epochs on ``train`` and measure after every epoch.
 
-    ``train`` is a noisynets ``Dataset`` (its training split; then ``test`` defaults to its
+    ``train`` is a noisynets ``DataSplits`` (its training split; then ``test`` defaults to its
     test split), the user's tensors ``(x, y)``, a torch ``Dataset`` or a ``DataLoader``; tensors
     and data sets are shuffled with ``generator`` (default: one seeded by ``seed``) into batches
     of ``batch_size``. ``test`` (a pair of tensors or a ``DataLoader``) is evaluated after every
@@ -372,7 +372,7 @@ def fit(
     is not finite is skipped (nothing applied; it costs one host sync per step) and counted in
     the epoch's ``skipped_steps``; that many bad steps in a row raise ``Diverged``.
     ``first_epoch``, ``first_step``, ``generator`` and ``start`` continue a run. With a
-    ``validation`` split (a noisynets ``Dataset`` brings its own) every epoch is measured on
+    ``validation`` split (a noisynets ``DataSplits`` brings its own) every epoch is measured on
     it, and ``test`` only after the last epoch.
 
     With a ``world`` of processes (``noisynets.parallel``; every rank calls ``fit`` alike)
@@ -384,11 +384,11 @@ def fit(
         raise ValueError("give batch_size: the data is not a DataLoader with batches of its own")
     if world is not None:
         check_shardable(train, batch_size, world)
-    if isinstance(train, Dataset) and validation is None and train.val_x is not None:
+    if isinstance(train, DataSplits) and validation is None and train.val_x is not None:
         validation = (train.val_x, train.val_y)
-    if test is None and isinstance(train, Dataset):
+    if test is None and isinstance(train, DataSplits):
         test = (train.test_x, train.test_y)
-    elif isinstance(test, Dataset):
+    elif isinstance(test, DataSplits):
         test = (test.test_x, test.test_y)
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
