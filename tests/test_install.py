@@ -62,3 +62,30 @@ def test_the_old_name_of_the_data_splits_still_works_with_a_warning():
         assert data.Dataset is data.DataSplits
     assert any(issubclass(w.category, DeprecationWarning) and "DataSplits" in str(w.message)
                for w in caught)
+
+
+def test_the_header_of_a_data_parallel_run_says_how_many_processes():
+    from types import SimpleNamespace
+
+    import torch
+
+    from noisynets.config import resolve
+    from noisynets.run import header
+
+    state = SimpleNamespace(config=resolve(TrainConfig()), out=Path("runs/x"))
+    two = header(state, "[64, 10]", torch.device("cpu"), SimpleNamespace(size=2))
+    assert "2 processes (data-parallel)" in two
+    assert "processes" not in header(state, "[64, 10]", torch.device("cpu"), None)
+
+
+def test_stdout_is_flushed_line_by_line_when_redirected(monkeypatch, tmp_path):
+    """The CLI sets a redirected stdout line-buffered: the table arrives line by line, not in
+    bursts."""
+    import io
+
+    from noisynets.cli import main
+
+    stream = io.TextIOWrapper(io.BytesIO(), write_through=False)
+    monkeypatch.setattr(sys, "stdout", stream)
+    main(["inspect", str(tmp_path / "none.h5")])
+    assert stream.line_buffering
