@@ -610,9 +610,12 @@ def open_trace(state: RunState, data: DataSplits, shapes: list[dict[str, Any]],
 def run_hooks(state: RunState, probe: tuple[Tensor, Tensor] | None,
               emit: Callable[[str], None], progress: bool,
               checkpoint: dict[str, Any] | None) -> list[Hook]:
-    """The run's hooks, in the order they are called: results, checkpoints, trace (when
-    tracing), the CSV logs and TensorBoard (rank 0), figures, and the console's table last."""
-    hooks: list[Hook] = [Results(state), Checkpoints(state)]
+    """The run's hooks, in the order they are called: results, the trace (when tracing), the
+    CSV logs and TensorBoard (rank 0), then the checkpoint, then figures and the console's table.
+    The checkpoint is the commit point: a resume continues every file from what it says, so
+    everything it counts (trace metrics, steps.csv rows, TensorBoard events) is written before
+    it -- a run killed between a file's write and the checkpoint resumes as well."""
+    hooks: list[Hook] = [Results(state)]
     if probe is not None and state.writer is not None:
         hooks.append(Tracing(state, probe))
     if state.main:
@@ -623,6 +626,8 @@ def run_hooks(state: RunState, probe: tuple[Tensor, Tensor] | None,
         hooks.append(StepLossCSV(state.out / STEPS_FILE, last))
         if state.config.tensorboard:
             hooks.append(TensorBoard(state.out / TENSORBOARD_FOLDER, rows, last))
+    hooks.append(Checkpoints(state))
+    if state.main:
         hooks.append(Figures(state))
     hooks.append(Table(emit, progress, state.scheduler is not None,
                        state.config.early_stopping))
