@@ -461,6 +461,13 @@ class Network(nn.Module):
             if layer.bias is not None:
                 layer.bias.grad = g_b
 
+    def folded(self) -> nn.Module:
+        """The trained model as a plain torch module: an independent copy of ``model`` with
+        every ``R`` folded into its weight operation (``noisynets.folding.export_model``)."""
+        from noisynets.folding import export_model
+
+        return export_model(self)
+
     def trained_parameters(self) -> list[nn.Parameter]:
         """The weights and biases of every layer: what the rules estimate."""
         return [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]

@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import snntorch as snn
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -54,6 +55,8 @@ from noisynets.checkpoints import (
 )
 from noisynets.config import TrainConfig, resolve
 from noisynets.data import Dataset, load_dataset
+from noisynets.firing import firing_warnings
+from noisynets.inference import input_spec
 from noisynets.models import conv_net, he_normal, load_model
 from noisynets.network import Network, Passes, Record
 from noisynets.noise import make_noise
@@ -92,6 +95,7 @@ class RunResult:
     precision: str = "float32"  # the difference and estimate products, as resolved
     data_files: str = ""
     world_size: int = 1  # processes that trained it (data-parallel under torchrun)
+    layers: list[dict[str, Any]] = field(default_factory=list)  # what the network really is
 
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else self.initial
@@ -113,6 +117,7 @@ class RunResult:
             "data_files": self.data_files,
             "out": self.out,
             "config": self.config.to_dict(),
+            "layers": self.layers,
             "history": [asdict(h) for h in ([self.initial] if self.initial else [])
                         + self.history],
         }
@@ -281,6 +286,7 @@ def _run(
     data = load_dataset(config.dataset, config.data_root)
     if config.val_fraction > 0:
         data = data.with_validation(config.val_fraction)
+    inputs = input_spec(data, bool(config.standardize))  # what inference needs of the data
     if config.standardize:
         data = data.standardized()
     torch.manual_seed(config.seed)
@@ -295,6 +301,7 @@ def _run(
                        precision=str(precision).removeprefix("torch."), data_files=data.origin,
                        world_size=1 if world is None else world.size)
     shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
+    result.layers = describe_layers(network, shapes)
     generator = torch.Generator().manual_seed(config.seed)  # the order of the data
     start = time.perf_counter()
     first_epoch, step = 1, 0
@@ -337,7 +344,7 @@ def _run(
 
     def save_model() -> None:
         if main and all(bool(torch.isfinite(p).all()) for p in network.parameters()):
-            save_atomic(model_state(network, config.to_dict()), out / MODEL_FILE)
+            save_atomic(model_state(network, config.to_dict(), inputs), out / MODEL_FILE)
 
     def trace(step: int) -> None:
         if writer is not None and step % config.trace_every == 0:
@@ -358,7 +365,9 @@ def _run(
         save_model()
 
     emit = log or (lambda line: None)
-    emit(f"{config.algo} on {config.dataset}: {describe(network, shapes)}, "
+    steps = f", T {config.time_steps}" if config.time_steps > 1 else ""
+    model = "" if config.model is None else f"model {Path(config.model).name} "
+    emit(f"{config.algo} on {config.dataset}: {model}{describe(network, shapes)}{steps}, "
          f"{plural(config.epochs, 'epoch')}, batch {config.batch_size}, lr {config.lr:g}, "
          f"noise {config.noise} {config.noise_std:g}, device {device}, run folder {out}")
     emit(f"data: {data.origin}")
@@ -393,6 +402,10 @@ def _run(
         if every and (stats.epoch % every == 0 or stats.epoch == config.epochs):
             save_checkpoint(stats)
         line = _row(stats)
+        if stats.epoch == 1 and stats.firing_rate:  # one line per silent or saturated layer
+            for warning in firing_warnings(network, stats.firing_rate, config.time_steps,
+                                           config.noise_std):
+                emit(warning)
         if validation is not None and stats.test_loss is not None:
             line += f"   test loss {stats.test_loss:.4f}" + (
                 "" if stats.test_accuracy is None else f", test acc {stats.test_accuracy:.4f}")
@@ -475,7 +488,7 @@ def evaluate_run(
 def metric_names(layers: int) -> list[str]:
     """The names of an evaluation's metrics in the trace file, for ``layers`` layers."""
     fields = {f.name: [0.0] * layers if f.name in ("alignment", "decorrelation",
-                                                   "estimate_norm") else 0.0
+                                                   "estimate_norm", "firing_rate") else 0.0
               for f in dataclasses.fields(EpochStats)}
     return list(flatten_metrics(fields))
 
@@ -491,11 +504,46 @@ def network_shapes(network: Network, x: Tensor, y: Tensor) -> list[dict[str, Any
 
 
 def describe(network: Network, shapes: list[dict[str, Any]]) -> str:
-    """``[64, 1000, 10]`` for a dense stack; ``1x28x28 -> 16x28x28 -> ... -> 10`` else."""
+    """``[64, 1000, 10]`` for a dense stack; ``1x28x28 -> 16x28x28 -> ... -> 10`` else, each
+    shape after a wrapped model's layer with its weight operation and node kinds."""
     if network.sizes is not None:
         return str(network.sizes)
     parts = [shapes[0]["input_shape"]] + [s["shape"] for s in shapes]
-    return " -> ".join("x".join(str(d) for d in shape) for shape in parts)
+    text = ["x".join(str(d) for d in shape) for shape in parts]
+    if network.unit == "custom":  # the user's own model: say what each layer is
+        for k, layer in enumerate(network.layers):
+            kinds = type(layer.op).__name__ + ("" if k == network.num_layers - 1
+                                               else f"+{type(layer.unit).__name__}")
+            text[k + 1] = f"({kinds}) {text[k + 1]}"
+    return " -> ".join(text)
+
+
+def describe_layers(network: Network, shapes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per layer (``results.json``'s ``layers``): its weight operation, the operations before
+    it and between it and its nodes, its node (``readout`` for the last), whether it spikes
+    and is decorrelated, and one sample's input and node shapes."""
+    rows = []
+    for k, (layer, shape) in enumerate(zip(network.layers, shapes)):
+        last = k == network.num_layers - 1
+        rows.append({
+            "layer": k + 1, "op": repr(layer.op), "pre": [repr(m) for m in layer.pre],
+            "mid": [repr(m) for m in layer.mid],
+            "node": "readout" if last else node_text(layer.unit), "spiking": layer.spiking,
+            "decorrelated": layer.decorrelator is not None,
+            "input_shape": shape["input_shape"], "shape": shape["shape"],
+        })
+    return rows
+
+
+def node_text(unit: torch.nn.Module) -> str:
+    """A node's repr; a spiking neuron's with its decay, threshold and reset."""
+    if not isinstance(unit, snn.SpikingNeuron):
+        return repr(unit)
+    values = {name: getattr(unit, name) for name in ("alpha", "beta", "threshold")
+              if isinstance(getattr(unit, name, None), Tensor)}
+    text = ", ".join(f"{k}={float(v.float().mean()):g}" + ("" if v.numel() == 1 else " (mean)")
+                     for k, v in values.items())
+    return f"{type(unit).__name__}({text}, reset={unit.reset_mechanism})"
 
 
 def probe_record(network: Network, x: Tensor, y: Tensor) -> Record:
