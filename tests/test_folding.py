@@ -103,6 +103,7 @@ def test_the_folded_spiking_copy_averages_the_readout_over_the_time_steps(digits
     plain = export_model(net)
     with torch.no_grad():
         expected = net(x_test)
+        plain(x_test)  # a step left in the neurons: readout starts them from rest anyway
         first = readout(plain, x_test, 4)
         second = readout(plain, x_test, 4)  # the neurons start from rest every time
     torch.testing.assert_close(first, expected, rtol=0, atol=1e-5)
@@ -194,7 +195,11 @@ def test_a_run_loads_for_inference_without_its_data_and_predicts(run, monkeypatc
     assert written == tmp_path / "x_predictions.csv"
     table = np.loadtxt(written, delimiter=",", skiprows=1)
     assert (table[:, 0] == data.test_y.numpy()).mean() == result.history[-1].test_accuracy
-    np.testing.assert_allclose(table[:, 1:].sum(1), 1.0, atol=1e-5)  # softmax scores
+    standardized = (data.test_x - spec["mean"]) / spec["std"]  # as the run saw its inputs
+    with torch.no_grad():
+        scores = network(standardized.view(-1, 1, 8, 8)).softmax(-1).numpy()
+    np.testing.assert_allclose(table[:, 1:], scores, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(table[:, 0], scores.argmax(1))
     from noisynets.cli import main
 
     assert main(["predict", str(out), "--input", str(tmp_path / "x.csv"), "-o",
@@ -272,3 +277,19 @@ def test_a_silent_layer_gets_one_warning_and_every_epoch_its_firing_rate(models,
     assert not [line for line in lines if line.startswith("warning:")], lines
     results = json.loads((tmp_path / "firing" / "results.json").read_text())
     assert 0 < results["history"][-1]["firing_rate"][0] < 1
+
+
+def test_the_firing_rate_is_the_share_of_neuron_steps_that_spike():
+    """Against the spikes the neurons themselves emit (a forward hook): mean over T, B, n."""
+    from noisynets.firing import firing_rates
+
+    net = noisynets.wrap(spiking_model(), time_steps=5, noise_std=0.3, seed=0)
+    emitted: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    for k, layer in enumerate(net.layers[:2]):
+        layer.unit.register_forward_hook(lambda m, i, out, k=k: emitted[k].append(out))
+    x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2
+    rates = firing_rates(net, x, torch.zeros(32, dtype=torch.long))
+    assert len(emitted[0]) == 5  # one clean pass of T steps
+    expected = [float(torch.stack(emitted[k]).mean()) for k in (0, 1)]
+    assert rates[:2] == pytest.approx(expected, rel=1e-6) and rates[2] is None
+    assert all(0 < r < 1 for r in rates[:2])
