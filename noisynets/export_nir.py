@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,14 @@ SUPPORTED = "nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.Flatten, nn.Dropout and snn.
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """snntorch's exporter and importer print notes and warnings; nirtorch logs them."""
+    """snntorch's exporter and importer print notes and warnings; nirtorch logs them and warns
+    that the exporter's entry point is to be renamed."""
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
         logger.setLevel(level)

@@ -207,8 +207,8 @@ def test_a_run_loads_for_inference_without_its_data_and_predicts(run, monkeypatc
     with np.load(tmp_path / "p.npz") as p:
         np.testing.assert_array_equal(p["labels"], table[:, 0])
     np.save(tmp_path / "bad.npy", raw[:, :10])
-    cli_fails(["predict", str(out), "--input", str(tmp_path / "bad.npy")], f"shape ({len(raw)}, 10)",
-              "(n, 64)")
+    cli_fails(["predict", str(out), "--input", str(tmp_path / "bad.npy")],
+              f"shape ({len(raw)}, 10)", "(n, 64)")
     (tmp_path / "x.txt").write_text("1,2")
     cli_fails(["predict", str(out), "--input", str(tmp_path / "x.txt")], "'.txt'", ".npy")
     cli_fails(["predict", str(out), "--input", str(tmp_path / "none.npy")], "no such file")
