@@ -477,7 +477,8 @@ def wrap(model: nn.Module, **options: Any) -> Network:
     """``Network(model, **options)``: the user's ``nn.Sequential`` as a noisy network.
 
     Every rule, the training step, traces and diagnostics then work on it; its parameters are
-    trained in place, so ``torch.save(model.state_dict(), ...)`` works as always.
+    trained in place. With decorrelation the trained function also needs each layer's ``R``:
+    save ``noisynets.export_model(net).state_dict()``, the model with ``R`` folded in.
 
         >>> from torch import nn
         >>> import noisynets
