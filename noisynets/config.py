@@ -315,14 +315,18 @@ def resolve(config: TrainConfig) -> TrainConfig:
 
 def model_spikes(spec: str) -> bool:
     """Whether the model that ``spec`` (``FILE.py:FUNCTION``) builds holds a spiking neuron;
-    ``ValueError`` with one line where the file cannot build a model (``models.load_model``)."""
+    ``False`` where the file cannot build a model: building the run then says why, in one line
+    (``models.load_model``), when the run starts (a sweep's other runs go on)."""
     import torch
 
     from noisynets.folding import spiking
     from noisynets.models import load_model
 
     with torch.random.fork_rng(devices=[]):  # a model's initialisation draws from torch's
-        return spiking(load_model(spec))
+        try:
+            return spiking(load_model(spec))
+        except ValueError:
+            return False
 
 
 def absolute_model(spec: str) -> str:
