@@ -79,6 +79,10 @@ def check_exportable(network: Network) -> None:
                        "not hold: use a plain snn.Leaky")
             if why:
                 raise ValueError(f"NIR export: {where} {why}")
+        elif isinstance(module, snn.SpikingNeuron):
+            raise ValueError(f"NIR export: {where} is a neuron the export does not take (a "
+                             "built-in --unit lif network resets by subtraction): train a "
+                             "--model file whose neurons are snn.Leaky(reset_mechanism='zero')")
         elif isinstance(module, nn.Conv2d):
             if isinstance(module.padding, str):
                 raise ValueError(f"NIR export: {where} has padding={module.padding!r}: give "

@@ -113,6 +113,21 @@ def test_the_folded_spiking_copy_averages_the_readout_over_the_time_steps(digits
     assert 0 < float(spikes[0].mean()) < 1 and 0 < float(spikes[1].mean()) < 1  # it spikes
 
 
+def test_the_folded_copy_of_a_built_in_lif_network_starts_from_rest_every_time(digits):
+    """noisynets' own LIF resets by its last emitted spike: the copy forgets it too."""
+    net = noisynets.Network([64, 32, 10], unit="lif", time_steps=4, noise_std=0.2,
+                            decorrelation=True, decorrelation_lr=1e-2, seed=0)
+    x, y = digits[0].view(-1, 64).float(), digits[1]
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    fit(net, noisynets.make_rule("danp"), optimizer, (x, y), epochs=1, batch_size=64,
+        test=None, progress=False)
+    plain = net.folded()
+    with torch.no_grad():
+        expected = net(x)
+        for _ in range(2):
+            torch.testing.assert_close(readout(plain, x, 4), expected, rtol=0, atol=1e-5)
+
+
 MODEL_FILE = textwrap.dedent('''
     import snntorch as snn
     from torch import nn
