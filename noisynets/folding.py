@@ -20,7 +20,8 @@ pooling, dropout. The copy is in eval mode (dropout off), so for every input
   ``readout`` starts every neuron from zero (snntorch's ``init_hidden`` state emptied), feeds
   ``x`` at each of the ``T`` steps and averages the readout layer's ``T`` outputs -- the
   network's logits. (With ``poisson`` encoding the network feeds spikes drawn from ``x``; the
-  copy equals it step by step on the same spikes.)
+  copy equals it step by step on the same spikes.) A membrane within rounding of the
+  threshold may spike in one and not the other: float rounding, seen through a threshold.
 
 The copy's ``state_dict`` is what ``model.pt["model"]`` holds: a fresh instance of the user's
 own class takes it with ``load_state_dict``, no noisynets needed.
@@ -74,12 +75,16 @@ def spiking(model: nn.Module) -> bool:
 
 def reset_neurons(model: nn.Module) -> None:
     """Every snntorch neuron of ``model`` starts its next step from zero: its ``init_hidden``
-    state buffers emptied (snntorch makes them ``zeros_like`` the next input)."""
+    state buffers emptied (snntorch makes them ``zeros_like`` the next input), and the last
+    spike that ``units.LIF`` resets by forgotten."""
     for module in model.modules():
         if isinstance(module, snn.SpikingNeuron):
             for name in module._non_persistent_buffers_set:
                 old = getattr(module, name)
                 setattr(module, name, torch.zeros(0, device=old.device, dtype=old.dtype))
+            for name in ("spike", "threshold_shift"):
+                if hasattr(module, name):
+                    setattr(module, name, None)
 
 
 @torch.no_grad()
