@@ -308,3 +308,20 @@ def test_the_firing_rate_is_the_share_of_neuron_steps_that_spike():
     expected = [float(torch.stack(emitted[k]).mean()) for k in (0, 1)]
     assert rates[:2] == pytest.approx(expected, rel=1e-6) and rates[2] is None
     assert all(0 < r < 1 for r in rates[:2])
+
+
+def test_predict_writes_a_regressions_outputs(tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(dataset="teacher", hidden=[8], epochs=1, trace_every=0, figures=False,
+                      out=str(out)), progress=False, log=None)
+    data = load_dataset("teacher")
+    np.save(tmp_path / "x.npy", data.test_x[:20].numpy())
+    written = predict(out, tmp_path / "x.npy", tmp_path / "y.csv")
+    assert written.read_text().splitlines()[0] == ",".join(
+        f"output_{k}" for k in range(data.num_classes))
+    network, _, spec = load_trained(out)
+    assert spec["task"] == "regression"
+    with torch.no_grad():
+        expected = network(data.test_x[:20]).numpy()
+    np.testing.assert_allclose(np.loadtxt(written, delimiter=",", skiprows=1, ndmin=2),
+                               expected, rtol=1e-6, atol=1e-7)
