@@ -325,3 +325,14 @@ def test_predict_writes_a_regressions_outputs(tmp_path):
         expected = network(data.test_x[:20]).numpy()
     np.testing.assert_allclose(np.loadtxt(written, delimiter=",", skiprows=1, ndmin=2),
                                expected, rtol=1e-6, atol=1e-7)
+
+
+def test_a_saturated_layer_is_named_and_a_firing_one_is_not():
+    from noisynets.firing import SATURATED, SILENT, firing_warnings
+
+    net = noisynets.wrap(spiking_model(), time_steps=5)
+    lines = firing_warnings(net, [0.995, 0.5, None], 5, 0.2)
+    assert len(lines) == 1 and "layer 1 (Leaky after Conv2d) is saturated" in lines[0]
+    assert "raise its threshold (now 0.5)" in lines[0]
+    assert firing_warnings(net, [SILENT, SATURATED, None], 5) == []  # the bounds are fine
+    assert "layer 2" in firing_warnings(net, [0.5, SILENT / 2, None], 5)[0]
