@@ -38,14 +38,14 @@ from torch import Tensor
 
 from noisynets.checkpoints import MODEL_FILE, load
 from noisynets.config import TrainConfig, resolve
-from noisynets.data import Dataset
+from noisynets.data import DataSplits
 from noisynets.network import Network
 
 INPUT_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".csv")
 OUTPUT_SUFFIXES: tuple[str, ...] = (".csv", ".npz")
 
 
-def input_spec(data: Dataset, standardize: bool) -> dict[str, Any]:
+def input_spec(data: DataSplits, standardize: bool) -> dict[str, Any]:
     """What ``model.pt["inputs"]`` records of the (unstandardised) training data ``data``:
     ``{"shape", "outputs", "task", "mean", "std"}`` (``mean``, ``std``: ``None`` unless
     ``standardize``)."""
