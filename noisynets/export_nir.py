@@ -61,6 +61,19 @@ def _quiet() -> Any:
         logger.setLevel(level)
 
 
+def _nir() -> tuple[Any, Any, Any]:
+    """``(nir, snntorch.export_to_nir, snntorch.import_from_nir)``; ``ValueError`` with one
+    line naming the extra when nir or nirtorch is missing."""
+    try:
+        import nir
+        from snntorch.export_nir import export_to_nir
+        from snntorch.import_nir import import_from_nir
+    except ImportError:
+        raise ValueError("--format nir needs the nir and nirtorch packages: pip install "
+                         "'noisynets[nir]' (or pip install nir nirtorch)") from None
+    return nir, export_to_nir, import_from_nir
+
+
 def check_exportable(network: Network) -> None:
     """``ValueError`` with one line for the first module NIR cannot hold (module doc)."""
     if not any(layer.spiking for layer in network.layers):
@@ -128,8 +141,7 @@ def exportable_copy(network: Network, input_shape: tuple[int, ...]) -> nn.Sequen
 def to_nir(network: Network, input_shape: tuple[int, ...]) -> Any:
     """The NIR graph of ``network`` (module doc) for samples of ``input_shape``, checked by a
     round trip; ``ValueError`` with one line for what NIR cannot hold."""
-    from snntorch.export_nir import export_to_nir
-
+    _, export_to_nir, _ = _nir()
     model = exportable_copy(network, input_shape)
     with _quiet():
         graph = export_to_nir(model, torch.zeros(1, *input_shape), ignore_dims=[0])
@@ -151,8 +163,7 @@ def to_nir(network: Network, input_shape: tuple[int, ...]) -> Any:
 def import_nir(graph: Any) -> nn.Module:
     """``snntorch.import_from_nir(graph)``, made to take batches: NIR's ``Flatten`` counts
     dimensions without the batch, so each torch ``Flatten`` starts one dimension later."""
-    from snntorch.import_nir import import_from_nir
-
+    _, _, import_from_nir = _nir()
     with _quiet():
         module = import_from_nir(graph)
     for m in module.modules():
@@ -164,8 +175,7 @@ def import_nir(graph: Any) -> nn.Module:
 
 def load_nir(path: str | Path) -> nn.Module:
     """The NIR file ``path`` (``nir.read``) as snntorch modules that take batches."""
-    import nir
-
+    nir, _, _ = _nir()
     return import_nir(nir.read(str(path)))
 
 
@@ -185,10 +195,9 @@ def nir_readout(module: nn.Module, x: Tensor, time_steps: int) -> Tensor:
 
 def export_run(folder: str | Path, out: str | Path) -> Path:
     """The trained network of the run in ``folder`` as a NIR file ``out``; returns ``out``."""
-    import nir
-
     from noisynets.inference import load_trained
 
+    nir, _, _ = _nir()
     out = Path(out)
     if out.is_dir() or not out.parent.is_dir():
         raise ValueError(f"-o {str(out)!r}: name a file in a folder that exists")

@@ -9,6 +9,7 @@ the test inputs; what NIR cannot hold is refused with one line.
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -62,6 +63,8 @@ def runs(tmp_path_factory):
 
     def run(name: str, epochs: int = 1) -> Path:
         out = root / name
+        if out.exists():  # trained by an earlier test
+            return out
         train(TrainConfig(model=f"{root / 'nets.py'}:{name}", epochs=epochs, trace_every=0,
                           time_steps=4, batch_size=256, figures=False, out=str(out)),
               progress=False, log=None)
@@ -108,3 +111,10 @@ def test_what_nir_cannot_hold_is_refused_with_one_line(runs, tmp_path, cli_fails
 def test_nir_export_of_a_file_that_is_no_run_is_refused(tmp_path, cli_fails):
     (tmp_path / "trace.h5").write_text("")
     cli_fails(["export", str(tmp_path / "trace.h5"), "--format", "nir"], "not a run folder")
+
+
+def test_nir_export_without_nir_names_the_extra(runs, monkeypatch, tmp_path, cli_fails):
+    out = runs("conv")
+    monkeypatch.setitem(sys.modules, "nir", None)
+    cli_fails(["export", str(out), "--format", "nir", "-o", str(tmp_path / "m.nir")],
+              "noisynets[nir]")
