@@ -461,6 +461,13 @@ class Network(nn.Module):
             if layer.bias is not None:
                 layer.bias.grad = g_b
 
+    def folded(self) -> nn.Module:
+        """The trained model as a plain torch module: an independent copy of ``model`` with
+        every ``R`` folded into its weight operation (``noisynets.folding.export_model``)."""
+        from noisynets.folding import export_model
+
+        return export_model(self)
+
     def trained_parameters(self) -> list[nn.Parameter]:
         """The weights and biases of every layer: what the rules estimate."""
         return [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
@@ -470,7 +477,8 @@ def wrap(model: nn.Module, **options: Any) -> Network:
     """``Network(model, **options)``: the user's ``nn.Sequential`` as a noisy network.
 
     Every rule, the training step, traces and diagnostics then work on it; its parameters are
-    trained in place, so ``torch.save(model.state_dict(), ...)`` works as always.
+    trained in place. With decorrelation the trained function also needs each layer's ``R``:
+    save ``noisynets.export_model(net).state_dict()``, the model with ``R`` folded in.
 
         >>> from torch import nn
         >>> import noisynets
