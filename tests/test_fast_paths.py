@@ -153,3 +153,92 @@ def test_dropout_keeps_one_mask_over_time_steps():
     dropped = seen == 0
     assert 0.2 < dropped.double().mean() < 0.8
     torch.testing.assert_close(seen[~dropped], 2 * hidden[~dropped])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shifted", [False, True], ids=["plain", "threshold-noise"])
+def test_the_fused_lif_step_is_snntorchs_to_the_bit(dtype, shifted):
+    """Without autograd ``LIF`` runs ``fused_step``; over 30 steps of random currents (and
+    threshold shifts) its membrane and spikes equal snntorch's own step's to the bit."""
+    from noisynets.units import LIF
+
+    g = torch.Generator().manual_seed(0)
+    currents = torch.randn(30, 64, 50, generator=g, dtype=dtype) * 0.6
+    shifts = torch.randn(30, 64, 50, generator=g, dtype=dtype) * 0.2
+    fused, plain = LIF(beta=0.8, threshold=0.7).to(dtype), LIF(beta=0.8, threshold=0.7).to(dtype)
+    currents[0, :, :5] = fused.threshold  # a membrane at the threshold exactly: no spike
+    spikes = 0
+    for t in range(30):
+        for lif in (fused, plain):
+            lif.threshold_shift = shifts[t] if shifted else None
+        with torch.no_grad():
+            s_fused = fused(currents[t])
+        with torch.enable_grad():
+            s_plain = plain(currents[t])
+        assert torch.equal(s_fused, s_plain), t
+        assert torch.equal(fused.mem, plain.mem), t
+        assert s_fused.dtype == dtype
+        spikes += int(s_fused.sum())
+    assert 0.05 < spikes / currents.numel() < 0.6  # spikes and resets were exercised
+
+
+def dyadic(net: Network, bits: int = 10) -> None:
+    """Round every weight (and ``R``) to multiples of ``2^-bits``: then every sum of the
+    difference products is exact in float64, in any order."""
+    with torch.no_grad():
+        for p in [*net.trained_parameters(), *(layer.decorrelator.R for layer in net.layers
+                                               if layer.decorrelator is not None)]:
+            p.copy_(torch.round(p * 2**bits) / 2**bits)
+
+
+@pytest.mark.parametrize("decorrelation", [False, True], ids=["plain", "decor"])
+def test_event_driven_differences_are_the_dense_product(monkeypatch, decorrelation):
+    """A Heaviside network whose noisy pass flips about 1 % of the hidden units: the
+    event-driven difference product runs (and reports the changed fraction), and the whole
+    record is the dense product's to the bit in float64 where the sums are exact (dyadic
+    weights), and to 1e-12 with any weights."""
+    import noisynets.layers
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(200, 64, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (200,), generator=g)
+    default = noisynets.layers.EVENT_FRACTION
+    for exact in (True, False):
+        records, nets = [], []
+        for fraction in (default, 0.0):
+            monkeypatch.setattr(noisynets.layers, "EVENT_FRACTION", fraction)
+            net = Network([64, 256, 256, 10], unit="heaviside", noise_std=0.01, seed=0,
+                          decorrelation=decorrelation).double()
+            if decorrelation:
+                random_decorrelators(net, 1)
+            if exact:
+                dyadic(net)
+            records.append(net.run(x, y, Passes.perturbed(3, 2)))
+            nets.append(net)
+        events, dense = nets
+        assert events.layers[1].events > 0 and dense.layers[1].events == 0
+        fraction = events.layers[1].changed_fraction
+        h = (records[0].activity[0] > 0).double()  # layer 1's outputs, T = 1
+        assert fraction == (h[1:] != h[:1]).double().mean().item()
+        assert 0.001 < fraction < 0.02, fraction
+        for a, b in zip(records[0].activity, records[1].activity):
+            if exact:
+                assert torch.equal(a, b)
+            else:
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        assert torch.equal(records[0].loss, records[1].loss) or not exact
+
+
+def test_the_event_product_is_the_dense_product():
+    """``Layer.event_product`` of a sparse ternary ``dh`` with a non-square ``W``: the dense
+    ``dh W^T``, to the bit for dyadic weights, to 1e-12 for any."""
+    g = torch.Generator().manual_seed(0)
+    op = nn.Linear(300, 120, bias=False).double()
+    layer = Layer(op, [], [], nn.Identity(), Gaussian(0.1))
+    dh = (torch.rand(500, 300, generator=g) < 0.01).double()
+    dh[:, ::7] *= -1
+    W = torch.randn(120, 300, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(layer.event_product(dh, W), dh @ W.T, rtol=0, atol=1e-12)
+    layer._casts = {}
+    W = torch.round(W * 1024) / 1024
+    assert torch.equal(layer.event_product(dh, W), dh @ W.T)
