@@ -20,7 +20,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -59,6 +59,9 @@ class EpochStats:
     skipped_steps: int = 0  # steps skipped for a non-finite value (the divergence guard)
     val_loss: float | None = None  # on the validation split, where there is one
     val_accuracy: float | None = None
+    # Per layer: the share of its input entries a noisy pass changed, where the layer's
+    # difference products may run event-driven (the inputs of discontinuous units); else None.
+    changed_fraction: list[float | None] = field(default_factory=list)
 
 
 def train_step(
@@ -177,9 +180,12 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
     the same operating point (``alignment``, see ``reference_gradients``), the mean
     |off-diagonal correlation| of the layer's input (``decorrelation``), and the estimate's
     norm; and the fraction of noisy samples whose whole-network activity change ``||da||``
-    was zero. Leaves ``.grad`` and the noise streams untouched."""
+    was zero; and per layer the share of its input entries that a noisy pass changed
+    (``changed_fraction``: for the inputs of discontinuous units, else None). Leaves ``.grad``
+    and the noise streams untouched."""
     with network.untouched_noise():
         estimate, record = rule.gradients(network, x, y)
+    changed = [layer.changed_fraction for layer in network.layers]
     with network.untouched_noise():
         reference, _ = reference_gradients(network, rule, x, y)
     flat = [flatten(g) for g in estimate]
@@ -196,6 +202,7 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
         "decorrelation": [mean_abs_correlation(r).item() for r in rows],
         "estimate_norm": [e.norm().item() for e in flat],
         "zero_change_fraction": zero,
+        "changed_fraction": changed,
     }
 
 

@@ -242,3 +242,18 @@ def test_the_event_product_is_the_dense_product():
     layer._casts = {}
     W = torch.round(W * 1024) / 1024
     assert torch.equal(layer.event_product(dh, W), dh @ W.T)
+
+
+def test_the_diagnostics_report_the_changed_fraction_per_layer():
+    """``training.diagnostics`` names, per layer, the share of input entries a noisy pass
+    changed where the layer follows discontinuous units, and None elsewhere."""
+    from noisynets import make_rule
+    from noisynets.training import diagnostics
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(50, 16, generator=g), torch.randint(0, 4, (50,), generator=g)
+    net = Network([16, 32, 32, 4], unit="heaviside", noise_std=0.05, seed=0)
+    changed = diagnostics(net, make_rule("anp"), x, y)["changed_fraction"]
+    assert changed[0] is None and all(0 < c < 0.5 for c in changed[1:]), changed
+    smooth = Network([16, 32, 4], noise_std=0.05, seed=0)
+    assert diagnostics(smooth, make_rule("anp"), x, y)["changed_fraction"] == [None, None]
