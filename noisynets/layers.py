@@ -104,6 +104,7 @@ class Layer(nn.Module):
         # outputs of discontinuous units (Heaviside, sign, stochastic-binary, spiking).
         self.event_driven = False
         self.events = 0  # difference products run event-driven, since construction
+        self.count_changes = False  # count the changed entries even where no event product runs
         self._changed = [0, 0]  # this forward: changed input entries, entries compared
 
     @property
@@ -131,7 +132,8 @@ class Layer(nn.Module):
     @property
     def changed_fraction(self) -> float | None:
         """The share of the differing passes' input entries that differed from the reference
-        pass's in the last forward (all time steps), for an event-driven layer; else None."""
+        pass's in the last forward (all time steps), for an event-driven layer where it was
+        counted (a layer large enough for event products, or any with ``count_changes``)."""
         changed, compared = self._changed
         return changed / compared if self.event_driven and compared else None
 
@@ -223,10 +225,11 @@ class Layer(nn.Module):
             if hi > lo:
                 stacked = h.view(-1, batch, *h.shape[1:])
                 difference = (stacked[lo:hi] - reference).view(-1, *h.shape[1:])
-                changed_rows = a[lo:hi]
-                changed_rows.view(-1, *a_ref.shape[1:]).copy_(
-                    self._difference(difference, weight, low))
-                changed_rows += a_ref
+                da = self._difference(difference, weight, low).view(hi - lo, *a_ref.shape)
+                if torch.is_grad_enabled():
+                    a[lo:hi] = da + a_ref
+                else:
+                    torch.add(da, a_ref, out=a[lo:hi])  # a = a_ref + op_0(h - h_ref), one write
             a = a.view(-1, *a_ref.shape[1:])
         for module in self.mid:
             a = module(a)
@@ -248,12 +251,12 @@ class Layer(nn.Module):
         """``op_0(dh)``: the product without the bias, in ``low`` precision, in ``dh``'s dtype;
         event-driven (in ``dh``'s dtype) where few entries of ``dh`` differ from zero."""
         unfolded_r = weight is None and self.decorrelator is not None
-        if self.event_driven and dh.dim() == 2 and not unfolded_r:
+        large = dh.numel() >= EVENT_MIN_ENTRIES and self.out_features >= EVENT_MIN_OUTPUTS
+        if self.event_driven and dh.dim() == 2 and (self.count_changes or large and not unfolded_r):
             changed = int(torch.count_nonzero(dh))  # reads one number (discontinuous inputs only)
             self._changed[0] += changed
             self._changed[1] += dh.numel()
-            if (changed <= EVENT_FRACTION * dh.numel() and dh.numel() >= EVENT_MIN_ENTRIES
-                    and self.out_features >= EVENT_MIN_OUTPUTS):
+            if changed <= EVENT_FRACTION * dh.numel() and large and not unfolded_r:
                 self.events += 1
                 return self.event_product(dh, self.weight if weight is None else weight)
         if low is None or low == dh.dtype:

@@ -183,8 +183,14 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
     was zero; and per layer the share of its input entries that a noisy pass changed
     (``changed_fraction``: for the inputs of discontinuous units, else None). Leaves ``.grad``
     and the noise streams untouched."""
-    with network.untouched_noise():
-        estimate, record = rule.gradients(network, x, y)
+    for layer in network.layers:
+        layer.count_changes = True
+    try:
+        with network.untouched_noise():
+            estimate, record = rule.gradients(network, x, y)
+    finally:
+        for layer in network.layers:
+            layer.count_changes = False
     changed = [layer.changed_fraction for layer in network.layers]
     with network.untouched_noise():
         reference, _ = reference_gradients(network, rule, x, y)
