@@ -257,3 +257,19 @@ def test_the_diagnostics_report_the_changed_fraction_per_layer():
     assert changed[0] is None and all(0 < c < 0.5 for c in changed[1:]), changed
     smooth = Network([16, 32, 4], noise_std=0.05, seed=0)
     assert diagnostics(smooth, make_rule("anp"), x, y)["changed_fraction"] == [None, None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_no_grad_heaviside_and_sign_are_the_autograd_ones(dtype):
+    """Without autograd Heaviside and sign write their outputs directly: the same values
+    (zero and the threshold's neighbours included) and dtype as with autograd."""
+    from noisynets.units import Heaviside, Sign
+
+    a = torch.tensor([-2.0, -1e-300, -0.0, 0.0, 1e-300, 3.0], dtype=dtype)
+    a = torch.cat([a, torch.randn(1000, dtype=dtype)])
+    for unit in (Heaviside(), Sign()):
+        with torch.enable_grad():
+            plain = unit(a)
+        with torch.no_grad():
+            fast = unit(a)
+        assert torch.equal(fast, plain) and fast.dtype == dtype, unit
