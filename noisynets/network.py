@@ -353,7 +353,7 @@ class Network(nn.Module):
                         outputs[k].append(h.detach().reshape(P * B, -1))
                         mem = layer.membrane()
                         if mem is not None:
-                            membrane[k].append(mem.detach().reshape(P * B, -1))
+                            membrane[k].append(mem.detach().reshape(P * B, -1).clone())
         finally:
             for layer in self.layers:
                 layer.end()  # nothing of this forward stays in the neurons

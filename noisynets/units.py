@@ -70,7 +70,8 @@ class LIF(snn.Leaky):
     snntorch recomputes the reset from the previous membrane and the *current* threshold; with
     a noisy threshold that would draw the reset independently of the spike, so here the reset
     is the emitted spike itself. Without autograd (the perturbation rules) the step runs
-    fused, ``fused_step``: the same operations in four tensor operations, equal to the bit.
+    fused, ``fused_step``: the same operations in four tensor operations, equal to the bit, the
+    membrane updated in place (a caller that keeps ``mem`` across steps keeps a copy).
     Spikes come in the membrane's dtype (snntorch's surrogate
     returns float32 even for a float64 membrane). Backpropagation through time uses snntorch's
     surrogate gradient (arctan).
@@ -133,8 +134,7 @@ class LIF(snn.Leaky):
         else:
             spike = self.spike if self.spike is not None and self.spike.shape == mem.shape \
                 else None
-        mem = mem * self.beta.clamp(0, 1)
-        mem += current
+        mem.mul_(self.beta.clamp(0, 1)).add_(current)  # in place: ``mem`` is this neuron's own
         if spike is not None:
             mem.addcmul_(spike, -self.threshold)
         self.mem = mem
