@@ -251,7 +251,8 @@ class Layer(nn.Module):
         """``op_0(dh)``: the product without the bias, in ``low`` precision, in ``dh``'s dtype;
         event-driven (in ``dh``'s dtype) where few entries of ``dh`` differ from zero."""
         unfolded_r = weight is None and self.decorrelator is not None
-        large = dh.numel() >= EVENT_MIN_ENTRIES and self.out_features >= EVENT_MIN_OUTPUTS
+        large = (dh.numel() >= EVENT_MIN_ENTRIES and self.out_features >= EVENT_MIN_OUTPUTS
+                 and not torch.is_grad_enabled())  # autograd (BP) runs the dense product
         if self.event_driven and dh.dim() == 2 and (self.count_changes or large and not unfolded_r):
             changed = int(torch.count_nonzero(dh))  # reads one number (discontinuous inputs only)
             self._changed[0] += changed
