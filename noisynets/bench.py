@@ -17,7 +17,7 @@ throughput in every number format the difference pass can use, the FLOPs of each
 (``torch.utils.flop_counter``) and the share of that throughput they achieve, and each step's
 peak memory -- on a GPU ``torch.cuda.max_memory_allocated``; on the CPU the growth of the
 peak resident set of a fresh process that runs a few steps of that rule alone. Every rule runs
-at its defaults (``precision="auto"``: see ``noisynets.precision``).
+at its defaults (``precision="auto"``: see ``noisynets.precision``; ``--precision`` sets it).
 
 ``--json``: the last line of stdout is one JSON object with ``anp_over_bp``, ``danp_over_dbp``
 (K = 1), ``k4_over_k1`` (DANP), ``spiking_time_over_bptt``, ``spiking_memory_over_bptt``,
@@ -51,7 +51,13 @@ from noisynets.layers import Layer
 from noisynets.models import conv_net
 from noisynets.network import Network
 from noisynets.noise import Gaussian
-from noisynets.precision import cpu_flags, cpu_model, difference_dtype, fast_bfloat16
+from noisynets.precision import (
+    PRECISIONS,
+    cpu_flags,
+    cpu_model,
+    difference_dtype,
+    fast_bfloat16,
+)
 from noisynets.rules import make_rule, uses_decorrelation
 from noisynets.training import train_step
 
@@ -88,13 +94,15 @@ class Setup:
     conv_batch: int = 256
     inputs: int = 784
     event_size: int = 1000  # the layer of the event-driven product: event_size^2 weights
+    precision: str = "auto"  # of the difference products (noisynets.precision)
 
 
 def build(case: Case, setup: Setup, device: torch.device) -> Callable[[], Any]:
     """A function that runs one training step of ``case`` (network, data and optimizer made)."""
     g = torch.Generator().manual_seed(0)
     decorrelation = uses_decorrelation(case.rule)
-    common = dict(decorrelation=decorrelation, decorrelation_fraction=0.1, seed=0)
+    common = dict(decorrelation=decorrelation, decorrelation_fraction=0.1, seed=0,
+                  precision=setup.precision)
     if case.network == "dense":
         batch, shape = setup.batch_size, (setup.inputs,)
         net = Network([setup.inputs, *setup.hidden, 10], **common)
@@ -224,7 +232,7 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
     conv = [Case("conv", r) for r in ("bp", "dbp", "anp", "danp")]
     cases = dense + spiking + conv
     longest = [Case("spiking", r, time_steps=T_long) for r in ("dbp", "danp")]  # memory only
-    precision = difference_dtype("auto", torch.float32, device)
+    precision = difference_dtype(setup.precision, torch.float32, device)
     host = machine(device)
     log(f"device {device} ({host['cpu']}; SIMD: {' '.join(host['simd']) or 'none listed'}), "
         f"torch threads {torch.get_num_threads()}, difference products in "
@@ -378,5 +386,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="small networks and few rounds: checks that the benchmark runs")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="number format of the difference products (auto)")
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object on the last line of stdout")
