@@ -59,9 +59,6 @@ class EpochStats:
     skipped_steps: int = 0  # steps skipped for a non-finite value (the divergence guard)
     val_loss: float | None = None  # on the validation split, where there is one
     val_accuracy: float | None = None
-    # Per layer: the share of its input entries a noisy pass changed, where the layer's
-    # difference products may run event-driven (the inputs of discontinuous units); else None.
-    changed_fraction: list[float | None] = field(default_factory=list)
     lr: float | None = None  # the learning rate of the epoch's steps (first parameter group)
     alignment_std: list[float] = field(default_factory=list)  # over the probe batches
     stopped: bool = False  # early stopping ended the run after this epoch
@@ -238,10 +235,7 @@ def probe_diagnostics(
     cosines = torch.tensor([d["alignment"] for d in each], dtype=torch.float64)
     spread = cosines.std(0) if len(each) > 1 else torch.zeros(cosines.shape[1],
                                                               dtype=torch.float64)
-    changed = [None if any(d["changed_fraction"][k] is None for d in each)
-               else sum(d["changed_fraction"][k] for d in each) / len(each)
-               for k in range(len(each[0]["changed_fraction"]))]
-    return {**mean, "alignment_std": spread.tolist(), "changed_fraction": changed,
+    return {**mean, "alignment_std": spread.tolist(),
             "zero_change_fraction": sum(d["zero_change_fraction"] for d in each) / len(each)}
 
 
