@@ -52,7 +52,7 @@ from noisynets.models import he_normal, mlp
 from noisynets.noise import Gaussian, Logistic, NoiseSource, make_noise
 from noisynets.parallel import Shard, all_reduce_sum
 from noisynets.precision import PRECISIONS, difference_dtype
-from noisynets.units import ACTIVATIONS, LIF, StochasticBinary
+from noisynets.units import ACTIVATIONS, LIF, StochasticBinary, discontinuous
 
 ENCODINGS: tuple[str, ...] = ("current", "poisson")
 
@@ -233,6 +233,8 @@ class Network(nn.Module):
             if layer.threshold_noise is not None:
                 layer.threshold_noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
             layers.append(layer)
+        for below, layer in zip(layers, layers[1:]):  # inputs that change in few entries
+            layer.event_driven = discontinuous(below.unit) and not layer.conv
         self.layers = nn.ModuleList(layers)
         self.unit = unit if self.sizes is not None else "custom"
         self.decorrelation_lr = float(decorrelation_lr)
@@ -351,7 +353,7 @@ class Network(nn.Module):
                         outputs[k].append(h.detach().reshape(P * B, -1))
                         mem = layer.membrane()
                         if mem is not None:
-                            membrane[k].append(mem.detach().reshape(P * B, -1))
+                            membrane[k].append(mem.detach().reshape(P * B, -1).clone())
         finally:
             for layer in self.layers:
                 layer.end()  # nothing of this forward stays in the neurons

@@ -206,9 +206,18 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
     |off-diagonal correlation| of the layer's input (``decorrelation``), and the estimate's
     norm; and the fraction of noisy samples whose whole-network activity change ``||da||``
     was zero; per spiking layer its firing rate (``firing.firing_rates``; ``None`` for other
-    layers). Leaves ``.grad`` and the noise streams untouched."""
-    with network.untouched_noise():
-        estimate, record = rule.gradients(network, x, y)
+    layers); and per layer the share of its input entries that a noisy pass changed
+    (``changed_fraction``: for the inputs of discontinuous units, else None). Leaves ``.grad``
+    and the noise streams untouched."""
+    for layer in network.layers:
+        layer.count_changes = True
+    try:
+        with network.untouched_noise():
+            estimate, record = rule.gradients(network, x, y)
+    finally:
+        for layer in network.layers:
+            layer.count_changes = False
+    changed = [layer.changed_fraction for layer in network.layers]
     with network.untouched_noise():
         reference, _ = reference_gradients(network, rule, x, y)
     flat = [flatten(g) for g in estimate]
@@ -226,6 +235,7 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
         "estimate_norm": [e.norm().item() for e in flat],
         "zero_change_fraction": zero,
         "firing_rate": firing_rates(network, x, y),
+        "changed_fraction": changed,
     }
 
 
