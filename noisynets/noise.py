@@ -665,11 +665,12 @@ class Replay(NoiseSource):
     The file (``load_recording``) holds one trace, shape (length,), or several, shape
     (traces, length), in the units of the activity (``scale`` multiplies them). Two modes:
 
-    * ``trace`` -- node ``j`` replays trace ``j mod traces`` in order: the rows ``r`` of a draw
-      take the values at positions ``p + r`` (modulo the length), and the next draw goes on
-      from ``p + rows``; the start ``p`` is drawn once, uniformly, from the source's generator
-      (so that layers and seeds replay different stretches). The recording's correlations
-      in time are kept.
+    * ``trace`` -- node ``j`` replays trace ``j mod M`` (``M`` traces of length ``L``) in
+      order: the rows ``r`` of a draw take the values at positions ``p + s_j + r`` (modulo
+      ``L``), and the next draw goes on from ``p + rows``. Nodes that share a trace replay
+      disjoint stretches of it: ``s_j = (j div M) * (L div c)``, ``c = ceil(nodes / M)``.
+      The start ``p`` is drawn once, uniformly, from the source's generator (so that layers
+      and seeds replay different stretches). The recording's correlations in time are kept.
     * ``pool`` -- every entry is drawn independently and uniformly from all recorded values
       (with replacement): the recording's distribution without its correlations.
 
@@ -755,10 +756,12 @@ class Replay(NoiseSource):
             self._position = int(torch.randint(length, (1,), generator=g, device=a.device))
         rows = a.shape[0]
         nodes = a[0].numel()
-        time = (self._position + torch.arange(rows, device=a.device)) % length
-        trace = torch.arange(nodes, device=a.device) % traces
+        node = torch.arange(nodes, device=a.device)
+        stride = length // -(-nodes // traces)  # L div ceil(nodes / M)
+        start = self._position + (node // traces) * stride
+        time = (start.unsqueeze(0) + torch.arange(rows, device=a.device).unsqueeze(1)) % length
         self._position = (self._position + rows) % length
-        return data[trace.unsqueeze(0), time.unsqueeze(1)].view(a.shape)
+        return data[(node % traces).unsqueeze(0), time].view(a.shape)
 
     def extra_repr(self) -> str:
         dataset = "" if self.dataset is None else f", dataset={self.dataset}"
