@@ -103,7 +103,9 @@ class Passes:
 
 @dataclass
 class Record:
-    """What a system can report of one batched forward: no noise values.
+    """What a system can report of one batched forward: no noise values. It is the
+    observation every perturbation rule estimates from (``Rule.estimate``), also when a
+    system outside torch reports it (``noisynets.observer``).
 
     * ``inputs[l]``   -- (B, d_l): layer l's input in the reference pass (pass 0), summed over
       time steps, flattened: decorrelated (``xh = R x``) for a dense layer, the raw feature
