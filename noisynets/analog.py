@@ -76,11 +76,13 @@ class PCMWeights(NoiseSource):
     effects (aihwkit's ``prog_noise_scale``, ``read_noise_scale``, ``drift_scale``); 0 turns
     one off.
 
-    Programming noise and drift exponents are a function of the seed, the layer and the
-    weight tensor's version counter (torch bumps it at every in-place update, such as an
-    optimizer step), so forwards that leave the weights unchanged (evaluation, diagnostics)
-    read the same programmed devices and a seed fixes every draw; read noise comes from the
-    source's generator. Decorrelation matrices ``R`` are digital: they carry no noise.
+    A layer is reprogrammed when its weight tensor changed (torch's version counter, bumped
+    by every in-place update such as an optimizer step), so forwards that leave the weights
+    unchanged (evaluation, diagnostics) read the same programmed devices. The ``c``-th
+    programming of layer ``k`` draws from a generator seeded by ``(seed, k, c)``; read noise
+    comes from the source's generator. ``get_state`` holds ``c``, and whether the weights
+    changed since, so a checkpoint resumes the same devices and ``untouched_noise`` leaves the
+    programming where it was. Decorrelation matrices ``R`` are digital: they carry no noise.
     """
 
     def __init__(
@@ -96,7 +98,10 @@ class PCMWeights(NoiseSource):
         if compensate not in (0, 1):
             raise ValueError(f"compensate={compensate!r} must be 0 or 1")
         self.compensate = bool(compensate)
-        self._programmed: dict[int, tuple[Any, ...]] = {}
+        # per layer: (weight tensor, its version when programmed, (g_P, nu, w_max))
+        self._programmed: dict[int, tuple[Tensor, int, tuple[Tensor, Tensor, Tensor]]] = {}
+        self._count: dict[int, int] = {}  # programmings so far, per layer
+        self._restored: dict[int, bool] = {}  # after set_state: must the next one count?
 
     @property
     def mean(self) -> float:
@@ -111,19 +116,43 @@ class PCMWeights(NoiseSource):
         return f"pcm:{self.extra_repr().replace(', ', ',')}"
 
     def reseed(self, seed: int) -> None:
-        self._programmed = {}
+        self._programmed, self._count, self._restored = {}, {}, {}
         super().reseed(seed)
+
+    def get_state(self) -> dict[str, Any]:
+        programmed = {}  # per layer: (programmings, version programmed, changed since)
+        for k, count in self._count.items():
+            if k in self._programmed:
+                weight, version, _ = self._programmed[k]
+                programmed[k] = (count, version, weight._version != version)
+            else:  # restored, not read since
+                programmed[k] = (count, -1, self._restored.get(k, True))
+        return {**super().get_state(), "programmed": programmed}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        saved = state["programmed"]
+        for k in list(self._programmed):
+            if k not in saved or self._programmed[k][1] != saved[k][1] or (
+                    self._count[k] != saved[k][0]):
+                del self._programmed[k]  # not the devices the state describes
+        self._count = {k: count for k, (count, _, _) in saved.items()}
+        self._restored = {k: changed for k, (_, _, changed) in saved.items()
+                          if k not in self._programmed}
 
     def program(self, k: int, W: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(g_P, nu, w_max)`` of layer ``k``'s weights ``W``: conductances (2, *W.shape), the
         pair (g+, g-) programmed, their drift exponents, and the layer's largest |W|."""
-        key = (W._version, W.data_ptr(), tuple(W.shape), W.device, W.dtype)
         cached = self._programmed.get(k)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if cached is not None and cached[0] is W and cached[1] == W._version and (
+                cached[2][0].dtype == W.dtype and cached[2][0].device == W.device):
+            return cached[2]
+        count = self._count.get(k, 0)
+        if self._restored.pop(k, True):  # new weights (a restored state: if they changed)
+            count += 1
         with torch.no_grad():
             g = torch.Generator(device=W.device)
-            g.manual_seed(hash((self.seed, k, W._version)) % 2**62)
+            g.manual_seed(hash((self.seed, k, count)) % 2**62)
             w = W.detach()
             w_max = w.abs().max().clamp_min(torch.finfo(w.dtype).tiny)
             target = torch.stack([w.clamp_min(0), (-w).clamp_min(0)]) / w_max * self.gmax
@@ -138,7 +167,8 @@ class PCMWeights(NoiseSource):
             z = torch.randn(target.shape, generator=g, device=W.device, dtype=W.dtype)
             nu = (mu + s_nu * z).abs() * self.drift
         programmed = (g_prog, nu, w_max)
-        self._programmed[k] = (key, programmed)
+        self._programmed[k] = (W, W._version, programmed)
+        self._count[k] = count
         return programmed
 
     def conductance(self, g_prog: Tensor, nu: Tensor, time: float | None = None) -> Tensor:

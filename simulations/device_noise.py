@@ -15,9 +15,10 @@ straight-through gradient), which the hardware itself could not do; DANP only ob
   folder, is 64 traces of 20,000 samples of the MTJ model with the study's constant level of
   0.0421 V (``MTJ(dc=0.042092104)``, seed 0), a stand-in for measured device voltages;
 * ``weight_noise``: PCM weights (``--weight-noise pcm``: programming, read noise and drift,
-  read right after programming); each trained network is then read ``t`` seconds after its
-  last programming (``drift``: t = 0 s ... 1 year, without and with global drift
-  compensation), its test accuracy averaged over 5 reads of the test set;
+  read right after programming); each trained network is then loaded, programmed once from
+  its trained weights and read ``t`` seconds later (``drift``: t = 0 s ... 1 year, without
+  and with global drift compensation), its test accuracy averaged over 5 reads of the test
+  set (the same programmed devices and reads at every t);
 * ``adc_bits``: the activities read through a signed ADC of full scale +-8 and 4 ... 12 bits,
   Gaussian node noise of scale 0.03 (about half the step of 8 bits).
 

@@ -265,3 +265,50 @@ def test_weight_noise_spec_round_trips():
     assert model.time == 3600 and model.compensate
     assert make_weight_noise(model.spec).spec == model.spec
     assert make_weight_noise("none") is None and make_adc("none") is None
+
+
+def test_a_checkpoint_resumes_the_same_devices_and_diagnostics_change_nothing():
+    import copy
+
+    from noisynets.checkpoints import noise_states, set_noise_states
+    from noisynets.training import diagnostics, evaluate, train_step
+
+    def build():
+        net = Network([6, 8, 3], noise_std=1e-2, decorrelation=True, seed=0,
+                      weight_noise="pcm").double()
+        return net, torch.optim.Adam(net.trained_parameters(), lr=1e-2)
+
+    def snapshot(net, opt):
+        return (copy.deepcopy(net.state_dict()), noise_states(net),
+                copy.deepcopy(opt.state_dict()))
+
+    def restored(saved):
+        net, opt = build()
+        net.load_state_dict(saved[0])
+        set_noise_states(net, saved[1])
+        opt.load_state_dict(saved[2])
+        return net, opt
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,), generator=g)
+    rule = make_rule("danp")
+    a, opt_a = build()
+    for _ in range(3):
+        train_step(a, rule, opt_a, x, y)
+    after_update = snapshot(a, opt_a)  # the weights changed since they were programmed
+    b, opt_b = restored(after_update)
+    c, opt_c = build()
+    for _ in range(3):
+        train_step(c, rule, opt_c, x, y)
+    diagnostics(c, rule, x, y)  # inside untouched_noise: it must change nothing
+    for _ in range(2):
+        ra, rb, rc = (train_step(n, rule, o, x, y) for n, o in ((a, opt_a), (b, opt_b),
+                                                                  (c, opt_c)))
+        assert torch.equal(ra.loss, rb.loss) and torch.equal(ra.loss, rc.loss)
+    evaluate(a, x, y)  # a forward: the devices now hold the current weights
+    d, opt_d = restored(snapshot(a, opt_a))
+    ra, rd = train_step(a, rule, opt_a, x, y), train_step(d, rule, opt_d, x, y)
+    assert torch.equal(ra.loss, rd.loss)
+    assert all(torch.equal(p, q) for p, q in zip(a.trained_parameters(),
+                                                 d.trained_parameters()))
