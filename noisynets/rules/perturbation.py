@@ -75,8 +75,8 @@ class NP(Rule):
             try:
                 layer.noise.summed_variance(network.time_steps)
             except ValueError as err:
-                raise ValueError(f"np divides by the noise variance, but layer {k + 1}'s: "
-                                 f"{err}") from None
+                raise ValueError(f"np divides by the noise variance, which layer {k + 1}'s "
+                                 f"noise cannot state: {err}") from None
 
     def passes(self, network: Network) -> Passes:
         return Passes.perturbed(network.num_layers, self.noise_samples)
