@@ -4,8 +4,9 @@
 * ``noisynets inspect FILE``: what a trace file holds, and its last metrics
   (``traces.TraceReader.describe``).
 * ``noisynets plot FILE [-o OUT.png]``: the figure of a trace file (``plots.trace_figure``).
-* ``noisynets export FILE --format {npz,csv} [-o OUT]``: the file's data for other tools
-  (``export.export_npz``, ``export.export_csv``; docs/traces.md describes both layouts).
+* ``noisynets export FILE --format {npz,csv,nwb} [-o OUT]``: the file's data for other tools
+  (``export.export_npz``, ``export.export_csv``, ``export_nwb.export_nwb``; docs/traces.md
+  describes the layouts).
 * ``noisynets bench [--json]``: the step time, FLOPs and memory of every rule (``bench``).
 * ``noisynets sweep SWEEP.toml [--out DIR]``: every combination of a grid of settings, each an
   ordinary run, on a local or a running Dask cluster (``sweep``).
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from noisynets.bench import add_arguments as add_bench_arguments
-from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, TrainConfig, load_toml
+from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, SCHEDULES, TrainConfig, load_toml
 from noisynets.data import DATASETS, TEACHER_KEYS
 from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
@@ -97,7 +98,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.toml",
                    help="read settings from a TOML file (keys: the long option names with "
                         "underscores); options given on the command line win")
-    p.add_argument("--algo", choices=RULES, help=f"learning rule (default {d.algo})")
+    p.add_argument("--algo", choices=RULES, type=str.lower,
+                   help=f"learning rule, any case (default {d.algo})")
     p.add_argument("--dataset", metavar="NAME",
                    help=f"data set: {', '.join(DATASETS)}; teacher:key=value,... sets the "
                         f"teacher-student task ({', '.join(TEACHER_KEYS)}) (default {d.dataset})")
@@ -131,6 +133,29 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--both-noisy", action="store_true", default=None,
                    help="the noise cannot be switched off: both passes are noisy (anp, danp)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="torch optimizer (adam)")
+    p.add_argument("--weight-decay", type=nonnegative_float, metavar="L",
+                   help="weight decay lambda (0): adam, sgd add lambda*w to the estimate; "
+                        "adamw decays the weights apart from it")
+    p.add_argument("--momentum", type=nonnegative_float, metavar="M",
+                   help="momentum of --optimizer sgd, in [0, 1) (0)")
+    p.add_argument("--lr-schedule", choices=SCHEDULES,
+                   help="learning rate by epoch (torch.optim.lr_scheduler): constant, cosine "
+                        "(to near 0 at the last epoch), step (times --lr-gamma every "
+                        "--lr-step epochs), exponential (times --lr-gamma every epoch) "
+                        "(constant)")
+    p.add_argument("--lr-step", type=positive_int, metavar="E",
+                   help="epochs between the step schedule's decays (a third of the epochs)")
+    p.add_argument("--lr-gamma", type=positive_float, metavar="G",
+                   help="the factor of the step (0.1) and exponential (0.9) schedules")
+    p.add_argument("--clip-grad", type=positive_float, metavar="MAX_NORM",
+                   help="scale the estimates down to this total norm before each update, as "
+                        "torch.nn.utils.clip_grad_norm_ (off)")
+    p.add_argument("--early-stopping", type=nonnegative_int, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a new lowest validation loss "
+                        "(needs --val-fraction; 0: off)")
+    p.add_argument("--probe-batches", type=positive_int, metavar="P",
+                   help="training batches the alignment and other diagnostics average over, "
+                        "with the alignment's spread over them (4)")
     p.add_argument("--loss", choices=tuple(LOSSES),
                    help="per-sample loss (ce; mse for the teacher's regression)")
     p.add_argument("--val-fraction", type=nonnegative_float, metavar="F",
@@ -179,6 +204,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=None,
                    help="draw learning_curve.png and trace.png at the end (on; --no-figures "
                         "saves a second or two per run, e.g. in large sweeps)")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard event files to RUN_DIR/tensorboard (needs "
+                        "pip install 'noisynets[tensorboard]')")
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object on the last line of stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -203,13 +231,17 @@ def make_parser() -> Parser:
     plot.add_argument("file", metavar="FILE", help=trace_file)
     plot.add_argument("-o", "--output", metavar="OUT.png",
                       help="the figure (default: FILE's name with .png, beside it)")
-    export = sub.add_parser("export", help="write a trace file's data as .npz or CSV files")
+    export = sub.add_parser("export", help="write a trace file's data as .npz, CSV or NWB")
     export.add_argument("file", metavar="FILE", help=trace_file)
     export.add_argument("--format", required=True, choices=EXPORT_FORMATS,
-                        help="npz: one archive of every dataset; csv: a folder of CSV files")
+                        help="npz: one archive of every dataset; csv: a folder of CSV files; "
+                             "nwb: a Neurodata Without Borders file (spikes in its Units "
+                             "table; needs pip install 'noisynets[nwb]')")
     export.add_argument("-o", "--output", metavar="OUT",
-                        help="the .npz file or the CSV folder (default: beside FILE, "
-                             "FILE's name with .npz or _csv)")
+                        help="the .npz file, the CSV folder or the .nwb file (default: beside "
+                             "FILE, FILE's name with .npz, _csv or .nwb)")
+    export.add_argument("--dt", type=positive_float, metavar="SECONDS",
+                        help="nwb: seconds per simulated time step, the file's clock (0.001)")
     evaluate = sub.add_parser("evaluate", help="measure a run's saved model on test data")
     evaluate.add_argument("run", metavar="RUN_DIR", help="a run folder (it holds model.pt)")
     evaluate.add_argument("--dataset", metavar="NAME",
@@ -304,7 +336,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # --- inspect, plot, export -----------------------------------------------------------------
 
-EXPORT_FORMATS: tuple[str, ...] = ("npz", "csv")
+EXPORT_FORMATS: tuple[str, ...] = ("npz", "csv", "nwb")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -330,10 +362,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from noisynets.traces import TraceReader
 
     reader = TraceReader(args.file)
+    if args.dt is not None and args.format != "nwb":
+        raise UsageError("--dt sets the clock of an NWB file: use it with --format nwb")
     if args.format == "npz":
         out = Path(args.output) if args.output else reader.path.with_suffix(".npz")
         check_output(out, reader.path)
         export_npz(reader, out)
+    elif args.format == "nwb":
+        from noisynets.export_nwb import DEFAULT_DT, export_nwb
+
+        out = Path(args.output) if args.output else reader.path.with_suffix(".nwb")
+        check_output(out, reader.path)
+        export_nwb(reader, out, DEFAULT_DT if args.dt is None else args.dt)
     else:  # export_csv creates the folder, or says why it cannot
         out = (Path(args.output) if args.output
                else reader.path.with_name(reader.path.stem + "_csv"))
@@ -415,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from noisynets.run import DivergenceError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if hasattr(sys.stdout, "reconfigure"):  # redirected too: every line as it is printed
+        sys.stdout.reconfigure(line_buffering=True)
     parser = make_parser()
     if not argv:  # no command: say what there is, start nothing
         parser.print_help()
