@@ -39,7 +39,7 @@ from noisynets.data import DATASETS, TEACHER_KEYS
 from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
 from noisynets.network import ENCODINGS
-from noisynets.noise import NOISES
+from noisynets.noise import DEVICE_NOISES, NOISES
 from noisynets.precision import PRECISIONS
 from noisynets.rules import RULES
 from noisynets.units import UNITS
@@ -123,8 +123,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of the batch used for the correlation estimate, in (0, 1]")
     p.add_argument("--noise", metavar="SPEC",
                    help="intrinsic node noise: NAME or NAME:key=value,... and sums joined by +; "
-                        f"names: {', '.join(NOISES)} (default gaussian)")
+                        f"names: {', '.join(NOISES + DEVICE_NOISES)} (mtj: a magnetic tunnel "
+                        "junction; replay:file=F.npy|F.h5: recorded noise; default gaussian)")
     p.add_argument("--noise-std", type=positive_float, help="noise scale s (default: preset)")
+    p.add_argument("--weight-noise", metavar="SPEC",
+                   help="noise in the weights, intrinsic: pcm or pcm:prog=1,read=1,drift=1,"
+                        "time=SECONDS,gmax=25,compensate=0 (IBM aihwkit's PCM model; none)")
+    p.add_argument("--adc", metavar="SPEC",
+                   help="read the observed activities through an ADC: BITS or bits=B,range=R "
+                        "(signed, full scale +-R, default 4; none)")
     p.add_argument("--noise-samples", type=positive_int, help="noisy passes K per step (1)")
     p.add_argument("--both-noisy", action="store_true", default=None,
                    help="the noise cannot be switched off: both passes are noisy (anp, danp)")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from noisynets.analog import make_adc, make_weight_noise
 from noisynets.data import DATASETS, teacher_options
 from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
@@ -58,6 +59,8 @@ class TrainConfig:
     noise_std: float | None = None
     noise_samples: int = 1
     both_noisy: bool = False
+    weight_noise: str | None = None
+    adc: str | None = None
     optimizer: str = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd only
@@ -318,6 +321,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if not isinstance(c.noise, str):
         raise ValueError(f"noise {c.noise!r} must be a noise spec such as 'gaussian'")
     make_noise(c.noise, c.noise_std)  # raises on a bad spec
+    make_weight_noise(c.weight_noise)
+    make_adc(c.adc)
     _nonnegative_float("val_fraction", c.val_fraction)
     if c.val_fraction >= 1:
         raise ValueError(f"val_fraction {c.val_fraction:g} must be in [0, 1): the share of the "

@@ -178,9 +178,10 @@ class Layer(nn.Module):
                 h = module(h)
         return h
 
-    def folded_weight(self) -> Tensor:
-        """``W R`` (for a convolution: every filter times ``R`` on its patch features)."""
-        W = self.weight
+    def folded_weight(self, W: Tensor | None = None) -> Tensor:
+        """``W R`` (for a convolution: every filter times ``R`` on its patch features); ``W``
+        defaults to the layer's weight."""
+        W = self.weight if W is None else W
         if self.decorrelator is None:
             return W
         R = self.decorrelator.R

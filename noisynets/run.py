@@ -194,6 +194,8 @@ def build(config: TrainConfig, data: DataSplits) -> tuple[Network, Rule, torch.o
         threshold=config.threshold,
         threshold_noise=config.threshold_noise,
         seed=config.seed,
+        weight_noise=config.weight_noise,
+        adc=config.adc,
     )
     rule = make_rule(config.algo, noise_samples=config.noise_samples)
     rule.check(network)
