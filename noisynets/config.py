@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from noisynets.analog import make_adc, make_weight_noise
 from noisynets.data import DATASETS, teacher_options
 from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
@@ -46,7 +47,7 @@ class TrainConfig:
 
     algo: str = "danp"
     dataset: str = "digits"
-    arch: str = "mlp"
+    arch: str | None = None  # mlp (the default) or conv; None with a model file
     model: str | None = None
     hidden: list[int] | None = None
     epochs: int | None = None
@@ -58,6 +59,8 @@ class TrainConfig:
     noise_std: float | None = None
     noise_samples: int = 1
     both_noisy: bool = False
+    weight_noise: str | None = None
+    adc: str | None = None
     optimizer: str = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd only
@@ -68,7 +71,7 @@ class TrainConfig:
     early_stopping: int = 0  # patience in epochs on the validation loss (0: off)
     probe_batches: int = 4  # training batches the diagnostics average over
     loss: str | None = None
-    unit: str = "leaky_relu"
+    unit: str | None = None  # leaky_relu (the default), ...; None with a model file
     time_steps: int | None = None
     encoding: str = "current"
     beta: float = 0.9
@@ -155,6 +158,11 @@ UNIT_PRESETS: dict[str, dict[str, Any]] = {
     "stochastic_binary": dict(hidden=[300, 300]),
     "lif": dict(hidden=[1000], time_steps=10, noise_std=0.2),
 }
+# What a model file (--model) that holds a spiking neuron (an snntorch neuron) gets: the
+# spiking unit's time steps and noise.
+SPIKING_MODEL_PRESET: dict[str, Any] = dict(time_steps=10, noise_std=0.2)
+# The defaults ``arch`` and ``unit`` had before a model file left them unset (older records).
+BUILT_IN_DEFAULTS: dict[str, str] = dict(arch="mlp", unit="leaky_relu")
 
 
 MAX_CONFIG_BYTES = 1_000_000
@@ -228,11 +236,21 @@ def resolve(config: TrainConfig) -> TrainConfig:
         teacher_options(config.dataset)  # raises on a bad spec
     elif config.dataset != name:
         raise ValueError(f"dataset {config.dataset!r}: only teacher takes key=value options")
-    _choice("arch", config.arch, ARCHS)
+    if config.model is not None:  # the model file defines the network: no arch, no unit
+        for key, default in BUILT_IN_DEFAULTS.items():
+            if getattr(config, key) not in (None, default):
+                raise ValueError(f"{key} {getattr(config, key)!r} chooses a built-in network, "
+                                 f"but the model file {config.model!r} defines the network: "
+                                 f"leave out --{key}")
+        config = dataclasses.replace(config, arch=None, unit=None)
+    else:
+        config = dataclasses.replace(config, arch=config.arch or BUILT_IN_DEFAULTS["arch"],
+                                     unit=config.unit or BUILT_IN_DEFAULTS["unit"])
+        _choice("arch", config.arch, ARCHS)
+        _choice("unit", config.unit, UNITS)
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     if config.loss is not None:
         _choice("loss", config.loss, LOSSES)
-    _choice("unit", config.unit, UNITS)
     _choice("encoding", config.encoding, ENCODINGS)
     if config.encoding == "sequence":
         raise ValueError("encoding 'sequence' takes inputs with a time axis (batch, T, ...), "
@@ -247,7 +265,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if conv and name == "teacher":
         raise ValueError("the teacher data set is vectors, not images: use --arch mlp")
     preset = dict(PRESETS[name])
-    preset.update(UNIT_PRESETS.get(config.unit, {}))
+    if config.model is None:
+        preset.update(UNIT_PRESETS.get(config.unit, {}))
+    elif (config.time_steps is None or config.noise_std is None) and model_spikes(config.model):
+        preset.update(SPIKING_MODEL_PRESET)
     if conv:
         preset.update(CONV_PRESETS[name])
     if conv or config.model is not None:
@@ -290,7 +311,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         _positive_float(name, getattr(c, name))
     _nonnegative_float("decor_lr", c.decor_lr)
     _nonnegative_float("threshold_noise", c.threshold_noise)
-    if c.threshold_noise > 0 and c.unit != "lif":
+    if c.threshold_noise > 0 and c.model is None and c.unit != "lif":
         raise ValueError(f"threshold_noise {c.threshold_noise:g} needs --unit lif")
     for name in ("both_noisy", "per_step", "standardize", "spike_events", "figures",
                  "tensorboard"):
@@ -308,6 +329,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if not isinstance(c.noise, str):
         raise ValueError(f"noise {c.noise!r} must be a noise spec such as 'gaussian'")
     make_noise(c.noise, c.noise_std)  # raises on a bad spec
+    make_weight_noise(c.weight_noise)
+    make_adc(c.adc)
     _nonnegative_float("val_fraction", c.val_fraction)
     if c.val_fraction >= 1:
         raise ValueError(f"val_fraction {c.val_fraction:g} must be in [0, 1): the share of the "
@@ -324,6 +347,22 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if c.model is not None:
         c.model = absolute_model(c.model)
     return c
+
+
+def model_spikes(spec: str) -> bool:
+    """Whether the model that ``spec`` (``FILE.py:FUNCTION``) builds holds a spiking neuron;
+    ``False`` where the file cannot build a model: building the run then says why, in one line
+    (``models.load_model``), when the run starts (a sweep's other runs go on)."""
+    import torch
+
+    from noisynets.folding import spiking
+    from noisynets.models import load_model
+
+    with torch.random.fork_rng(devices=[]):  # a model's initialisation draws from torch's
+        try:
+            return spiking(load_model(spec))
+        except ValueError:
+            return False
 
 
 def check_optimisation(c: TrainConfig) -> None:

@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import snntorch as snn
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -54,6 +55,7 @@ from noisynets.checkpoints import (
 )
 from noisynets.config import TrainConfig, resolve
 from noisynets.data import DataSplits, load_dataset
+from noisynets.firing import firing_warnings
 from noisynets.hooks import (
     METRICS_FILE,
     STEPS_FILE,
@@ -65,6 +67,7 @@ from noisynets.hooks import (
     TensorBoard,
     summary_writer_class,
 )
+from noisynets.inference import input_spec
 from noisynets.models import conv_net, he_normal, load_model
 from noisynets.network import Network, Passes, Record
 from noisynets.noise import make_noise
@@ -104,6 +107,7 @@ class RunResult:
     precision: str = "float32"  # the difference and estimate products, as resolved
     data_files: str = ""
     world_size: int = 1  # processes that trained it (data-parallel under torchrun)
+    layers: list[dict[str, Any]] = field(default_factory=list)  # what the network really is
 
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else self.initial
@@ -127,6 +131,7 @@ class RunResult:
             "data_files": self.data_files,
             "out": self.out,
             "config": self.config.to_dict(),
+            "layers": self.layers,
             "history": [asdict(h) for h in ([self.initial] if self.initial else [])
                         + self.history],
         }
@@ -191,6 +196,8 @@ def build(config: TrainConfig, data: DataSplits) -> tuple[Network, Rule, torch.o
         per_step=config.per_step,
         readout=config.readout,
         seed=config.seed,
+        weight_noise=config.weight_noise,
+        adc=config.adc,
     )
     rule = make_rule(config.algo, noise_samples=config.noise_samples)
     rule.check(network)
@@ -323,6 +330,7 @@ class RunState:
     writer: TraceWriter | None
     main: bool
     start: float
+    inputs: dict[str, Any] | None = None  # what inference needs of the data (model.pt)
 
     def save_results(self) -> None:
         if self.main:
@@ -332,7 +340,8 @@ class RunState:
 
     def save_model(self) -> None:
         if self.main and all(bool(torch.isfinite(p).all()) for p in self.network.parameters()):
-            save_atomic(model_state(self.network, self.config.to_dict()), self.out / MODEL_FILE)
+            save_atomic(model_state(self.network, self.config.to_dict(), self.inputs),
+                        self.out / MODEL_FILE)
 
     def save_checkpoint(self, stats: EpochStats) -> None:
         if not self.main:
@@ -408,12 +417,23 @@ class Table(Hook):
     """The console's table: a line per epoch, through the progress bar when there is one."""
 
     def __init__(self, emit: Callable[[str], None], progress: bool, schedule: bool,
-                 patience: int) -> None:
+                 patience: int, network: Network | None = None, time_steps: int = 1,
+                 noise_std: float | None = None) -> None:
         self.emit, self.progress, self.schedule = emit, progress, schedule
         self.patience = patience
+        # The network, for the first epoch's warning on silent or saturated spiking layers.
+        self.network, self.time_steps, self.noise_std = network, time_steps, noise_std
 
     def on_epoch(self, stats: EpochStats) -> None:
         line = _row(stats, self.schedule)
+        if stats.epoch == 1 and stats.firing_rate and self.network is not None:
+            for warning in firing_warnings(self.network, stats.firing_rate, self.time_steps,
+                                           self.noise_std):  # one line per silent layer
+                if self.progress:
+                    with tqdm.external_write_mode(file=sys.stdout):
+                        self.emit(warning)
+                else:
+                    self.emit(warning)
         if stats.val_loss is not None and stats.test_loss is not None:
             line += f"   test loss {stats.test_loss:.4f}" + (
                 "" if stats.test_accuracy is None else f", test acc {stats.test_accuracy:.4f}")
@@ -459,7 +479,7 @@ def _run(
     if not main:
         progress, log = False, None
     emit = log or (lambda line: None)
-    data = prepare_data(config, device, world)
+    data, inputs = prepare_data(config, device, world)
     torch.manual_seed(config.seed)
     network, rule, optimizer = build(config, data)
     network.to(device)
@@ -469,8 +489,9 @@ def _run(
                        world_size=1 if world is None else world.size)
     state = RunState(config, out, network, rule, optimizer, make_scheduler(config, optimizer),
                      torch.Generator().manual_seed(config.seed),  # the order of the data
-                     result, None, main, time.perf_counter())
+                     result, None, main, time.perf_counter(), inputs)
     shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
+    result.layers = describe_layers(network, shapes)
     first_epoch, step = 1, 0
     if checkpoint is not None:
         first_epoch, step = restore(state, checkpoint, world, device)
@@ -520,18 +541,21 @@ def _run(
     return result
 
 
-def prepare_data(config: TrainConfig, device: torch.device, world: World | None) -> DataSplits:
+def prepare_data(config: TrainConfig, device: torch.device, world: World | None
+                 ) -> tuple[DataSplits, dict[str, Any]]:
     """The run's data set: loaded, its validation split held out, standardized if asked, on
-    ``device``; checked to split over ``world``'s processes."""
+    ``device``; checked to split over ``world``'s processes. With what inference needs of it
+    (``inference.input_spec``: shapes and the standardisation)."""
     data = load_dataset(config.dataset, config.data_root)
     if config.val_fraction > 0:
         data = data.with_validation(config.val_fraction)
+    inputs = input_spec(data, bool(config.standardize))
     if config.standardize:
         data = data.standardized()
     data = to_device(data, device)
     if world is not None:
         check_shardable(data, config.batch_size, world)
-    return data
+    return data, inputs
 
 
 def make_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]
@@ -612,9 +636,12 @@ def open_trace(state: RunState, data: DataSplits, shapes: list[dict[str, Any]],
 def run_hooks(state: RunState, probe: tuple[Tensor, Tensor] | None,
               emit: Callable[[str], None], progress: bool,
               checkpoint: dict[str, Any] | None) -> list[Hook]:
-    """The run's hooks, in the order they are called: results, checkpoints, trace (when
-    tracing), the CSV logs and TensorBoard (rank 0), figures, and the console's table last."""
-    hooks: list[Hook] = [Results(state), Checkpoints(state)]
+    """The run's hooks, in the order they are called: results, the trace (when tracing), the
+    CSV logs and TensorBoard (rank 0), then the checkpoint, then figures and the console's table.
+    The checkpoint is the commit point: a resume continues every file from what it says, so
+    everything it counts (trace metrics, steps.csv rows, TensorBoard events) is written before
+    it -- a run killed between a file's write and the checkpoint resumes as well."""
+    hooks: list[Hook] = [Results(state)]
     if probe is not None and state.writer is not None:
         hooks.append(Tracing(state, probe))
     if state.main:
@@ -625,9 +652,12 @@ def run_hooks(state: RunState, probe: tuple[Tensor, Tensor] | None,
         hooks.append(StepLossCSV(state.out / STEPS_FILE, last))
         if state.config.tensorboard:
             hooks.append(TensorBoard(state.out / TENSORBOARD_FOLDER, rows, last))
+    hooks.append(Checkpoints(state))
+    if state.main:
         hooks.append(Figures(state))
     hooks.append(Table(emit, progress, state.scheduler is not None,
-                       state.config.early_stopping))
+                       state.config.early_stopping, state.network, state.config.time_steps,
+                       state.config.noise_std))
     return hooks
 
 
@@ -650,7 +680,9 @@ def header(state: RunState, network: str, device: torch.device, world: World | N
     schedule = "" if c.lr_schedule == "constant" else f" ({c.lr_schedule} schedule)"
     processes = ("" if world is None or world.size == 1
                  else f", {world.size} processes (data-parallel)")
-    return (f"{c.algo} on {c.dataset}: {network}, {plural(c.epochs, 'epoch')}, batch "
+    model = "" if c.model is None else f"model {Path(c.model).name} "
+    steps = f", T {c.time_steps}" if c.time_steps > 1 else ""
+    return (f"{c.algo} on {c.dataset}: {model}{network}{steps}, {plural(c.epochs, 'epoch')}, batch "
             f"{c.batch_size}, {c.optimizer} lr {c.lr:g}{schedule}, noise {c.noise} "
             f"{c.noise_std:g}, device {device}{processes}, run folder {state.out}")
 
@@ -716,7 +748,8 @@ def evaluate_run(
 def metric_names(layers: int) -> list[str]:
     """The names of an evaluation's metrics in the trace file, for ``layers`` layers."""
     fields = {f.name: [0.0] * layers if f.name in ("alignment", "alignment_std",
-                                                   "decorrelation", "estimate_norm") else 0.0
+                                                   "decorrelation", "estimate_norm",
+                                                   "firing_rate") else 0.0
               for f in dataclasses.fields(EpochStats)}
     return list(flatten_metrics(fields))
 
@@ -732,11 +765,46 @@ def network_shapes(network: Network, x: Tensor, y: Tensor) -> list[dict[str, Any
 
 
 def describe(network: Network, shapes: list[dict[str, Any]]) -> str:
-    """``[64, 1000, 10]`` for a dense stack; ``1x28x28 -> 16x28x28 -> ... -> 10`` else."""
+    """``[64, 1000, 10]`` for a dense stack; ``1x28x28 -> 16x28x28 -> ... -> 10`` else, each
+    shape after a wrapped model's layer with its weight operation and node kinds."""
     if network.sizes is not None:
         return str(network.sizes)
     parts = [shapes[0]["input_shape"]] + [s["shape"] for s in shapes]
-    return " -> ".join("x".join(str(d) for d in shape) for shape in parts)
+    text = ["x".join(str(d) for d in shape) for shape in parts]
+    if network.unit == "custom":  # the user's own model: say what each layer is
+        for k, layer in enumerate(network.layers):
+            kinds = type(layer.op).__name__ + ("" if k == network.num_layers - 1
+                                               else f"+{type(layer.unit).__name__}")
+            text[k + 1] = f"({kinds}) {text[k + 1]}"
+    return " -> ".join(text)
+
+
+def describe_layers(network: Network, shapes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per layer (``results.json``'s ``layers``): its weight operation, the operations before
+    it and between it and its nodes, its node (``readout`` for the last), whether it spikes
+    and is decorrelated, and one sample's input and node shapes."""
+    rows = []
+    for k, (layer, shape) in enumerate(zip(network.layers, shapes)):
+        last = k == network.num_layers - 1
+        rows.append({
+            "layer": k + 1, "op": repr(layer.op), "pre": [repr(m) for m in layer.pre],
+            "mid": [repr(m) for m in layer.mid],
+            "node": "readout" if last else node_text(layer.unit), "spiking": layer.spiking,
+            "decorrelated": layer.decorrelator is not None,
+            "input_shape": shape["input_shape"], "shape": shape["shape"],
+        })
+    return rows
+
+
+def node_text(unit: torch.nn.Module) -> str:
+    """A node's repr; a spiking neuron's with its decay, threshold and reset."""
+    if not isinstance(unit, snn.SpikingNeuron):
+        return repr(unit)
+    values = {name: getattr(unit, name) for name in ("alpha", "beta", "threshold")
+              if isinstance(getattr(unit, name, None), Tensor)}
+    text = ", ".join(f"{k}={float(v.float().mean()):g}" + ("" if v.numel() == 1 else " (mean)")
+                     for k, v in values.items())
+    return f"{type(unit).__name__}({text}, reset={unit.reset_mechanism})"
 
 
 def probe_record(network: Network, x: Tensor, y: Tensor) -> Record:

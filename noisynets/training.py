@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from noisynets.data import DataSplits
 from noisynets.decorrelation import mean_abs_correlation
+from noisynets.firing import firing_rates
 from noisynets.network import Network, Passes, Record
 from noisynets.parallel import (
     Shard,
@@ -59,6 +60,7 @@ class EpochStats:
     skipped_steps: int = 0  # steps skipped for a non-finite value (the divergence guard)
     val_loss: float | None = None  # on the validation split, where there is one
     val_accuracy: float | None = None
+    firing_rate: list[float | None] | None = None  # per layer; None where it does not spike
     lr: float | None = None  # the learning rate of the epoch's steps (first parameter group)
     alignment_std: list[float] = field(default_factory=list)  # over the probe batches
     stopped: bool = False  # early stopping ended the run after this epoch
@@ -133,19 +135,31 @@ def nonfinite(network: Network, record: Record, world: World | None = None) -> s
 
 @torch.no_grad()
 def evaluate(
-    network: Network, x: Tensor | Iterable[tuple[Tensor, Tensor]], y: Tensor | None = None,
-    batch_size: int = 2000,
+    network: Network | torch.nn.Module, x: Tensor | Iterable[tuple[Tensor, Tensor]],
+    y: Tensor | None = None, batch_size: int = 2000, loss: str | Callable[..., Tensor] = "ce",
+    time_steps: int = 1,
 ) -> tuple[float, float | None]:
     """Mean loss and accuracy (0..1) of ``network`` on ``(x, y)``, or on the batches of a
     ``DataLoader`` ``x``; the accuracy is ``None`` for real-valued targets (regression).
-    Runs in eval mode (dropout off)."""
+    Runs in eval mode (dropout off). ``network`` may also be a plain module (the folded copy
+    of ``noisynets.export_model``): its logits are ``folding.readout(model, x, time_steps)``
+    and its per-sample ``loss`` a name of ``noisynets.losses.LOSSES`` or a function (a
+    ``Network`` uses its own)."""
     if isinstance(x, Tensor):
         batches: Iterable[tuple[Tensor, Tensor]] = (
             (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size))
     else:
         batches = x
+    if isinstance(network, Network):
+        forward, loss_fn = network, network.loss_fn
+    else:
+        from noisynets.folding import readout
+        from noisynets.losses import LOSSES
+
+        forward = lambda xb: readout(network, xb, time_steps)  # noqa: E731
+        loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
     device = next(network.parameters()).device
-    loss = torch.zeros((), device=device, dtype=torch.float64)
+    total = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n, regression = 0, False
     was_training = network.training
@@ -153,8 +167,8 @@ def evaluate(
     try:
         for xb, target in batches:
             xb, target = xb.to(device), target.to(device)
-            logits = network(xb)
-            loss += network.loss_fn(logits, target).double().sum()
+            logits = forward(xb)
+            total += loss_fn(logits, target).double().sum()
             regression = target.is_floating_point()
             if not regression:
                 correct += (logits.argmax(-1) == target).sum()
@@ -162,7 +176,7 @@ def evaluate(
     finally:
         network.train(was_training)
     n = max(1, n)
-    return loss.item() / n, None if regression else correct.item() / n
+    return total.item() / n, None if regression else correct.item() / n
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -191,9 +205,19 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
     the same operating point (``alignment``, see ``reference_gradients``), the mean
     |off-diagonal correlation| of the layer's input (``decorrelation``), and the estimate's
     norm; and the fraction of noisy samples whose whole-network activity change ``||da||``
-    was zero. Leaves ``.grad`` and the noise streams untouched."""
-    with network.untouched_noise():
-        estimate, record = rule.gradients(network, x, y)
+    was zero; per spiking layer its firing rate (``firing.firing_rates``; ``None`` for other
+    layers); and per layer the share of its input entries that a noisy pass changed
+    (``changed_fraction``: for the inputs of discontinuous units, else None). Leaves ``.grad``
+    and the noise streams untouched."""
+    for layer in network.layers:
+        layer.count_changes = True
+    try:
+        with network.untouched_noise():
+            estimate, record = rule.gradients(network, x, y)
+    finally:
+        for layer in network.layers:
+            layer.count_changes = False
+    changed = [layer.changed_fraction for layer in network.layers]
     with network.untouched_noise():
         reference, _ = reference_gradients(network, rule, x, y)
     flat = [flatten(g) for g in estimate]
@@ -210,6 +234,8 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
         "decorrelation": [mean_abs_correlation(r).item() for r in rows],
         "estimate_norm": [e.norm().item() for e in flat],
         "zero_change_fraction": zero,
+        "firing_rate": firing_rates(network, x, y),
+        "changed_fraction": changed,
     }
 
 
@@ -225,7 +251,10 @@ def probe_diagnostics(
     cosines = torch.tensor([d["alignment"] for d in each], dtype=torch.float64)
     spread = cosines.std(0) if len(each) > 1 else torch.zeros(cosines.shape[1],
                                                               dtype=torch.float64)
-    return {**mean, "alignment_std": spread.tolist(),
+    rates = [d["firing_rate"] for d in each]  # None for a layer that does not spike
+    firing = [None if rates[0][k] is None else sum(r[k] for r in rates) / len(rates)
+              for k in range(len(rates[0]))]
+    return {**mean, "alignment_std": spread.tolist(), "firing_rate": firing,
             "zero_change_fraction": sum(d["zero_change_fraction"] for d in each) / len(each)}
 
 

@@ -117,11 +117,12 @@ class Stop(Exception):
 
 def test_a_run_stopped_after_its_checkpoint_and_resumed_ends_as_the_run_uninterrupted(
         tmp_path):
-    """A run with a step schedule, weight decay and clipping, interrupted right after its
+    """A run with a cosine schedule, weight decay and clipping, interrupted right after its
     epoch-2 checkpoint and resumed, ends with the same results, metrics.csv and steps.csv as
-    the uninterrupted run: the scheduler's state is restored, the logs are cut back."""
-    config = dict(**SMALL, lr_schedule="step", lr_step=1, lr_gamma=0.5, weight_decay=1e-3,
-                  clip_grad=0.5, val_fraction=0.2)
+    the uninterrupted run: the scheduler's state is restored (cosine's rate depends on its
+    epoch count, not only on the optimizer's last rate), the logs are cut back."""
+    config = dict(**SMALL, lr_schedule="cosine", weight_decay=1e-3, clip_grad=0.5,
+                  val_fraction=0.2)
     whole = tmp_path / "whole"
     train(TrainConfig(**config, out=str(whole)), progress=False, log=None)
     cut = tmp_path / "cut"
@@ -265,3 +266,24 @@ def test_the_cli_takes_the_options_and_any_case_of_a_rule(cli_fails, tmp_path):
     cli_fails(["train", "--config", str(toml)], "learning_rate", "did you mean lr?")
     cli_fails(["train", "--dataset", "fashion_mnist"], "did you mean fashion-mnist?")
     cli_fails(["train", "--early-stopping", "2"], "--val-fraction")
+
+
+def test_probe_diagnostics_are_the_mean_and_std_over_the_batches(small_net):
+    """probe_diagnostics of P batches: each value the mean of diagnostics() of every batch, and
+    alignment_std the sample standard deviation (P - 1) of the cosines, from the same noise."""
+    from noisynets.training import diagnostics, probe_diagnostics
+
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(16, 10, generator=g, dtype=torch.float64),
+                torch.randint(0, 5, (16,), generator=g)) for _ in range(3)]
+    rule = make_rule("anp")
+    each = [diagnostics(small_net, rule, x, y) for x, y in batches]
+    got = probe_diagnostics(small_net, rule, batches)
+    cos = torch.tensor([d["alignment"] for d in each], dtype=torch.float64)
+    assert got["alignment"] == pytest.approx(cos.mean(0).tolist(), rel=1e-12)
+    assert got["alignment_std"] == pytest.approx(
+        ((cos - cos.mean(0)).pow(2).sum(0) / 2).sqrt().tolist(), rel=1e-12)
+    for name in ("decorrelation", "estimate_norm"):
+        assert got[name] == pytest.approx(
+            [sum(d[name][k] for d in each) / 3 for k in range(4)], rel=1e-12)
+    assert probe_diagnostics(small_net, rule, batches[:1])["alignment_std"] == [0.0] * 4
