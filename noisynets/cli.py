@@ -121,6 +121,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         f"names: {', '.join(NOISES)} (default gaussian)")
     p.add_argument("--noise-std", type=positive_float, help="noise scale s (default: preset)")
     p.add_argument("--noise-samples", type=positive_int, help="noisy passes K per step (1)")
+    p.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the K noisy passes as K antithetic pairs (eps, -eps): 2K noisy "
+                        "passes; needs controllable zero-mean noise (not --both-noisy); "
+                        "perturbation rules only (default: the preset, off)")
     p.add_argument("--both-noisy", action="store_true", default=None,
                    help="the noise cannot be switched off: both passes are noisy (anp, danp)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="torch optimizer (adam)")

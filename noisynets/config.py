@@ -48,6 +48,7 @@ class TrainConfig:
     noise: str = "gaussian"
     noise_std: float | None = None
     noise_samples: int = 1
+    antithetic: bool | None = None
     both_noisy: bool = False
     optimizer: str = "adam"
     loss: str | None = None
@@ -231,6 +232,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     else:
         preset["lr"] = RULE_LR[name][config.algo]
     preset.setdefault("time_steps", 1)
+    preset.setdefault("antithetic", False)
     filled = {
         name: preset[name] if getattr(config, name) is None else getattr(config, name)
         for name in preset
@@ -260,10 +262,16 @@ def resolve(config: TrainConfig) -> TrainConfig:
     for name in ("lr", "noise_std", "beta", "threshold"):
         _positive_float(name, getattr(c, name))
     _nonnegative_float("decor_lr", c.decor_lr)
+    if c.antithetic is True and c.algo in ("bp", "dbp"):
+        raise ValueError(f"antithetic pairs are for the perturbation rules; {c.algo} uses no "
+                         "noise: drop --antithetic")
+    if c.antithetic is True and c.both_noisy:
+        raise ValueError("antithetic pairs need noise the system draws and can negate; with "
+                         "both_noisy the noise is intrinsic: drop --antithetic")
     _nonnegative_float("threshold_noise", c.threshold_noise)
     if c.threshold_noise > 0 and c.unit != "lif":
         raise ValueError(f"threshold_noise {c.threshold_noise:g} needs --unit lif")
-    for name in ("both_noisy", "standardize", "spike_events", "figures"):
+    for name in ("both_noisy", "standardize", "spike_events", "figures", "antithetic"):
         if not isinstance(getattr(c, name), bool):
             raise ValueError(f"{name} {getattr(c, name)!r} must be true or false")
     for name in ("out", "data_root", "model"):

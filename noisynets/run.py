@@ -164,7 +164,8 @@ def build(config: TrainConfig, data: Dataset) -> tuple[Network, Rule, torch.opti
         threshold_noise=config.threshold_noise,
         seed=config.seed,
     )
-    rule = make_rule(config.algo, noise_samples=config.noise_samples)
+    rule = make_rule(config.algo, noise_samples=config.noise_samples,
+                     antithetic=bool(config.antithetic))
     rule.check(network)
     if config.optimizer == "adam":
         optimizer = torch.optim.Adam(network.trained_parameters(), lr=config.lr)
@@ -360,7 +361,8 @@ def _run(
     emit = log or (lambda line: None)
     emit(f"{config.algo} on {config.dataset}: {describe(network, shapes)}, "
          f"{plural(config.epochs, 'epoch')}, batch {config.batch_size}, lr {config.lr:g}, "
-         f"noise {config.noise} {config.noise_std:g}, device {device}, run folder {out}")
+         f"noise {config.noise} {config.noise_std:g}{options(config)}, device {device}, "
+         f"run folder {out}")
     emit(f"data: {data.origin}")
     if checkpoint is None:
         train_split = (data.train_x, data.train_y)
@@ -533,6 +535,14 @@ def to_device(data: Dataset, device: torch.device) -> Dataset:
         test_x=data.test_x.to(device).view(-1, *shape), test_y=data.test_y.to(device),
         **validation,
     )
+
+
+def options(config: TrainConfig) -> str:
+    """The header's note of the variance-reduction options a run uses (``""`` for none)."""
+    parts = [f"{config.noise_samples} noisy passes"] if config.noise_samples > 1 else []
+    if config.antithetic:
+        parts.append("antithetic pairs")
+    return "".join(f", {p}" for p in parts)
 
 
 def plural(count: int, noun: str) -> str:

@@ -6,6 +6,12 @@ Each weight operation's estimate is its own vector-Jacobian product with ``mean_
 reference pass's input, averaged over the batch (``Network.gradients``); for a dense layer::
 
     g_W_l = mean_{k,n} e_{l,k,n} xh_{l-1,n}^T        g_b_l = T mean_{k,n} e_{l,k,n}
+
+``antithetic=True`` (every rule here) draws the K noisy passes as K antithetic pairs, 2K
+passes with noise ``eps_j`` and ``-eps_j`` (``Passes.antithetic``); the formulas are unchanged,
+and for NP the mean over a pair is the central difference
+``e = (L(+eps) - L(-eps)) / (2 s^2) * eps``, free of the loss's even-order terms in ``eps``.
+It needs noise the system draws (refused for intrinsic noise in both passes) and zero mean.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from noisynets.network import Network, Passes, Record
+from noisynets.network import ANTITHETIC_INTRINSIC, Network, Passes, Record
 from noisynets.rules.base import Gradients, Rule
 
 
@@ -30,6 +36,20 @@ def check_controllable_noise(rule: str, network: Network) -> None:
                 f"{rule} needs zero-mean noise, but layer {k + 1}'s {layer.noise.spec} has a "
                 "non-zero mean (bernoulli, or telegraph with offsets): use centered_bernoulli, "
                 "telegraph without offset_std, or anp/danp, which need no noise statistics"
+            )
+
+
+def check_antithetic(rule: str, network: Network) -> None:
+    """Antithetic pairs negate the drawn noise: they need control of it, and noise whose
+    negation has the same distribution's mean (zero-mean noise)."""
+    if network.both_noisy:
+        raise ValueError(f"{rule}: {ANTITHETIC_INTRINSIC}")
+    for k, layer in enumerate(network.layers):
+        if not layer.noise.zero_mean:
+            raise ValueError(
+                f"{rule} with antithetic pairs needs zero-mean noise (the pair's second pass "
+                f"gets -eps), but layer {k + 1}'s {layer.noise.spec} has a non-zero mean: "
+                "turn antithetic off, or use centered_bernoulli"
             )
 
 
@@ -50,11 +70,14 @@ class NP(Rule):
 
     name = "np"
 
-    def __init__(self, noise_samples: int = 1) -> None:
+    def __init__(self, noise_samples: int = 1, antithetic: bool = False) -> None:
         self.noise_samples = int(noise_samples)
+        self.antithetic = bool(antithetic)
 
     def check(self, network: Network) -> None:
         check_controllable_noise("np", network)
+        if self.antithetic:
+            check_antithetic("np", network)
         for k, layer in enumerate(network.layers):
             if not layer.noise.additive:
                 raise ValueError(
@@ -63,7 +86,8 @@ class NP(Rule):
                 )
 
     def passes(self, network: Network) -> Passes:
-        return Passes.perturbed(network.num_layers, self.noise_samples)
+        return Passes.perturbed(network.num_layers, self.noise_samples,
+                                antithetic=self.antithetic)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
@@ -80,7 +104,8 @@ class NP(Rule):
         return [(dL / variance).unsqueeze(-1) * eps for eps, variance in zip(noise, variances)]
 
     def __repr__(self) -> str:
-        return f"NP(noise_samples={self.noise_samples})"
+        extra = ", antithetic=True" if self.antithetic else ""
+        return f"NP(noise_samples={self.noise_samples}{extra})"
 
 
 class INP(Rule):
@@ -93,14 +118,17 @@ class INP(Rule):
 
     name = "inp"
 
-    def __init__(self, noise_samples: int = 1) -> None:
+    def __init__(self, noise_samples: int = 1, antithetic: bool = False) -> None:
         self.noise_samples = int(noise_samples)
+        self.antithetic = bool(antithetic)
 
     def check(self, network: Network) -> None:
         check_controllable_noise("inp", network)
+        if self.antithetic:
+            check_antithetic("inp", network)
 
     def passes(self, network: Network) -> Passes:
-        return Passes.layerwise(network.num_layers, self.noise_samples)
+        return Passes.layerwise(network.num_layers, self.noise_samples, self.antithetic)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
@@ -122,7 +150,8 @@ class INP(Rule):
         return signals
 
     def __repr__(self) -> str:
-        return f"INP(noise_samples={self.noise_samples})"
+        extra = ", antithetic=True" if self.antithetic else ""
+        return f"INP(noise_samples={self.noise_samples}{extra})"
 
 
 class ANP(Rule):
@@ -136,13 +165,20 @@ class ANP(Rule):
 
     name = "anp"
 
-    def __init__(self, noise_samples: int = 1) -> None:
+    def __init__(self, noise_samples: int = 1, antithetic: bool = False) -> None:
         self.noise_samples = int(noise_samples)
+        self.antithetic = bool(antithetic)
+
+    def check(self, network: Network) -> None:
+        if self.antithetic:
+            check_antithetic("anp", network)
 
     def passes(self, network: Network) -> Passes:
-        return Passes.perturbed(network.num_layers, self.noise_samples, network.both_noisy)
+        return Passes.perturbed(network.num_layers, self.noise_samples, network.both_noisy,
+                                self.antithetic)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
+        self.check(network)
         with torch.no_grad():
             record = network.run(x, y, self.passes(network))
             return network.gradients(self.signals(record), record), record
@@ -158,4 +194,5 @@ class ANP(Rule):
         return [scale.unsqueeze(-1) * d for d in da]
 
     def __repr__(self) -> str:
-        return f"ANP(noise_samples={self.noise_samples})"
+        extra = ", antithetic=True" if self.antithetic else ""
+        return f"ANP(noise_samples={self.noise_samples}{extra})"
