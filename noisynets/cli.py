@@ -120,7 +120,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="intrinsic node noise: NAME or NAME:key=value,... and sums joined by +; "
                         f"names: {', '.join(NOISES)} (default gaussian)")
     p.add_argument("--noise-std", type=positive_float, help="noise scale s (default: preset)")
-    p.add_argument("--noise-samples", type=positive_int, help="noisy passes K per step (1)")
+    p.add_argument("--noise-samples", type=positive_int,
+                   help="noisy passes K per step (default: the preset; 1, and 4 for the "
+                        "perturbation rules with --arch conv on the digits)")
     p.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None,
                    help="draw the K noisy passes as K antithetic pairs (eps, -eps): 2K noisy "
                         "passes; needs controllable zero-mean noise (not --both-noisy); "

@@ -539,7 +539,9 @@ def to_device(data: Dataset, device: torch.device) -> Dataset:
 
 def options(config: TrainConfig) -> str:
     """The header's note of the variance-reduction options a run uses (``""`` for none)."""
-    parts = [f"{config.noise_samples} noisy passes"] if config.noise_samples > 1 else []
+    if config.algo in ("bp", "dbp"):
+        return ""
+    parts = [f"K = {config.noise_samples} noisy passes"] if config.noise_samples > 1 else []
     if config.antithetic:
         parts.append("antithetic pairs")
     return "".join(f", {p}" for p in parts)
