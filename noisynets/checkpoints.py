@@ -1,10 +1,14 @@
 """The files that let a run be used and continued: the saved model and the checkpoint.
 
-* ``model.pt`` -- the trained network: ``{"format", "version", "config", "network", "model"}``
-  where ``network`` is ``Network.state_dict()`` (the model's parameters and every layer's
-  decorrelator ``R``) and ``model`` the model's own ``state_dict()`` (for a wrapped model: what
-  ``model.load_state_dict`` takes). Plain tensors and numbers only, so
-  ``torch.load(path, weights_only=True)`` reads it.
+* ``model.pt`` -- the trained network: ``{"format", "version", "config", "network", "model",
+  "inputs"}`` where ``model`` is the plain trained model, every ``R`` folded into its weights
+  (``noisynets.export_model(network).state_dict()``: what a fresh instance of the user's own
+  class takes with ``load_state_dict``, no noisynets needed), ``network`` the wrapper's whole
+  state for resuming (``Network.state_dict()``: the unfolded weights and every layer's
+  decorrelator ``R``), and ``inputs`` what inference needs instead of the training data
+  (``noisynets.inference.input_spec``). Version 1 files (before version 2, ``model`` was the
+  *unfolded* ``state_dict``, and there was no ``inputs``) still load through ``network``.
+  Plain tensors and numbers only, so ``torch.load(path, weights_only=True)`` reads it.
 * ``checkpoint.pt`` -- everything a run needs to continue exactly where it stopped: the model,
   the optimizer, every noise source's generator and state, the data order's generator, torch's
   global random state, the measurements so far and how far the trace file had got.
@@ -35,7 +39,8 @@ from noisynets.noise import NoiseSource
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of checkpoint.pt
+MODEL_VERSION = 2  # of model.pt: 2 adds the folded ``model`` and ``inputs``
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -69,11 +74,14 @@ def load(path: str | Path, kind: str) -> dict[str, Any]:
     return data
 
 
-def model_state(network: Network, config: dict[str, Any]) -> dict[str, Any]:
-    """What ``model.pt`` holds."""
+def model_state(
+    network: Network, config: dict[str, Any], inputs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``model.pt`` holds (module doc)."""
     return {
-        "format": "noisynets-model", "version": FORMAT_VERSION, "config": config,
-        "network": network.state_dict(), "model": network.model.state_dict(),
+        "format": "noisynets-model", "version": MODEL_VERSION, "config": config,
+        "network": network.state_dict(), "model": network.folded().state_dict(),
+        "inputs": inputs,
     }
 
 

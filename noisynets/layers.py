@@ -33,8 +33,9 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import snntorch as snn
 import torch
@@ -48,6 +49,15 @@ if TYPE_CHECKING:
     from noisynets.parallel import Shard
 
 WEIGHT_OPS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+
+# The largest share of changed input entries at which a dense layer's difference product runs
+# event-driven (a sparse product over the changed entries): at 1 % it is 4-7x faster than the
+# dense product on a 1000 x 1000 layer, and the two break even between 3 and 10 % (measured
+# on an AMD EPYC with AVX-512, one thread, float32 and float64; `noisynets bench`).
+EVENT_FRACTION = 0.02
+# Below this many input entries or output nodes the dense product is as fast (measured).
+EVENT_MIN_ENTRIES = 1 << 15
+EVENT_MIN_OUTPUTS = 64
 
 
 class Layer(nn.Module):
@@ -89,7 +99,13 @@ class Layer(nn.Module):
             # Where the model lives: a wrapped model may already be in float64 or on a GPU.
             self.decorrelator.to(op.weight.device, op.weight.dtype)
         self._masks: dict[int, Tensor] = {}
-        self._casts: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
+        self._casts: dict[tuple[int, Any], tuple[Tensor, Tensor]] = {}
+        # Event-driven differences: set by the network for a dense layer whose input are the
+        # outputs of discontinuous units (Heaviside, sign, stochastic-binary, spiking).
+        self.event_driven = False
+        self.events = 0  # difference products run event-driven, since construction
+        self.count_changes = False  # count the changed entries even where no event product runs
+        self._changed = [0, 0]  # this forward: changed input entries, entries compared
 
     @property
     def weight(self) -> nn.Parameter:
@@ -110,7 +126,16 @@ class Layer(nn.Module):
         ``init_hidden`` state: every state buffer empty, so the neuron starts from zero)."""
         self._masks = {}
         self._casts = {}
+        self._changed = [0, 0]
         self.reset_state(like)
+
+    @property
+    def changed_fraction(self) -> float | None:
+        """The share of the differing passes' input entries that differed from the reference
+        pass's in the last forward (all time steps), for an event-driven layer where it was
+        counted (a layer large enough for event products, or any with ``count_changes``)."""
+        changed, compared = self._changed
+        return changed / compared if self.event_driven and compared else None
 
     def end(self) -> None:
         """Finish a forward: the unit's state emptied (it would hold the forward's graph) and
@@ -153,9 +178,10 @@ class Layer(nn.Module):
                 h = module(h)
         return h
 
-    def folded_weight(self) -> Tensor:
-        """``W R`` (for a convolution: every filter times ``R`` on its patch features)."""
-        W = self.weight
+    def folded_weight(self, W: Tensor | None = None) -> Tensor:
+        """``W R`` (for a convolution: every filter times ``R`` on its patch features); ``W``
+        defaults to the layer's weight."""
+        W = self.weight if W is None else W
         if self.decorrelator is None:
             return W
         R = self.decorrelator.R
@@ -200,10 +226,11 @@ class Layer(nn.Module):
             if hi > lo:
                 stacked = h.view(-1, batch, *h.shape[1:])
                 difference = (stacked[lo:hi] - reference).view(-1, *h.shape[1:])
-                changed_rows = a[lo:hi]
-                changed_rows.view(-1, *a_ref.shape[1:]).copy_(
-                    self._difference(difference, weight, low))
-                changed_rows += a_ref
+                da = self._difference(difference, weight, low).view(hi - lo, *a_ref.shape)
+                if torch.is_grad_enabled():
+                    a[lo:hi] = da + a_ref
+                else:
+                    torch.add(da, a_ref, out=a[lo:hi])  # a = a_ref + op_0(h - h_ref), one write
             a = a.view(-1, *a_ref.shape[1:])
         for module in self.mid:
             a = module(a)
@@ -222,7 +249,18 @@ class Layer(nn.Module):
         return seen, F.linear(seen, self.weight, bias)
 
     def _difference(self, dh: Tensor, weight: Tensor | None, low: torch.dtype | None) -> Tensor:
-        """``op_0(dh)``: the product without the bias, in ``low`` precision, in ``dh``'s dtype."""
+        """``op_0(dh)``: the product without the bias, in ``low`` precision, in ``dh``'s dtype;
+        event-driven (in ``dh``'s dtype) where few entries of ``dh`` differ from zero."""
+        unfolded_r = weight is None and self.decorrelator is not None
+        large = (dh.numel() >= EVENT_MIN_ENTRIES and self.out_features >= EVENT_MIN_OUTPUTS
+                 and not torch.is_grad_enabled())  # autograd (BP) runs the dense product
+        if self.event_driven and dh.dim() == 2 and (self.count_changes or large and not unfolded_r):
+            changed = int(torch.count_nonzero(dh))  # reads one number (discontinuous inputs only)
+            self._changed[0] += changed
+            self._changed[1] += dh.numel()
+            if changed <= EVENT_FRACTION * dh.numel() and large and not unfolded_r:
+                self.events += 1
+                return self.event_product(dh, self.weight if weight is None else weight)
         if low is None or low == dh.dtype:
             return self._product(dh, weight, None)[1]
         x = dh.to(low)
@@ -236,6 +274,21 @@ class Layer(nn.Module):
                 x = x @ self._low(self.decorrelator.R, low).mT
             out = F.linear(x, self._low(self.weight, low))
         return out.to(dh.dtype)
+
+    def event_product(self, dh: Tensor, weight: Tensor) -> Tensor:
+        """``dh W^T`` summed over the changed entries only: per row ``n``,
+        ``sum_{i: dh_ni != 0} dh_ni W[:, i]``, i.e. ``W[:, changed] (h - h_ref)[changed]``.
+
+        A sparse (CSR) product of ``dh``'s nonzero entries with ``W^T``: the same terms as
+        the dense product less its zero ones, summed in column order; equal to the bit where
+        the sums are exact, within a few ulp of the dense product's (BLAS's) order elsewhere.
+        """
+        key = (id(weight), torch.sparse_csr)  # W^T, made contiguous once per forward
+        if key not in self._casts:
+            self._casts[key] = (weight, weight.detach().mT.contiguous())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            return dh.to_sparse_csr() @ self._casts[key][1]
 
     def _low(self, weight: Tensor, dtype: torch.dtype) -> Tensor:
         """A weight (``W``, ``R``, a folded ``W R``) in ``dtype``, cast once per forward."""

@@ -46,13 +46,14 @@ import torch
 from snntorch import spikegen
 from torch import Tensor, nn
 
+from noisynets.analog import ADC, PCMWeights, make_adc, make_weight_noise
 from noisynets.layers import WEIGHT_OPS, Layer
 from noisynets.losses import LOSSES
 from noisynets.models import he_normal, mlp
 from noisynets.noise import Gaussian, Logistic, NoiseSource, make_noise
 from noisynets.parallel import Shard, all_reduce_sum
 from noisynets.precision import PRECISIONS, difference_dtype
-from noisynets.units import ACTIVATIONS, LIF, StochasticBinary
+from noisynets.units import ACTIVATIONS, LIF, StochasticBinary, discontinuous
 
 ENCODINGS: tuple[str, ...] = ("current", "poisson")
 
@@ -132,7 +133,9 @@ def mirrored(eps: Tensor, B: int) -> Tensor:
 
 @dataclass
 class Record:
-    """What a system can report of one batched forward: no noise values.
+    """What a system can report of one batched forward: no noise values. It is the
+    observation every perturbation rule estimates from (``Rule.estimate``), also when a
+    system outside torch reports it (``noisynets.observer``).
 
     * ``inputs[l]``   -- (B, d_l): layer l's input in the reference pass (pass 0), summed over
       time steps, flattened: decorrelated (``xh = R x``) for a dense layer, the raw feature
@@ -185,6 +188,10 @@ class Network(nn.Module):
         beta, threshold: the LIF neurons' membrane decay and threshold (built networks).
         threshold_noise: the std of Gaussian noise on the threshold of ``units.LIF`` nodes.
         seed: fixes the weights of a built network and every layer's noise stream.
+        weight_noise: noise in the weights (``noisynets.analog.PCMWeights`` or its spec, e.g.
+            ``"pcm:time=3600"``), intrinsic: no rule reads it.
+        adc: the ADC the recorded activities are read through (``noisynets.analog.ADC`` or a
+            spec, e.g. ``"bits=6,range=4"``): the rules see quantised values only.
 
     Nodes whose unit is ``StochasticBinary`` carry logistic noise of scale 1 (their units are
     Bernoulli(sigmoid(a)) in the noisy passes) instead of ``noise``.
@@ -208,6 +215,8 @@ class Network(nn.Module):
         threshold: float = 1.0,
         threshold_noise: float = 0.0,
         seed: int = 0,
+        weight_noise: PCMWeights | str | None = None,
+        adc: ADC | str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(loss, str):
@@ -263,6 +272,8 @@ class Network(nn.Module):
             if layer.threshold_noise is not None:
                 layer.threshold_noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
             layers.append(layer)
+        for below, layer in zip(layers, layers[1:]):  # inputs that change in few entries
+            layer.event_driven = discontinuous(below.unit) and not layer.conv
         self.layers = nn.ModuleList(layers)
         self.unit = unit if self.sizes is not None else "custom"
         self.decorrelation_lr = float(decorrelation_lr)
@@ -272,6 +283,10 @@ class Network(nn.Module):
         self.encoding = encoding
         self.precision = precision
         self.shard: Shard | None = None  # set by ``sharded``
+        self.weight_noise = make_weight_noise(weight_noise)
+        if self.weight_noise is not None:
+            self.weight_noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
+        self.adc = make_adc(adc)
 
     @property
     def num_layers(self) -> int:
@@ -385,11 +400,13 @@ class Network(nn.Module):
                         outputs[k].append(h.detach().reshape(P * B, -1))
                         mem = layer.membrane()
                         if mem is not None:
-                            membrane[k].append(mem.detach().reshape(P * B, -1))
+                            membrane[k].append(mem.detach().reshape(P * B, -1).clone())
         finally:
             for layer in self.layers:
                 layer.end()  # nothing of this forward stays in the neurons
         activity = [a.view(P, B, -1) for a in activity]
+        if self.adc is not None:  # what the system reports is read through its ADC
+            activity = [self.adc.read(a) for a in activity]
         logits = activity[-1] / T
         if loss:
             target = y.repeat(P, *([1] * (y.dim() - 1)))
@@ -402,9 +419,12 @@ class Network(nn.Module):
                 noise_out.append(noise_sum[k].reshape(stop - start, B, n) if stop > start
                                  else torch.zeros(0, B, n, device=x.device, dtype=x.dtype))
         inputs = [
-            layer.decorrelator(s) if f is not None and not layer.conv else s
+            layer.decorrelator(s) if f is not None and layer.decorrelator is not None
+            and not layer.conv else s
             for layer, s, f in zip(self.layers, seen_sum, folded)
         ]
+        if self.adc is not None:  # a hidden layer's input is the output of nodes: read too
+            inputs = inputs[:1] + [self.adc.read(s) for s in inputs[1:]]
         record = Record(inputs, activity, losses, T)
         if keep_states:
             record.outputs = [torch.stack(o).view(T, P, B, -1) for o in outputs]
@@ -417,12 +437,17 @@ class Network(nn.Module):
         ``a = W (R x) = (W R) x``: a convolution always folds (its ``R`` acts on patches); a
         dense layer folds where decorrelating every row of every step costs more than forming
         ``W R`` once (the first layer sees ``B`` rows once, or once per step for spikes).
+        With weight noise every layer multiplies by its read weights ``W~`` (times ``R``).
         """
         T = self.time_steps
         rows = [B if self.encoding == "current" else T * B] + [T * P * B] * (self.num_layers - 1)
         folded: list[Tensor | None] = []
         for layer, n in zip(self.layers, rows):
             fold = layer.decorrelator is not None and (layer.conv or n > layer.out_features + B)
+            if self.weight_noise is not None:
+                k = len(folded)
+                folded.append(layer.folded_weight(self.weight_noise.weight(k, layer.weight)))
+                continue
             folded.append(layer.folded_weight() if fold else None)
         return folded
 
@@ -495,6 +520,13 @@ class Network(nn.Module):
             if layer.bias is not None:
                 layer.bias.grad = g_b
 
+    def folded(self) -> nn.Module:
+        """The trained model as a plain torch module: an independent copy of ``model`` with
+        every ``R`` folded into its weight operation (``noisynets.folding.export_model``)."""
+        from noisynets.folding import export_model
+
+        return export_model(self)
+
     def trained_parameters(self) -> list[nn.Parameter]:
         """The weights and biases of every layer: what the rules estimate."""
         return [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
@@ -504,7 +536,8 @@ def wrap(model: nn.Module, **options: Any) -> Network:
     """``Network(model, **options)``: the user's ``nn.Sequential`` as a noisy network.
 
     Every rule, the training step, traces and diagnostics then work on it; its parameters are
-    trained in place, so ``torch.save(model.state_dict(), ...)`` works as always.
+    trained in place. With decorrelation the trained function also needs each layer's ``R``:
+    save ``noisynets.export_model(net).state_dict()``, the model with ``R`` folded in.
 
         >>> from torch import nn
         >>> import noisynets

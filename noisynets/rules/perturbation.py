@@ -3,7 +3,8 @@
 A rule turns what a forward reports into a node-wise error signal ``e_{l,k,n}`` for every
 layer ``l``, noisy pass ``k`` and sample ``n``, with ``dL_n = loss(noisy) - loss(reference)``.
 Each weight operation's estimate is its own vector-Jacobian product with ``mean_k e`` at the
-reference pass's input, averaged over the batch (``Network.gradients``); for a dense layer::
+reference pass's input, averaged over the batch (``Network.gradients``, or for a system that
+runs outside torch ``noisynets.observer.DenseLayers``); for a dense layer::
 
     g_W_l = mean_{k,n} e_{l,k,n} xh_{l-1,n}^T        g_b_l = T mean_{k,n} e_{l,k,n}
 
@@ -16,15 +17,25 @@ It needs noise the system draws (refused for intrinsic noise in both passes) and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from noisynets.network import ANTITHETIC_INTRINSIC, Network, Passes, Record
-from noisynets.rules.base import Gradients, Rule
+from noisynets.rules.base import Gradients, Layers, Rule
 
 
 def check_controllable_noise(rule: str, network: Network) -> None:
-    """NP and INP need a noise-free reference pass and zero-mean noise (docs/algorithms.md)."""
+    """NP and INP need a noise-free reference pass and zero-mean noise (docs/algorithms.md),
+    and full-precision observations: through an ADC neither the injected noise (NP) nor the
+    equality ``da_k = eps_k`` (INP) survives."""
+    if getattr(network, "adc", None) is not None:
+        raise ValueError(
+            f"{rule} needs the noise (np) or activity changes equal to it (inp) in full "
+            f"precision, but the network is read through an ADC ({network.adc.spec}): use anp "
+            "or danp, which learn from the quantised activities"
+        )
     if network.both_noisy:
         raise ValueError(
             f"{rule} needs a noise-free reference pass and control of the noise; the network's "
@@ -84,6 +95,11 @@ class NP(Rule):
                     f"np needs additive noise with a known variance; layer {k + 1} has "
                     f"{type(layer.noise).__name__}: use anp or danp"
                 )
+            try:
+                layer.noise.summed_variance(network.time_steps)
+            except ValueError as err:
+                raise ValueError(f"np divides by the noise variance, which layer {k + 1}'s "
+                                 f"noise cannot state: {err}") from None
 
     def passes(self, network: Network) -> Passes:
         return Passes.perturbed(network.num_layers, self.noise_samples,
@@ -95,7 +111,16 @@ class NP(Rule):
             record, noise = network.run_reading_noise(x, y, self.passes(network))
             variances = [layer.noise.summed_variance(record.time_steps)
                          for layer in network.layers]
-            return network.gradients(self.signals(record, noise, variances), record), record
+            return self.estimate(record, network, noise, variances), record
+
+    def estimate(self, record: Record, layers: Layers, noise: Sequence[Tensor] | None = None,
+                 variances: Sequence[float] | None = None) -> Gradients:
+        """The estimate from an observation ``record``, the noise each layer received (summed
+        over time, (K, B, n_l)) and its variance ``Var(sum_t eps_t)``."""
+        if noise is None or variances is None:
+            raise ValueError("np reads the noise: give the noise each layer received and its "
+                             "variance (noise=..., variances=...), or use anp/danp")
+        return layers.gradients(self.signals(record, list(noise), list(variances)), record)
 
     @staticmethod
     def signals(record: Record, noise: list[Tensor], variances: list[float]) -> list[Tensor]:
@@ -132,10 +157,16 @@ class INP(Rule):
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
-        passes = self.passes(network)
         with torch.no_grad():
-            record = network.run(x, y, passes)
-            return network.gradients(self.signals(record, passes), record), record
+            record = network.run(x, y, self.passes(network))
+            return self.estimate(record, network), record
+
+    def estimate(self, record: Record, layers: Layers, noise: Sequence[Tensor] | None = None,
+                 variances: Sequence[float] | None = None) -> Gradients:
+        """The estimate from an observation ``record`` of the plan
+        ``Passes.layerwise(L, noise_samples)``."""
+        passes = Passes.layerwise(len(record.activity), self.noise_samples)
+        return layers.gradients(self.signals(record, passes), record)
 
     @staticmethod
     def signals(record: Record, passes: Passes) -> list[Tensor]:
@@ -181,7 +212,12 @@ class ANP(Rule):
         self.check(network)
         with torch.no_grad():
             record = network.run(x, y, self.passes(network))
-            return network.gradients(self.signals(record), record), record
+            return self.estimate(record, network), record
+
+    def estimate(self, record: Record, layers: Layers, noise: Sequence[Tensor] | None = None,
+                 variances: Sequence[float] | None = None) -> Gradients:
+        """The estimate from an observation ``record``: a reference pass and K noisy ones."""
+        return layers.gradients(self.signals(record), record)
 
     @staticmethod
     def signals(record: Record) -> list[Tensor]:
