@@ -132,7 +132,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adc", metavar="SPEC",
                    help="read the observed activities through an ADC: BITS or bits=B,range=R "
                         "(signed, full scale +-R, default 4; none)")
-    p.add_argument("--noise-samples", type=positive_int, help="noisy passes K per step (1)")
+    p.add_argument("--noise-samples", type=positive_int,
+                   help="noisy passes K per step (default: the preset; 1, and 4 for the "
+                        "perturbation rules with --arch conv on the digits)")
+    p.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the K noisy passes as K antithetic pairs (eps, -eps): 2K noisy "
+                        "passes; needs controllable zero-mean noise (not --both-noisy); "
+                        "perturbation rules only (default: the preset, off)")
     p.add_argument("--both-noisy", action="store_true", default=None,
                    help="the noise cannot be switched off: both passes are noisy (anp, danp)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="torch optimizer (adam)")

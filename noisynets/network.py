@@ -87,10 +87,16 @@ REFUSED: dict[tuple[type[nn.Module], ...], str] = {
 
 @dataclass(frozen=True)
 class Passes:
-    """A plan of ``count`` passes; ``noisy[l] = (start, stop)``: the passes noisy in layer ``l``."""
+    """A plan of ``count`` passes; ``noisy[l] = (start, stop)``: the passes noisy in layer ``l``.
+
+    ``antithetic``: the noisy passes of every layer come in antithetic pairs: of its
+    ``2K`` noisy passes, pass ``start + K + j`` carries the negated noise of pass ``start + j``
+    (``eps``, ``-eps``; ``mirrored``). It needs noise the system draws and can negate.
+    """
 
     count: int
     noisy: tuple[tuple[int, int], ...]
+    antithetic: bool = False
 
     @staticmethod
     def clean(num_layers: int, both_noisy: bool = False) -> Passes:
@@ -98,16 +104,40 @@ class Passes:
         return Passes(1, ((0, 1 if both_noisy else 0),) * num_layers)
 
     @staticmethod
-    def perturbed(num_layers: int, samples: int = 1, both_noisy: bool = False) -> Passes:
-        """A reference pass and ``samples`` passes with every layer noisy (NP, ANP)."""
+    def perturbed(
+        num_layers: int, samples: int = 1, both_noisy: bool = False, antithetic: bool = False
+    ) -> Passes:
+        """A reference pass and ``samples`` passes with every layer noisy (NP, ANP);
+        ``antithetic``: ``samples`` pairs of passes, ``2 * samples`` noisy passes."""
+        if antithetic and both_noisy:
+            raise ValueError(ANTITHETIC_INTRINSIC)
+        samples *= 2 if antithetic else 1
         start = 0 if both_noisy else 1
-        return Passes(1 + samples, ((start, 1 + samples),) * num_layers)
+        return Passes(1 + samples, ((start, 1 + samples),) * num_layers, antithetic)
 
     @staticmethod
-    def layerwise(num_layers: int, samples: int = 1) -> Passes:
-        """A clean pass and ``samples`` passes per layer, each noisy in that layer only (INP)."""
+    def layerwise(num_layers: int, samples: int = 1, antithetic: bool = False) -> Passes:
+        """A clean pass and ``samples`` passes per layer, each noisy in that layer only (INP);
+        ``antithetic``: ``samples`` pairs of passes per layer."""
+        samples *= 2 if antithetic else 1
         blocks = tuple((1 + k * samples, 1 + (k + 1) * samples) for k in range(num_layers))
-        return Passes(1 + num_layers * samples, blocks)
+        return Passes(1 + num_layers * samples, blocks, antithetic)
+
+
+ANTITHETIC_INTRINSIC = (
+    "antithetic noise pairs need noise the system draws and can negate; the network's noise is "
+    "intrinsic in both passes: turn antithetic off (drop --antithetic)"
+)
+
+
+def mirrored(eps: Tensor, B: int) -> Tensor:
+    """Antithetic pairs: the rows of ``2K`` passes of ``B`` samples, the second ``K`` passes
+    replaced by the negated first ``K`` (``[eps_1..eps_K, -eps_1..-eps_K]``)."""
+    if eps.shape[0] % (2 * B):
+        raise ValueError(f"antithetic pairs need an even number of noisy passes, got "
+                         f"{eps.shape[0] // B}")
+    half = eps.shape[0] // 2
+    return torch.cat([eps[:half], -eps[:half]])
 
 
 @dataclass
@@ -406,12 +436,16 @@ class Network(nn.Module):
                             current = current.clone()  # the cached drive stays noise-free
                         noisy = slice(start * B, stop * B)
                         eps = self._draw(layer.noise, current[noisy])
+                        if passes.antithetic:
+                            eps = mirrored(eps, B)
                         current[noisy] += eps
                         if noise_out is not None:
                             noise_sum[k] = eps if t == 0 else noise_sum[k] + eps
                         if layer.threshold_noise is not None:
                             shift = torch.zeros_like(current)
                             shift[noisy] = self._draw(layer.threshold_noise, current[noisy])
+                            if passes.antithetic:
+                                shift[noisy] = mirrored(shift[noisy], B)
                     previous = None
                     if layer.recurrent is not None:
                         previous = layer.recurrent_input(current, B)

@@ -199,7 +199,8 @@ def build(config: TrainConfig, data: DataSplits) -> tuple[Network, Rule, torch.o
         weight_noise=config.weight_noise,
         adc=config.adc,
     )
-    rule = make_rule(config.algo, noise_samples=config.noise_samples)
+    rule = make_rule(config.algo, noise_samples=config.noise_samples,
+                     antithetic=bool(config.antithetic))
     rule.check(network)
     return network, rule, make_optimizer(config, network.trained_parameters())
 
@@ -684,7 +685,7 @@ def header(state: RunState, network: str, device: torch.device, world: World | N
     steps = f", T {c.time_steps}" if c.time_steps > 1 else ""
     return (f"{c.algo} on {c.dataset}: {model}{network}{steps}, {plural(c.epochs, 'epoch')}, batch "
             f"{c.batch_size}, {c.optimizer} lr {c.lr:g}{schedule}, noise {c.noise} "
-            f"{c.noise_std:g}, device {device}{processes}, run folder {state.out}")
+            f"{c.noise_std:g}{options(c)}, device {device}{processes}, run folder {state.out}")
 
 
 def table_header(validating: bool, schedule: bool) -> str:
@@ -842,6 +843,16 @@ def to_device(data: DataSplits, device: torch.device) -> DataSplits:
         test_x=data.test_x.to(device).view(-1, *shape), test_y=data.test_y.to(device),
         **validation,
     )
+
+
+def options(config: TrainConfig) -> str:
+    """The header's note of the variance-reduction options a run uses (``""`` for none)."""
+    if config.algo in ("bp", "dbp"):
+        return ""
+    parts = [f"K = {config.noise_samples} noisy passes"] if config.noise_samples > 1 else []
+    if config.antithetic:
+        parts.append("antithetic pairs")
+    return "".join(f", {p}" for p in parts)
 
 
 def plural(count: int, noun: str) -> str:

@@ -59,3 +59,20 @@ def test_estimator_statistics_quick_prints_every_rule():
     assert [r[0] for r in rows] == ["np", "inp", "anp"]
     inp_mean_cosines = [float(v) for v in rows[1][1:5]]
     assert min(inp_mean_cosines) > 0.9  # INP's mean estimate is the gradient
+
+
+def test_estimator_quality_quick_measures_every_method_on_the_three_networks(tmp_path):
+    """The cosines lie in [-1, 1], one per layer; K = 4 passes beat one pass in the readout
+    of the dense network (the mean over 3 batches), and the figure is drawn."""
+    proc = subprocess.run([sys.executable, str(SIMULATIONS / "estimator_quality.py"), "--quick",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = json.loads((tmp_path / "estimator_quality.json").read_text())["cosines"]
+    assert list(found) == ["dense 128x3", "conv", "conv LIF"]
+    for network, layers in [("dense 128x3", 4), ("conv", 3), ("conv LIF", 3)]:
+        for method, batches in found[network].items():
+            assert len(batches) == 3 and all(len(c) == layers for c in batches), method
+            assert all(-1 <= v <= 1 for c in batches for v in c), method
+    readout = {m: sum(c[-1] for c in b) / 3 for m, b in found["dense 128x3"].items()}
+    assert readout["DANP K=4"] > readout["DANP"]
+    assert is_png(tmp_path / "estimator_quality.png")

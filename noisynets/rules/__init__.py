@@ -26,13 +26,19 @@ def uses_decorrelation(name: str) -> bool:
     return name.startswith("d")
 
 
-def make_rule(name: str, noise_samples: int = 1) -> Rule:
-    """The rule called ``name`` (one of ``RULES``) with K = ``noise_samples`` noisy passes."""
+def make_rule(name: str, noise_samples: int = 1, antithetic: bool = False) -> Rule:
+    """The rule called ``name`` (one of ``RULES``) with K = ``noise_samples`` noisy passes, or
+    K antithetic pairs of them (``antithetic``, the perturbation rules only)."""
     _check(name)
     if int(noise_samples) < 1:
         raise ValueError(f"noise_samples {noise_samples} must be >= 1")
     base = BASE_RULES[name[1:] if name.startswith("d") else name]
-    return base() if base is BP else base(noise_samples=noise_samples)
+    if base is BP:
+        if antithetic:
+            raise ValueError(f"{name} uses no noise: antithetic pairs are for the perturbation "
+                             "rules (np, inp, anp and their d-variants)")
+        return base()
+    return base(noise_samples=noise_samples, antithetic=antithetic)
 
 
 def _check(name: str) -> None:

@@ -7,6 +7,12 @@ reference pass's input, averaged over the batch (``Network.gradients``, or for a
 runs outside torch ``noisynets.observer.DenseLayers``); for a dense layer::
 
     g_W_l = mean_{k,n} e_{l,k,n} xh_{l-1,n}^T        g_b_l = T mean_{k,n} e_{l,k,n}
+
+``antithetic=True`` (every rule here) draws the K noisy passes as K antithetic pairs, 2K
+passes with noise ``eps_j`` and ``-eps_j`` (``Passes.antithetic``); the formulas are unchanged,
+and for NP the mean over a pair is the central difference
+``e = (L(+eps) - L(-eps)) / (2 s^2) * eps``, free of the loss's even-order terms in ``eps``.
+It needs noise the system draws (refused for intrinsic noise in both passes) and zero mean.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from noisynets.network import Network, Passes, Record, StepScales
+from noisynets.network import ANTITHETIC_INTRINSIC, Network, Passes, Record, StepScales
 from noisynets.rules.base import Gradients, Layers, Rule
 
 
@@ -57,6 +63,20 @@ def check_independent_steps(network: Network) -> None:
                 "--per-step-products), or anp/danp")
 
 
+def check_antithetic(rule: str, network: Network) -> None:
+    """Antithetic pairs negate the drawn noise: they need control of it, and noise whose
+    negation has the same distribution's mean (zero-mean noise)."""
+    if network.both_noisy:
+        raise ValueError(f"{rule}: {ANTITHETIC_INTRINSIC}")
+    for k, layer in enumerate(network.layers):
+        if not layer.noise.zero_mean:
+            raise ValueError(
+                f"{rule} with antithetic pairs needs zero-mean noise (the pair's second pass "
+                f"gets -eps), but layer {k + 1}'s {layer.noise.spec} has a non-zero mean: "
+                "turn antithetic off, or use centered_bernoulli"
+            )
+
+
 def guarded(scale: Tensor, norm_sq: Tensor) -> Tensor:
     """``scale`` where it is finite and ``||da||^2 > 0``; 0 (no contribution) elsewhere."""
     return torch.where(torch.isfinite(scale) & (norm_sq > 0), scale, torch.zeros_like(scale))
@@ -74,11 +94,14 @@ class NP(Rule):
 
     name = "np"
 
-    def __init__(self, noise_samples: int = 1) -> None:
+    def __init__(self, noise_samples: int = 1, antithetic: bool = False) -> None:
         self.noise_samples = int(noise_samples)
+        self.antithetic = bool(antithetic)
 
     def check(self, network: Network) -> None:
         check_controllable_noise("np", network)
+        if self.antithetic:
+            check_antithetic("np", network)
         for k, layer in enumerate(network.layers):
             if not layer.noise.additive:
                 raise ValueError(
@@ -92,7 +115,8 @@ class NP(Rule):
                                  f"noise cannot state: {err}") from None
 
     def passes(self, network: Network) -> Passes:
-        return Passes.perturbed(network.num_layers, self.noise_samples)
+        return Passes.perturbed(network.num_layers, self.noise_samples,
+                                antithetic=self.antithetic)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
@@ -137,7 +161,8 @@ class NP(Rule):
         return scales
 
     def __repr__(self) -> str:
-        return f"NP(noise_samples={self.noise_samples})"
+        extra = ", antithetic=True" if self.antithetic else ""
+        return f"NP(noise_samples={self.noise_samples}{extra})"
 
 
 class INP(Rule):
@@ -150,14 +175,17 @@ class INP(Rule):
 
     name = "inp"
 
-    def __init__(self, noise_samples: int = 1) -> None:
+    def __init__(self, noise_samples: int = 1, antithetic: bool = False) -> None:
         self.noise_samples = int(noise_samples)
+        self.antithetic = bool(antithetic)
 
     def check(self, network: Network) -> None:
         check_controllable_noise("inp", network)
+        if self.antithetic:
+            check_antithetic("inp", network)
 
     def passes(self, network: Network) -> Passes:
-        return Passes.layerwise(network.num_layers, self.noise_samples)
+        return Passes.layerwise(network.num_layers, self.noise_samples, self.antithetic)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
@@ -203,7 +231,8 @@ class INP(Rule):
         return scales
 
     def __repr__(self) -> str:
-        return f"INP(noise_samples={self.noise_samples})"
+        extra = ", antithetic=True" if self.antithetic else ""
+        return f"INP(noise_samples={self.noise_samples}{extra})"
 
 
 class ANP(Rule):
@@ -217,16 +246,21 @@ class ANP(Rule):
 
     name = "anp"
 
-    def __init__(self, noise_samples: int = 1) -> None:
+    def __init__(self, noise_samples: int = 1, antithetic: bool = False) -> None:
         self.noise_samples = int(noise_samples)
+        self.antithetic = bool(antithetic)
 
     def check(self, network: Network) -> None:
         network.check_summed_products()
+        if self.antithetic:
+            check_antithetic("anp", network)
 
     def passes(self, network: Network) -> Passes:
-        return Passes.perturbed(network.num_layers, self.noise_samples, network.both_noisy)
+        return Passes.perturbed(network.num_layers, self.noise_samples, network.both_noisy,
+                                self.antithetic)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
+        self.check(network)
         if network.per_step:
             with torch.no_grad():
                 return network.step_gradients(x, y, self.passes(network), self.step_scales)
@@ -259,4 +293,5 @@ class ANP(Rule):
         return [scale.unsqueeze(-1) * d for d in da]
 
     def __repr__(self) -> str:
-        return f"ANP(noise_samples={self.noise_samples})"
+        extra = ", antithetic=True" if self.antithetic else ""
+        return f"ANP(noise_samples={self.noise_samples}{extra})"
