@@ -159,7 +159,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace the run in an existing --out folder")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint, with its own "
-                        "settings (only --threads may change)")
+                        "settings (only --threads may change; a --model run needs --model "
+                        "again, or --trust-model)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="with --resume: import the model file the run folder names without "
+                        "naming it again (it runs that file's code)")
     p.add_argument("--trace-every", type=nonnegative_int,
                    help="trace the probe samples every N steps into trace.h5 (50; 0: off)")
     p.add_argument("--trace-probe", type=positive_int, help="probe samples traced (16)")
@@ -210,6 +214,12 @@ def make_parser() -> Parser:
     evaluate.add_argument("--data-root", metavar="DIR", help="folder holding its files")
     evaluate.add_argument("--json", action="store_true",
                           help="print the result as one JSON object")
+    evaluate.add_argument("--model", metavar="FILE.py:FUNCTION",
+                          help="the model file of a run trained with --model, named again: "
+                               "it must be the file the run started with")
+    evaluate.add_argument("--trust-model", action="store_true",
+                          help="import the model file the run folder names without naming it "
+                               "again (it runs that file's code)")
     bench = sub.add_parser("bench", help="time a training step of every rule, in one run")
     add_bench_arguments(bench)
     sweep = sub.add_parser("sweep", help="run every combination of a grid of settings")
@@ -245,7 +255,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 # Options --resume takes along: they choose how to run, not what the run is.
-RESUME_OPTIONS = ("resume", "threads", "json", "no_progress", "config")
+RESUME_OPTIONS = ("resume", "threads", "json", "no_progress", "config", "model",
+                  "trust_model")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -261,8 +272,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if given or args.config:
             raise UsageError(f"--resume continues a run with its own settings: leave out "
                              f"{', '.join(given + (['--config'] if args.config else []))}")
-        result = resume(args.resume, progress=progress, log=log, threads=args.threads)
+        result = resume(args.resume, progress=progress, log=log, threads=args.threads,
+                        model=args.model, trust_model=args.trust_model)
     else:
+        if args.trust_model:
+            raise UsageError("--trust-model goes with --resume (a new run names its --model)")
         result = train(config_from_args(args), progress=progress, log=log,
                        overwrite=args.overwrite)
     if not is_main_process():  # data-parallel: rank 0 reports
@@ -283,7 +297,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from noisynets.run import evaluate_run, strict_json
 
-    report = evaluate_run(args.run, dataset=args.dataset, data_root=args.data_root)
+    report = evaluate_run(args.run, dataset=args.dataset, data_root=args.data_root,
+                          model=args.model, trust_model=args.trust_model)
     if args.json:
         print(json.dumps(strict_json(report), allow_nan=False))
     else:
@@ -420,6 +435,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError) as e:
         message = " ".join(str(e).split())
         print(f"noisynets: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the library did not name itself: too long, unwritable, ...
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"noisynets: error: cannot use{where}: {e.strerror or e}; name another path",
+              file=sys.stderr)
         return 2
     except DivergenceError as e:
         print(f"noisynets: {' '.join(str(e).split())}", file=sys.stderr)

@@ -43,17 +43,29 @@ from tqdm import tqdm
 
 from noisynets.checkpoints import (
     CHECKPOINT_FILE,
+    FORMAT_VERSION,
+    IDENTITY_FILE,
     MODEL_FILE,
+    check_fits,
+    check_identity,
+    check_optimizer,
+    config_fields,
+    consent_to_model,
+    data_digest,
+    file_digest,
     load,
     model_state,
+    new_identity,
     noise_states,
     random_states,
+    read_identity,
     save_atomic,
     set_noise_states,
     set_random_states,
 )
 from noisynets.config import TrainConfig, resolve
 from noisynets.data import Dataset, load_dataset
+from noisynets.files import remove_stale, write_text_atomic
 from noisynets.models import conv_net, he_normal, load_model
 from noisynets.network import Network, Passes, Record
 from noisynets.noise import make_noise
@@ -72,7 +84,7 @@ from noisynets.training import (
 
 RESULTS_FILE = "results.json"
 RUN_FILES = (RESULTS_FILE, "trace.h5", "trace.png", "learning_curve.png", MODEL_FILE,
-             CHECKPOINT_FILE)
+             CHECKPOINT_FILE, IDENTITY_FILE)
 
 
 class DivergenceError(RuntimeError):
@@ -218,25 +230,46 @@ def resume(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     threads: int | None = None,
+    model: str | None = None,
+    trust_model: bool = False,
 ) -> RunResult:
     """Continue the run in ``folder`` from its last checkpoint (from the start when it was
-    killed before its first one), with its own settings; ``threads`` may differ."""
+    killed before its first one), with its own settings; ``threads`` may differ.
+
+    The checkpoint is checked before use (``checkpoints.CHECKPOINT_SCHEMA``, its identity
+    against the folder's ``identity.json``, every tensor against the network its config
+    builds). A run trained with ``--model FILE.py:FN`` imports its model file only when
+    ``model`` names it again (the same content as when the run started) or ``trust_model``:
+    a run folder alone never runs code."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"--resume {str(folder)!r}: no such run folder")
+    remove_stale(folder)
     checkpoint = None
-    if (folder / CHECKPOINT_FILE).exists():
-        checkpoint = load(folder / CHECKPOINT_FILE, "checkpoint")
-        fields = checkpoint["config"]
+    if (folder / CHECKPOINT_FILE).exists() or (folder / CHECKPOINT_FILE).is_symlink():
+        path = folder / CHECKPOINT_FILE
+        checkpoint = load(path, "checkpoint")
+        check_identity(checkpoint, folder, path)
+        fields = config_fields(checkpoint, path)
+        recorded = checkpoint["run"].get("model") if checkpoint["version"] >= 2 else None
     elif (folder / RESULTS_FILE).exists():
+        path = folder / RESULTS_FILE
         try:
-            fields = json.loads((folder / RESULTS_FILE).read_text())["config"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ValueError(f"--resume: {str(folder / RESULTS_FILE)!r} is damaged and there "
+            fields = json.loads(path.read_text())["config"]
+            if not isinstance(fields, dict):
+                raise TypeError
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise ValueError(f"--resume: {str(path)!r} is damaged and there "
                              "is no checkpoint: start the run again") from None
+        fields = config_fields({"config": fields}, path)
+        identity = read_identity(folder)
+        recorded = None if identity is None else identity["model"]
     else:
         raise ValueError(f"--resume {str(folder)!r}: it holds no run (no {CHECKPOINT_FILE}, no "
                          f"{RESULTS_FILE})")
+    if fields.get("model") is not None:
+        fields["model"] = consent_to_model(str(fields["model"]), recorded or None, model,
+                                           trust_model)
     config = resolve(TrainConfig(**{**fields, "out": str(folder)}))
     if threads is not None:
         config = dataclasses.replace(config, threads=threads)
@@ -270,15 +303,16 @@ def _run(
     log: Callable[[str], None] | None,
     world: World | None = None,
 ) -> RunResult:
-    from noisynets.plots import learning_curve, trace_figure
-
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = choose_device(config.device) if world is None else world.device
     main = world is None or world.main  # the process that writes files and logs
     if not main:
         progress, log = False, None
+    if main:
+        remove_stale(out)  # what a killed run left half-written
     data = load_dataset(config.dataset, config.data_root)
+    identity = run_identity(config, data, out, checkpoint, main)
     if config.val_fraction > 0:
         data = data.with_validation(config.val_fraction)
     if config.standardize:
@@ -299,11 +333,19 @@ def _run(
     start = time.perf_counter()
     first_epoch, step = 1, 0
     if checkpoint is not None:
-        network.load_state_dict(checkpoint["network"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        noise = checkpoint["noise"]
-        set_noise_states(network, noise if world is None else on_device(noise, device))
-        generator.set_state(checkpoint["data_order"])
+        path = out / CHECKPOINT_FILE
+        check_fits(checkpoint["network"], network.state_dict(), path)
+        check_optimizer(checkpoint["optimizer"], optimizer, path)
+        try:
+            network.load_state_dict(checkpoint["network"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            noise = checkpoint["noise"]
+            set_noise_states(network, noise if world is None else on_device(noise, device))
+            generator.set_state(checkpoint["data_order"])
+        except (RuntimeError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise ValueError(f"{str(path)!r} does not fit the run its config builds "
+                             f"({' '.join(str(e).split())[:120]}): start the run "
+                             "again") from None
         result.initial = EpochStats(**checkpoint["initial"])
         result.history = [EpochStats(**h) for h in checkpoint["history"]]
         first_epoch, step = checkpoint["epoch"] + 1, checkpoint["step"]
@@ -333,11 +375,11 @@ def _run(
         if not main:
             return
         text = json.dumps(strict_json(result.summary()), indent=2, allow_nan=False) + "\n"
-        (out / RESULTS_FILE).write_text(text)
+        write_text_atomic(out / RESULTS_FILE, text)
 
     def save_model() -> None:
         if main and all(bool(torch.isfinite(p).all()) for p in network.parameters()):
-            save_atomic(model_state(network, config.to_dict()), out / MODEL_FILE)
+            save_atomic(model_state(network, config.to_dict(), identity), out / MODEL_FILE)
 
     def trace(step: int) -> None:
         if writer is not None and step % config.trace_every == 0:
@@ -347,7 +389,9 @@ def _run(
         if not main:
             return
         save_atomic({
-            "format": "noisynets-checkpoint", "version": 1, "config": config.to_dict(),
+            "format": "noisynets-checkpoint", "version": FORMAT_VERSION,
+            "noisynets_version": trace_attributes(config, device)["noisynets_version"],
+            "run": identity, "config": config.to_dict(),
             "epoch": stats.epoch, "step": stats.step, "seconds": stats.seconds,
             "network": network.state_dict(), "optimizer": optimizer.state_dict(),
             "noise": noise_states(network), "random": random_states(),
@@ -402,24 +446,72 @@ def _run(
             emit(line)
 
     try:
-        fit(network, rule, optimizer, data, config.epochs, config.batch_size, seed=config.seed,
-            progress=progress, on_epoch=on_epoch, on_step=trace, name=config.algo,
-            max_bad_steps=config.max_bad_steps, first_epoch=first_epoch, first_step=step,
-            generator=generator, start=start, world=world)
-        save_model()
-    except Diverged as e:
-        raise DivergenceError(
-            f"training diverged: {e}, so nothing was applied; lower --lr (now "
-            f"{config.lr:g}) or --noise-std (now {config.noise_std:g}). Everything up to "
-            f"the last good step is in {out}") from None
-    finally:
+        try:
+            fit(network, rule, optimizer, data, config.epochs, config.batch_size,
+                seed=config.seed, progress=progress, on_epoch=on_epoch, on_step=trace,
+                name=config.algo, max_bad_steps=config.max_bad_steps, first_epoch=first_epoch,
+                first_step=step, generator=generator, start=start, world=world)
+            save_model()
+        except Diverged as e:
+            raise DivergenceError(
+                f"training diverged: {e}, so nothing was applied; lower --lr (now "
+                f"{config.lr:g}) or --noise-std (now {config.noise_std:g}). Everything up to "
+                f"the last good step is in {out}") from None
+    except BaseException:
+        # Already failing (a full disk, an interrupt): keep what can still be written, and
+        # let the first error be the one reported.
         result.seconds = time.perf_counter() - start
-        save_results()
-        if result.history and main and config.figures:
-            learning_curve(result, out / "learning_curve.png")
-        if writer is not None and writer.records and config.figures:
-            trace_figure(writer.path, out / "trace.png")
+        _quietly(save_results)
+        _quietly(lambda: finish_figures(result, writer, out, main and config.figures))
+        raise
+    result.seconds = time.perf_counter() - start
+    save_results()
+    finish_figures(result, writer, out, main and config.figures)
     return result
+
+
+def finish_figures(result: RunResult, writer: TraceWriter | None, out: Path,
+                   figures: bool) -> None:
+    """``learning_curve.png`` and ``trace.png``, each written whole or not at all."""
+    from noisynets.files import atomic
+    from noisynets.plots import learning_curve, trace_figure
+
+    if not figures:
+        return
+    if result.history:
+        with atomic(out / "learning_curve.png", suffix=True) as tmp:
+            learning_curve(result, tmp)
+    if writer is not None and writer.records:
+        with atomic(out / "trace.png", suffix=True) as tmp:
+            trace_figure(writer.path, tmp)
+
+
+def _quietly(write: Callable[[], None]) -> None:
+    try:
+        write()
+    except (OSError, ValueError, RuntimeError):
+        pass
+
+
+def run_identity(config: TrainConfig, data: Dataset, out: Path,
+                 checkpoint: dict[str, Any] | None, main: bool = True) -> dict[str, str]:
+    """The run's identity (``checkpoints.new_identity``): made and written to
+    ``identity.json`` when the run starts; on resume the recorded one, whose data digest
+    must be that of the data loaded now."""
+    digest = data_digest(data.train_x, data.train_y, data.test_x, data.test_y)
+    if checkpoint is not None:
+        recorded = read_identity(out) or checkpoint.get("run") or None
+    if checkpoint is None or recorded is None:
+        source = None if config.model is None else Path(config.model.rpartition(":")[0])
+        model = file_digest(source) if source is not None and source.is_file() else ""
+        identity = new_identity(config.to_dict(), digest, model)
+        if main:
+            write_text_atomic(out / IDENTITY_FILE, json.dumps(identity, indent=2) + "\n")
+        return identity
+    if recorded["data"] != digest:
+        raise ValueError(f"the data set {config.dataset!r} ({data.origin}) is not the one the "
+                         f"run in {str(out)!r} started with: resuming needs the same data")
+    return recorded
 
 
 def on_device(states: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
@@ -433,14 +525,26 @@ def on_device(states: list[dict[str, Any]], device: torch.device) -> list[dict[s
 
 
 def load_network(
-    folder: str | Path, dataset: str | None = None, data_root: str | None = None
+    folder: str | Path, dataset: str | None = None, data_root: str | None = None,
+    model: str | None = None, trust_model: bool = False,
 ) -> tuple[Network, TrainConfig, Dataset]:
     """The trained network of the run in ``folder`` (its ``model.pt``, decorrelators included),
     rebuilt from the run's config, on the run's device (CPU if it has no GPU now); with the
-    config and the data set (or ``dataset``) it was built for."""
+    config and the data set (or ``dataset``) it was built for. ``model.pt`` is checked before
+    use (``checkpoints.MODEL_SCHEMA``, its identity, every tensor); a ``--model`` run's file
+    is imported only when ``model`` names it again or ``trust_model`` (see ``resume``)."""
     folder = Path(folder)
-    state = load(folder / MODEL_FILE, "model")
-    config = resolve(TrainConfig(**{**state["config"], "out": str(folder)}))
+    if not folder.is_dir():
+        raise ValueError(f"run folder {str(folder)!r} does not exist or is not a folder")
+    path = folder / MODEL_FILE
+    state = load(path, "model")
+    check_identity(state, folder, path)
+    fields = config_fields(state, path)
+    if fields.get("model") is not None:
+        recorded = state["run"].get("model") if state["version"] >= 2 else None
+        fields["model"] = consent_to_model(str(fields["model"]), recorded or None, model,
+                                           trust_model)
+    config = resolve(TrainConfig(**{**fields, "out": str(folder)}))
     if dataset is not None:
         config = resolve(dataclasses.replace(config, dataset=dataset))
     if data_root is not None:
@@ -453,6 +557,7 @@ def load_network(
         data = data.standardized()
     torch.manual_seed(config.seed)
     network, _, _ = build(config, data)
+    check_fits(state["network"], network.state_dict(), path)
     try:
         network.load_state_dict(state["network"])
     except RuntimeError as e:
@@ -462,11 +567,13 @@ def load_network(
 
 
 def evaluate_run(
-    folder: str | Path, dataset: str | None = None, data_root: str | None = None
+    folder: str | Path, dataset: str | None = None, data_root: str | None = None,
+    model: str | None = None, trust_model: bool = False,
 ) -> dict[str, Any]:
     """Load the model of the run in ``folder`` and measure it on the test split of its data
-    set (or of ``dataset``): ``{"test_loss", "test_accuracy", "samples", "dataset", ...}``."""
-    network, config, data = load_network(folder, dataset, data_root)
+    set (or of ``dataset``): ``{"test_loss", "test_accuracy", "samples", "dataset", ...}``;
+    ``model``, ``trust_model``: as for ``load_network``."""
+    network, config, data = load_network(folder, dataset, data_root, model, trust_model)
     loss, accuracy = evaluate(network, data.test_x, data.test_y)
     return {"run": str(folder), "dataset": config.dataset, "data_files": data.origin,
             "samples": int(data.test_x.shape[0]), "test_loss": loss, "test_accuracy": accuracy}

@@ -211,7 +211,8 @@ def execute(fields: dict[str, Any], folder: str, threads: int | dict[str, int] |
     path = Path(folder)
     try:
         if (path / CHECKPOINT_FILE).exists():
-            result = resume(path, progress=False, log=None, threads=fields.get("threads"))
+            result = resume(path, progress=False, log=None, threads=fields.get("threads"),
+                            model=fields.get("model"))  # the sweep file names its model
         else:
             result = train(TrainConfig(**{**fields, "out": folder}), progress=False, log=None,
                            overwrite=True)
