@@ -473,17 +473,14 @@ def _run(
 def finish_figures(result: RunResult, writer: TraceWriter | None, out: Path,
                    figures: bool) -> None:
     """``learning_curve.png`` and ``trace.png``, each written whole or not at all."""
-    from noisynets.files import atomic
     from noisynets.plots import learning_curve, trace_figure
 
     if not figures:
         return
     if result.history:
-        with atomic(out / "learning_curve.png", suffix=True) as tmp:
-            learning_curve(result, tmp)
+        learning_curve(result, out / "learning_curve.png")
     if writer is not None and writer.records:
-        with atomic(out / "trace.png", suffix=True) as tmp:
-            trace_figure(writer.path, tmp)
+        trace_figure(writer.path, out / "trace.png")
 
 
 def _quietly(write: Callable[[], None]) -> None:
