@@ -249,8 +249,8 @@ def resume(
     if (folder / CHECKPOINT_FILE).exists() or (folder / CHECKPOINT_FILE).is_symlink():
         path = folder / CHECKPOINT_FILE
         checkpoint = load(path, "checkpoint")
-        check_identity(checkpoint, folder, path)
         fields = config_fields(checkpoint, path)
+        check_identity(checkpoint, folder, path)
         recorded = checkpoint["run"].get("model") if checkpoint["version"] >= 2 else None
     elif (folder / RESULTS_FILE).exists():
         path = folder / RESULTS_FILE
@@ -535,8 +535,8 @@ def load_network(
         raise ValueError(f"run folder {str(folder)!r} does not exist or is not a folder")
     path = folder / MODEL_FILE
     state = load(path, "model")
-    check_identity(state, folder, path)
     fields = config_fields(state, path)
+    check_identity(state, folder, path)
     if fields.get("model") is not None:
         recorded = state["run"].get("model") if state["version"] >= 2 else None
         fields["model"] = consent_to_model(str(fields["model"]), recorded or None, model,
