@@ -328,7 +328,7 @@ def _run(
     result = RunResult(config=config, out=str(out), device=str(device),
                        precision=str(precision).removeprefix("torch."), data_files=data.origin,
                        world_size=1 if world is None else world.size)
-    shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
+    shapes = model_shapes(network, data, config)
     generator = torch.Generator().manual_seed(config.seed)  # the order of the data
     start = time.perf_counter()
     first_epoch, step = 1, 0
@@ -342,6 +342,8 @@ def _run(
             noise = checkpoint["noise"]
             set_noise_states(network, noise if world is None else on_device(noise, device))
             generator.set_state(checkpoint["data_order"])
+            with torch.random.fork_rng(devices=[]):  # only a check: applied below
+                set_random_states(checkpoint["random"])
         except (RuntimeError, KeyError, TypeError, IndexError, AttributeError) as e:
             raise ValueError(f"{str(path)!r} does not fit the run its config builds "
                              f"({' '.join(str(e).split())[:120]}): start the run "
@@ -592,6 +594,23 @@ def network_shapes(network: Network, x: Tensor, y: Tensor) -> list[dict[str, Any
     return [dict(inputs=int(seen.shape[-1]), units=int(a.shape[-1]),
                  input_shape=list(layer.in_shape), shape=list(layer.node_shape))
             for layer, seen, a in zip(network.layers, record.inputs, record.activity)]
+
+
+def model_shapes(network: Network, data: Dataset, config: TrainConfig
+                 ) -> list[dict[str, Any]]:
+    """``network_shapes`` of one training sample, or a ``ValueError`` saying why the
+    network cannot take the data set's samples or give one output per class."""
+    try:
+        shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
+    except (RuntimeError, IndexError, ValueError, TypeError) as e:
+        raise ValueError(f"the network does not fit the data set {config.dataset!r} (samples "
+                         f"of shape {tuple(data.input_shape)}, {data.num_classes} outputs): "
+                         f"{' '.join(str(e).split())[:160]}") from None
+    if shapes[-1]["units"] != data.num_classes:
+        raise ValueError(f"the network has {shapes[-1]['units']} outputs, the data set "
+                         f"{config.dataset!r} needs {data.num_classes}: make its last layer "
+                         f"that wide")
+    return shapes
 
 
 def describe(network: Network, shapes: list[dict[str, Any]]) -> str:

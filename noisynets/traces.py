@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -82,6 +83,9 @@ SCHEMA: tuple[tuple[str, str, str, str], ...] = (
     ("/count/records", "(1,)", "int64", "always"),
     ("/count/evaluations", "(1,)", "int64", "always"),
 )
+
+# Room for HDF5's metadata (headers, attributes, the config text) beyond the datasets.
+_METADATA_ROOM = 1 << 20
 
 # A read that meets a half-written file is tried this often, this many seconds apart.
 _READ_TRIES = 40
@@ -187,6 +191,16 @@ class TraceWriter:
         self.probe = len(probe)
         self.broken = False
         tmp = temporary(self.path)
+        need = self._planned_bytes(int(evaluations)) + _METADATA_ROOM
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            free = need  # the open below says what is wrong with the place
+        if free < need:  # HDF5's own metadata writes must never meet a full disk either
+            raise ValueError(f"cannot write trace file {str(self.path)!r}: No space left on "
+                             f"device (it needs {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB "
+                             "are free; trace less with --trace-every, --trace-units or "
+                             "--trace-probe)")
         try:
             with h5py.File(tmp, "w", locking=False) as f:
                 for key, value in attrs.items():
@@ -220,6 +234,18 @@ class TraceWriter:
                              + (f" (it needs {size / 2**20:.1f} MiB; trace less with "
                                 "--trace-every, --trace-units or --trace-probe)"
                                 if size else "")) from None
+
+    def _planned_bytes(self, evaluations: int) -> int:
+        """The bytes of every dataset the file will hold (``_fixed`` allocates them)."""
+        n, p = self.capacity, self.probe
+        total = 8 * (len(self.metrics) * evaluations + n + p + 2) + 2 * 4 * n * p
+        for k in self.layers:
+            units, inputs = len(self.unit_index[k]), len(self.input_index[k])
+            total += 8 * (units + inputs) + 4 * n * p * (inputs + 2 * units)
+            if self.spiking[k - 1]:
+                slots = n * self.time_steps * p * units
+                total += slots * (2 + 2 * 4) + (16 * slots + 8 if self.spike_events else 0)
+        return total
 
     def _layer(self, traces: h5py.Group, k: int, size: int, inputs: int,
                shapes: tuple[Sequence[int], Sequence[int]]) -> None:
