@@ -53,6 +53,7 @@ from noisynets.noise import Gaussian, Logistic, NoiseSource, make_noise
 from noisynets.parallel import Shard, all_reduce_sum
 from noisynets.precision import PRECISIONS, difference_dtype
 from noisynets.units import ACTIVATIONS, LIF, StochasticBinary
+from noisynets.validate import check_forward
 
 ENCODINGS: tuple[str, ...] = ("current", "poisson")
 
@@ -296,9 +297,10 @@ class Network(nn.Module):
         keep_states: bool = False,
         loss: bool = True,
     ) -> Record:
+        last = self.layers[-1]
+        check_forward(x, y, passes, self.num_layers, None if last.conv else last.out_features,
+                      last.op.weight.device, self.loss_name if loss else "")
         B, P, T, L = x.shape[0], passes.count, self.time_steps, self.num_layers
-        if len(passes.noisy) != L:
-            raise ValueError(f"the pass plan has {len(passes.noisy)} layers, the network {L}")
         folded = self._folded_weights(B, P)
         changed = changed_passes(passes)
         low = difference_dtype(self.precision, x.dtype, x.device)

@@ -383,3 +383,29 @@ def test_every_path_mistake_is_one_line(finished, tmp_path, cli_fails):
     cli_fails(["sweep", str(sweep), "--out", long, "--workers", "1"], "File name too long")
     cli_fails(["sweep", str(sweep), "--out", str(trace), "--workers", "1"], "t.h5")
     assert temporaries(tmp_path) == []
+
+
+# --- library calls name their bad argument -------------------------------------------------
+
+def test_a_forward_names_its_bad_argument():
+    from noisynets import Network, Passes
+
+    net = Network([4, 5, 3], seed=0)
+    x, y, plan = torch.zeros(2, 4), torch.tensor([0, 2]), Passes.perturbed(2)
+    net.run(x, y, plan)  # the control: these arguments are right
+    mistakes = [
+        ((x, y, Passes.perturbed(3)), ValueError, "pass plan has 3 layers"),
+        ((x, y, Passes(2, ((0, 3), (0, 1)))), ValueError, r"passes.noisy\[0\]"),
+        ((x, y, "perturbed"), TypeError, "noisynets.Passes"),
+        ((x.long(), y, plan), TypeError, "x has dtype torch.int64"),
+        ((x.numpy(), y, plan), TypeError, "x must be a torch.Tensor"),
+        ((x, [0, 1], plan), TypeError, "y must be a torch.Tensor"),
+        ((x, torch.tensor([0, 1, 2]), plan), ValueError, "3 targets for the 2 samples"),
+        ((x, torch.tensor([0, 3]), plan), ValueError, "labels up to 3.*0..2"),
+        ((x, torch.tensor([-1, 0]), plan), ValueError, "labels up to -1"),
+        ((x, y.float(), plan), TypeError, "class labels"),
+        ((x, y.to("meta"), plan), ValueError, "y is on meta"),
+    ]
+    for args, error, words in mistakes:
+        with pytest.raises(error, match=words):
+            net.run(*args)
