@@ -9,8 +9,19 @@
   the optimizer, every noise source's generator and state, the data order's generator, torch's
   global random state, the measurements so far and how far the trace file had got.
 
-Both are written atomically: to a temporary file in the same folder, flushed to disk, then
-renamed over the old one, so a run killed at any moment leaves the previous complete file.
+* ``identity.json`` -- the run's identity, written when it starts (``new_identity``): a
+  random id and the sha256 of its settings, its data and its ``--model`` file. A checkpoint and
+  a model file carry the same identity (``"run"``); ``check_identity`` refuses one that belongs
+  to another run.
+
+Both ``.pt`` files are written atomically (``files.atomic``): to a temporary file in the same
+folder, flushed to disk, then renamed over the old one, so a run killed at any moment, or a
+full disk, leaves the previous complete file. They are checked before use: ``load`` reads
+with ``weights_only=True`` and checks every key against ``MODEL_SCHEMA`` /
+``CHECKPOINT_SCHEMA`` (a table of key -> what it must be, a test, the format version that
+brought it: a new key is one line); ``check_fits`` and ``check_optimizer`` compare every
+tensor's shape and dtype with the network the config builds. ``consent_to_model`` decides
+whether a run's model file may be imported (only when the user names it again, or trusts it).
 
 Example::
 

@@ -10,7 +10,11 @@ its run folder up to date:
 * ``checkpoint.pt`` -- every ``checkpoint_every`` epochs, what ``resume(folder)`` needs to
   continue exactly: a run killed at any moment and resumed ends with the metrics and trace
   file of the same run uninterrupted;
-* ``learning_curve.png`` and ``trace.png`` (unless ``figures`` is off).
+* ``learning_curve.png`` and ``trace.png`` (unless ``figures`` is off);
+* ``identity.json`` -- who the run is (``checkpoints.new_identity``), written when it starts.
+
+Every file is written whole or not at all (``noisynets.files``); a full disk stops the run
+with one ``ValueError`` and leaves the previous files valid.
 
 An existing, non-empty folder is refused unless ``overwrite``. A step whose loss, activity or
 estimate is not finite is skipped and counted; ``max_bad_steps`` in a row stop the run with
