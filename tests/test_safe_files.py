@@ -409,3 +409,11 @@ def test_a_forward_names_its_bad_argument():
     for args, error, words in mistakes:
         with pytest.raises(error, match=words):
             net.run(*args)
+
+
+def test_a_checkpoint_of_format_1_still_resumes(finished, tmp_path):
+    """Run folders of the noisynets before identities: no identity.json, no "run" key."""
+    run = resumable(finished, tmp_path)
+    (run / "identity.json").unlink()
+    edited(run, lambda d: (d.pop("run"), d.pop("noisynets_version"), d.update(version=1)))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
