@@ -149,8 +149,22 @@ def test_a_trace_file_that_does_not_fit_is_refused_when_it_is_made(small_disk, c
                       "--trace-units", "0", "--trace-probe", "100", "--out",
                       str(small_disk / "run")], "trace.h5", "No space left on device",
                      "MiB")
-    assert "--trace-every" in line
+    assert "--trace-every" in line and "are free" in line  # the free-space check
     assert temporaries(small_disk) == []
+
+
+def test_a_trace_file_whose_reservation_fails_is_removed(small_disk, cli_fails, monkeypatch):
+    """Past the free-space check (here: switched off), the reservation itself meets the full
+    disk: one line, and neither the file nor its temporary stays."""
+    from noisynets import traces
+
+    monkeypatch.setattr(traces.TraceWriter, "_planned_bytes",
+                        lambda self, evaluations: -traces._METADATA_ROOM)
+    cli_fails(["train", *SMALL, "--hidden", "500", "--trace-every", "1", "--trace-units", "0",
+               "--trace-probe", "100", "--out", str(small_disk / "run")], "trace.h5",
+              "No space left on device", "MiB")
+    assert temporaries(small_disk) == []
+    assert not (small_disk / "run" / "trace.h5").exists()
 
 
 def test_a_read_only_place_is_one_line(small_disk, cli_fails):
