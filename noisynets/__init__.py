@@ -1,11 +1,12 @@
 """noisynets: learning in networks whose nodes carry intrinsic noise, by node perturbation."""
 
+from noisynets.folding import export_model
 from noisynets.network import Network, Passes, Record, wrap
 from noisynets.rules import RULES, make_rule, uses_decorrelation
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "RULES", "Network", "Passes", "Record", "make_rule", "uses_decorrelation", "wrap",
-    "__version__",
+    "RULES", "Network", "Passes", "Record", "export_model", "make_rule", "uses_decorrelation",
+    "wrap", "__version__",
 ]

@@ -5,19 +5,26 @@ busy machine slows them alike), the median of ``steps`` rounds after two warm-up
 
 * the dense network (``--hidden``, default 784-1000-1000-1000-10, batch 1000): BP, DBP, NP,
   INP, ANP, DANP at K = 1, and NP, INP, ANP, DANP at K = 4 noise samples;
-* the spiking network (784-1000-10 LIF, T = 25, batch 256): DANP against BPTT (DBP);
-* the convolutional network of ``--arch conv`` (1x28x28, batch 256): BP, DBP, ANP, DANP.
+* the spiking network (784-1000-10 LIF, batch 256): DANP against BPTT (DBP) at T = 25 and
+  T = 100, and their peak memory at T = 25, 100 and 400 (the perturbation rules keep only the
+  sums over the steps, BPTT every step);
+* the convolutional network of ``--arch conv`` (1x28x28, batch 256): BP, DBP, ANP, DANP;
+* the event-driven difference product of a 1000 x 1000 layer whose input changed in 1 % of
+  its entries (Heaviside units), against the dense product, in float64 and float32.
 
-Also in the same run: the machine's matrix-multiply throughput in every number format the
-difference pass can use, the FLOPs of each step (``torch.utils.flop_counter``) and the share of
-that throughput they achieve, and each step's peak memory -- on a GPU
-``torch.cuda.max_memory_allocated``; on the CPU the growth of the peak resident set of a fresh
-process that runs a few steps of that rule alone. Every rule runs at its defaults
-(``precision="auto"``: see ``noisynets.precision``).
+Also in the same run: the CPU's model and SIMD features, the machine's matrix-multiply
+throughput in every number format the difference pass can use, the FLOPs of each step
+(``torch.utils.flop_counter``) and the share of that throughput they achieve, and each step's
+peak memory -- on a GPU ``torch.cuda.max_memory_allocated``; on the CPU the growth of the
+peak resident set of a fresh process that runs a few steps of that rule alone. Every rule runs
+at its defaults (``precision="auto"``: see ``noisynets.precision``; ``--precision`` sets it).
 
 ``--json``: the last line of stdout is one JSON object with ``anp_over_bp``, ``danp_over_dbp``
 (K = 1), ``k4_over_k1`` (DANP), ``spiking_time_over_bptt``, ``spiking_memory_over_bptt``,
-``conv_danp_over_dbp``, the throughput and the full table.
+``conv_danp_over_dbp``, ``spiking_time_over_bptt_t100``, ``spiking_memory_growth`` (DANP's
+peak memory at T = 400 over T = 25), ``bptt_memory_growth`` (BPTT's), ``event_speedup`` (dense
+over event-driven time, float64), ``event_speedup_float32``, ``event_bit_identical``, the
+machine, the throughput and the full table.
 """
 
 from __future__ import annotations
@@ -36,11 +43,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from noisynets.layers import Layer
 from noisynets.models import conv_net
 from noisynets.network import Network
-from noisynets.precision import difference_dtype, fast_bfloat16
+from noisynets.noise import Gaussian
+from noisynets.precision import (
+    PRECISIONS,
+    cpu_flags,
+    cpu_model,
+    difference_dtype,
+    fast_bfloat16,
+)
 from noisynets.rules import make_rule, uses_decorrelation
 from noisynets.training import train_step
 
@@ -52,6 +69,7 @@ class Case:
     network: str  # "dense", "spiking" or "conv"
     rule: str
     samples: int = 1
+    time_steps: int = 0  # spiking: T (0: the setup's)
     seconds: float = 0.0
     flops: float = 0.0
     peak_mib: float | None = None
@@ -59,7 +77,8 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.network}:{self.rule}:K{self.samples}"
+        tail = f":T{self.time_steps}" if self.time_steps else ""
+        return f"{self.network}:{self.rule}:K{self.samples}{tail}"
 
 
 @dataclass
@@ -70,23 +89,27 @@ class Setup:
     batch_size: int = 1000
     spiking_hidden: list[int] = field(default_factory=lambda: [1000])
     time_steps: int = 25
+    long_time_steps: list[int] = field(default_factory=lambda: [100, 400])  # timed, memory
     spiking_batch: int = 256
     conv_batch: int = 256
     inputs: int = 784
+    event_size: int = 1000  # the layer of the event-driven product: event_size^2 weights
+    precision: str = "auto"  # of the difference products (noisynets.precision)
 
 
 def build(case: Case, setup: Setup, device: torch.device) -> Callable[[], Any]:
     """A function that runs one training step of ``case`` (network, data and optimizer made)."""
     g = torch.Generator().manual_seed(0)
     decorrelation = uses_decorrelation(case.rule)
-    common = dict(decorrelation=decorrelation, decorrelation_fraction=0.1, seed=0)
+    common = dict(decorrelation=decorrelation, decorrelation_fraction=0.1, seed=0,
+                  precision=setup.precision)
     if case.network == "dense":
         batch, shape = setup.batch_size, (setup.inputs,)
         net = Network([setup.inputs, *setup.hidden, 10], **common)
     elif case.network == "spiking":
         batch, shape = setup.spiking_batch, (setup.inputs,)
         net = Network([setup.inputs, *setup.spiking_hidden, 10], unit="lif",
-                      time_steps=setup.time_steps, noise_std=0.1, **common)
+                      time_steps=case.time_steps or setup.time_steps, noise_std=0.1, **common)
     else:
         batch, shape = setup.conv_batch, (1, 28, 28)
         torch.manual_seed(0)
@@ -203,22 +226,29 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
     peak memory, the ``spiking`` ones only, or ``none``."""
     dense = [Case("dense", r) for r in ("bp", "dbp", "np", "inp", "anp", "danp")]
     dense += [Case("dense", r, 4) for r in ("np", "inp", "anp", "danp")]
+    T, (T_mid, T_long) = setup.time_steps, setup.long_time_steps
     spiking = [Case("spiking", r) for r in ("dbp", "danp")]
+    spiking += [Case("spiking", r, time_steps=T_mid) for r in ("dbp", "danp")]
     conv = [Case("conv", r) for r in ("bp", "dbp", "anp", "danp")]
     cases = dense + spiking + conv
-    precision = difference_dtype("auto", torch.float32, device)
-    log(f"device {device}, torch threads {torch.get_num_threads()}, difference products in "
+    longest = [Case("spiking", r, time_steps=T_long) for r in ("dbp", "danp")]  # memory only
+    precision = difference_dtype(setup.precision, torch.float32, device)
+    host = machine(device)
+    log(f"device {device} ({host['cpu']}; SIMD: {' '.join(host['simd']) or 'none listed'}), "
+        f"torch threads {torch.get_num_threads()}, difference products in "
         f"{str(precision).removeprefix('torch.')} (fast bfloat16: {fast_bfloat16(device)})")
     gflops = throughput(device)
-    log("matrix products: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gflops.items()))
+    log("matrix products: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gflops.items())
+        + f" (bfloat16 {gflops['bfloat16'] / gflops['float32']:.2f}x float32)")
     steps = {case.name: build(case, setup, device) for case in cases}
     for case in cases:
         case.flops = count_flops(steps[case.name])
     time_interleaved(cases, steps, rounds, device)
-    for case in cases:
+    events = event_speed(device, rounds, setup.event_size)
+    for case in cases + longest:
         if memory == "all" or (memory == "spiking" and case.network == "spiking"):
             case.peak_mib = peak_memory(case, setup, device)
-    by = {case.name: case for case in cases}
+    by = {case.name: case for case in cases + longest}
 
     def ratio(a: str, b: str, what: str = "seconds") -> float | None:
         top, bottom = getattr(by[a], what), getattr(by[b], what)
@@ -230,8 +260,11 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
     table = []
     for case in cases:
         base = {"dense": "dense:bp:K1", "spiking": "spiking:dbp:K1", "conv": "conv:bp:K1"}
+        if case.time_steps:
+            base["spiking"] = f"spiking:dbp:K1:T{case.time_steps}"
         table.append({
             "network": case.network, "rule": case.rule, "K": case.samples,
+            "T": case.time_steps or (T if case.network == "spiking" else 1),
             "seconds": round(case.seconds, 5),
             "over_bp": rounded(ratio(case.name, base[case.network])),
             "gflop": round(case.flops / 1e9, 3),
@@ -247,6 +280,19 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
         "spiking_memory_over_bptt": rounded(ratio("spiking:danp:K1", "spiking:dbp:K1",
                                                   "peak_mib")),
         "conv_danp_over_dbp": rounded(ratio("conv:danp:K1", "conv:dbp:K1")),
+        "spiking_time_over_bptt_t100": rounded(ratio(f"spiking:danp:K1:T{T_mid}",
+                                                     f"spiking:dbp:K1:T{T_mid}")),
+        "spiking_memory_growth": rounded(ratio(f"spiking:danp:K1:T{T_long}",
+                                               "spiking:danp:K1", "peak_mib")),
+        "bptt_memory_growth": rounded(ratio(f"spiking:dbp:K1:T{T_long}", "spiking:dbp:K1",
+                                            "peak_mib")),
+        "spiking_peak_mib": {f"{c.rule}:T{c.time_steps or T}": rounded(c.peak_mib)
+                             for c in spiking + longest},
+        "event_speedup": events["float64"]["speedup"],
+        "event_speedup_float32": events["float32"]["speedup"],
+        "event_bit_identical": events["float64"]["bit_identical"],
+        "events": events,
+        "machine": host,
         "precision": str(precision).removeprefix("torch."),
         "throughput_gflops": {k: round(v, 1) for k, v in gflops.items()},
         "device": str(device),
@@ -255,11 +301,12 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
         "setup": asdict(setup),
         "table": table,
     }
-    log(f"{'network':<8} {'rule':<5} {'K':>2} {'s/step':>9} {'x BP':>6} {'GFLOP':>8} "
+    log(f"{'network':<8} {'rule':<5} {'K':>2} {'T':>4} {'s/step':>9} {'x BP':>6} {'GFLOP':>8} "
         f"{'of fp32 peak':>12} {'peak MiB':>9}")
     for row in table:
         mib = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
-        log(f"{row['network']:<8} {row['rule']:<5} {row['K']:>2} {row['seconds']:>9.4f} "
+        log(f"{row['network']:<8} {row['rule']:<5} {row['K']:>2} {row['T']:>4} "
+            f"{row['seconds']:>9.4f} "
             f"{row['over_bp']:>6.2f} {row['gflop']:>8.2f} "
             f"{row['fraction_of_fp32_throughput']:>12.2f} {mib:>9}")
     spiking_memory = summary["spiking_memory_over_bptt"]
@@ -268,7 +315,66 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
         f"{summary['spiking_time_over_bptt']:.2f}"
         + ("" if spiking_memory is None else f" memory {spiking_memory:.2f}")
         + f", conv DANP/DBP {summary['conv_danp_over_dbp']:.2f}")
+    log(f"spiking DANP/BPTT time at T = {T_mid}: {summary['spiking_time_over_bptt_t100']:.2f}")
+    if summary["spiking_memory_growth"] is not None:
+        peaks = ", ".join(f"{k} {v:.0f}" for k, v in summary["spiking_peak_mib"].items())
+        log(f"peak MiB {peaks}; growth T = {T} -> {T_long}: DANP "
+            f"{summary['spiking_memory_growth']:.2f}x, BPTT {summary['bptt_memory_growth']:.2f}x")
+    for name, e in events.items():
+        log(f"event-driven difference product, {e['changed'] * 100:g} % changed, {name}: "
+            f"{e['speedup']:.1f}x faster than dense ({e['event_s'] * 1e3:.2f} against "
+            f"{e['dense_s'] * 1e3:.2f} ms), bit-identical (exact sums): {e['bit_identical']}, "
+            f"largest difference (any weights) {e['max_abs_diff']:.1e}")
     return summary
+
+
+SIMD = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+        "amx_tile", "amx_bf16", "neon", "asimd", "sve")
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """The CPU's model and the SIMD features the matrix products may use; the GPU's name."""
+    out: dict[str, Any] = {"cpu": cpu_model(), "simd": [f for f in SIMD if f in cpu_flags()]}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def event_speed(device: torch.device, rounds: int, n: int = 1000,
+                changed: float = 0.01) -> dict[str, dict[str, Any]]:
+    """The difference product of an ``n x n`` dense layer whose
+    input difference ``dh`` (batch 1000) is nonzero (+-1, as for Heaviside units) in a
+    ``changed`` share of its entries: the dense ``dh W^T`` against ``Layer.event_product``,
+    interleaved, medians of ``rounds``; per dtype the speed-up, whether the two are equal to
+    the bit where the sums are exact (weights on a 2^-10 grid) and their largest difference
+    with He-normal weights."""
+    g = torch.Generator().manual_seed(0)
+    dh = (torch.rand(1000, n, generator=g) < changed).double()
+    dh[:, ::2] *= -1
+    out = {}
+    for dtype in (torch.float64, torch.float32):
+        layer = Layer(nn.Linear(n, n), [], [], nn.Identity(), Gaussian(0.0)).to(device, dtype)
+        W = (torch.randn(n, n, generator=g, dtype=torch.float64) * (2 / n) ** 0.5)
+        x, W = dh.to(device, dtype), W.to(device, dtype)
+        grid = torch.round(W * 1024) / 1024
+        identical = torch.equal(layer.event_product(x, grid), F.linear(x, grid))
+        layer.end()
+        diff = float((layer.event_product(x, W) - F.linear(x, W)).abs().max())
+        times: dict[str, list[float]] = {"dense": [], "event": []}
+        for r in range(rounds + 1):
+            for name in times:
+                layer.end()  # the transpose is made once per forward: count it
+                start = time.perf_counter()
+                layer.event_product(x, W) if name == "event" else F.linear(x, W)
+                sync(device)
+                if r:
+                    times[name].append(time.perf_counter() - start)
+        dense, event = statistics.median(times["dense"]), statistics.median(times["event"])
+        out[str(dtype).removeprefix("torch.")] = {
+            "changed": changed, "dense_s": dense, "event_s": event,
+            "speedup": round(dense / event, 2), "bit_identical": identical,
+            "max_abs_diff": diff}
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -280,5 +386,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="small networks and few rounds: checks that the benchmark runs")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="number format of the difference products (auto)")
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object on the last line of stdout")

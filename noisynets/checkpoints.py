@@ -1,10 +1,16 @@
 """The files that let a run be used and continued: the saved model and the checkpoint.
 
-* ``model.pt`` -- the trained network: ``{"format", "version", "config", "network", "model"}``
-  where ``network`` is ``Network.state_dict()`` (the model's parameters and every layer's
-  decorrelator ``R``) and ``model`` the model's own ``state_dict()`` (for a wrapped model: what
-  ``model.load_state_dict`` takes). Plain tensors and numbers only, so
-  ``torch.load(path, weights_only=True)`` reads it.
+* ``model.pt`` -- the trained network: ``{"format", "version", "config", "network", "model",
+  "inputs"}`` where ``model`` is the plain trained model, every ``R`` folded into its weights
+  (``noisynets.export_model(network).state_dict()``: what a fresh instance of the user's own
+  class takes with ``load_state_dict``, no noisynets needed), ``network`` the wrapper's whole
+  state for resuming (``Network.state_dict()``: the unfolded weights and every layer's
+  decorrelator ``R``), and ``inputs`` what inference needs instead of the training data
+  (``noisynets.inference.input_spec``); since version 3 also ``noisynets_version`` and the
+  run's identity ``run``. Version 1 files (before version 2, ``model`` was the *unfolded*
+  ``state_dict``, and there was no ``inputs``) still load through ``network``, and version 2
+  files (no identity) load as they are.
+  Plain tensors and numbers only, so ``torch.load(path, weights_only=True)`` reads it.
 * ``checkpoint.pt`` -- everything a run needs to continue exactly where it stopped: the model,
   the optimizer, every noise source's generator and state, the data order's generator, torch's
   global random state, the measurements so far and how far the trace file had got.
@@ -56,7 +62,11 @@ from noisynets.training import EpochStats
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT_VERSION = 2  # 2: noisynets_version and the run's identity ("run"); 1 is still read
+# of checkpoint.pt: 2 adds noisynets_version and the run's identity ("run"); 1 is still read
+FORMAT_VERSION = 2
+# of model.pt: 2 adds the folded ``model`` and ``inputs``, 3 noisynets_version and the run's
+# identity ("run"); 1 and 2 are still read
+MODEL_VERSION = 3
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -88,7 +98,10 @@ def load(path: str | Path, kind: str) -> dict[str, Any]:
                          f"({type(e).__name__}): replace it or start the run again") from None
     if not isinstance(data, dict) or data.get("format") != f"noisynets-{kind}":
         raise ValueError(f"{str(path)!r} is not a noisynets {kind} file")
-    check_schema(data, CHECKPOINT_SCHEMA if kind == "checkpoint" else MODEL_SCHEMA, path)
+    if kind == "checkpoint":
+        check_schema(data, CHECKPOINT_SCHEMA, path, FORMAT_VERSION)
+    else:
+        check_schema(data, MODEL_SCHEMA, path, MODEL_VERSION)
     return data
 
 
@@ -113,8 +126,9 @@ def _stats(value: Any) -> bool:
     required = {f.name for f in dataclasses.fields(EpochStats)
                 if f.default is dataclasses.MISSING}
     return isinstance(value, dict) and required <= set(value) <= names and all(
-        v is None or _number(v) or (isinstance(v, list) and all(_number(x) for x in v))
-        for v in value.values())
+        v is None or _number(v) or (isinstance(v, bool) and k == "stopped")
+        or (isinstance(v, list) and all(x is None or _number(x) for x in v))
+        for k, v in value.items())
 
 
 def _random(value: Any) -> bool:
@@ -134,22 +148,33 @@ def _run(value: Any) -> bool:
 # key -> (what it must be, the test, the first format version that has it). One line per key:
 # a new key of model.pt or checkpoint.pt is one more line here.
 Schema = dict[str, tuple[str, Callable[[Any], bool], int]]
-_COMMON: Schema = {
-    "format": ("text", lambda v: isinstance(v, str), 1),
-    "version": (f"an integer from 1 to {FORMAT_VERSION}",
-                lambda v: _integer(v) and 1 <= v <= FORMAT_VERSION, 1),
-    "noisynets_version": ("text", lambda v: isinstance(v, str), 2),
-    "config": ("a table of settings", lambda v: isinstance(v, dict)
-               and all(isinstance(k, str) for k in v), 1),
-    "run": ("the run's identity (identity.json)", lambda v: v == {} or _run(v), 2),
-    "network": ("a state dict of tensors", _tensors, 1),
-}
+
+
+def _common(newest: int, identity_since: int) -> Schema:
+    """The keys both files have; ``newest``: the file's format version, ``identity_since``:
+    the version that brought noisynets_version and the run's identity."""
+    return {
+        "format": ("text", lambda v: isinstance(v, str), 1),
+        "version": (f"an integer from 1 to {newest}",
+                    lambda v: _integer(v) and 1 <= v <= newest, 1),
+        "noisynets_version": ("text", lambda v: isinstance(v, str), identity_since),
+        "config": ("a table of settings", lambda v: isinstance(v, dict)
+                   and all(isinstance(k, str) for k in v), 1),
+        "run": ("the run's identity (identity.json)", lambda v: v == {} or _run(v),
+                identity_since),
+        "network": ("a state dict of tensors", _tensors, 1),
+    }
+
+
 MODEL_SCHEMA: Schema = {
-    **_COMMON,
-    "model": ("a state dict of tensors", _tensors, 1),
+    **_common(MODEL_VERSION, 3),
+    "model": ("a state dict of tensors", _tensors, 1),  # 2: folded (1: the unfolded one)
+    "inputs": ("what inference needs (a table, or None)",
+               lambda v: v is None or (isinstance(v, dict)
+                                       and all(isinstance(k, str) for k in v)), 2),
 }
 CHECKPOINT_SCHEMA: Schema = {
-    **_COMMON,
+    **_common(FORMAT_VERSION, 2),
     "epoch": ("an integer >= 0", _integer, 1),
     "step": ("an integer >= 0", _integer, 1),
     "seconds": ("a finite number", _number, 1),
@@ -167,19 +192,26 @@ CHECKPOINT_SCHEMA: Schema = {
 }
 
 
-def check_schema(data: dict[str, Any], schema: Schema, path: str | Path) -> None:
+def identity_version(kind: str) -> int:
+    """The first format version of a ``kind`` file ("model", "checkpoint") with an identity."""
+    return 3 if kind == "model" else 2
+
+
+def check_schema(data: dict[str, Any], schema: Schema, path: str | Path,
+                 newest: int = FORMAT_VERSION) -> None:
     """Every key ``schema`` names for the file's format version is there and is what it
-    must be; a file of a newer format says so ("written by noisynets X, this is Y")."""
+    must be; a file of a format newer than ``newest`` (the newest this noisynets writes)
+    says so ("written by noisynets X, this is Y")."""
     import noisynets
 
     version = data.get("version")
-    if _integer(version) and version > FORMAT_VERSION or "version" not in data:
+    if _integer(version) and version > newest or "version" not in data:
         by = data.get("noisynets_version", "a newer version")
         raise ValueError(f"{str(path)!r} was written by noisynets {by} (format {version!r}), "
                          f"this is noisynets {noisynets.__version__} (format "
-                         f"{FORMAT_VERSION}): upgrade noisynets to read it")
+                         f"{newest}): upgrade noisynets to read it")
     for key, (what, test, since) in schema.items():
-        if since > (version if _integer(version) else FORMAT_VERSION):
+        if since > (version if _integer(version) else newest):
             continue
         if key not in data:
             raise ValueError(f"{str(path)!r} is damaged: it has no {key!r} ({what}); "
@@ -301,7 +333,8 @@ def check_identity(data: dict[str, Any], folder: str | Path, path: str | Path) -
     """The file ``path`` (read as ``data``) belongs to the run in ``folder``: its recorded
     identity is the folder's, and its settings are the ones that identity was made of."""
     identity = read_identity(folder)
-    if identity is None or data["version"] < 2:
+    kind = "model" if data.get("format") == "noisynets-model" else "checkpoint"
+    if identity is None or data["version"] < identity_version(kind):
         return  # a run of an older noisynets: nothing to compare
     if {k: data["run"].get(k) for k in RUN_KEYS} != identity:
         raise ValueError(f"{str(path)!r} belongs to another run (its identity "
@@ -343,14 +376,17 @@ def consent_to_model(recorded: str, digest: str | None, given: str | None,
 
 
 def model_state(network: Network, config: dict[str, Any],
+                inputs: dict[str, Any] | None = None,
                 run: dict[str, str] | None = None) -> dict[str, Any]:
-    """What ``model.pt`` holds (``MODEL_SCHEMA``); ``run``: the run's identity."""
+    """What ``model.pt`` holds (``MODEL_SCHEMA``, module doc); ``inputs``: what inference
+    needs (``noisynets.inference.input_spec``), ``run``: the run's identity."""
     import noisynets
 
     return {
-        "format": "noisynets-model", "version": FORMAT_VERSION,
+        "format": "noisynets-model", "version": MODEL_VERSION,
         "noisynets_version": noisynets.__version__, "config": config, "run": run or {},
-        "network": network.state_dict(), "model": network.model.state_dict(),
+        "network": network.state_dict(), "model": network.folded().state_dict(),
+        "inputs": inputs,
     }
 
 

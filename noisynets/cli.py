@@ -4,8 +4,12 @@
 * ``noisynets inspect FILE``: what a trace file holds, and its last metrics
   (``traces.TraceReader.describe``).
 * ``noisynets plot FILE [-o OUT.png]``: the figure of a trace file (``plots.trace_figure``).
-* ``noisynets export FILE --format {npz,csv} [-o OUT]``: the file's data for other tools
-  (``export.export_npz``, ``export.export_csv``; docs/traces.md describes both layouts).
+* ``noisynets export FILE --format {npz,csv,nwb} [-o OUT]``: the file's data for other tools
+  (``export.export_npz``, ``export.export_csv``, ``export_nwb.export_nwb``; docs/traces.md
+  describes the layouts); ``noisynets export RUN_DIR --format nir [-o OUT.nir]``: a trained
+  spiking network as a NIR graph (``export_nir.export_run``).
+* ``noisynets predict RUN_DIR --input FILE [-o OUT]``: a trained run's labels and scores (or
+  regression outputs) for the samples in a .npy, .npz or .csv file (``inference.predict``).
 * ``noisynets bench [--json]``: the step time, FLOPs and memory of every rule (``bench``).
 * ``noisynets sweep SWEEP.toml [--out DIR]``: every combination of a grid of settings, each an
   ordinary run, on a local or a running Dask cluster (``sweep``).
@@ -30,12 +34,12 @@ from pathlib import Path
 from typing import NoReturn
 
 from noisynets.bench import add_arguments as add_bench_arguments
-from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, TrainConfig, load_toml
+from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, SCHEDULES, TrainConfig, load_toml
 from noisynets.data import DATASETS, TEACHER_KEYS
 from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
-from noisynets.network import ENCODINGS
-from noisynets.noise import NOISES
+from noisynets.network import ENCODINGS, READOUTS
+from noisynets.noise import DEVICE_NOISES, NOISES
 from noisynets.precision import PRECISIONS
 from noisynets.rules import RULES
 from noisynets.units import UNITS
@@ -97,7 +101,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.toml",
                    help="read settings from a TOML file (keys: the long option names with "
                         "underscores); options given on the command line win")
-    p.add_argument("--algo", choices=RULES, help=f"learning rule (default {d.algo})")
+    p.add_argument("--algo", choices=RULES, type=str.lower,
+                   help=f"learning rule, any case (default {d.algo})")
     p.add_argument("--dataset", metavar="NAME",
                    help=f"data set: {', '.join(DATASETS)}; teacher:key=value,... sets the "
                         f"teacher-student task ({', '.join(TEACHER_KEYS)}) (default {d.dataset})")
@@ -118,12 +123,42 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of the batch used for the correlation estimate, in (0, 1]")
     p.add_argument("--noise", metavar="SPEC",
                    help="intrinsic node noise: NAME or NAME:key=value,... and sums joined by +; "
-                        f"names: {', '.join(NOISES)} (default gaussian)")
+                        f"names: {', '.join(NOISES + DEVICE_NOISES)} (mtj: a magnetic tunnel "
+                        "junction; replay:file=F.npy|F.h5: recorded noise; default gaussian)")
     p.add_argument("--noise-std", type=positive_float, help="noise scale s (default: preset)")
+    p.add_argument("--weight-noise", metavar="SPEC",
+                   help="noise in the weights, intrinsic: pcm or pcm:prog=1,read=1,drift=1,"
+                        "time=SECONDS,gmax=25,compensate=0 (IBM aihwkit's PCM model; none)")
+    p.add_argument("--adc", metavar="SPEC",
+                   help="read the observed activities through an ADC: BITS or bits=B,range=R "
+                        "(signed, full scale +-R, default 4; none)")
     p.add_argument("--noise-samples", type=positive_int, help="noisy passes K per step (1)")
     p.add_argument("--both-noisy", action="store_true", default=None,
                    help="the noise cannot be switched off: both passes are noisy (anp, danp)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="torch optimizer (adam)")
+    p.add_argument("--weight-decay", type=nonnegative_float, metavar="L",
+                   help="weight decay lambda (0): adam, sgd add lambda*w to the estimate; "
+                        "adamw decays the weights apart from it")
+    p.add_argument("--momentum", type=nonnegative_float, metavar="M",
+                   help="momentum of --optimizer sgd, in [0, 1) (0)")
+    p.add_argument("--lr-schedule", choices=SCHEDULES,
+                   help="learning rate by epoch (torch.optim.lr_scheduler): constant, cosine "
+                        "(to near 0 at the last epoch), step (times --lr-gamma every "
+                        "--lr-step epochs), exponential (times --lr-gamma every epoch) "
+                        "(constant)")
+    p.add_argument("--lr-step", type=positive_int, metavar="E",
+                   help="epochs between the step schedule's decays (a third of the epochs)")
+    p.add_argument("--lr-gamma", type=positive_float, metavar="G",
+                   help="the factor of the step (0.1) and exponential (0.9) schedules")
+    p.add_argument("--clip-grad", type=positive_float, metavar="MAX_NORM",
+                   help="scale the estimates down to this total norm before each update, as "
+                        "torch.nn.utils.clip_grad_norm_ (off)")
+    p.add_argument("--early-stopping", type=nonnegative_int, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a new lowest validation loss "
+                        "(needs --val-fraction; 0: off)")
+    p.add_argument("--probe-batches", type=positive_int, metavar="P",
+                   help="training batches the alignment and other diagnostics average over, "
+                        "with the alignment's spread over them (4)")
     p.add_argument("--loss", choices=tuple(LOSSES),
                    help="per-sample loss (ce; mse for the teacher's regression)")
     p.add_argument("--val-fraction", type=nonnegative_float, metavar="F",
@@ -136,6 +171,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit", choices=UNITS, help="hidden units (leaky_relu)")
     p.add_argument("--time-steps", type=positive_int, help="time steps T (lif: 10, else 1)")
     p.add_argument("--encoding", choices=ENCODINGS, help="input over time: current | poisson")
+    p.add_argument("--per-step-products", dest="per_step", action="store_true", default=None,
+                   help="perturbation rules take per-step products g_W = sum_t e_t xh_t^T "
+                        "(spiking layers, pooling before neurons at T > 1); the forward runs "
+                        "twice on the same noise (default: the paper's summed products)")
+    p.add_argument("--readout", choices=READOUTS,
+                   help="a model ending with a spiking neuron: its logits are the spike "
+                        "counts (spikes) or the peak membrane (membrane) (spikes)")
     p.add_argument("--beta", type=positive_float, help="LIF membrane decay (0.9)")
     p.add_argument("--threshold", type=positive_float, help="LIF threshold (1.0)")
     p.add_argument("--threshold-noise", type=nonnegative_float,
@@ -176,9 +218,22 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=None,
                    help="draw learning_curve.png and trace.png at the end (on; --no-figures "
                         "saves a second or two per run, e.g. in large sweeps)")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard event files to RUN_DIR/tensorboard (needs "
+                        "pip install 'noisynets[tensorboard]')")
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object on the last line of stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_consent_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--model and --trust-model of a command that loads a trained run's model.pt."""
+    parser.add_argument("--model", metavar="FILE.py:FUNCTION",
+                        help=prefix + "the model file of a run trained with --model, named "
+                             "again: it must be the file the run started with")
+    parser.add_argument("--trust-model", action="store_true",
+                        help=prefix + "import the model file the run folder names without "
+                             "naming it again (it runs that file's code)")
 
 
 def make_parser() -> Parser:
@@ -200,13 +255,34 @@ def make_parser() -> Parser:
     plot.add_argument("file", metavar="FILE", help=trace_file)
     plot.add_argument("-o", "--output", metavar="OUT.png",
                       help="the figure (default: FILE's name with .png, beside it)")
-    export = sub.add_parser("export", help="write a trace file's data as .npz or CSV files")
-    export.add_argument("file", metavar="FILE", help=trace_file)
+    export = sub.add_parser("export", help="write a trace file's data as .npz, CSV or NWB, "
+                                           "or a trained spiking run as a NIR graph")
+    export.add_argument("file", metavar="FILE", help=trace_file + "; for --format nir: a "
+                        "run folder (it holds model.pt)")
     export.add_argument("--format", required=True, choices=EXPORT_FORMATS,
-                        help="npz: one archive of every dataset; csv: a folder of CSV files")
+                        help="npz: one archive of every dataset; csv: a folder of CSV files; "
+                             "nwb: a Neurodata Without Borders file (spikes in its Units "
+                             "table; needs pip install 'noisynets[nwb]'); nir: the run's "
+                             "spiking network, decorrelation folded in (needs pip install "
+                             "'noisynets[nir]')")
     export.add_argument("-o", "--output", metavar="OUT",
-                        help="the .npz file or the CSV folder (default: beside FILE, "
-                             "FILE's name with .npz or _csv)")
+                        help="the .npz file, the CSV folder or the .nwb file (default: beside "
+                             "FILE, FILE's name with .npz, _csv or .nwb); the .nir file "
+                             "(default: RUN_DIR/model.nir)")
+    export.add_argument("--dt", type=positive_float, metavar="SECONDS",
+                        help="nwb: seconds per simulated time step, the file's clock (0.001)")
+    add_consent_arguments(export, "nir: ")
+    predict = sub.add_parser("predict", help="a trained run's labels and scores for a file "
+                                             "of inputs")
+    predict.add_argument("run", metavar="RUN_DIR", help="a run folder (it holds model.pt)")
+    predict.add_argument("--input", required=True, metavar="FILE",
+                         help="the samples: .npy, .npz (array x) or .csv (one flattened "
+                              "sample per row), raw as the data set's (the run's "
+                              "standardisation is applied)")
+    predict.add_argument("-o", "--output", metavar="OUT",
+                         help=".csv (label, score_0, ...) or .npz (labels, scores) (default: "
+                              "beside FILE, FILE's name with _predictions.csv)")
+    add_consent_arguments(predict)
     evaluate = sub.add_parser("evaluate", help="measure a run's saved model on test data")
     evaluate.add_argument("run", metavar="RUN_DIR", help="a run folder (it holds model.pt)")
     evaluate.add_argument("--dataset", metavar="NAME",
@@ -312,7 +388,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # --- inspect, plot, export -----------------------------------------------------------------
 
-EXPORT_FORMATS: tuple[str, ...] = ("npz", "csv")
+EXPORT_FORMATS: tuple[str, ...] = ("npz", "csv", "nwb", "nir")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -337,17 +413,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     from noisynets.export import export_csv, export_npz
     from noisynets.traces import TraceReader
 
+    if args.dt is not None and args.format != "nwb":
+        raise UsageError("--dt sets the clock of an NWB file: use it with --format nwb")
+    if args.format == "nir":
+        from noisynets.export_nir import export_run
+
+        if not Path(args.file).is_dir():
+            raise ValueError(f"--format nir exports a run: {args.file!r} is not a run folder")
+        out = Path(args.output) if args.output else Path(args.file) / "model.nir"
+        print(f"nir export written to "
+              f"{export_run(args.file, out, args.model, args.trust_model)}")
+        return 0
+    if args.model is not None or args.trust_model:
+        raise UsageError("--model and --trust-model go with --format nir (a run folder)")
     reader = TraceReader(args.file)
     if args.format == "npz":
         out = Path(args.output) if args.output else reader.path.with_suffix(".npz")
         check_output(out, reader.path)
         export_npz(reader, out)
+    elif args.format == "nwb":
+        from noisynets.export_nwb import DEFAULT_DT, export_nwb
+
+        out = Path(args.output) if args.output else reader.path.with_suffix(".nwb")
+        check_output(out, reader.path)
+        export_nwb(reader, out, DEFAULT_DT if args.dt is None else args.dt)
     else:  # export_csv creates the folder, or says why it cannot
         out = (Path(args.output) if args.output
                else reader.path.with_name(reader.path.stem + "_csv"))
         check_output(out, reader.path, folder=True)
         export_csv(reader, out)
     print(f"{args.format} export written to {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from noisynets.inference import predict
+
+    written = predict(args.run, args.input, args.output, args.model, args.trust_model)
+    print(f"predictions written to {written}")
     return 0
 
 
@@ -376,10 +479,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
     if args.quick:
         setup = Setup(hidden=[64, 64], batch_size=32, spiking_hidden=[32], time_steps=3,
-                      spiking_batch=16, conv_batch=8)
+                      long_time_steps=[6, 12], spiking_batch=16, conv_batch=8, event_size=200,
+                      precision=args.precision)
         rounds = 3
     else:
-        setup = Setup(hidden=list(args.hidden), batch_size=args.batch_size)
+        setup = Setup(hidden=list(args.hidden), batch_size=args.batch_size,
+                      precision=args.precision)
         rounds = args.steps
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     memory = "none" if args.no_memory else "spiking" if args.quick else "all"
@@ -415,7 +520,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
-            "plot": cmd_plot, "export": cmd_export, "bench": cmd_bench, "sweep": cmd_sweep}
+            "plot": cmd_plot, "export": cmd_export, "predict": cmd_predict, "bench": cmd_bench,
+            "sweep": cmd_sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -423,6 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from noisynets.run import DivergenceError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if hasattr(sys.stdout, "reconfigure"):  # redirected too: every line as it is printed
+        sys.stdout.reconfigure(line_buffering=True)
     parser = make_parser()
     if not argv:  # no command: say what there is, start nothing
         parser.print_help()

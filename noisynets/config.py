@@ -16,16 +16,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from noisynets.analog import make_adc, make_weight_noise
 from noisynets.data import DATASETS, teacher_options
 from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
-from noisynets.network import ENCODINGS
+from noisynets.network import ENCODINGS, READOUTS
 from noisynets.noise import make_noise
 from noisynets.precision import PRECISIONS
 from noisynets.rules import RULES
 from noisynets.units import UNITS
 
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
+# Learning-rate schedules (torch.optim.lr_scheduler, stepped once per epoch; run.make_scheduler).
+SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step", "exponential")
+# TOML keys and option names users write for a field of another name.
+ALIASES: dict[str, str] = {
+    "learning_rate": "lr", "num_epochs": "epochs", "n_epochs": "epochs", "batch": "batch_size",
+    "algorithm": "algo", "rule": "algo", "optim": "optimizer", "scheduler": "lr_schedule",
+    "lr_scheduler": "lr_schedule", "patience": "early_stopping", "max_grad_norm": "clip_grad",
+    "grad_clip": "clip_grad", "hidden_sizes": "hidden", "sigma": "noise_std",
+}
 LARGEST = 10**9  # the largest count any setting takes (sizes, epochs, steps, samples)
 MAX_PARAMETERS = 2 * 10**9  # the largest dense network a run builds
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -37,7 +47,7 @@ class TrainConfig:
 
     algo: str = "danp"
     dataset: str = "digits"
-    arch: str = "mlp"
+    arch: str | None = None  # mlp (the default) or conv; None with a model file
     model: str | None = None
     hidden: list[int] | None = None
     epochs: int | None = None
@@ -49,14 +59,26 @@ class TrainConfig:
     noise_std: float | None = None
     noise_samples: int = 1
     both_noisy: bool = False
+    weight_noise: str | None = None
+    adc: str | None = None
     optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd only
+    lr_schedule: str = "constant"
+    lr_step: int | None = None  # step: epochs between decays (preset: a third of the epochs)
+    lr_gamma: float | None = None  # step, exponential: the factor (preset: 0.1, 0.9)
+    clip_grad: float | None = None  # the largest norm of all estimates together
+    early_stopping: int = 0  # patience in epochs on the validation loss (0: off)
+    probe_batches: int = 4  # training batches the diagnostics average over
     loss: str | None = None
-    unit: str = "leaky_relu"
+    unit: str | None = None  # leaky_relu (the default), ...; None with a model file
     time_steps: int | None = None
     encoding: str = "current"
     beta: float = 0.9
     threshold: float = 1.0
     threshold_noise: float = 0.0
+    per_step: bool = False
+    readout: str = "spikes"
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -73,6 +95,7 @@ class TrainConfig:
     trace_units: int = 256
     spike_events: bool = False
     figures: bool = True
+    tensorboard: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,6 +158,11 @@ UNIT_PRESETS: dict[str, dict[str, Any]] = {
     "stochastic_binary": dict(hidden=[300, 300]),
     "lif": dict(hidden=[1000], time_steps=10, noise_std=0.2),
 }
+# What a model file (--model) that holds a spiking neuron (an snntorch neuron) gets: the
+# spiking unit's time steps and noise.
+SPIKING_MODEL_PRESET: dict[str, Any] = dict(time_steps=10, noise_std=0.2)
+# The defaults ``arch`` and ``unit`` had before a model file left them unset (older records).
+BUILT_IN_DEFAULTS: dict[str, str] = dict(arch="mlp", unit="leaky_relu")
 
 
 MAX_CONFIG_BYTES = 1_000_000
@@ -170,8 +198,9 @@ def check_keys(keys: Any, where: str) -> None:
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     for key in keys:
         if key not in names:
-            close = difflib.get_close_matches(str(key).replace("-", "_"), names, n=1,
-                                              cutoff=0.5)
+            plain = str(key).replace("-", "_").lower()
+            close = [ALIASES[plain]] if plain in ALIASES else difflib.get_close_matches(
+                plain, names, n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ValueError(f"{where}: unknown key {key!r}{hint}; the keys are the long "
                              "options of noisynets train with underscores")
@@ -198,6 +227,8 @@ def dataset_name(dataset: str) -> str:
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """A copy of ``config`` with the presets filled in, validated."""
+    if isinstance(config.algo, str):
+        config = dataclasses.replace(config, algo=config.algo.strip().lower())
     _choice("algo", config.algo, RULES)
     name = dataset_name(config.dataset)
     _choice("dataset", name, DATASETS)
@@ -205,12 +236,27 @@ def resolve(config: TrainConfig) -> TrainConfig:
         teacher_options(config.dataset)  # raises on a bad spec
     elif config.dataset != name:
         raise ValueError(f"dataset {config.dataset!r}: only teacher takes key=value options")
-    _choice("arch", config.arch, ARCHS)
+    if config.model is not None:  # the model file defines the network: no arch, no unit
+        for key, default in BUILT_IN_DEFAULTS.items():
+            if getattr(config, key) not in (None, default):
+                raise ValueError(f"{key} {getattr(config, key)!r} chooses a built-in network, "
+                                 f"but the model file {config.model!r} defines the network: "
+                                 f"leave out --{key}")
+        config = dataclasses.replace(config, arch=None, unit=None)
+    else:
+        config = dataclasses.replace(config, arch=config.arch or BUILT_IN_DEFAULTS["arch"],
+                                     unit=config.unit or BUILT_IN_DEFAULTS["unit"])
+        _choice("arch", config.arch, ARCHS)
+        _choice("unit", config.unit, UNITS)
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     if config.loss is not None:
         _choice("loss", config.loss, LOSSES)
-    _choice("unit", config.unit, UNITS)
     _choice("encoding", config.encoding, ENCODINGS)
+    if config.encoding == "sequence":
+        raise ValueError("encoding 'sequence' takes inputs with a time axis (batch, T, ...), "
+                         "which no data set here has: use current or poisson, or "
+                         "noisynets.wrap(model, encoding='sequence') on your own sequences")
+    _choice("readout", config.readout, READOUTS)
     _choice("device", config.device, DEVICES)
     _choice("precision", config.precision, PRECISIONS)
     if config.model is not None and not isinstance(config.model, str):
@@ -219,7 +265,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if conv and name == "teacher":
         raise ValueError("the teacher data set is vectors, not images: use --arch mlp")
     preset = dict(PRESETS[name])
-    preset.update(UNIT_PRESETS.get(config.unit, {}))
+    if config.model is None:
+        preset.update(UNIT_PRESETS.get(config.unit, {}))
+    elif (config.time_steps is None or config.noise_std is None) and model_spikes(config.model):
+        preset.update(SPIKING_MODEL_PRESET)
     if conv:
         preset.update(CONV_PRESETS[name])
     if conv or config.model is not None:
@@ -231,6 +280,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     else:
         preset["lr"] = RULE_LR[name][config.algo]
     preset.setdefault("time_steps", 1)
+    preset["lr_gamma"] = {"step": 0.1, "exponential": 0.9}.get(config.lr_schedule, 1.0)
     filled = {
         name: preset[name] if getattr(config, name) is None else getattr(config, name)
         for name in preset
@@ -261,9 +311,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
         _positive_float(name, getattr(c, name))
     _nonnegative_float("decor_lr", c.decor_lr)
     _nonnegative_float("threshold_noise", c.threshold_noise)
-    if c.threshold_noise > 0 and c.unit != "lif":
+    if c.threshold_noise > 0 and c.model is None and c.unit != "lif":
         raise ValueError(f"threshold_noise {c.threshold_noise:g} needs --unit lif")
-    for name in ("both_noisy", "standardize", "spike_events", "figures"):
+    for name in ("both_noisy", "per_step", "standardize", "spike_events", "figures",
+                 "tensorboard"):
         if not isinstance(getattr(c, name), bool):
             raise ValueError(f"{name} {getattr(c, name)!r} must be true or false")
     for name in ("out", "data_root", "model"):
@@ -278,6 +329,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if not isinstance(c.noise, str):
         raise ValueError(f"noise {c.noise!r} must be a noise spec such as 'gaussian'")
     make_noise(c.noise, c.noise_std)  # raises on a bad spec
+    make_weight_noise(c.weight_noise)
+    make_adc(c.adc)
     _nonnegative_float("val_fraction", c.val_fraction)
     if c.val_fraction >= 1:
         raise ValueError(f"val_fraction {c.val_fraction:g} must be in [0, 1): the share of the "
@@ -287,12 +340,56 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"decor_fraction {c.decor_fraction} must be in (0, 1]")
     if c.beta > 1:
         raise ValueError(f"beta {c.beta} must be in (0, 1]")
+    check_optimisation(c)
     if c.threads is not None:
         _positive_int("threads", c.threads)
     _integer("seed", c.seed, 0)
     if c.model is not None:
         c.model = absolute_model(c.model)
     return c
+
+
+def model_spikes(spec: str) -> bool:
+    """Whether the model that ``spec`` (``FILE.py:FUNCTION``) builds holds a spiking neuron;
+    ``False`` where the file cannot build a model: building the run then says why, in one line
+    (``models.load_model``), when the run starts (a sweep's other runs go on)."""
+    import torch
+
+    from noisynets.folding import spiking
+    from noisynets.models import load_model
+
+    with torch.random.fork_rng(devices=[]):  # a model's initialisation draws from torch's
+        try:
+            return spiking(load_model(spec))
+        except ValueError:
+            return False
+
+
+def check_optimisation(c: TrainConfig) -> None:
+    """The optimiser's settings: weight decay, momentum (sgd only), the schedule and its
+    step and factor, gradient clipping, early stopping (it needs a validation split)."""
+    _choice("lr_schedule", c.lr_schedule, SCHEDULES)
+    _nonnegative_float("weight_decay", c.weight_decay)
+    _nonnegative_float("momentum", c.momentum)
+    if c.momentum >= 1:
+        raise ValueError(f"momentum {c.momentum:g} must be in [0, 1)")
+    if c.momentum > 0 and c.optimizer != "sgd":
+        raise ValueError(f"momentum {c.momentum:g} is for --optimizer sgd (adam and adamw have "
+                         "their own betas): leave out --momentum or use --optimizer sgd")
+    if c.lr_step is None:
+        c.lr_step = max(1, c.epochs // 3)
+    _positive_int("lr_step", c.lr_step)
+    _positive_float("lr_gamma", c.lr_gamma)
+    if c.lr_gamma > 1:
+        raise ValueError(f"lr_gamma {c.lr_gamma:g} must be in (0, 1]: the factor the learning "
+                         "rate is multiplied by")
+    if c.clip_grad is not None:
+        _positive_float("clip_grad", c.clip_grad)
+    _integer("early_stopping", c.early_stopping, 0)
+    if c.early_stopping and c.val_fraction <= 0:
+        raise ValueError(f"early_stopping {c.early_stopping} watches the validation loss: hold "
+                         "out a validation split with --val-fraction, e.g. 0.1")
+    _positive_int("probe_batches", c.probe_batches)
 
 
 def absolute_model(spec: str) -> str:
@@ -306,7 +403,10 @@ def absolute_model(spec: str) -> str:
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+        close = difflib.get_close_matches(str(value).lower().replace("_", "-"), choices, n=1,
+                                          cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"unknown {name} {value!r}{hint}: choose one of {', '.join(choices)}")
 
 
 def _integer(name: str, value: Any, low: int) -> None:

@@ -29,7 +29,7 @@ Every problem (unknown name, missing files, truncated or corrupt files) raises `
 ``ValueError`` whose message is one line saying what is wrong, where, and how to fix it.
 
 Images are returned flattened, as float32 tensors of shape ``(n, features)`` with values in
-[0, 1]; labels are int64 tensors of shape ``(n,)``. ``Dataset.input_shape`` is the shape a
+[0, 1]; labels are int64 tensors of shape ``(n,)``. ``DataSplits.input_shape`` is the shape a
 model receives one sample in: ``(C, H, W)`` for images, ``(features,)`` for vectors.
 """
 
@@ -51,7 +51,20 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "search_paths"]
+__all__ = ["DATASETS", "DataError", "DataSplits", "load_dataset", "search_paths"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Dataset``, the old name of ``DataSplits``: deprecated (it is not a
+    ``torch.utils.data.Dataset``)."""
+    if name == "Dataset":
+        import warnings
+
+        warnings.warn("noisynets.data.Dataset is now noisynets.data.DataSplits (it is not a "
+                      "torch.utils.data.Dataset); the old name goes in a later version",
+                      DeprecationWarning, stacklevel=2)
+        return DataSplits
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "teacher")
 
@@ -106,10 +119,11 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
-class Dataset:
-    """A loaded data set: flattened float32 inputs and int64 labels (classification) or
-    float32 targets of shape (n, outputs) (regression; ``num_classes`` is then the number of
-    outputs)."""
+class DataSplits:
+    """A loaded data set's splits (not a ``torch.utils.data.Dataset``: wrap a split in
+    ``torch.utils.data.TensorDataset`` for a ``DataLoader``): flattened float32 inputs and
+    int64 labels (classification) or float32 targets of shape (n, outputs) (regression;
+    ``num_classes`` is then the number of outputs)."""
 
     name: str
     train_x: torch.Tensor
@@ -140,7 +154,7 @@ class Dataset:
         shape = tuple(self.image_shape)
         return (1, *shape) if len(shape) == 2 else shape
 
-    def with_validation(self, fraction: float) -> Dataset:
+    def with_validation(self, fraction: float) -> DataSplits:
         """``ceil(fraction * n)`` training samples set aside as the validation split: the same
         ones for every run of this data set (a permutation from the fixed seed
         ``VALIDATION_SEED``), so that settings are chosen on them and the test split is
@@ -155,7 +169,7 @@ class Dataset:
         return replace(self, train_x=self.train_x[kept], train_y=self.train_y[kept],
                        val_x=self.train_x[held], val_y=self.train_y[held])
 
-    def standardized(self) -> Dataset:
+    def standardized(self) -> DataSplits:
         """The inputs shifted and scaled by the training set's mean and standard deviation
         (one number each, over every sample and feature)."""
         mean, std = self.train_x.mean(), self.train_x.std()
@@ -168,7 +182,7 @@ class Dataset:
 # public API
 
 
-def load_dataset(name: str, root: str | os.PathLike[str] | None = None) -> Dataset:
+def load_dataset(name: str, root: str | os.PathLike[str] | None = None) -> DataSplits:
     """Load data set ``name`` (one of ``DATASETS``); ``root`` is searched first (see module doc).
 
     ``digits`` is embedded in the package and ignores ``root``.
@@ -355,7 +369,7 @@ def _idx_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _load_idx_dataset(name: str, folder: Path) -> Dataset:
+def _load_idx_dataset(name: str, folder: Path) -> DataSplits:
     train_images, train_labels = _idx_split(folder, "train")
     test_images, test_labels = _idx_split(folder, "t10k")
     if train_images.shape[1:] != test_images.shape[1:]:
@@ -363,7 +377,7 @@ def _load_idx_dataset(name: str, folder: Path) -> Dataset:
             f"training images in {folder} are {train_images.shape[1:]} but test images are "
             f"{test_images.shape[1:]}; the files do not belong together: replace them"
         )
-    return Dataset(
+    return DataSplits(
         name=name,
         train_x=_to_features(train_images, 255),
         train_y=_to_labels(train_labels),
@@ -463,10 +477,10 @@ def _cifar_split(folder: Path, names: tuple[str, ...]) -> tuple[np.ndarray, np.n
     return images, labels
 
 
-def _load_cifar10(folder: Path) -> Dataset:
+def _load_cifar10(folder: Path) -> DataSplits:
     train_images, train_labels = _cifar_split(folder, CIFAR_TRAIN_BATCHES)
     test_images, test_labels = _cifar_split(folder, (CIFAR_TEST_BATCH,))
-    return Dataset(
+    return DataSplits(
         name="cifar10",
         train_x=_to_features(train_images, 255),
         train_y=_to_labels(train_labels),
@@ -483,7 +497,7 @@ def _load_cifar10(folder: Path) -> Dataset:
 # embedded digits
 
 
-def _load_digits() -> Dataset:
+def _load_digits() -> DataSplits:
     """The embedded 8x8 digits with the fixed split (test: i % 5 == 4); pixels / 16."""
     resource = resources.files(__package__ or "noisynets").joinpath(DIGITS_RESOURCE)
     where = f"the embedded file noisynets/{DIGITS_RESOURCE}"
@@ -500,7 +514,7 @@ def _load_digits() -> Dataset:
         raise DataError(f"{where} has pixel values outside 0..16; {fix}")
     _check_labels(where, labels)
     is_test = np.arange(len(table)) % DIGITS_TEST_EVERY == DIGITS_TEST_EVERY - 1
-    return Dataset(
+    return DataSplits(
         name="digits",
         train_x=_to_features(pixels[~is_test], 16),
         train_y=_to_labels(labels[~is_test]),
@@ -553,7 +567,7 @@ def teacher_student(
     train: int = 10000,
     test: int = 2000,
     seed: int = 0,
-) -> Dataset:
+) -> DataSplits:
     """A regression task set by a random teacher network (Werfel et al. 2005; Hiratani et al.
     2022)::
 
@@ -589,7 +603,7 @@ def teacher_student(
 
     train_x = torch.randn(train, inputs, generator=g)
     test_x = torch.randn(test, inputs, generator=g)
-    return Dataset(
+    return DataSplits(
         name="teacher", train_x=train_x, train_y=teach(train_x), test_x=test_x,
         test_y=teach(test_x), image_shape=(inputs,), num_classes=outputs,
         source=f"teacher-student, {'-'.join(map(str, sizes))}, label noise {label_noise:g}, "

@@ -5,7 +5,9 @@ activation, a discontinuous or stochastic unit, an snntorch neuron), with parame
 operations (flatten, pooling, dropout) in between: an ``nn.Sequential``, nested ones included.
 ``Network(sizes, unit=...)`` builds a fully connected one; ``Network(model)`` (or
 ``noisynets.wrap(model)``) takes the user's own. The last weight operation's output is the
-readout node: its activity, averaged over the T time steps, is the logits.
+readout node: its activity, averaged over the T time steps, is the logits -- or, when the
+model ends with a spiking neuron after it (a spiking readout), that neuron's spike counts or
+peak membrane (``readout``).
 
 One forward serves every network: a stateless unit is the ``T = 1`` case of the loop over time
 steps. For ``P`` passes of a batch of ``B`` samples the network stacks ``P`` copies of the batch
@@ -14,13 +16,15 @@ layer, which passes carry that layer's noise. Per time step ``t`` and layer ``l`
 
     h_{l,t}   = pre_l(x_{l-1,t})                      (x_{0,t}: the data, or its spikes)
     I_{l,t}   = mid_l(op_l(h_{l,t}; W_l R_l, b_l)) (+ eps_{l,t} in the layer's noisy passes)
-    x_{l,t}   = unit_l(I_{l,t})
+    x_{l,t}   = unit_l(I_{l,t})         (a recurrent neuron adds V_l x_{l,t-1} + c_l itself)
 
 and what a rule observes is summed over the ``T`` steps (docs/algorithms.md, "Time steps"):
 the activity ``a_l = sum_t I_{l,t}`` of every pass, the reference pass's input of every weight
 operation and each pass's loss on the logits ``a_L / T``. That is the ``Record``. It never holds
 the noise: the noise values leave a layer only through ``run_reading_noise``, the
-accessible-noise path that NP needs.
+accessible-noise path that NP needs. With ``per_step=True`` the rules take their products at
+every step instead (``step_gradients``: the forward replayed on the same noise, an ``on_step``
+hook adding each step's product).
 
 Example::
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,16 +51,17 @@ import torch
 from snntorch import spikegen
 from torch import Tensor, nn
 
+from noisynets.analog import ADC, PCMWeights, make_adc, make_weight_noise
 from noisynets.layers import WEIGHT_OPS, Layer
 from noisynets.losses import LOSSES
 from noisynets.models import he_normal, mlp
 from noisynets.noise import Gaussian, Logistic, NoiseSource, make_noise
 from noisynets.parallel import Shard, all_reduce_sum
 from noisynets.precision import PRECISIONS, difference_dtype
-from noisynets.units import ACTIVATIONS, LIF, StochasticBinary
+from noisynets.units import ACTIVATIONS, LIF, StochasticBinary, discontinuous
 from noisynets.validate import check_forward
 
-ENCODINGS: tuple[str, ...] = ("current", "poisson")
+ENCODINGS: tuple[str, ...] = ("current", "poisson", "sequence")
 
 # Parameter-free operations a network may hold between its weight operations and nodes.
 FREE_OPS: tuple[type[nn.Module], ...] = (
@@ -69,9 +75,13 @@ REFUSED: dict[tuple[type[nn.Module], ...], str] = {
         "it normalises with statistics of the batch, which mixes the stacked passes of a "
         "sample: remove it (or fold it into the weights of the layer before)"
     ),
-    (nn.RNNBase, nn.RNNCellBase, snn.RLeaky, snn.RSynaptic, snn.SLSTM, snn.SConv2dLSTM): (
+    (nn.RNNBase, nn.RNNCellBase): (
         "recurrent layers are not supported: node perturbation here needs a feed-forward "
         "network (spiking neurons with their own membrane state are fine)"
+    ),
+    (snn.SLSTM, snn.SConv2dLSTM): (
+        "spiking LSTMs are not supported: their gates are weight operations inside the "
+        "neuron; use snn.Leaky or snn.Synaptic after an nn.Linear/nn.Conv2d"
     ),
 }
 
@@ -103,7 +113,9 @@ class Passes:
 
 @dataclass
 class Record:
-    """What a system can report of one batched forward: no noise values.
+    """What a system can report of one batched forward: no noise values. It is the
+    observation every perturbation rule estimates from (``Rule.estimate``), also when a
+    system outside torch reports it (``noisynets.observer``).
 
     * ``inputs[l]``   -- (B, d_l): layer l's input in the reference pass (pass 0), summed over
       time steps, flattened: decorrelated (``xh = R x``) for a dense layer, the raw feature
@@ -112,7 +124,12 @@ class Record:
       flattened (a feature map's channels, rows and columns);
     * ``loss``        -- (P, B): the per-sample loss of every pass;
     * ``time_steps``  -- T;
-    * ``outputs`` and ``membrane`` -- per layer (T, P, B, n_l), only when asked for (traces).
+    * ``outputs`` and ``membrane`` -- per layer (T, P, B, n_l), only when asked for (traces);
+    * ``recurrent_inputs`` -- per layer (B, n_l), the reference pass's previous-step spikes
+      ``sum_t S_{l,t-1}`` that a recurrent neuron's (``RLeaky``, ``RSynaptic``) recurrent
+      weight acts on, summed over the steps; None for other layers;
+    * ``readout`` -- (P, B, C), a spiking readout's logits: its spike counts ``sum_t S_t``
+      (``readout="spikes"``) or its peak membrane ``max_t U_t`` (``"membrane"``); else None.
     """
 
     inputs: list[Tensor]
@@ -121,14 +138,33 @@ class Record:
     time_steps: int
     outputs: list[Tensor] | None = None
     membrane: list[Tensor | None] | None = None
+    readout: Tensor | None = None
+    recurrent_inputs: list[Tensor | None] | None = None
 
     @property
     def logits(self) -> Tensor:
-        """(P, B, C): the readout of every pass, the output layer's summed drive over T."""
+        """(P, B, C): the readout of every pass: the output layer's summed drive over T, or a
+        spiking readout's ``readout``."""
+        if self.readout is not None:
+            return self.readout
         return self.activity[-1] / self.time_steps
 
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+# ``scales(record, squares) -> [((lo, hi), c_l)]`` of a rule's per-step signal, per layer.
+StepScales = Callable[["Record", list[Tensor]], list[tuple[tuple[int, int], Tensor]]]
+# ``on_step(layer, t, xh_t, I_t, eps_t, s_t)`` after layer ``layer``'s nodes fired at step
+# ``t``: its reference input ``xh_t`` (B, ...), its input current ``I_t`` of every pass
+# (P B, ...), the noise ``eps_t`` of its noisy passes (None where it has none) and, for a
+# recurrent neuron, the reference pass's previous-step spikes ``s_t = S_{t-1}`` (else None).
+StepHook = Callable[[int, int, Tensor, Tensor, "Tensor | None", "Tensor | None"], None]
+READOUTS: tuple[str, ...] = ("spikes", "membrane")
+# Parameter-free operations that are linear: between a weight operation and its nodes the
+# product at the summed input equals the sum of the per-step products.
+LINEAR_FREE_OPS: tuple[type[nn.Module], ...] = (
+    nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+)
 
 
 class Network(nn.Module):
@@ -147,7 +183,9 @@ class Network(nn.Module):
             reference inputs form the correlation estimate.
         both_noisy: the noise cannot be switched off, so even the reference pass is noisy.
         time_steps: ``T``, the number of time steps (spiking units; 1 for stateless ones).
-        encoding: ``current`` (the data as a constant input each step) or ``poisson``.
+        encoding: ``current`` (the data as a constant input each step), ``poisson`` (its
+            Poisson spikes) or ``sequence`` (inputs of shape (B, T, ...): step t gets
+            ``x[:, t]``, a time-varying input).
         loss: ``ce``, ``mse`` or a callable ``loss(logits, target)`` returning one loss per
             sample.
         precision: the number format of the noisy passes' difference products
@@ -155,7 +193,18 @@ class Network(nn.Module):
             faster, else the network's own dtype).
         beta, threshold: the LIF neurons' membrane decay and threshold (built networks).
         threshold_noise: the std of Gaussian noise on the threshold of ``units.LIF`` nodes.
+        per_step: the perturbation rules take per-step products ``g_W = sum_t e_t xh_t^T``
+            instead of the paper's ``e (sum_t xh_t)^T`` with ``e`` from the summed activity
+            (docs/algorithms.md, "Per-step products"): the forward runs twice on the same
+            noise, memory flat in T.
+        readout: a spiking readout's logits (a model ending with a neuron after its last
+            weight operation): ``spikes`` (spike counts, the default) or ``membrane`` (the peak
+            membrane potential over the steps).
         seed: fixes the weights of a built network and every layer's noise stream.
+        weight_noise: noise in the weights (``noisynets.analog.PCMWeights`` or its spec, e.g.
+            ``"pcm:time=3600"``), intrinsic: no rule reads it.
+        adc: the ADC the recorded activities are read through (``noisynets.analog.ADC`` or a
+            spec, e.g. ``"bits=6,range=4"``): the rules see quantised values only.
 
     Nodes whose unit is ``StochasticBinary`` carry logistic noise of scale 1 (their units are
     Bernoulli(sigmoid(a)) in the noisy passes) instead of ``noise``.
@@ -178,7 +227,11 @@ class Network(nn.Module):
         beta: float = 0.9,
         threshold: float = 1.0,
         threshold_noise: float = 0.0,
+        per_step: bool = False,
+        readout: str = "spikes",
         seed: int = 0,
+        weight_noise: PCMWeights | str | None = None,
+        adc: ADC | str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(loss, str):
@@ -198,6 +251,8 @@ class Network(nn.Module):
             raise ValueError(f"decorrelation_fraction {decorrelation_fraction} must be in (0, 1]")
         if threshold_noise < 0:
             raise ValueError(f"threshold_noise {threshold_noise} must be >= 0")
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}: choose one of {', '.join(READOUTS)}")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}: choose one of "
                              f"{', '.join(PRECISIONS)}")
@@ -234,6 +289,8 @@ class Network(nn.Module):
             if layer.threshold_noise is not None:
                 layer.threshold_noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
             layers.append(layer)
+        for below, layer in zip(layers, layers[1:]):  # inputs that change in few entries
+            layer.event_driven = discontinuous(below.unit) and not layer.conv
         self.layers = nn.ModuleList(layers)
         self.unit = unit if self.sizes is not None else "custom"
         self.decorrelation_lr = float(decorrelation_lr)
@@ -242,7 +299,15 @@ class Network(nn.Module):
         self.time_steps = int(time_steps)
         self.encoding = encoding
         self.precision = precision
+        self.per_step = bool(per_step)
+        self.readout = readout
+        self.spiking_readout = self.layers[-1].spiking
         self.shard: Shard | None = None  # set by ``sharded``
+        self._told_fixed = False
+        self.weight_noise = make_weight_noise(weight_noise)
+        if self.weight_noise is not None:
+            self.weight_noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
+        self.adc = make_adc(adc)
 
     @property
     def num_layers(self) -> int:
@@ -296,11 +361,15 @@ class Network(nn.Module):
         noise_out: list[Tensor] | None = None,
         keep_states: bool = False,
         loss: bool = True,
+        on_step: StepHook | None = None,
     ) -> Record:
         last = self.layers[-1]
         check_forward(x, y, passes, self.num_layers, None if last.conv else last.out_features,
                       last.op.weight.device, self.loss_name if loss else "")
         B, P, T, L = x.shape[0], passes.count, self.time_steps, self.num_layers
+        if self.encoding == "sequence" and (x.dim() < 2 or x.shape[1] != T):
+            raise ValueError(f"encoding 'sequence' takes inputs (batch, T={T}, ...), one per time "
+                             f"step; got shape {tuple(x.shape)}")
         folded = self._folded_weights(B, P)
         changed = changed_passes(passes)
         low = difference_dtype(self.precision, x.dtype, x.device)
@@ -312,9 +381,14 @@ class Network(nn.Module):
         outputs: list[list[Tensor]] = [[] for _ in range(L)]
         membrane: list[list[Tensor]] = [[] for _ in range(L)]
         first: tuple[Tensor, Tensor] | None = None
+        readout: Tensor | None = None  # a spiking readout's spike count or peak membrane
+        recurrent_sum: list[Tensor | None] = [None] * L
         try:
             for t in range(T):
-                h = self._draw(spikegen.rate_conv, x) if self.encoding == "poisson" else x
+                if self.encoding == "sequence":
+                    h = x[:, t]  # a time-varying input: step t of each sample's sequence
+                else:
+                    h = self._draw(spikegen.rate_conv, x) if self.encoding == "poisson" else x
                 for k, layer in enumerate(self.layers):
                     if k == 0 and first is not None:
                         seen, current = first  # the same input at every step
@@ -328,6 +402,7 @@ class Network(nn.Module):
                             first = (seen, current)
                     start, stop = passes.noisy[k]
                     shift = None
+                    eps = None
                     if stop > start:
                         if k == 0 and first is not None:
                             current = current.clone()  # the cached drive stays noise-free
@@ -339,7 +414,18 @@ class Network(nn.Module):
                         if layer.threshold_noise is not None:
                             shift = torch.zeros_like(current)
                             shift[noisy] = self._draw(layer.threshold_noise, current[noisy])
+                    previous = None
+                    if layer.recurrent is not None:
+                        previous = layer.recurrent_input(current, B)
+                        recurrent_sum[k] = (previous if recurrent_sum[k] is None
+                                            else recurrent_sum[k] + previous)
                     h = layer.fire(current, shift)
+                    if on_step is not None:
+                        step_input = (layer.decorrelator(seen[:B]) if folded[k] is not None
+                                      and not layer.conv else seen[:B])
+                        on_step(k, t, step_input, current, eps, previous)
+                    if k == L - 1 and self.spiking_readout:
+                        readout = self._read_out(readout, h, layer, t)
                     flat = current.reshape(P * B, -1)
                     reference = seen[:B].reshape(B, -1)
                     seen_sum[k] = reference if t == 0 else seen_sum[k] + reference
@@ -353,12 +439,14 @@ class Network(nn.Module):
                         outputs[k].append(h.detach().reshape(P * B, -1))
                         mem = layer.membrane()
                         if mem is not None:
-                            membrane[k].append(mem.detach().reshape(P * B, -1))
+                            membrane[k].append(mem.detach().reshape(P * B, -1).clone())
         finally:
             for layer in self.layers:
                 layer.end()  # nothing of this forward stays in the neurons
         activity = [a.view(P, B, -1) for a in activity]
-        logits = activity[-1] / T
+        if self.adc is not None:  # what the system reports is read through its ADC
+            activity = [self.adc.read(a) for a in activity]
+        logits = activity[-1] / T if readout is None else readout.view(P, B, -1)
         if loss:
             target = y.repeat(P, *([1] * (y.dim() - 1)))
             losses = self.loss_fn(logits.reshape(P * B, -1), target).view(P, B)
@@ -370,10 +458,18 @@ class Network(nn.Module):
                 noise_out.append(noise_sum[k].reshape(stop - start, B, n) if stop > start
                                  else torch.zeros(0, B, n, device=x.device, dtype=x.dtype))
         inputs = [
-            layer.decorrelator(s) if f is not None and not layer.conv else s
+            layer.decorrelator(s) if f is not None and layer.decorrelator is not None
+            and not layer.conv else s
             for layer, s, f in zip(self.layers, seen_sum, folded)
         ]
+        if self.adc is not None:  # a hidden layer's input is the output of nodes: read too
+            inputs = inputs[:1] + [self.adc.read(s) for s in inputs[1:]]
         record = Record(inputs, activity, losses, T)
+        if any(r is not None for r in recurrent_sum):
+            record.recurrent_inputs = [None if r is None else r.reshape(B, -1)
+                                       for r in recurrent_sum]
+        if readout is not None:
+            record.readout = logits
         if keep_states:
             record.outputs = [torch.stack(o).view(T, P, B, -1) for o in outputs]
             record.membrane = [torch.stack(m).view(T, P, B, -1) if m else None for m in membrane]
@@ -385,14 +481,110 @@ class Network(nn.Module):
         ``a = W (R x) = (W R) x``: a convolution always folds (its ``R`` acts on patches); a
         dense layer folds where decorrelating every row of every step costs more than forming
         ``W R`` once (the first layer sees ``B`` rows once, or once per step for spikes).
+        With weight noise every layer multiplies by its read weights ``W~`` (times ``R``).
         """
         T = self.time_steps
         rows = [B if self.encoding == "current" else T * B] + [T * P * B] * (self.num_layers - 1)
         folded: list[Tensor | None] = []
         for layer, n in zip(self.layers, rows):
             fold = layer.decorrelator is not None and (layer.conv or n > layer.out_features + B)
+            if self.weight_noise is not None:
+                k = len(folded)
+                folded.append(layer.folded_weight(self.weight_noise.weight(k, layer.weight)))
+                continue
             folded.append(layer.folded_weight() if fold else None)
         return folded
+
+    def _read_out(self, readout: Tensor | None, spikes: Tensor, layer: Layer, t: int) -> Tensor:
+        """A spiking readout after step ``t``: the spike count ``sum_t S_t`` (``spikes``) or
+        the peak membrane ``max_t U_t`` (``membrane``), (P B, C)."""
+        value = spikes if self.readout == "spikes" else layer.membrane()
+        value = value.reshape(value.shape[0], -1)
+        if readout is None:
+            return value
+        return readout + value if self.readout == "spikes" else torch.maximum(readout, value)
+
+    def check_summed_products(self) -> None:
+        """Summed products need a linear ``mid``: ``mid(op(sum_t h_t)) = sum_t mid(op(h_t))``."""
+        if self.time_steps == 1 or self.per_step:
+            return
+        for k, layer in enumerate(self.layers):
+            for module in layer.mid:
+                if not isinstance(module, LINEAR_FREE_OPS):
+                    raise ValueError(
+                        f"layer {k + 1} has {type(module).__name__} between its weight operation "
+                        f"and its nodes at time_steps={self.time_steps}: the product at the "
+                        "input summed over the steps is not the estimate there; use per-step "
+                        "products (per_step=True, --per-step-products) or put the pooling "
+                        "after the nodes")
+
+    def tell_fixed_neuron_parameters(self) -> None:
+        """Say once that the perturbation rules hold the neurons' own parameters fixed."""
+        names = sorted({name.rsplit(".", 1)[-1] for layer in self.layers
+                        for name, p in layer.unit.named_parameters()
+                        if p.requires_grad and not name.startswith("recurrent.")})
+        if names and not self._told_fixed:
+            self._told_fixed = True
+            warnings.warn(f"the perturbation rules hold the neurons' learnable {', '.join(names)} "
+                          "fixed (they estimate weights and biases only); bp/dbp (BPTT) trains "
+                          "them", stacklevel=3)
+
+    def step_gradients(
+        self, x: Tensor, y: Tensor, passes: Passes, scales: StepScales, read_noise: bool = False,
+    ) -> tuple[list[tuple[Tensor, Tensor | None]], Record]:
+        """Per-step products (docs/algorithms.md, "Per-step products"), memory flat in T.
+
+        A rule's node signal is ``e_{l,t} = c_l * v_{l,t}`` per noisy pass and sample: a scale
+        ``c_l`` known only after the pass (it holds the loss change) times a per-step vector,
+        the activity change ``da_{l,t} = I_{l,t} - I_{l,t}(reference)`` or, ``read_noise``, the
+        noise ``eps_{l,t}``. The forward runs once to measure ``dL`` and
+        ``sum_t ||da_{l,t}||^2``; ``scales(record, squares)`` returns per layer its passes
+        ``(lo, hi)`` and ``c_l`` of shape (hi - lo, B); the forward then runs again on the same
+        noise and every step adds ``layer.gradient(sum_k e_{l,t}, xh_{l-1,t})``::
+
+            g_W_l = mean_{k,n} sum_t e_{l,t,k,n} xh_{l-1,t,n}^T
+            g_b_l = mean_{k,n} sum_t e_{l,t,k,n}
+        """
+        self.tell_fixed_neuron_parameters()
+        P, B, L = passes.count, x.shape[0], self.num_layers
+        squares = [x.new_zeros(P - 1, B) for _ in range(L)]
+
+        def measure(k: int, t: int, xh: Tensor, current: Tensor, eps: Tensor | None,
+                    previous: Tensor | None) -> None:
+            drive = current.reshape(P, B, -1)
+            squares[k] += (drive[1:] - drive[:1]).pow(2).sum(-1)
+
+        with self.untouched_noise():
+            first = self._forward(x, y, passes, on_step=measure)
+        plan = scales(first, squares)
+        low = difference_dtype(self.precision, x.dtype, x.device)
+        sums: list[list[Tensor] | None] = [None] * L
+
+        def accumulate(k: int, t: int, xh: Tensor, current: Tensor, eps: Tensor | None,
+                       previous: Tensor | None) -> None:
+            (lo, hi), scale = plan[k]
+            if hi <= lo:
+                return
+            if read_noise:
+                v = eps.reshape(hi - lo, B, -1)
+            else:
+                drive = current.reshape(P, B, -1)
+                v = drive[lo:hi] - drive[:1]
+            e = (scale.unsqueeze(-1) * v).sum(0)
+            layer = self.layers[k]
+            grads = layer.gradient(e, xh.reshape(B, -1), 1, (hi - lo) * B, low)
+            if layer.recurrent is not None:
+                grads = grads + layer.recurrent_gradient(e, previous, 1, (hi - lo) * B)
+            sums[k] = list(grads) if sums[k] is None else [
+                None if old is None else old + new for old, new in zip(sums[k], grads)]
+
+        record = self._forward(x, y, passes, on_step=accumulate)
+        grads = []
+        for layer, summed in zip(self.layers, sums):
+            params = [layer.weight, layer.bias, *layer.recurrent_parameters()]
+            grads.append(tuple(summed) if summed is not None else tuple(
+                None if p is None else torch.zeros_like(p) for p in params))
+        return grads, record
 
     def gradients(
         self, signals: Sequence[Tensor], record: Record
@@ -401,11 +593,18 @@ class Network(nn.Module):
         operation's own vector-Jacobian product with ``mean_k e_l`` at the reference input,
         averaged over the batch (docs/algorithms.md, "The rules"), its products in the
         network's ``precision`` (an estimate needs a few significant digits only)."""
+        self.check_summed_products()
+        self.tell_fixed_neuron_parameters()
         grads = []
         low = difference_dtype(self.precision, record.loss.dtype, record.loss.device)
-        for layer, e, seen in zip(self.layers, signals, record.inputs):
+        recurrent = record.recurrent_inputs or [None] * self.num_layers
+        for layer, e, seen, previous in zip(self.layers, signals, record.inputs, recurrent):
             K, B = e.shape[0], e.shape[1]
-            grads.append(layer.gradient(e.sum(0), seen, record.time_steps, K * B, low))
+            grad = layer.gradient(e.sum(0), seen, record.time_steps, K * B, low)
+            if layer.recurrent is not None:
+                grad = grad + layer.recurrent_gradient(e.sum(0), previous, record.time_steps,
+                                                       K * B)
+            grads.append(grad)
         return grads
 
     @contextmanager
@@ -457,22 +656,48 @@ class Network(nn.Module):
             layer.decorrelator.update(rows, self.decorrelation_lr)
 
     def set_gradients(self, grads: Sequence[tuple[Tensor, Tensor | None]]) -> None:
-        """Write estimates ``(g_W_l, g_b_l)`` into ``.grad`` for a torch optimizer to apply."""
-        for layer, (g_w, g_b) in zip(self.layers, grads):
+        """Write estimates ``(g_W_l, g_b_l)`` -- and a recurrent neuron's ``(g_V_l, g_c_l)``
+        after them -- into ``.grad`` for a torch optimizer to apply."""
+        for layer, (g_w, g_b, *recurrent) in zip(self.layers, grads):
             layer.weight.grad = g_w
             if layer.bias is not None:
                 layer.bias.grad = g_b
+            for parameter, g in zip(layer.recurrent_parameters(), recurrent):
+                parameter.grad = g
+
+    def folded(self) -> nn.Module:
+        """The trained model as a plain torch module: an independent copy of ``model`` with
+        every ``R`` folded into its weight operation (``noisynets.folding.export_model``)."""
+        from noisynets.folding import export_model
+
+        return export_model(self)
 
     def trained_parameters(self) -> list[nn.Parameter]:
-        """The weights and biases of every layer: what the rules estimate."""
-        return [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
+        """The weights and biases of every layer (what the rules estimate), then the neurons'
+        own learnable parameters (``learn_beta``, ``learn_threshold``, ...: BPTT trains them,
+        the perturbation rules hold them fixed)."""
+        weights = [p for layer in self.layers
+                   for p in (layer.weight, layer.bias, *layer.recurrent_parameters())
+                   if p is not None]
+        return weights + self.neuron_parameters()
+
+    def neuron_parameters(self) -> list[nn.Parameter]:
+        """The learnable parameters of the nodes' units (snntorch's ``learn_beta``, ...), but
+        a recurrent neuron's recurrent weight operation, which the rules estimate."""
+        out = []
+        for layer in self.layers:
+            recurrent = {id(p) for p in layer.recurrent_parameters()}
+            out += [p for p in layer.unit.parameters()
+                    if p.requires_grad and id(p) not in recurrent]
+        return out
 
 
 def wrap(model: nn.Module, **options: Any) -> Network:
     """``Network(model, **options)``: the user's ``nn.Sequential`` as a noisy network.
 
     Every rule, the training step, traces and diagnostics then work on it; its parameters are
-    trained in place, so ``torch.save(model.state_dict(), ...)`` works as always.
+    trained in place. With decorrelation the trained function also needs each layer's ``R``:
+    save ``noisynets.export_model(net).state_dict()``, the model with ``R`` folded in.
 
         >>> from torch import nn
         >>> import noisynets
@@ -577,11 +802,14 @@ def parse(model: nn.Module) -> list[tuple[list[nn.Module], nn.Module, list[nn.Mo
                 pending.append(module)
     if not layers:
         raise ValueError("the model has no weight operation (nn.Linear or nn.Conv2d)")
+    if current is not None and isinstance(current[3], snn.SpikingNeuron) and not pending:
+        return [tuple(layer) for layer in layers]  # a spiking readout: its spikes are read out
     if current is None or current[3] is not None or pending:
         raise ValueError(
             f"the model ends with {type(modules[-1][1]).__name__} ({modules[-1][0]!r}): it must "
             "end with its readout weight operation, whose output are the logits (read out as "
-            "their mean over the time steps); remove the final node"
+            "their mean over the time steps), or with a spiking neuron after it (a spiking "
+            "readout); remove the final node"
         )
     current[3] = nn.Identity()  # the readout node
     return [tuple(layer) for layer in layers]
@@ -598,13 +826,7 @@ def classify(module: nn.Module, where: str) -> str:
         if not module.init_hidden:
             raise ValueError(f"{where} needs init_hidden=True: in an nn.Sequential a neuron "
                              "keeps its state itself, the snntorch way")
-        if module.output:
-            raise ValueError(f"{where} has output=True: leave it False, so that the neuron "
-                             "returns its spikes only")
-        if any(True for _ in module.parameters()):
-            raise ValueError(f"{where} has learnable parameters (learn_beta, learn_threshold, "
-                             "...), which the perturbation rules do not train: leave them fixed")
-        return "node"
+        return "node"  # output=True: its spikes drive the next layer; learnable: BPTT trains
     if isinstance(module, ACTIVATIONS):
         return "node"
     if isinstance(module, FREE_OPS):

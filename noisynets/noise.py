@@ -9,16 +9,19 @@ one step per call.
 Sources (docs/algorithms.md, "Noise that cannot be read or switched off"): ``Gaussian``,
 ``Bernoulli``, ``CenteredBernoulli`` (binary devices), ``Telegraph`` (random telegraph noise,
 a stochastic magnetic tunnel junction), ``Gain`` (multiplicative), ``Shot`` (Poisson),
-``Logistic`` (Heaviside + logistic = stochastic binary unit) and ``Sum`` (independent sources
-added).
+``Logistic`` (Heaviside + logistic = stochastic binary unit), ``Sum`` (independent sources
+added), and two device models: ``MTJ`` (the stochastic magnetic tunnel junction of
+artcogsys/MTJ-Node-Perturbation) and ``Replay`` (recorded device noise from a file).
 
 ``make_noise(spec, std)`` builds a source from a spec string::
 
     spec      := component ("+" component)*
     component := NAME | NAME ":" key "=" value ("," key "=" value)*
 
-``NAME`` is one of ``NOISES``, the keys are its constructor's arguments, the values numbers;
-``std`` is every component's default scale, an explicit ``std=`` overrides it.
+``NAME`` is one of ``NOISES`` or ``DEVICE_NOISES``, the keys are its constructor's arguments,
+the values numbers (``replay``'s ``file``, ``dataset`` and ``mode`` are text);
+``std`` is every component's default scale, an explicit ``std=`` overrides it (``mtj`` keeps its
+measured numbers and ``replay`` its recorded values unless given ``std=`` or ``scale=``).
 
 Example::
 
@@ -50,6 +53,8 @@ NOISES: tuple[str, ...] = (
     "shot",
     "logistic",
 )
+# Models of particular devices: measured numbers (mtj) or recorded noise (replay: needs file=).
+DEVICE_NOISES: tuple[str, ...] = ("mtj", "replay")
 
 
 def _number(
@@ -536,6 +541,234 @@ class Sum(NoiseSource):
         return eps
 
 
+class MTJ(NoiseSource):
+    """A stochastic magnetic tunnel junction node, as the group's MTJ study models it.
+
+    Source: the simulated sMTJ noise of artcogsys/MTJ-Node-Perturbation (``simulatedMTJNoise``
+    in ``nodeperturbation/noise.py``; Phys. Rev. Applied 2025), whose numbers were fitted to
+    measured device voltages. Every node carries a telegraph offset ``o s`` with ``s in
+    {-1, +1}``, plus white Gaussian noise; along the rows of a draw (the samples, one after
+    the other, as the device produces them) the state flips with probability ``flip``::
+
+        s_n   = -s_{n-1} with probability flip, else s_{n-1}      (per node)
+        eps_n = std * z_n + offset * s_n,    z_n ~ N(0, 1)
+
+    The chain continues from the last row of one draw into the next (its state is kept while
+    the node shape and device stay the same); its first state is +1 or -1 with probability
+    1/2 each, its stationary distribution. Defaults: ``std = 9.08e-4`` (0.00090841466),
+    ``offset = 5.93e-3`` (0.0059316154), ``flip = 0.0809``. The study's device also has a
+    constant level of 0.0421 V, which shifts every activity alike and is left out here
+    (``dc``, default 0, restores it; it gives the noise a non-zero mean, which NP refuses).
+
+    Statistics, per node: mean ``dc``; variance ``std^2 + offset^2``; the offset part's
+    lag-k correlation along the samples ``(1 - 2 flip)^k``. Over ``T`` steps the same sample's
+    draws are a whole draw apart in the chain (``r`` rows: correlation ``(1 - 2 flip)^r``,
+    below 1e-4 for r >= 50), so ``summed_variance(T)`` is ``T`` times the variance to that
+    precision.
+    """
+
+    def __init__(
+        self, std: float = 9.08e-4, offset: float = 5.93e-3, flip: float = 0.0809,
+        dc: float = 0.0, seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        self.std = _number("std", std)
+        self.offset = _number("offset", offset)
+        self.flip = _number("flip", flip, 0.0, 1.0)
+        self.dc = _number("dc", dc, -math.inf)
+        self._state: Tensor | None = None  # per node: +1 or -1
+
+    @property
+    def mean(self) -> float:
+        return self.dc
+
+    @property
+    def variance(self) -> float:
+        return self.std**2 + self.offset**2
+
+    def reset(self) -> None:
+        self._state = None
+
+    def get_state(self) -> dict[str, Any]:
+        return {**super().get_state(), "state": self._state}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        self._state = state["state"]
+
+    def forward(self, a: Tensor) -> Tensor:
+        g = self.generator(a.device)
+        dtype = _float_dtype(a.dtype)
+        nodes = a.shape[1:]
+        state = self._state
+        if state is None or state.shape != nodes or state.device != a.device:
+            state = torch.where(torch.rand(nodes, generator=g, device=a.device) < 0.5, 1.0, -1.0)
+        flips = torch.rand(a.shape, generator=g, device=a.device, dtype=dtype) < self.flip
+        signs = torch.cumprod(1.0 - 2.0 * flips.to(dtype), dim=0) * state.to(dtype)
+        self._state = signs[-1].clone()
+        z = torch.randn(a.shape, generator=g, device=a.device, dtype=a.dtype)
+        return (z * self.std + signs.to(a.dtype) * self.offset + self.dc).to(a.dtype)
+
+    def extra_repr(self) -> str:
+        return f"std={self.std:g}, offset={self.offset:g}, flip={self.flip:g}, dc={self.dc:g}"
+
+
+REPLAY_MODES: tuple[str, ...] = ("trace", "pool")
+
+
+def load_recording(file: str, dataset: str | None = None) -> Tensor:
+    """The recorded noise in ``file`` (``.npy``, or HDF5 ``.h5``/``.hdf5`` with ``dataset``, or
+    the file's only data set): a float64 tensor of shape (length,) or (traces, length)."""
+    import numpy as np
+
+    path = str(file)
+    lower = path.lower()
+    try:
+        if lower.endswith(".npy"):
+            if dataset is not None:
+                raise ValueError(f"dataset={dataset!r} is for HDF5 files; {path!r} is .npy")
+            values = np.load(path, allow_pickle=False)
+        elif lower.endswith((".h5", ".hdf5")):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                names: list[str] = []
+                f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+                if dataset is None:
+                    if len(names) != 1:
+                        raise ValueError(f"{path!r} holds {len(names)} data sets "
+                                         f"({', '.join(names[:5]) or 'none'}): name one with "
+                                         "dataset=NAME")
+                    dataset = names[0]
+                if dataset not in names:
+                    raise ValueError(f"{path!r} has no data set {dataset!r}; it holds "
+                                     f"{', '.join(names[:5]) or 'none'}")
+                values = f[dataset][()]
+        else:
+            raise ValueError(f"file {path!r} must be .npy, .h5 or .hdf5")
+    except OSError as err:
+        raise ValueError(f"cannot read recorded noise {path!r}: {err.strerror or err}") from None
+    values = np.asarray(values)
+    if values.dtype.kind not in "iuf" or values.ndim not in (1, 2) or values.size < 2:
+        raise ValueError(f"recorded noise {path!r} must be numbers, shape (length,) or "
+                         f"(traces, length) with at least 2 values; got {values.dtype} "
+                         f"{values.shape}")
+    data = torch.as_tensor(values, dtype=torch.float64)
+    if not torch.isfinite(data).all():
+        raise ValueError(f"recorded noise {path!r} holds values that are not finite")
+    return data
+
+
+class Replay(NoiseSource):
+    """Recorded device noise, replayed: the user's measured fluctuations drive the nodes.
+
+    The file (``load_recording``) holds one trace, shape (length,), or several, shape
+    (traces, length), in the units of the activity (``scale`` multiplies them). Two modes:
+
+    * ``trace`` -- node ``j`` replays trace ``j mod M`` (``M`` traces of length ``L``) in
+      order: the rows ``r`` of a draw take the values at positions ``p + s_j + r`` (modulo
+      ``L``), and the next draw goes on from ``p + rows``. Nodes that share a trace replay
+      disjoint stretches of it: ``s_j = (j div M) * (L div c)``, ``c = ceil(nodes / M)``.
+      The start ``p`` is drawn once, uniformly, from the source's generator (so that layers
+      and seeds replay different stretches). The recording's correlations in time are kept.
+    * ``pool`` -- every entry is drawn independently and uniformly from all recorded values
+      (with replacement): the recording's distribution without its correlations.
+
+    ``center = 1`` subtracts the mean (each trace's own in ``trace`` mode, the pool's in
+    ``pool`` mode). Statistics: mean 0 when centred, else the recording's mean (per node in
+    ``trace`` mode); ``variance`` is the pool's population variance (``pool`` mode, exact for
+    its independent draws). In ``trace`` mode the nodes have their own variances and the sum
+    over time steps has the recording's unknown correlations, so ``variance`` raises: NP,
+    which divides by it, refuses such a source.
+    """
+
+    def __init__(
+        self, file: str, mode: str = "trace", scale: float = 1.0, center: float = 0.0,
+        dataset: str | None = None, seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        if mode not in REPLAY_MODES:
+            raise ValueError(f"mode={mode!r} must be one of {', '.join(REPLAY_MODES)}")
+        if center not in (0, 1):
+            raise ValueError(f"center={center!r} must be 0 or 1")
+        self.file, self.mode, self.dataset = str(file), mode, dataset
+        self.scale = _number("scale", scale, low_open=True)
+        self.center = bool(center)
+        data = load_recording(self.file, dataset)
+        data = data if data.dim() == 2 else data.unsqueeze(0)
+        if mode == "pool":
+            data = data.reshape(1, -1)
+        if self.center:
+            data = data - data.mean(-1, keepdim=True)
+        self.data = data * self.scale  # (traces, length); not a buffer: not in state_dict
+        self._position: int | None = None
+        self._cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    @property
+    def mean(self) -> float | Tensor:
+        if self.center:
+            return 0.0
+        means = self.data.mean(-1)
+        return float(means[0]) if means.numel() == 1 else means
+
+    @property
+    def zero_mean(self) -> bool:
+        return self.center or bool((self.data.mean(-1) == 0).all())
+
+    @property
+    def variance(self) -> float:
+        if self.mode == "trace":
+            raise ValueError(
+                f"replayed traces of {self.file!r} are correlated in time and each node has "
+                "its own variance: replay with mode=pool,center=1 for np, or train with anp or "
+                "danp, which need no noise statistics"
+            )
+        return float(self.data.var(unbiased=False))
+
+    def reset(self) -> None:
+        """A device restarted: the replay goes on where it was (a recording has no state)."""
+
+    def reseed(self, seed: int) -> None:
+        self._position = None
+        super().reseed(seed)
+
+    def get_state(self) -> dict[str, Any]:
+        return {**super().get_state(), "position": self._position}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        self._position = state["position"]
+
+    def _values(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        key = (device, dtype)
+        if key not in self._cache:
+            self._cache[key] = self.data.to(device=device, dtype=dtype)
+        return self._cache[key]
+
+    def forward(self, a: Tensor) -> Tensor:
+        g = self.generator(a.device)
+        data = self._values(a.device, a.dtype)
+        traces, length = data.shape
+        if self.mode == "pool":
+            index = torch.randint(length, a.shape, generator=g, device=a.device)
+            return data[0][index]
+        if self._position is None:
+            self._position = int(torch.randint(length, (1,), generator=g, device=a.device))
+        rows = a.shape[0]
+        nodes = a[0].numel()
+        node = torch.arange(nodes, device=a.device)
+        stride = length // -(-nodes // traces)  # L div ceil(nodes / M)
+        start = self._position + (node // traces) * stride
+        time = (start.unsqueeze(0) + torch.arange(rows, device=a.device).unsqueeze(1)) % length
+        self._position = (self._position + rows) % length
+        return data[(node % traces).unsqueeze(0), time].view(a.shape)
+
+    def extra_repr(self) -> str:
+        dataset = "" if self.dataset is None else f", dataset={self.dataset}"
+        return (f"file={self.file}, mode={self.mode}, scale={self.scale:g}, "
+                f"center={int(self.center)}{dataset}")
+
+
 _SOURCES: dict[str, tuple[type[NoiseSource], tuple[str, ...]]] = {
     "gaussian": (Gaussian, ("std",)),
     "bernoulli": (Bernoulli, ("std", "p")),
@@ -544,7 +777,11 @@ _SOURCES: dict[str, tuple[type[NoiseSource], tuple[str, ...]]] = {
     "gain": (Gain, ("std",)),
     "shot": (Shot, ("std", "rate")),
     "logistic": (Logistic, ("std", "scale")),
+    "mtj": (MTJ, ("std", "offset", "flip", "dc")),
+    "replay": (Replay, ("file", "mode", "scale", "center", "dataset")),
 }
+_TEXT_KEYS: frozenset[str] = frozenset({"file", "mode", "dataset"})
+_OWN_SCALE: frozenset[str] = frozenset({"mtj", "replay"})  # no default std: measured numbers
 
 
 def _component(spec: str, text: str, std: float) -> NoiseSource:
@@ -555,14 +792,14 @@ def _component(spec: str, text: str, std: float) -> NoiseSource:
     if not name:
         raise bad(
             f"empty component {text!r}; expected NAME or NAME:key=value,... joined by '+' "
-            f"(names: {', '.join(NOISES)})"
+            f"(names: {', '.join(NOISES + DEVICE_NOISES)})"
         )
     if name.lower() not in _SOURCES:
-        raise bad(f"unknown noise {name!r}; valid names: {', '.join(NOISES)}")
+        raise bad(f"unknown noise {name!r}; valid names: {', '.join(NOISES + DEVICE_NOISES)}")
     name = name.lower()
     cls, keys = _SOURCES[name]
     valid = f"valid keys for {name}: {', '.join(keys)}"
-    kwargs: dict[str, float] = {}
+    kwargs: dict[str, Any] = {}
     if colon:
         for item in args.split(","):
             key, eq, value = (t.strip() for t in item.partition("="))
@@ -573,6 +810,9 @@ def _component(spec: str, text: str, std: float) -> NoiseSource:
                 raise bad(f"unknown key {key!r} for {name}; {valid}")
             if key in kwargs:
                 raise bad(f"key {key!r} given twice for {name}")
+            if key in _TEXT_KEYS:
+                kwargs[key] = value
+                continue
             try:
                 kwargs[key] = float(value)
             except ValueError:
@@ -580,7 +820,9 @@ def _component(spec: str, text: str, std: float) -> NoiseSource:
             if key in ("std", "scale") and kwargs[key] == 0:
                 raise bad(f"{key}=0 in {name} injects no noise, and no rule can learn from "
                           f"no perturbation: give {key} > 0")
-    if "std" not in kwargs and "scale" not in kwargs:
+    if name == "replay" and "file" not in kwargs:
+        raise bad("replay needs file=PATH (.npy, .h5 or .hdf5); " + valid)
+    if "std" not in kwargs and "scale" not in kwargs and name not in _OWN_SCALE:
         kwargs["std"] = std
     try:
         return cls(**kwargs)

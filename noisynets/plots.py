@@ -10,18 +10,22 @@ by epoch (epoch 0: before training), one panel each:
   once, after the last epoch: one marker, *test (final)*.
 * **Accuracy**, a fraction 0..1 as in ``results.json``: validation and test as for the loss.
   Left out for a regression task (the teacher data set), which has none.
-* **Alignment with BP**: per layer the cosine of the rule's estimate with the BP gradient of
-  the same batch. The axis is symmetric-logarithmic, linear only below a power of ten under the
-  layers' typical value, so a hidden layer at 0.02 varies as visibly as the output layer at
-  0.5 (marked "(output)" in the legend).
+* **Alignment with BP**, two panels on linear axes that hold 0: the *hidden layers* and the
+  *readout* (the output layer), apart, since the readout's cosine (typically 0.3-0.5) is ten
+  times the hidden layers' (0.01-0.1). Per layer the mean cosine of the rule's estimate with
+  the BP gradient of the same batch over the ``--probe-batches`` fixed training batches, and a
+  band of one standard deviation over them (``alignment_std``).
 
 ``trace_figure(file, out)`` draws a trace file (``trace.png``, ``noisynets plot``): the same
 panels from the file's metrics and the **input decorrelation** per layer (the mean
 |off-diagonal correlation| of each layer's input as its ``R`` sees it; titled *input
-correlation* for a rule that does not decorrelate); then, of the last complete record, per
-traced layer the activity histograms of the reference and the noisy pass, the distribution of
-``da = noisy - reference`` of every layer, one channel of every feature map, and a spike raster
-of every spiking layer (one probe sample, reference pass).
+correlation* for a rule that does not decorrelate); then per traced layer the **noisy minus
+reference drive** ``da = a_noisy - a_ref`` over training (``a = W xh + b``, the drive into the
+units, which the trace calls activity): at every record's step the median and the 25-75 % and
+5-95 % ranges over the probe samples and traced units; the distribution of ``da`` of every
+layer at the last record; one channel of every feature map; and a spike raster of every
+spiking layer (one probe sample, reference pass, integer time steps, the traced units only).
+Each layer has one colour in every panel.
 
 What the labels promise:
 
@@ -36,7 +40,7 @@ What the labels promise:
 
 ``sweep_figure(result, path)`` draws a sweep's ``summary.png`` (``noisynets.sweep``): per group
 of runs the mean learning curve over the seeds with their range as a band, and every seed's
-final value.
+final value, each group in one colour in both panels; the title names the data and network.
 
 ``learning_curve_figure(result)`` and ``trace_file_figure(file)`` return the figure without
 saving it (``plt.close`` it when done). Example::
@@ -81,6 +85,9 @@ _COLUMNS = 4
 _LEAST_ACCURACY_RANGE = 0.05  # accuracy (fraction)
 _LEAST_LOSS_RANGE = 0.1  # loss: this share of its largest magnitude
 _LEAST_CORRELATION_RANGE = 0.05  # mean |off-diagonal correlation|
+_LEAST_ALIGNMENT_RANGE = 0.02  # cosine
+# The quantiles of da = noisy - reference drawn over training: 5-95 %, 25-75 %, the median.
+_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 # --- The learning curve of a run -------------------------------------------------------------
@@ -112,10 +119,10 @@ def learning_curve_figure(result: RunResult) -> Figure:
 # --- The figure of a trace file -------------------------------------------------------------
 
 def trace_figure(trace: str | Path | TraceReader, out: str | Path) -> Path:
-    """One PNG of a trace file: learning curves, alignment with BP and input decorrelation per
-    layer by epoch; reference and noisy activity distributions of the last record per traced
-    layer and the distribution of ``da = noisy - reference``; a spike raster of the last
-    record for every spiking layer (one probe sample, reference pass). See the module doc.
+    """One PNG of a trace file: learning curves, alignment with BP (hidden layers, readout) and
+    input decorrelation per layer by epoch; per traced layer ``da = noisy - reference`` drive
+    over training, and its distribution at the last record; a spike raster of the last record
+    for every spiking layer (one probe sample, reference pass). See the module doc.
 
     ``trace`` is a trace file or its ``TraceReader``. Works on a file whose run is still
     writing or was killed: what is not there yet is left out. Returns ``out``.
@@ -134,9 +141,10 @@ def trace_file_figure(trace: str | Path | TraceReader) -> Figure:
             held = reader.describe().split("\ndatasets")[0]
             return _note_figure(f"{_figure_title(reader.path, data)}\n\nnothing to plot yet: no "
                                 f"evaluations and no complete records. The file holds:\n\n{held}")
-        rows = sum(math.ceil(len(s) / _COLUMNS) for s in sections)
-        fig = plt.figure(figsize=(4.6 * _COLUMNS, 3.9 * rows + 0.5), layout="constrained")
-        _draw(fig, sections, _COLUMNS)
+        columns = max(_COLUMNS, len(sections[0]))  # the curves in one row
+        rows = sum(math.ceil(len(s) / columns) for s in sections)
+        fig = plt.figure(figsize=(4.6 * columns, 3.9 * rows + 0.5), layout="constrained")
+        _draw(fig, sections, columns)
         fig.suptitle(_figure_title(reader.path, data))
     return fig
 
@@ -146,7 +154,7 @@ def _record_panels(data: dict[str, Any]) -> list[Panel]:
     layers = [k for k in data["layers"] if "clean" in data["last"][k]]
     if not layers:
         return []
-    return ([partial(_activity_panel, data, k) for k in layers]
+    return ([partial(_change_over_training_panel, data, k) for k in layers]
             + [partial(_change_panel, data)]
             + [partial(_map_panel, data, k) for k in data["maps"] if k in layers]
             + [partial(_raster_panel, data, k) for k in data["spiking"]
@@ -197,6 +205,7 @@ def _figure_data(reader: TraceReader) -> dict[str, Any]:
     datasets = reader.datasets()
     data: dict[str, Any] = {
         "config": reader.config, "metrics": reader.metrics(), "records": records,
+        "steps": np.asarray(steps[:records], dtype=np.float64),
         "step": int(steps[-1]) if records else None,
         "first_step": int(steps[0]) if records else None,
         "sample": int(probe[0]) if len(probe) else None,
@@ -212,8 +221,12 @@ def _figure_data(reader: TraceReader) -> dict[str, Any]:
         if last["shape"] is not None and len(last["shape"]) == 3:
             data["maps"].append(k)
         if records:
-            last["clean"] = reader.activity(k, "clean", records - 1)
-            last["noisy"] = reader.activity(k, "noisy", records - 1)
+            clean = reader.activity(k, "clean", slice(0, records))
+            noisy = reader.activity(k, "noisy", slice(0, records))
+            last["clean"], last["noisy"] = clean[-1], noisy[-1]
+            last["da_quantiles"] = np.quantile(
+                (noisy - clean).reshape(records, -1).astype(np.float64), _QUANTILES, axis=1)
+            last["drive_std"] = float(np.std(clean[-1]))
             if spikes:
                 last["spikes"] = reader.spikes(k, "clean", records - 1)[:, 0]  # (time, units)
         if bool(attrs.get(group, {}).get("spiking", spikes)):
@@ -316,8 +329,14 @@ def _curve_panels(data: dict[str, Any], decorrelation: bool) -> list[Panel]:
         panels.append(partial(_loss_panel, data))
     if any(_series(data, n) is not None for n in ("val_accuracy", "test_accuracy")):
         panels.append(partial(_accuracy_panel, data))
-    names = ("alignment", "decorrelation") if decorrelation else ("alignment",)
-    panels += [partial(_layer_metric_panel, data, n) for n in names if _layer_series(data, n)]
+    alignment = _layer_series(data, "alignment")
+    output = _output_layer(data)
+    if any(k != output for k in alignment):
+        panels.append(partial(_alignment_panel, data, False))
+    if output in alignment:
+        panels.append(partial(_alignment_panel, data, True))
+    if decorrelation and _layer_series(data, "decorrelation"):
+        panels.append(partial(_layer_metric_panel, data, "decorrelation"))
     return panels
 
 
@@ -375,63 +394,60 @@ def _accuracy_panel(data: dict[str, Any], ax: plt.Axes) -> None:
     ax.legend(framealpha=0.8)
 
 
+def _layer_color(k: int) -> str:
+    """Layer ``k``'s colour, the same in every panel."""
+    return f"C{(k - 1) % 10}"
+
+
 def _layer_metric_panel(data: dict[str, Any], name: str, ax: plt.Axes) -> None:
     m = data["metrics"]
     epoch = np.asarray(m["epoch"], dtype=np.float64)
     series = _layer_series(data, name)
-    for i, (k, values) in enumerate(series.items()):
-        _plot(ax, epoch, values, "o-", ms=4, color=f"C{i % 10}", label=_layer_label(data, k))
-    if name == "alignment":
-        ax.set(xlabel="epoch", ylabel="cosine(estimate, BP gradient)\n(symmetric log axis)",
-               title="Alignment with BP")
-        _alignment_axis(ax, list(series.values()))
-    else:
-        algo = data["config"].get("algo")
-        plain = algo in RULES and not uses_decorrelation(algo)
-        ax.set(xlabel="epoch", ylabel="mean |off-diagonal correlation|",
-               title="Input correlation (rule does not decorrelate)" if plain
-               else "Input decorrelation")
-        top = float(np.nanmax(np.concatenate(list(series.values()))))
-        ax.set_ylim(0, max(1.15 * top, _LEAST_CORRELATION_RANGE))
+    for k, values in series.items():
+        _plot(ax, epoch, values, "o-", ms=4, color=_layer_color(k), label=_layer_label(data, k))
+    algo = data["config"].get("algo")
+    plain = algo in RULES and not uses_decorrelation(algo)
+    ax.set(xlabel="epoch", ylabel="mean |off-diagonal correlation|",
+           title="Input correlation (rule does not decorrelate)" if plain
+           else "Input decorrelation")
+    top = float(np.nanmax(np.concatenate(list(series.values()))))
+    ax.set_ylim(0, max(1.15 * top, _LEAST_CORRELATION_RANGE))
     _integer_ticks(ax)
     ax.legend(fontsize="small", ncol=2 if len(series) > 4 else 1)
 
 
-def _decade_above(value: float) -> float:
-    """The power of ten above ``value`` > 0 (0.76 -> 1, 0.05 -> 0.1, 0.1 -> 1)."""
-    return 10.0 ** (math.floor(math.log10(value)) + 1)
-
-
-def _alignment_axis(ax: plt.Axes, series: Sequence[np.ndarray]) -> None:
-    """A symmetric-log y axis for cosines: linear below a power of ten under the smallest
-    layer's median |cosine| (and left out where no value is below it), logarithmic above, so
-    every layer's changes show."""
-    finite = [v[np.isfinite(v)] for v in series]
-    medians = [float(np.median(np.abs(v))) for v in finite if len(v)]
-    typical = min((x for x in medians if x > 0), default=0.1)
-    linthresh = 10.0 ** math.floor(math.log10(min(max(typical, 1e-6), 0.1)))
-    values = np.concatenate(finite)
-    top = min(_decade_above(max(float(values.max()), linthresh)), 1.0) * 1.08
-    low = float(values.min())
-    if low >= linthresh:  # all on the logarithmic part: no linear part below
-        bottom = linthresh
-    elif low >= 0:
-        bottom = 0.0
-    else:
-        bottom = -min(_decade_above(max(-low, linthresh)), 1.0) * 1.08
-    ax.set_yscale("symlog", linthresh=linthresh, linscale=0.5)
-    ax.set_ylim(bottom, top)
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_locator(matplotlib.ticker.SymmetricalLogLocator(
-        linthresh=linthresh, base=10, subs=np.arange(2, 10)))
-    decades = math.log10(top / linthresh) + (math.log10(-bottom / linthresh) if bottom < 0 else 0)
-    if decades <= 2.5:  # few decades: label 2 and 5 of each too
-
-        def minor(v: float, _: Any) -> str:
-            mantissa = abs(v) / 10.0 ** math.floor(math.log10(abs(v))) if v else 0.0
-            return f"{v:g}" if round(mantissa) in (2, 5) and abs(v) > linthresh else ""
-
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
+def _alignment_panel(data: dict[str, Any], readout: bool, ax: plt.Axes) -> None:
+    """The alignment of the hidden layers (``readout`` False) or of the readout, on a linear
+    axis that holds 0: per layer the mean cosine over the probe batches, and a band of one
+    standard deviation over them where the file has it."""
+    epoch = np.asarray(data["metrics"]["epoch"], dtype=np.float64)
+    output = _output_layer(data)
+    series = {k: v for k, v in _layer_series(data, "alignment").items()
+              if (k == output) == readout}
+    spread = layer_metric(data["metrics"], "alignment_std")
+    drawn: list[np.ndarray] = [np.zeros(1)]
+    banded = False
+    for k, values in series.items():
+        color = _layer_color(k)
+        _plot(ax, epoch, values, "o-", ms=4, color=color, label=_layer_label(data, k))
+        std = np.asarray(spread.get(k, []), dtype=np.float64)[: len(epoch)]
+        if len(std) == len(values) and np.isfinite(std).any() and np.nanmax(std) > 0:
+            ax.fill_between(epoch, values - std, values + std, color=color, alpha=0.2, lw=0)
+            drawn += [values - std, values + std]
+            banded = True
+        drawn.append(values)
+    ax.axhline(0.0, color="k", lw=0.8, zorder=1)
+    batches = data["config"].get("probe_batches")
+    ax.set(xlabel="epoch", ylabel="cosine(estimate, BP gradient)",
+           title=f"Alignment with BP: {'readout' if readout else 'hidden layers'}")
+    _least_range(ax, drawn, _LEAST_ALIGNMENT_RANGE, bounds=(-1.0, 1.0))
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(low, 0.0), max(high, 0.0))
+    _integer_ticks(ax)
+    title = (f"mean, band: ±1 std over {batches} probe batches" if banded and batches
+             else "one probe batch" if not banded else None)
+    ax.legend(fontsize="small", ncol=2 if len(series) > 4 else 1, title=title,
+              title_fontsize="x-small")
 
 
 def _least_range(ax: plt.Axes, drawn: Sequence[np.ndarray], least: float,
@@ -473,6 +489,9 @@ def _activity_label(data: dict[str, Any], symbol: str) -> str:
     return f"{symbol}, summed over {steps} time steps (a.u.)" if steps > 1 else f"{symbol} (a.u.)"
 
 
+_DRIVE = r"drive $a = W\hat{x} + b$"  # what the trace calls activity: the input to the units
+
+
 def _record_label(data: dict[str, Any]) -> str:
     return f"record {data['records'] - 1}, step {data['step']}"
 
@@ -487,32 +506,50 @@ def _shared_bins(values: list[np.ndarray]) -> np.ndarray | int:
     return np.linspace(everything.min(), everything.max(), 41) if np.ptp(everything) > 0 else 20
 
 
-def _activity_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
+def _change_over_training_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
+    """Layer ``k``'s ``da = noisy - reference`` drive over training: per record the median
+    and the 25-75 % and 5-95 % ranges over the probe samples and traced units."""
     last = data["last"][k]
-    clean, noisy = last["clean"].ravel(), last["noisy"].ravel()
-    bins = _shared_bins([clean, noisy])
-    ax.hist(clean, bins=bins, alpha=0.55, color="C0", label=_reference(data["config"]))
-    ax.hist(noisy, bins=bins, histtype="step", lw=1.8, color="C3", label="noisy pass")
+    q = last["da_quantiles"]  # (5, records)
+    steps = data["steps"]
+    color = _layer_color(k)
+    if len(steps) > 1:
+        ax.fill_between(steps, q[0], q[4], color=color, alpha=0.18, lw=0, label="5-95 %")
+        ax.fill_between(steps, q[1], q[3], color=color, alpha=0.4, lw=0, label="25-75 %")
+        ax.plot(steps, q[2], "-", color=color, lw=1.5, label="median")
+    else:
+        ax.vlines(steps, q[0], q[4], color=color, alpha=0.4, lw=6, label="5-95 %")
+        ax.vlines(steps, q[1], q[3], color=color, lw=6, label="25-75 %")
+        ax.plot(steps, q[2], "_", color="k", ms=14, label="median")
+    ax.axhline(0.0, color="k", lw=0.8, zorder=1)
+    name = "ref" if _both_noisy(data["config"]) else "clean"
     traced = len(last["unit_index"])
-    ax.set(xlabel=_activity_label(data, "activity $a$"), ylabel="count (samples x units)",
-           title=f"{_layer_title(data, k)} activity ({_record_label(data)})")
-    ax.legend(title=f"{traced} of {last['units']} units", title_fontsize="small",
-              fontsize="small", framealpha=0.8)
+    ax.set(xlabel="training step",
+           ylabel=_activity_label(data, rf"$\Delta a = a_\mathrm{{noisy}} - a_\mathrm{{{name}}}$"),
+           title=f"{_layer_title(data, k)}: noisy - {name} drive over training\n"
+                 f"({traced} of {last['units']} units; drive std {last['drive_std']:.3g} at "
+                 f"step {data['step']})")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    if len(steps) <= 8:
+        ax.set_xticks(steps)  # the records' own steps
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.legend(fontsize="x-small", framealpha=0.8, loc="upper right")
 
 
 def _change_panel(data: dict[str, Any], ax: plt.Axes) -> None:
     layers = [k for k in data["layers"] if "clean" in data["last"][k]]
     changes = {k: (data["last"][k]["noisy"] - data["last"][k]["clean"]).ravel() for k in layers}
     bins = _shared_bins(list(changes.values()))
-    for i, (k, da) in enumerate(changes.items()):
-        ax.hist(da, bins=bins, histtype="step", lw=1.8, color=f"C{i % 10}", density=True,
+    for k, da in changes.items():
+        ax.hist(da, bins=bins, histtype="step", lw=1.8, color=_layer_color(k), density=True,
                 label=_layer_label(data, k))
     reference, name = (("reference", "ref") if _both_noisy(data["config"])
                        else ("clean", "clean"))
     ax.set(xlabel=_activity_label(
                data, rf"$\Delta a = a_\mathrm{{noisy}} - a_\mathrm{{{name}}}$"),
            ylabel="probability density (1/a.u.)",
-           title=f"Noisy - {reference} activity ({_record_label(data)})")
+           title=f"Noisy - {reference} drive, step {data['step']}")
     ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
     ax.legend(fontsize="small")
 
@@ -525,7 +562,7 @@ def _map_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
     first = int(last["unit_index"][0]) // size
     image = last["clean"][0, :size].reshape(height, width)
     shown = ax.imshow(image, cmap="viridis", interpolation="nearest")
-    ax.figure.colorbar(shown, ax=ax, label=_activity_label(data, "activity $a$"), shrink=0.85)
+    ax.figure.colorbar(shown, ax=ax, label=_activity_label(data, _DRIVE), shrink=0.85)
     ax.set(xlabel="column", ylabel="row",
            title=f"{_layer_title(data, k)} feature map: channel {first + 1} of {channels}, "
                  f"sample {data['sample']}\n{_reference(data['config'])} "
@@ -536,21 +573,27 @@ def _map_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
 
 
 def _raster_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> None:
+    """One probe sample's spikes, reference pass: a bar per spike, time steps as integers,
+    the y axis spanning the traced units only."""
     last = data["last"][k]
     spikes = last["spikes"]  # (time, units)
-    units = last["unit_index"]
+    units = np.asarray(last["unit_index"])
     t, u = np.nonzero(spikes)
-    steps, size = spikes.shape[0], last["units"]
-    # One bar per spike: a time step wide, as high as the gap between traced units allows.
-    height = 0.8 * (float(np.min(np.diff(units))) if len(units) > 1 else 1.0)
-    ax.bar(t, height, width=0.8, bottom=units[u] - height / 2, color="k",
-           label=f"spike ({len(t)} of {spikes.size} slots)")
-    ax.set(xlabel="time step", ylabel="unit (number in layer)", xlim=(-0.5, steps - 0.5),
-           ylim=(-0.5, 1.15 * size),
+    steps = spikes.shape[0]
+    gap = float(np.min(np.diff(units))) if len(units) > 1 else 1.0
+    height = 0.8 * gap  # as high as the gap between traced units allows
+    ax.bar(t, height, width=0.8, bottom=units[u] - height / 2, color="k")
+    ax.set(xlabel="time step", ylabel=f"unit (number in layer; {len(units)} of "
+                                      f"{last['units']} traced)",
+           xlim=(-0.5, steps - 0.5), ylim=(units.min() - gap / 2, units.max() + gap / 2),
            title=f"{_layer_title(data, k)} spikes: sample {data['sample']}, "
-                 f"{_reference(data['config'])}\n({_record_label(data)})")
-    _integer_ticks(ax)
-    ax.legend(loc="upper right", fontsize="small", framealpha=0.9)
+                 f"{_reference(data['config'])}\n({len(t)} spikes in {spikes.size} slots; "
+                 f"{_record_label(data)})")
+    if steps <= 20:
+        ax.set_xticks(range(steps))
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
 
 # --- sweeps ---------------------------------------------------------------------------------
@@ -573,7 +616,8 @@ def sweep_figure(result: SweepResult, path: str | Path) -> Path:
     fig, (ax_curve, ax_final) = plt.subplots(1, 2, figsize=(12, 4.5),
                                              gridspec_kw={"width_ratios": [3, 2]})
     labels, finals = [], []
-    for values, runs in groups(result):
+    for i, (values, runs) in enumerate(groups(result)):
+        color = f"C{i % 10}"  # the group's colour in both panels
         label = ", ".join(f"{k}={value_text(v)}" for k, v in values.items()) or "all runs"
         labels.append(label)
         finals.append([r["summary"][score] for r in runs if "summary" in r
@@ -584,10 +628,10 @@ def sweep_figure(result: SweepResult, path: str | Path) -> Path:
         if not seeds:
             continue
         epochs, mean, low, high = seed_curve(histories, curve_metric)
-        line, = ax_curve.plot(epochs, mean, marker="o", markersize=3,
-                              label=f"{label} (n={seeds})")
+        ax_curve.plot(epochs, mean, marker="o", markersize=3, color=color,
+                      label=f"{label} (n={seeds})")
         if seeds > 1:
-            ax_curve.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+            ax_curve.fill_between(epochs, low, high, color=color, alpha=0.2)
     ax_curve.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax_curve.set_xlabel("epoch (0: before training)")
     ax_curve.set_ylabel(f"{split} {what}")
@@ -599,7 +643,8 @@ def sweep_figure(result: SweepResult, path: str | Path) -> Path:
     for i, values in enumerate(finals):
         if values:
             ax_final.hlines(np.mean(values), i - 0.3, i + 0.3, color="k", linewidth=2)
-            ax_final.scatter(np.full(len(values), i), values, color="C0", zorder=3, s=14)
+            ax_final.scatter(np.full(len(values), i), values, color=f"C{i % 10}", zorder=3,
+                             s=14)
     ax_final.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
     ax_final.set_ylabel(f"final {score.replace('_', ' ')}"
                         + (" (fraction)" if score == "test_accuracy" else ""))
@@ -610,6 +655,18 @@ def sweep_figure(result: SweepResult, path: str | Path) -> Path:
         pad = max(0.01, 0.15 * (hi - lo))
         ax_final.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
     ax_final.ticklabel_format(axis="y", useOffset=False)
-    fig.suptitle(f"sweep {Path(result.out).name}: {len(result.runs)} runs")
+    fig.suptitle(f"sweep {Path(result.out).name}: {len(result.runs)} runs; {_sweep_setup(result)}")
     fig.tight_layout()
     return _save(fig, Path(path), 110)
+
+
+def _sweep_setup(result: SweepResult) -> str:
+    """The data and network the sweep's runs share, or which of them its grid varies."""
+    configs = [r["summary"]["config"] for r in result.runs if "summary" in r]
+    if not configs:
+        return "no run finished"
+    data = sorted({str(c.get("dataset")) for c in configs})
+    nets = sorted({architecture(c) for c in configs})
+    data_text = data[0] if len(data) == 1 else "data " + " | ".join(data)
+    net_text = nets[0] if len(nets) == 1 else "networks " + " | ".join(nets)
+    return f"{data_text}, {net_text}"

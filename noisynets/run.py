@@ -41,6 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import snntorch as snn
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -57,6 +58,7 @@ from noisynets.checkpoints import (
     consent_to_model,
     data_digest,
     file_digest,
+    identity_version,
     load,
     model_state,
     new_identity,
@@ -68,8 +70,21 @@ from noisynets.checkpoints import (
     set_random_states,
 )
 from noisynets.config import TrainConfig, resolve
-from noisynets.data import Dataset, load_dataset
+from noisynets.data import DataSplits, load_dataset
 from noisynets.files import remove_stale, write_text_atomic
+from noisynets.firing import firing_warnings
+from noisynets.hooks import (
+    METRICS_FILE,
+    STEPS_FILE,
+    TENSORBOARD_FOLDER,
+    EarlyStopping,
+    Hook,
+    MetricsCSV,
+    StepLossCSV,
+    TensorBoard,
+    summary_writer_class,
+)
+from noisynets.inference import input_spec
 from noisynets.models import conv_net, he_normal, load_model
 from noisynets.network import Network, Passes, Record
 from noisynets.noise import make_noise
@@ -84,11 +99,12 @@ from noisynets.training import (
     epoch_stats,
     evaluate,
     fit,
+    probe_split,
 )
 
 RESULTS_FILE = "results.json"
 RUN_FILES = (RESULTS_FILE, "trace.h5", "trace.png", "learning_curve.png", MODEL_FILE,
-             CHECKPOINT_FILE, IDENTITY_FILE)
+             CHECKPOINT_FILE, METRICS_FILE, STEPS_FILE, IDENTITY_FILE)
 
 
 class DivergenceError(RuntimeError):
@@ -108,6 +124,7 @@ class RunResult:
     precision: str = "float32"  # the difference and estimate products, as resolved
     data_files: str = ""
     world_size: int = 1  # processes that trained it (data-parallel under torchrun)
+    layers: list[dict[str, Any]] = field(default_factory=list)  # what the network really is
 
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else self.initial
@@ -121,6 +138,8 @@ class RunResult:
             "val_accuracy": last.val_accuracy,
             "val_loss": last.val_loss,
             "initial_test_accuracy": self.initial.test_accuracy if self.initial else None,
+            "stopped_early": any(h.stopped for h in self.history),
+            "lr_schedule": self.schedule(),
             "skipped_steps": sum(h.skipped_steps for h in self.history),
             "seconds": round(self.seconds, 3),
             "device": self.device,
@@ -129,9 +148,22 @@ class RunResult:
             "data_files": self.data_files,
             "out": self.out,
             "config": self.config.to_dict(),
+            "layers": self.layers,
             "history": [asdict(h) for h in ([self.initial] if self.initial else [])
                         + self.history],
         }
+
+
+    def schedule(self) -> dict[str, Any]:
+        """The learning rate's schedule and the rate of every epoch's steps (epoch 0: the
+        starting rate)."""
+        c = self.config
+        epochs = ([self.initial] if self.initial else []) + self.history
+        return {"schedule": c.lr_schedule, "lr": c.lr, "lr_step": c.lr_step,
+                "lr_gamma": c.lr_gamma, "optimizer": c.optimizer,
+                "weight_decay": c.weight_decay, "momentum": c.momentum,
+                "clip_grad": c.clip_grad, "early_stopping": c.early_stopping,
+                "lr_by_epoch": [h.lr for h in epochs]}
 
 
 def choose_device(name: str) -> torch.device:
@@ -146,7 +178,7 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build(config: TrainConfig, data: Dataset) -> tuple[Network, Rule, torch.optim.Optimizer]:
+def build(config: TrainConfig, data: DataSplits) -> tuple[Network, Rule, torch.optim.Optimizer]:
     """The network, rule and optimizer a resolved ``config`` describes: the fully connected
     stack of ``hidden`` (``arch = "mlp"``), the convolutional preset (``"conv"``), or the
     user's own model (``model = "FILE.py:FUNCTION"``). Call ``torch.manual_seed`` first: a
@@ -178,15 +210,15 @@ def build(config: TrainConfig, data: Dataset) -> tuple[Network, Rule, torch.opti
         beta=config.beta,
         threshold=config.threshold,
         threshold_noise=config.threshold_noise,
+        per_step=config.per_step,
+        readout=config.readout,
         seed=config.seed,
+        weight_noise=config.weight_noise,
+        adc=config.adc,
     )
     rule = make_rule(config.algo, noise_samples=config.noise_samples)
     rule.check(network)
-    if config.optimizer == "adam":
-        optimizer = torch.optim.Adam(network.trained_parameters(), lr=config.lr)
-    else:
-        optimizer = torch.optim.SGD(network.trained_parameters(), lr=config.lr)
-    return network, rule, optimizer
+    return network, rule, make_optimizer(config, network.trained_parameters())
 
 
 def run_folder(config: TrainConfig, overwrite: bool = False) -> Path:
@@ -255,7 +287,8 @@ def resume(
         checkpoint = load(path, "checkpoint")
         fields = config_fields(checkpoint, path)
         check_identity(checkpoint, folder, path)
-        recorded = checkpoint["run"].get("model") if checkpoint["version"] >= 2 else None
+        recorded = (checkpoint["run"].get("model")
+                    if checkpoint["version"] >= identity_version("checkpoint") else None)
     elif (folder / RESULTS_FILE).exists():
         path = folder / RESULTS_FILE
         try:
@@ -279,6 +312,9 @@ def resume(
         config = dataclasses.replace(config, threads=threads)
     if checkpoint is None:
         return _start(config, lambda: run_folder(config, overwrite=True), None, progress, log)
+    if any(h.get("stopped") for h in checkpoint["history"]):
+        raise ValueError(f"--resume {str(folder)!r}: the run stopped early after epoch "
+                         f"{checkpoint['epoch']} (--early-stopping): it is finished")
     if checkpoint["epoch"] >= config.epochs and (folder / MODEL_FILE).exists():
         raise ValueError(f"--resume {str(folder)!r}: the run finished all {config.epochs} "
                          "epochs already")
@@ -293,10 +329,182 @@ def _start(
     log: Callable[[str], None] | None,
 ) -> RunResult:
     """``_run`` in the run folder ``folder()`` names; under torchrun in every process, with
-    the folder named by rank 0."""
+    the folder named by rank 0. A run refused before it wrote anything (bad data, a network
+    the rule cannot train) leaves no empty folder behind that it created."""
+    if config.tensorboard:
+        summary_writer_class()  # refused before the folder is made
     with session(choose_device(config.device)) as world:
         out = decided_by_main(folder, world)
-        return _run(config, out, checkpoint, progress, log, world)
+        try:
+            return _run(config, out, checkpoint, progress, log, world)
+        except BaseException:
+            if world is None or world.main:
+                remove_if_empty(out)
+            raise
+
+
+def remove_if_empty(folder: Path) -> None:
+    """``folder`` and the empty folders above it that ``run_folder`` made, removed while they
+    are empty (a refused run leaves nothing in the tree)."""
+    for path in [folder, *[p for p in folder.parents if p == Path("runs")]]:
+        try:
+            path.rmdir()
+        except OSError:
+            return  # not empty, or not there
+
+
+@dataclass
+class RunState:
+    """What the pieces of a run share: its config and folder, the trained objects, the data
+    order, the results so far and the trace file (``None`` when not tracing or not rank 0)."""
+
+    config: TrainConfig
+    out: Path
+    network: Network
+    rule: Rule
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    generator: torch.Generator
+    result: RunResult
+    writer: TraceWriter | None
+    main: bool
+    start: float
+    inputs: dict[str, Any] | None = None  # what inference needs of the data (model.pt)
+    identity: dict[str, str] | None = None  # the run's identity (identity.json)
+
+    def save_results(self) -> None:
+        if self.main:
+            text = json.dumps(strict_json(self.result.summary()), indent=2,
+                              allow_nan=False) + "\n"
+            write_text_atomic(self.out / RESULTS_FILE, text)
+
+    def save_model(self) -> None:
+        if self.main and all(bool(torch.isfinite(p).all()) for p in self.network.parameters()):
+            save_atomic(model_state(self.network, self.config.to_dict(), self.inputs,
+                                    self.identity), self.out / MODEL_FILE)
+
+    def save_checkpoint(self, stats: EpochStats) -> None:
+        import noisynets
+
+        if not self.main:
+            return
+        save_atomic({
+            "format": "noisynets-checkpoint", "version": FORMAT_VERSION,
+            "noisynets_version": noisynets.__version__,
+            "run": self.identity or {}, "config": self.config.to_dict(),
+            "epoch": stats.epoch, "step": stats.step, "seconds": stats.seconds,
+            "network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "noise": noise_states(self.network), "random": random_states(),
+            "data_order": self.generator.get_state(),
+            "initial": asdict(self.result.initial),
+            "history": [asdict(h) for h in self.result.history],
+            "trace_records": 0 if self.writer is None else self.writer.records,
+        }, self.out / CHECKPOINT_FILE)
+        self.save_model()
+
+
+class Results(Hook):
+    """Every epoch into the run's history and ``results.json``; at the end the final time."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+    def on_epoch(self, stats: EpochStats) -> None:
+        if stats.epoch == 0:  # before training
+            self.state.result.initial = stats
+            return
+        self.state.result.history.append(stats)
+        self.state.result.seconds = time.perf_counter() - self.state.start
+        self.state.save_results()
+
+    def close(self) -> None:
+        self.state.result.seconds = time.perf_counter() - self.state.start
+        self.state.save_results()
+
+
+class Checkpoints(Hook):
+    """``checkpoint.pt`` and ``model.pt`` every ``checkpoint_every`` epochs and after the last
+    (also after an early stop)."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+    def on_epoch(self, stats: EpochStats) -> None:
+        every, epochs = self.state.config.checkpoint_every, self.state.config.epochs
+        due = stats.epoch % every == 0 or stats.epoch == epochs or stats.stopped if every else False
+        if stats.epoch > 0 and due:
+            self.state.save_checkpoint(stats)
+
+
+class Tracing(Hook):
+    """The probe samples' record every ``trace_every`` steps and every evaluation's metrics
+    into ``trace.h5``."""
+
+    def __init__(self, state: RunState, probe: tuple[Tensor, Tensor]) -> None:
+        self.state, self.probe = state, probe
+
+    def on_step(self, step: int, loss: Tensor) -> None:
+        self.record(step)
+
+    def record(self, step: int) -> None:
+        if step % self.state.config.trace_every == 0:
+            self.state.writer.append_record(step, probe_record(self.state.network, *self.probe))
+
+    def on_epoch(self, stats: EpochStats) -> None:
+        self.state.writer.append_metrics(asdict(stats))
+        if stats.epoch == 0:
+            self.record(0)
+
+
+class Table(Hook):
+    """The console's table: a line per epoch, through the progress bar when there is one."""
+
+    def __init__(self, emit: Callable[[str], None], progress: bool, schedule: bool,
+                 patience: int, network: Network | None = None, time_steps: int = 1,
+                 noise_std: float | None = None) -> None:
+        self.emit, self.progress, self.schedule = emit, progress, schedule
+        self.patience = patience
+        # The network, for the first epoch's warning on silent or saturated spiking layers.
+        self.network, self.time_steps, self.noise_std = network, time_steps, noise_std
+
+    def on_epoch(self, stats: EpochStats) -> None:
+        line = _row(stats, self.schedule)
+        if stats.epoch == 1 and stats.firing_rate and self.network is not None:
+            for warning in firing_warnings(self.network, stats.firing_rate, self.time_steps,
+                                           self.noise_std):  # one line per silent layer
+                if self.progress:
+                    with tqdm.external_write_mode(file=sys.stdout):
+                        self.emit(warning)
+                else:
+                    self.emit(warning)
+        if stats.val_loss is not None and stats.test_loss is not None:
+            line += f"   test loss {stats.test_loss:.4f}" + (
+                "" if stats.test_accuracy is None else f", test acc {stats.test_accuracy:.4f}")
+        if stats.stopped:
+            line += "   early stop: no lower validation loss for " + plural(
+                self.patience, "epoch")
+        if self.progress:
+            tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()
+        else:
+            self.emit(line)
+
+
+class Figures(Hook):
+    """``learning_curve.png`` and ``trace.png`` at the end (unless ``figures`` is off)."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+    def close(self) -> None:
+        from noisynets.plots import learning_curve, trace_figure
+
+        state = self.state
+        if state.result.history and state.main and state.config.figures:
+            learning_curve(state.result, state.out / "learning_curve.png")
+        if state.writer is not None and state.writer.records and state.config.figures:
+            trace_figure(state.writer.path, state.out / "trace.png")
 
 
 def _run(
@@ -307,157 +515,69 @@ def _run(
     log: Callable[[str], None] | None,
     world: World | None = None,
 ) -> RunResult:
+    """The run in ``out``: data, network, the hooks, the initial evaluation, ``fit``."""
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = choose_device(config.device) if world is None else world.device
     main = world is None or world.main  # the process that writes files and logs
     if not main:
         progress, log = False, None
+    emit = log or (lambda line: None)
     if main:
         remove_stale(out)  # what a killed run left half-written
-    data = load_dataset(config.dataset, config.data_root)
-    identity = run_identity(config, data, out, checkpoint, main)
-    if config.val_fraction > 0:
-        data = data.with_validation(config.val_fraction)
-    if config.standardize:
-        data = data.standardized()
+    data, inputs, digest = prepare_data(config, device, world)
+    identity = run_identity(config, data, digest, out, checkpoint, main)
     torch.manual_seed(config.seed)
     network, rule, optimizer = build(config, data)
     network.to(device)
-    data = to_device(data, device)
-    if world is not None:
-        check_shardable(data, config.batch_size, world)
-    validation = None if data.val_x is None else (data.val_x, data.val_y)
     precision = difference_dtype(config.precision, data.train_x.dtype, device)
     result = RunResult(config=config, out=str(out), device=str(device),
                        precision=str(precision).removeprefix("torch."), data_files=data.origin,
                        world_size=1 if world is None else world.size)
+    state = RunState(config, out, network, rule, optimizer, make_scheduler(config, optimizer),
+                     torch.Generator().manual_seed(config.seed),  # the order of the data
+                     result, None, main, time.perf_counter(), inputs, identity)
     shapes = model_shapes(network, data, config)
-    generator = torch.Generator().manual_seed(config.seed)  # the order of the data
-    start = time.perf_counter()
+    result.layers = describe_layers(network, shapes)
     first_epoch, step = 1, 0
     if checkpoint is not None:
-        path = out / CHECKPOINT_FILE
-        check_fits(checkpoint["network"], network.state_dict(), path)
-        check_optimizer(checkpoint["optimizer"], optimizer, path)
-        try:
-            network.load_state_dict(checkpoint["network"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            noise = checkpoint["noise"]
-            set_noise_states(network, noise if world is None else on_device(noise, device))
-            generator.set_state(checkpoint["data_order"])
-            with torch.random.fork_rng(devices=[]):  # only a check: applied below
-                set_random_states(checkpoint["random"])
-        except (RuntimeError, KeyError, TypeError, IndexError, AttributeError) as e:
-            raise ValueError(f"{str(path)!r} does not fit the run its config builds "
-                             f"({' '.join(str(e).split())[:120]}): start the run "
-                             "again") from None
-        result.initial = EpochStats(**checkpoint["initial"])
-        result.history = [EpochStats(**h) for h in checkpoint["history"]]
-        first_epoch, step = checkpoint["epoch"] + 1, checkpoint["step"]
-        start -= checkpoint["seconds"]
-    writer = probe_x = probe_y = None
-    if config.trace_every > 0 and main:
-        if checkpoint is not None:
-            writer = TraceWriter.resume(out / "trace.h5", checkpoint["trace_records"],
-                                        1 + len(result.history))
-        else:
-            probe_index = torch.arange(min(config.trace_probe, data.train_x.shape[0]))
-            steps = config.epochs * math.ceil(data.train_x.shape[0] / config.batch_size)
-            writer = TraceWriter(
-                out / "trace.h5", [s["units"] for s in shapes],
-                [layer.spiking for layer in network.layers], network.time_steps, probe_index,
-                attrs=trace_attributes(config, device, data.origin),
-                layers=config.trace_layers, units=config.trace_units,
-                spike_events=config.spike_events, inputs=[s["inputs"] for s in shapes],
-                shapes=[(s["input_shape"], s["shape"]) for s in shapes],
-                records=1 + steps // config.trace_every, evaluations=1 + config.epochs,
-                metrics=metric_names(network.num_layers),
-            )
-        index = torch.arange(writer.probe, device=device)
-        probe_x, probe_y = data.train_x[index], data.train_y[index]
+        first_epoch, step = restore(state, checkpoint, world, device)
+    probe = open_trace(state, data, shapes, checkpoint) if config.trace_every > 0 else None
+    hooks = run_hooks(state, probe, emit, progress, checkpoint)
+    early = (EarlyStopping(config.early_stopping, result.history)
+             if config.early_stopping else None)
 
-    def save_results() -> None:
-        if not main:
-            return
-        text = json.dumps(strict_json(result.summary()), indent=2, allow_nan=False) + "\n"
-        write_text_atomic(out / RESULTS_FILE, text)
+    def on_loss(step: int, loss: Tensor) -> None:
+        for hook in hooks:
+            hook.on_step(step, loss)
 
-    def save_model() -> None:
-        if main and all(bool(torch.isfinite(p).all()) for p in network.parameters()):
-            save_atomic(model_state(network, config.to_dict(), identity), out / MODEL_FILE)
+    def on_epoch(stats: EpochStats) -> None:
+        for hook in hooks:
+            hook.on_epoch(stats)
 
-    def trace(step: int) -> None:
-        if writer is not None and step % config.trace_every == 0:
-            writer.append_record(step, probe_record(network, probe_x, probe_y))
-
-    def save_checkpoint(stats: EpochStats) -> None:
-        if not main:
-            return
-        save_atomic({
-            "format": "noisynets-checkpoint", "version": FORMAT_VERSION,
-            "noisynets_version": trace_attributes(config, device)["noisynets_version"],
-            "run": identity, "config": config.to_dict(),
-            "epoch": stats.epoch, "step": stats.step, "seconds": stats.seconds,
-            "network": network.state_dict(), "optimizer": optimizer.state_dict(),
-            "noise": noise_states(network), "random": random_states(),
-            "data_order": generator.get_state(),
-            "initial": asdict(result.initial), "history": [asdict(h) for h in result.history],
-            "trace_records": 0 if writer is None else writer.records,
-        }, out / CHECKPOINT_FILE)
-        save_model()
-
-    emit = log or (lambda line: None)
-    emit(f"{config.algo} on {config.dataset}: {describe(network, shapes)}, "
-         f"{plural(config.epochs, 'epoch')}, batch {config.batch_size}, lr {config.lr:g}, "
-         f"noise {config.noise} {config.noise_std:g}, device {device}, run folder {out}")
+    emit(header(state, describe(network, shapes), device, world))
     emit(f"data: {data.origin}")
-    if checkpoint is None:
-        train_split = (data.train_x, data.train_y)
-        probe = (data.train_x[: config.batch_size], data.train_y[: config.batch_size])
-        result.initial = epoch_stats(network, rule, (data.test_x, data.test_y), probe, 0,
-                                     start, train=train_split, validation=validation,
-                                     final=False)
-        if writer is not None:
-            writer.append_metrics(asdict(result.initial))
-        trace(0)
-    else:
+    if checkpoint is not None:
         set_random_states(checkpoint["random"])
         if world is not None and device.type == "cuda" and checkpoint["random"]["cuda"]:
             torch.cuda.set_rng_state(checkpoint["random"]["cuda"][0], device)  # rank 0's GPU
         emit(f"continuing after epoch {checkpoint['epoch']} (step {step})")
-    split = "val" if validation is not None else "test"
-    emit(f"{'epoch':>5} {'train loss':>10} {split + ' loss':>9} {split + ' acc':>8} "
-         f"{'alignment':>9}" + ("   (test split: after the last epoch)" if validation
-                                is not None else ""))
-    for stats in [result.initial, *result.history]:
-        emit(_row(stats))
-
-    def on_epoch(stats: EpochStats) -> None:
-        result.history.append(stats)
-        result.seconds = time.perf_counter() - start
-        if writer is not None:
-            writer.append_metrics(asdict(stats))
-        save_results()
-        every = config.checkpoint_every
-        if every and (stats.epoch % every == 0 or stats.epoch == config.epochs):
-            save_checkpoint(stats)
-        line = _row(stats)
-        if validation is not None and stats.test_loss is not None:
-            line += f"   test loss {stats.test_loss:.4f}" + (
-                "" if stats.test_accuracy is None else f", test acc {stats.test_accuracy:.4f}")
-        if progress:
-            tqdm.write(line, file=sys.stdout)
-        else:
-            emit(line)
+    emit(table_header(data.val_x is not None, state.scheduler is not None))
+    if checkpoint is None:
+        on_epoch(initial_stats(state, data))  # epoch 0, before training
+    else:
+        for stats in [result.initial, *result.history]:
+            emit(_row(stats, state.scheduler is not None))
 
     try:
         try:
             fit(network, rule, optimizer, data, config.epochs, config.batch_size,
-                seed=config.seed, progress=progress, on_epoch=on_epoch, on_step=trace,
+                seed=config.seed, progress=progress, on_epoch=on_epoch, on_loss=on_loss,
                 name=config.algo, max_bad_steps=config.max_bad_steps, first_epoch=first_epoch,
-                first_step=step, generator=generator, start=start, world=world)
-            save_model()
+                first_step=step, generator=state.generator, start=state.start, world=world,
+                scheduler=state.scheduler, clip_grad=config.clip_grad, stop=early,
+                probe_batches=config.probe_batches)
+            state.save_model()
         except Diverged as e:
             raise DivergenceError(
                 f"training diverged: {e}, so nothing was applied; lower --lr (now "
@@ -466,27 +586,12 @@ def _run(
     except BaseException:
         # Already failing (a full disk, an interrupt): keep what can still be written, and
         # let the first error be the one reported.
-        result.seconds = time.perf_counter() - start
-        _quietly(save_results)
-        _quietly(lambda: finish_figures(result, writer, out, main and config.figures))
+        for hook in hooks:
+            _quietly(hook.close)
         raise
-    result.seconds = time.perf_counter() - start
-    save_results()
-    finish_figures(result, writer, out, main and config.figures)
+    for hook in hooks:
+        hook.close()
     return result
-
-
-def finish_figures(result: RunResult, writer: TraceWriter | None, out: Path,
-                   figures: bool) -> None:
-    """``learning_curve.png`` and ``trace.png``, each written whole or not at all."""
-    from noisynets.plots import learning_curve, trace_figure
-
-    if not figures:
-        return
-    if result.history:
-        learning_curve(result, out / "learning_curve.png")
-    if writer is not None and writer.records:
-        trace_figure(writer.path, out / "trace.png")
 
 
 def _quietly(write: Callable[[], None]) -> None:
@@ -496,12 +601,11 @@ def _quietly(write: Callable[[], None]) -> None:
         pass
 
 
-def run_identity(config: TrainConfig, data: Dataset, out: Path,
+def run_identity(config: TrainConfig, data: DataSplits, digest: str, out: Path,
                  checkpoint: dict[str, Any] | None, main: bool = True) -> dict[str, str]:
     """The run's identity (``checkpoints.new_identity``): made and written to
     ``identity.json`` when the run starts; on resume the recorded one, whose data digest
-    must be that of the data loaded now."""
-    digest = data_digest(data.train_x, data.train_y, data.test_x, data.test_y)
+    (``digest``, of the data set as loaded) must be that of the data loaded now."""
     if checkpoint is not None:
         recorded = read_identity(out) or checkpoint.get("run") or None
     if checkpoint is None or recorded is None:
@@ -517,6 +621,173 @@ def run_identity(config: TrainConfig, data: Dataset, out: Path,
     return recorded
 
 
+def prepare_data(config: TrainConfig, device: torch.device, world: World | None
+                 ) -> tuple[DataSplits, dict[str, Any], str]:
+    """The run's data set: loaded, its validation split held out, standardized if asked, on
+    ``device``; checked to split over ``world``'s processes. With what inference needs of it
+    (``inference.input_spec``: shapes and the standardisation) and the digest of the data as
+    loaded (``checkpoints.data_digest``, the run identity's ``data``)."""
+    data = load_dataset(config.dataset, config.data_root)
+    digest = data_digest(data.train_x, data.train_y, data.test_x, data.test_y)
+    if config.val_fraction > 0:
+        data = data.with_validation(config.val_fraction)
+    inputs = input_spec(data, bool(config.standardize))
+    if config.standardize:
+        data = data.standardized()
+    data = to_device(data, device)
+    if world is not None:
+        check_shardable(data, config.batch_size, world)
+    return data, inputs, digest
+
+
+def make_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]
+                   ) -> torch.optim.Optimizer:
+    """``torch.optim.Adam``, ``AdamW`` or ``SGD`` (with ``momentum``) at ``lr``, with
+    ``weight_decay`` (Adam, SGD: ``g <- g + lambda w``; AdamW: decoupled,
+    ``w <- w - lr lambda w``)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer
+                   ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The ``torch.optim.lr_scheduler`` of ``lr_schedule``, stepped once per epoch, so epoch
+    ``e`` (from 1) of ``E`` trains at ``lr_e`` (``None`` for ``constant``: ``lr_e = lr``):
+
+    * ``cosine``: ``CosineAnnealingLR(T_max=E)``, ``lr_e = lr (1 + cos(pi (e-1) / E)) / 2``;
+    * ``step``: ``StepLR(lr_step, lr_gamma)``, ``lr_e = lr gamma^floor((e-1) / lr_step)``;
+    * ``exponential``: ``ExponentialLR(lr_gamma)``, ``lr_e = lr gamma^(e-1)``."""
+    lr_scheduler = torch.optim.lr_scheduler
+    if config.lr_schedule == "cosine":
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.lr_schedule == "step":
+        return lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    if config.lr_schedule == "exponential":
+        return lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
+    return None
+
+
+def restore(state: RunState, checkpoint: dict[str, Any], world: World | None,
+            device: torch.device) -> tuple[int, int]:
+    """The state of ``checkpoint`` in ``state``, each tensor checked against the network and
+    optimizer the config builds; returns the epoch and step to continue at."""
+    path = state.out / CHECKPOINT_FILE
+    check_fits(checkpoint["network"], state.network.state_dict(), path)
+    check_optimizer(checkpoint["optimizer"], state.optimizer, path)
+    try:
+        state.network.load_state_dict(checkpoint["network"])
+        state.optimizer.load_state_dict(checkpoint["optimizer"])
+        if state.scheduler is not None and checkpoint.get("scheduler") is not None:
+            state.scheduler.load_state_dict(checkpoint["scheduler"])
+        noise = checkpoint["noise"]
+        set_noise_states(state.network, noise if world is None else on_device(noise, device))
+        state.generator.set_state(checkpoint["data_order"])
+        with torch.random.fork_rng(devices=[]):  # only a check: applied in _run
+            set_random_states(checkpoint["random"])
+    except (RuntimeError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"{str(path)!r} does not fit the run its config builds "
+                         f"({' '.join(str(e).split())[:120]}): start the run "
+                         "again") from None
+    state.result.initial = EpochStats(**checkpoint["initial"])
+    state.result.history = [EpochStats(**h) for h in checkpoint["history"]]
+    state.start -= checkpoint["seconds"]
+    return checkpoint["epoch"] + 1, checkpoint["step"]
+
+
+def open_trace(state: RunState, data: DataSplits, shapes: list[dict[str, Any]],
+               checkpoint: dict[str, Any] | None) -> tuple[Tensor, Tensor] | None:
+    """The run's trace file (rank 0 only; continued on resume) in ``state.writer``; returns
+    the probe samples it traces."""
+    if not state.main:
+        return None
+    config, network = state.config, state.network
+    device = next(network.parameters()).device
+    if checkpoint is not None:
+        state.writer = TraceWriter.resume(state.out / "trace.h5", checkpoint["trace_records"],
+                                          1 + len(state.result.history))
+    else:
+        probe_index = torch.arange(min(config.trace_probe, data.train_x.shape[0]))
+        steps = config.epochs * math.ceil(data.train_x.shape[0] / config.batch_size)
+        state.writer = TraceWriter(
+            state.out / "trace.h5", [s["units"] for s in shapes],
+            [layer.spiking for layer in network.layers], network.time_steps, probe_index,
+            attrs=trace_attributes(config, device, data.origin),
+            layers=config.trace_layers, units=config.trace_units,
+            spike_events=config.spike_events, inputs=[s["inputs"] for s in shapes],
+            shapes=[(s["input_shape"], s["shape"]) for s in shapes],
+            records=1 + steps // config.trace_every, evaluations=1 + config.epochs,
+            metrics=metric_names(network.num_layers),
+        )
+    index = torch.arange(state.writer.probe, device=device)
+    return data.train_x[index], data.train_y[index]
+
+
+def run_hooks(state: RunState, probe: tuple[Tensor, Tensor] | None,
+              emit: Callable[[str], None], progress: bool,
+              checkpoint: dict[str, Any] | None) -> list[Hook]:
+    """The run's hooks, in the order they are called: results, the trace (when tracing), the
+    CSV logs and TensorBoard (rank 0), then the checkpoint, then figures and the console's table.
+    The checkpoint is the commit point: a resume continues every file from what it says, so
+    everything it counts (trace metrics, steps.csv rows, TensorBoard events) is written before
+    it -- a run killed between a file's write and the checkpoint resumes as well."""
+    hooks: list[Hook] = [Results(state)]
+    if probe is not None and state.writer is not None:
+        hooks.append(Tracing(state, probe))
+    if state.main:
+        rows = [] if checkpoint is None else [state.result.initial, *state.result.history]
+        last = None if checkpoint is None else checkpoint["step"]
+        hooks.append(MetricsCSV(state.out / METRICS_FILE,
+                                metric_names(state.network.num_layers), rows))
+        hooks.append(StepLossCSV(state.out / STEPS_FILE, last))
+        if state.config.tensorboard:
+            hooks.append(TensorBoard(state.out / TENSORBOARD_FOLDER, rows, last))
+    hooks.append(Checkpoints(state))
+    if state.main:
+        hooks.append(Figures(state))
+    hooks.append(Table(emit, progress, state.scheduler is not None,
+                       state.config.early_stopping, state.network, state.config.time_steps,
+                       state.config.noise_std))
+    return hooks
+
+
+def initial_stats(state: RunState, data: DataSplits) -> EpochStats:
+    """Epoch 0: the measurements before training, on the whole training split."""
+    config = state.config
+    validation = None if data.val_x is None else (data.val_x, data.val_y)
+    probe = probe_split((data.train_x, data.train_y), config.batch_size, config.probe_batches,
+                        data.train_x.device)
+    stats = epoch_stats(state.network, state.rule, (data.test_x, data.test_y), probe, 0,
+                        state.start, train=(data.train_x, data.train_y),
+                        validation=validation, final=False)
+    stats.lr = state.optimizer.param_groups[0]["lr"]
+    return stats
+
+
+def header(state: RunState, network: str, device: torch.device, world: World | None) -> str:
+    """The run's first line: rule, data, network, schedule, device, processes, folder."""
+    c = state.config
+    schedule = "" if c.lr_schedule == "constant" else f" ({c.lr_schedule} schedule)"
+    processes = ("" if world is None or world.size == 1
+                 else f", {world.size} processes (data-parallel)")
+    model = "" if c.model is None else f"model {Path(c.model).name} "
+    steps = f", T {c.time_steps}" if c.time_steps > 1 else ""
+    return (f"{c.algo} on {c.dataset}: {model}{network}{steps}, {plural(c.epochs, 'epoch')}, batch "
+            f"{c.batch_size}, {c.optimizer} lr {c.lr:g}{schedule}, noise {c.noise} "
+            f"{c.noise_std:g}, device {device}{processes}, run folder {state.out}")
+
+
+def table_header(validating: bool, schedule: bool) -> str:
+    """The columns of the console's table (``_row``)."""
+    split = "val" if validating else "test"
+    return (f"{'epoch':>5} {'train loss':>10} {split + ' loss':>9} {split + ' acc':>8} "
+            f"{'align hidden':>12} {'align out':>9}" + (f" {'lr':>9}" if schedule else "")
+            + ("   (test split: after the last epoch)" if validating else ""))
+
+
 def on_device(states: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
     """Noise states (``checkpoints.noise_states``) whose CUDA generators move to ``device``:
     every rank of a data-parallel run continues the streams rank 0 saved, on its own GPU."""
@@ -527,16 +798,11 @@ def on_device(states: list[dict[str, Any]], device: torch.device) -> list[dict[s
             for s in states]
 
 
-def load_network(
-    folder: str | Path, dataset: str | None = None, data_root: str | None = None,
-    model: str | None = None, trust_model: bool = False,
-) -> tuple[Network, TrainConfig, Dataset]:
-    """The trained network of the run in ``folder`` (its ``model.pt``, decorrelators included),
-    rebuilt from the run's config, on the run's device (CPU if it has no GPU now); with the
-    config and the data set (or ``dataset``) it was built for. ``model.pt`` is checked before
-    use (``checkpoints.MODEL_SCHEMA``, its identity, every tensor); a ``--model`` run's file
-    is imported only when ``model`` names it again or ``trust_model`` (see ``resume``)."""
-    folder = Path(folder)
+def load_model_file(folder: Path, model: str | None = None, trust_model: bool = False
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checked ``model.pt`` of the run in ``folder`` (``checkpoints.MODEL_SCHEMA``, its
+    identity) and its settings, whose ``--model`` file is the one the user consents to
+    (``checkpoints.consent_to_model``: named again as ``model``, or ``trust_model``)."""
     if not folder.is_dir():
         raise ValueError(f"run folder {str(folder)!r} does not exist or is not a folder")
     path = folder / MODEL_FILE
@@ -544,9 +810,25 @@ def load_network(
     fields = config_fields(state, path)
     check_identity(state, folder, path)
     if fields.get("model") is not None:
-        recorded = state["run"].get("model") if state["version"] >= 2 else None
+        recorded = (state["run"].get("model")
+                    if state["version"] >= identity_version("model") else None)
         fields["model"] = consent_to_model(str(fields["model"]), recorded or None, model,
                                            trust_model)
+    return state, fields
+
+
+def load_network(
+    folder: str | Path, dataset: str | None = None, data_root: str | None = None,
+    model: str | None = None, trust_model: bool = False,
+) -> tuple[Network, TrainConfig, DataSplits]:
+    """The trained network of the run in ``folder`` (its ``model.pt``, decorrelators included),
+    rebuilt from the run's config, on the run's device (CPU if it has no GPU now); with the
+    config and the data set (or ``dataset``) it was built for. ``model.pt`` is checked before
+    use (``checkpoints.MODEL_SCHEMA``, its identity, every tensor); a ``--model`` run's file
+    is imported only when ``model`` names it again or ``trust_model`` (see ``resume``)."""
+    folder = Path(folder)
+    state, fields = load_model_file(folder, model, trust_model)
+    path = folder / MODEL_FILE
     config = resolve(TrainConfig(**{**fields, "out": str(folder)}))
     if dataset is not None:
         config = resolve(dataclasses.replace(config, dataset=dataset))
@@ -584,8 +866,9 @@ def evaluate_run(
 
 def metric_names(layers: int) -> list[str]:
     """The names of an evaluation's metrics in the trace file, for ``layers`` layers."""
-    fields = {f.name: [0.0] * layers if f.name in ("alignment", "decorrelation",
-                                                   "estimate_norm") else 0.0
+    fields = {f.name: [0.0] * layers if f.name in ("alignment", "alignment_std",
+                                                   "decorrelation", "estimate_norm",
+                                                   "firing_rate") else 0.0
               for f in dataclasses.fields(EpochStats)}
     return list(flatten_metrics(fields))
 
@@ -600,7 +883,7 @@ def network_shapes(network: Network, x: Tensor, y: Tensor) -> list[dict[str, Any
             for layer, seen, a in zip(network.layers, record.inputs, record.activity)]
 
 
-def model_shapes(network: Network, data: Dataset, config: TrainConfig
+def model_shapes(network: Network, data: DataSplits, config: TrainConfig
                  ) -> list[dict[str, Any]]:
     """``network_shapes`` of one training sample, or a ``ValueError`` saying why the
     network cannot take the data set's samples or give one output per class."""
@@ -618,11 +901,46 @@ def model_shapes(network: Network, data: Dataset, config: TrainConfig
 
 
 def describe(network: Network, shapes: list[dict[str, Any]]) -> str:
-    """``[64, 1000, 10]`` for a dense stack; ``1x28x28 -> 16x28x28 -> ... -> 10`` else."""
+    """``[64, 1000, 10]`` for a dense stack; ``1x28x28 -> 16x28x28 -> ... -> 10`` else, each
+    shape after a wrapped model's layer with its weight operation and node kinds."""
     if network.sizes is not None:
         return str(network.sizes)
     parts = [shapes[0]["input_shape"]] + [s["shape"] for s in shapes]
-    return " -> ".join("x".join(str(d) for d in shape) for shape in parts)
+    text = ["x".join(str(d) for d in shape) for shape in parts]
+    if network.unit == "custom":  # the user's own model: say what each layer is
+        for k, layer in enumerate(network.layers):
+            kinds = type(layer.op).__name__ + ("" if k == network.num_layers - 1
+                                               else f"+{type(layer.unit).__name__}")
+            text[k + 1] = f"({kinds}) {text[k + 1]}"
+    return " -> ".join(text)
+
+
+def describe_layers(network: Network, shapes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per layer (``results.json``'s ``layers``): its weight operation, the operations before
+    it and between it and its nodes, its node (``readout`` for the last), whether it spikes
+    and is decorrelated, and one sample's input and node shapes."""
+    rows = []
+    for k, (layer, shape) in enumerate(zip(network.layers, shapes)):
+        last = k == network.num_layers - 1
+        rows.append({
+            "layer": k + 1, "op": repr(layer.op), "pre": [repr(m) for m in layer.pre],
+            "mid": [repr(m) for m in layer.mid],
+            "node": "readout" if last else node_text(layer.unit), "spiking": layer.spiking,
+            "decorrelated": layer.decorrelator is not None,
+            "input_shape": shape["input_shape"], "shape": shape["shape"],
+        })
+    return rows
+
+
+def node_text(unit: torch.nn.Module) -> str:
+    """A node's repr; a spiking neuron's with its decay, threshold and reset."""
+    if not isinstance(unit, snn.SpikingNeuron):
+        return repr(unit)
+    values = {name: getattr(unit, name) for name in ("alpha", "beta", "threshold")
+              if isinstance(getattr(unit, name, None), Tensor)}
+    text = ", ".join(f"{k}={float(v.float().mean()):g}" + ("" if v.numel() == 1 else " (mean)")
+                     for k, v in values.items())
+    return f"{type(unit).__name__}({text}, reset={unit.reset_mechanism})"
 
 
 def probe_record(network: Network, x: Tensor, y: Tensor) -> Record:
@@ -649,7 +967,7 @@ def trace_attributes(config: TrainConfig, device: torch.device, data_files: str 
     }
 
 
-def to_device(data: Dataset, device: torch.device) -> Dataset:
+def to_device(data: DataSplits, device: torch.device) -> DataSplits:
     """``data`` with its tensors on ``device`` and every sample in its ``input_shape``."""
     shape = data.input_shape
     validation = {} if data.val_x is None else dict(
@@ -678,13 +996,18 @@ def strict_json(value: Any) -> Any:
     return value
 
 
-def _row(stats: EpochStats) -> str:
-    """An epoch's line of the table: the validation split's numbers where there is one."""
-    mean_alignment = sum(stats.alignment) / len(stats.alignment)
+def _row(stats: EpochStats, schedule: bool = False) -> str:
+    """An epoch's line of the table: the validation split's numbers where there is one, the
+    alignment of the hidden layers (their mean) and of the readout apart (the readout's
+    cosine is typically ten times the hidden layers'), and the learning rate with a
+    schedule."""
+    *hidden, readout = stats.alignment
     validating = stats.val_loss is not None
     loss = stats.val_loss if validating else stats.test_loss
     acc = stats.val_accuracy if validating else stats.test_accuracy
     test_loss = "-" if loss is None else f"{loss:.4f}"
     accuracy = "-" if acc is None else f"{acc:.4f}"
+    hidden_text = f"{sum(hidden) / len(hidden):.3f}" if hidden else "-"
+    lr = "" if not schedule or stats.lr is None else f" {stats.lr:>9.3g}"
     return (f"{stats.epoch:>5} {stats.train_loss:>10.4f} {test_loss:>9} "
-            f"{accuracy:>8} {mean_alignment:>9.3f}")
+            f"{accuracy:>8} {hidden_text:>12} {readout:>9.3f}{lr}")

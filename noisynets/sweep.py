@@ -331,8 +331,13 @@ def _on_dask(todo: list[Run], out: Path, workers: int | None, scheduler: str | N
              report: Callable[[Run, dict[str, Any]], None]) -> None:
     """Submit every run to a Dask cluster and report each as it ends; a worker that dies
     fails its run, not the sweep."""
-    import dask
-    from distributed import Client, LocalCluster, as_completed
+    try:
+        import dask
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise ValueError("running a sweep on a Dask cluster needs dask and distributed: pip "
+                         "install 'noisynets[sweep]' (or run it in this process with "
+                         "--workers 1)") from None
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 0,
                           "distributed.worker.daemon": False,

@@ -20,15 +20,16 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from noisynets.data import Dataset
+from noisynets.data import DataSplits
 from noisynets.decorrelation import mean_abs_correlation
+from noisynets.firing import firing_rates
 from noisynets.network import Network, Passes, Record
 from noisynets.parallel import (
     Shard,
@@ -59,19 +60,26 @@ class EpochStats:
     skipped_steps: int = 0  # steps skipped for a non-finite value (the divergence guard)
     val_loss: float | None = None  # on the validation split, where there is one
     val_accuracy: float | None = None
+    firing_rate: list[float | None] | None = None  # per layer; None where it does not spike
+    lr: float | None = None  # the learning rate of the epoch's steps (first parameter group)
+    alignment_std: list[float] = field(default_factory=list)  # over the probe batches
+    stopped: bool = False  # early stopping ended the run after this epoch
 
 
 def train_step(
     network: Network, rule: Rule, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-    shard: Shard | None = None,
+    shard: Shard | None = None, clip_grad: float | None = None,
 ) -> Record:
     """One step: estimate into ``.grad``, the optimizer's update, one decorrelation update.
     With a ``shard`` (``x``, ``y``: this rank's rows of the global batch) the estimates and the
-    decorrelation's rows are summed over the ranks: the step of the whole global batch."""
+    decorrelation's rows are summed over the ranks: the step of the whole global batch. With
+    ``clip_grad`` the estimates are first scaled as ``torch.nn.utils.clip_grad_norm_`` does:
+    ``g <- g * min(1, clip_grad / ||g||)``, ``||g||`` the norm of all estimates together."""
     with network.sharded(shard):
         record = rule.step(network, x, y)
         if shard is not None:
             all_reduce_gradients(network.trained_parameters(), shard)
+        clip(network, clip_grad)
         optimizer.step()
         network.update_decorrelation(record)
     return record
@@ -79,7 +87,7 @@ def train_step(
 
 def guarded_step(
     network: Network, rule: Rule, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-    shard: Shard | None = None,
+    shard: Shard | None = None, clip_grad: float | None = None,
 ) -> tuple[Record, str | None]:
     """``train_step``, unless the step's loss, activity or estimate is not finite (on any
     rank, with a ``shard``): then nothing is applied (no update of the weights, the
@@ -91,11 +99,19 @@ def guarded_step(
             all_reduce_gradients(network.trained_parameters(), shard)
         problem = nonfinite(network, record, None if shard is None else shard.world)
         if problem is None:
+            clip(network, clip_grad)
             optimizer.step()
             network.update_decorrelation(record)
         else:
             optimizer.zero_grad(set_to_none=True)
     return record, problem
+
+
+def clip(network: Network, max_norm: float | None) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` of the trained parameters' estimates (no host sync);
+    nothing when ``max_norm`` is None."""
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(list(network.trained_parameters()), max_norm)
 
 
 def nonfinite(network: Network, record: Record, world: World | None = None) -> str | None:
@@ -119,19 +135,31 @@ def nonfinite(network: Network, record: Record, world: World | None = None) -> s
 
 @torch.no_grad()
 def evaluate(
-    network: Network, x: Tensor | Iterable[tuple[Tensor, Tensor]], y: Tensor | None = None,
-    batch_size: int = 2000,
+    network: Network | torch.nn.Module, x: Tensor | Iterable[tuple[Tensor, Tensor]],
+    y: Tensor | None = None, batch_size: int = 2000, loss: str | Callable[..., Tensor] = "ce",
+    time_steps: int = 1,
 ) -> tuple[float, float | None]:
     """Mean loss and accuracy (0..1) of ``network`` on ``(x, y)``, or on the batches of a
     ``DataLoader`` ``x``; the accuracy is ``None`` for real-valued targets (regression).
-    Runs in eval mode (dropout off)."""
+    Runs in eval mode (dropout off). ``network`` may also be a plain module (the folded copy
+    of ``noisynets.export_model``): its logits are ``folding.readout(model, x, time_steps)``
+    and its per-sample ``loss`` a name of ``noisynets.losses.LOSSES`` or a function (a
+    ``Network`` uses its own)."""
     if isinstance(x, Tensor):
         batches: Iterable[tuple[Tensor, Tensor]] = (
             (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size))
     else:
         batches = x
+    if isinstance(network, Network):
+        forward, loss_fn = network, network.loss_fn
+    else:
+        from noisynets.folding import readout
+        from noisynets.losses import LOSSES
+
+        forward = lambda xb: readout(network, xb, time_steps)  # noqa: E731
+        loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
     device = next(network.parameters()).device
-    loss = torch.zeros((), device=device, dtype=torch.float64)
+    total = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n, regression = 0, False
     was_training = network.training
@@ -139,8 +167,8 @@ def evaluate(
     try:
         for xb, target in batches:
             xb, target = xb.to(device), target.to(device)
-            logits = network(xb)
-            loss += network.loss_fn(logits, target).double().sum()
+            logits = forward(xb)
+            total += loss_fn(logits, target).double().sum()
             regression = target.is_floating_point()
             if not regression:
                 correct += (logits.argmax(-1) == target).sum()
@@ -148,7 +176,7 @@ def evaluate(
     finally:
         network.train(was_training)
     n = max(1, n)
-    return loss.item() / n, None if regression else correct.item() / n
+    return total.item() / n, None if regression else correct.item() / n
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -177,9 +205,19 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
     the same operating point (``alignment``, see ``reference_gradients``), the mean
     |off-diagonal correlation| of the layer's input (``decorrelation``), and the estimate's
     norm; and the fraction of noisy samples whose whole-network activity change ``||da||``
-    was zero. Leaves ``.grad`` and the noise streams untouched."""
-    with network.untouched_noise():
-        estimate, record = rule.gradients(network, x, y)
+    was zero; per spiking layer its firing rate (``firing.firing_rates``; ``None`` for other
+    layers); and per layer the share of its input entries that a noisy pass changed
+    (``changed_fraction``: for the inputs of discontinuous units, else None). Leaves ``.grad``
+    and the noise streams untouched."""
+    for layer in network.layers:
+        layer.count_changes = True
+    try:
+        with network.untouched_noise():
+            estimate, record = rule.gradients(network, x, y)
+    finally:
+        for layer in network.layers:
+            layer.count_changes = False
+    changed = [layer.changed_fraction for layer in network.layers]
     with network.untouched_noise():
         reference, _ = reference_gradients(network, rule, x, y)
     flat = [flatten(g) for g in estimate]
@@ -196,16 +234,36 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
         "decorrelation": [mean_abs_correlation(r).item() for r in rows],
         "estimate_norm": [e.norm().item() for e in flat],
         "zero_change_fraction": zero,
+        "firing_rate": firing_rates(network, x, y),
+        "changed_fraction": changed,
     }
+
+
+def probe_diagnostics(
+    network: Network, rule: Rule, probes: list[tuple[Tensor, Tensor]]
+) -> dict[str, Any]:
+    """``diagnostics`` of every probe batch, averaged: per layer the mean over the ``P``
+    batches of each value, and ``alignment_std``, the standard deviation of the alignment
+    cosine over them (``sqrt(sum (c_p - mean)^2 / (P - 1))``; 0 for one batch)."""
+    each = [diagnostics(network, rule, x, y) for x, y in probes]
+    mean = {name: [sum(d[name][k] for d in each) / len(each) for k in range(len(each[0][name]))]
+            for name in ("alignment", "decorrelation", "estimate_norm")}
+    cosines = torch.tensor([d["alignment"] for d in each], dtype=torch.float64)
+    spread = cosines.std(0) if len(each) > 1 else torch.zeros(cosines.shape[1],
+                                                              dtype=torch.float64)
+    rates = [d["firing_rate"] for d in each]  # None for a layer that does not spike
+    firing = [None if rates[0][k] is None else sum(r[k] for r in rates) / len(rates)
+              for k in range(len(rates[0]))]
+    return {**mean, "alignment_std": spread.tolist(), "firing_rate": firing,
+            "zero_change_fraction": sum(d["zero_change_fraction"] for d in each) / len(each)}
 
 
 DIAGNOSTIC_ROWS = 4096  # at most this many input rows (or patches) per layer for correlations
 
 
-def flatten(grad: tuple[Tensor, Tensor | None]) -> Tensor:
-    """A layer's weight and bias estimates as one vector."""
-    w, b = grad
-    return w.flatten() if b is None else torch.cat([w.flatten(), b.flatten()])
+def flatten(grad: tuple[Tensor | None, ...]) -> Tensor:
+    """A layer's weight and bias estimates (and a recurrent neuron's) as one vector."""
+    return torch.cat([g.flatten() for g in grad if g is not None])
 
 
 def batches(
@@ -217,7 +275,7 @@ def batches(
     return list(torch.randperm(n, generator=generator).to(device).split(batch_size))
 
 
-TrainData = (Dataset | tuple[Tensor, Tensor] | torch.utils.data.Dataset
+TrainData = (DataSplits | tuple[Tensor, Tensor] | torch.utils.data.Dataset
              | torch.utils.data.DataLoader)
 
 
@@ -269,9 +327,9 @@ def check_shardable(train: TrainData, batch_size: int | None, world: World) -> N
 
 
 def as_tensors(data: Any) -> tuple[Tensor, Tensor] | None:
-    """``(x, y)`` of a noisynets ``Dataset`` (its training split) or a pair of tensors; else
+    """``(x, y)`` of a noisynets ``DataSplits`` (its training split) or a pair of tensors; else
     ``None`` (a torch ``Dataset`` or ``DataLoader``)."""
-    if isinstance(data, Dataset):
+    if isinstance(data, DataSplits):
         return data.train_x, data.train_y
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(
             isinstance(t, Tensor) for t in data):
@@ -280,7 +338,7 @@ def as_tensors(data: Any) -> tuple[Tensor, Tensor] | None:
         return data[0], data[1]
     if isinstance(data, (torch.utils.data.Dataset, torch.utils.data.DataLoader)):
         return None
-    raise TypeError(f"training data must be a noisynets Dataset, a pair of tensors (x, y), a "
+    raise TypeError(f"training data must be a noisynets DataSplits, a pair of tensors (x, y), a "
                     f"torch Dataset or a DataLoader, not {type(data).__name__}")
 
 
@@ -300,7 +358,7 @@ def fit(
     train: TrainData,
     epochs: int,
     batch_size: int | None = None,
-    test: Dataset | tuple[Tensor, Tensor] | torch.utils.data.DataLoader | None = None,
+    test: DataSplits | tuple[Tensor, Tensor] | torch.utils.data.DataLoader | None = None,
     seed: int = 0,
     progress: bool = True,
     on_epoch: Callable[[EpochStats], None] | None = None,
@@ -313,22 +371,36 @@ def fit(
     start: float | None = None,
     validation: tuple[Tensor, Tensor] | None = None,
     world: World | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    clip_grad: float | None = None,
+    stop: Callable[[EpochStats], bool] | None = None,
+    on_loss: Callable[[int, Tensor], None] | None = None,
+    probe_batches: int = 1,
 ) -> list[EpochStats]:
     """Train for ``epochs`` epochs on ``train`` and measure after every epoch.
 
-    ``train`` is a noisynets ``Dataset`` (its training split; then ``test`` defaults to its
+    ``train`` is a noisynets ``DataSplits`` (its training split; then ``test`` defaults to its
     test split), the user's tensors ``(x, y)``, a torch ``Dataset`` or a ``DataLoader``; tensors
     and data sets are shuffled with ``generator`` (default: one seeded by ``seed``) into batches
     of ``batch_size``. ``test`` (a pair of tensors or a ``DataLoader``) is evaluated after every
-    epoch; the diagnostics use a fixed batch of training data. ``on_step(step)`` runs after
-    every training step (steps count from 1), ``on_epoch(stats)`` after every epoch's
-    evaluation; ``name`` labels the progress bar (default: the rule's).
+    epoch; the diagnostics use the first ``probe_batches`` batches of the training data (the
+    same every epoch; one for a torch ``Dataset`` or ``DataLoader``): their mean, and the
+    alignment's standard deviation over them. ``on_step(step)`` runs after every training step
+    (steps count from 1), ``on_loss(step, loss)`` too, with the step's mean reference-pass loss
+    as a 0-d tensor on the device (reading it is the caller's host sync), ``on_epoch(stats)``
+    after every epoch's evaluation; ``name`` labels the progress bar (default: the rule's).
+
+    ``scheduler`` (any ``torch.optim.lr_scheduler``) steps once after every epoch, before
+    ``on_epoch``; the epoch's ``lr`` is the learning rate its steps used. ``clip_grad`` scales
+    the estimates as ``torch.nn.utils.clip_grad_norm_`` before every update. ``stop(stats)``
+    returning True ends training after that epoch (early stopping): then its test split is
+    measured as after the last epoch, and ``stats.stopped`` is set.
 
     ``max_bad_steps > 0`` guards against divergence: a step whose loss, activity or estimate
     is not finite is skipped (nothing applied; it costs one host sync per step) and counted in
     the epoch's ``skipped_steps``; that many bad steps in a row raise ``Diverged``.
     ``first_epoch``, ``first_step``, ``generator`` and ``start`` continue a run. With a
-    ``validation`` split (a noisynets ``Dataset`` brings its own) every epoch is measured on
+    ``validation`` split (a noisynets ``DataSplits`` brings its own) every epoch is measured on
     it, and ``test`` only after the last epoch.
 
     With a ``world`` of processes (``noisynets.parallel``; every rank calls ``fit`` alike)
@@ -340,23 +412,23 @@ def fit(
         raise ValueError("give batch_size: the data is not a DataLoader with batches of its own")
     if world is not None:
         check_shardable(train, batch_size, world)
-    if isinstance(train, Dataset) and validation is None and train.val_x is not None:
+    if isinstance(train, DataSplits) and validation is None and train.val_x is not None:
         validation = (train.val_x, train.val_y)
-    if test is None and isinstance(train, Dataset):
+    if test is None and isinstance(train, DataSplits):
         test = (train.test_x, train.test_y)
-    elif isinstance(test, Dataset):
+    elif isinstance(test, DataSplits):
         test = (test.test_x, test.test_y)
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
     if tensors is not None:
         steps_per_epoch = math.ceil(tensors[0].shape[0] / batch_size)
-        probe = (tensors[0][:batch_size].to(device), tensors[1][:batch_size].to(device))
+        probe = probe_split(tensors, batch_size, probe_batches, device)
     else:
         loader = train if isinstance(train, torch.utils.data.DataLoader) else None
         steps_per_epoch = len(loader) if loader is not None else math.ceil(
             len(train) / batch_size)
-        probe = next(epoch_batches(train, batch_size or 1, torch.Generator().manual_seed(seed),
-                                   device))
+        probe = [next(epoch_batches(train, batch_size or 1, torch.Generator().manual_seed(seed),
+                                    device))]
     history: list[EpochStats] = []
     bar = tqdm(
         total=(epochs - first_epoch + 1) * steps_per_epoch, disable=not progress, unit="step",
@@ -369,6 +441,7 @@ def fit(
         for epoch in range(first_epoch, epochs + 1):
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             samples = skipped = 0
+            lr = optimizer.param_groups[0]["lr"]
             if world is None:
                 shares = ((x, y, None) for x, y in epoch_batches(train, batch_size, generator,
                                                                   device))
@@ -377,7 +450,8 @@ def fit(
             for x, y, shard in shares:
                 step += 1
                 if max_bad_steps > 0:
-                    record, problem = guarded_step(network, rule, optimizer, x, y, shard)
+                    record, problem = guarded_step(network, rule, optimizer, x, y, shard,
+                                                   clip_grad)
                     if problem is not None:
                         bad, skipped = bad + 1, skipped + 1
                         if bad >= max_bad_steps:
@@ -386,9 +460,11 @@ def fit(
                         continue
                     bad = 0
                 else:
-                    record = train_step(network, rule, optimizer, x, y, shard)
+                    record = train_step(network, rule, optimizer, x, y, shard, clip_grad)
                 loss_sum += record.loss[0].double().sum()
                 samples += x.shape[0]
+                if on_loss is not None:
+                    on_loss(step, record.loss[0].detach().double().mean())
                 if on_step is not None:
                     on_step(step)
                 bar.update()
@@ -399,20 +475,42 @@ def fit(
             stats = epoch_stats(network, rule, test, probe, epoch, start,
                                 train_loss=loss_sum.item() / max(1, samples), step=step,
                                 validation=validation, final=epoch == epochs)
-            stats.skipped_steps = skipped
+            stats.skipped_steps, stats.lr = skipped, lr
+            if stop is not None and epoch < epochs and stop(stats):
+                stats.stopped = True
+                if test is not None and validation is not None:  # measured as the last epoch
+                    with network.untouched_noise():
+                        both = isinstance(test, (tuple, list))
+                        stats.test_loss, stats.test_accuracy = (
+                            evaluate(network, *test) if both else evaluate(network, test))
+            if scheduler is not None:
+                scheduler.step()
             history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
+            if stats.stopped:
+                break
     finally:
         bar.close()
     return history
+
+
+def probe_split(
+    tensors: tuple[Tensor, Tensor], batch_size: int, count: int, device: torch.device
+) -> list[tuple[Tensor, Tensor]]:
+    """The first ``count`` batches of ``batch_size`` of the training tensors (fewer where the
+    split is smaller): the fixed batches the diagnostics are taken on every epoch."""
+    x, y = tensors
+    n = min(x.shape[0], count * batch_size)
+    return [(xb.to(device), yb.to(device))
+            for xb, yb in zip(x[:n].split(batch_size), y[:n].split(batch_size))]
 
 
 def epoch_stats(
     network: Network,
     rule: Rule,
     test: tuple[Tensor, Tensor] | torch.utils.data.DataLoader | None,
-    probe: tuple[Tensor, Tensor],
+    probe: tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]],
     epoch: int,
     start: float,
     train_loss: float | None = None,
@@ -421,8 +519,9 @@ def epoch_stats(
     validation: tuple[Tensor, Tensor] | None = None,
     final: bool = True,
 ) -> EpochStats:
-    """Evaluate and take the diagnostics on the fixed training batch ``probe``; without
-    ``train_loss``, measure it on ``train``. With a ``validation`` split, that is evaluated
+    """Evaluate and take the diagnostics on the fixed training batch ``probe`` (or the mean
+    over a list of them, ``probe_diagnostics``); without ``train_loss``, measure it on
+    ``train`` (default: the first probe batch). With a ``validation`` split, that is evaluated
     every time and ``test`` only when ``final``; without one, ``test`` every time (loss and
     accuracy: None where not measured)."""
     with network.untouched_noise():
@@ -433,9 +532,10 @@ def epoch_stats(
             both = isinstance(test, (tuple, list))
             test_loss, test_accuracy = evaluate(network, *test) if both else evaluate(
                 network, test)
+        probes = probe if isinstance(probe, list) else [probe]
         if train_loss is None:
-            train_loss, _ = evaluate(network, *(train if train is not None else probe))
-        diag = diagnostics(network, rule, *probe)
+            train_loss, _ = evaluate(network, *(train if train is not None else probes[0]))
+        diag = probe_diagnostics(network, rule, probes)
     return EpochStats(
         epoch=epoch, step=step, train_loss=train_loss, test_loss=test_loss,
         test_accuracy=test_accuracy, seconds=time.perf_counter() - start,

@@ -31,16 +31,23 @@ from torch import Tensor, nn
 
 
 class Heaviside(nn.Module):
-    """``h = 1 if a > 0 else 0``. Its derivative is zero almost everywhere (and in autograd)."""
+    """``h = 1 if a > 0 else 0``. Its derivative is zero almost everywhere (and in autograd).
+    Without autograd the comparison writes the floats directly (ten times faster than a
+    boolean tensor cast; the same values for every finite ``a``)."""
 
     def forward(self, a: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return torch.gt(a, 0, out=torch.empty_like(a))
         return (a > 0).to(a.dtype) + 0.0 * a
 
 
 class Sign(nn.Module):
-    """``h = +1 if a > 0 else -1``. Its derivative is zero almost everywhere (and in autograd)."""
+    """``h = +1 if a > 0 else -1``. Its derivative is zero almost everywhere (and in autograd);
+    without autograd computed as ``2 [a > 0] - 1`` in place (the same values, finite ``a``)."""
 
     def forward(self, a: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return torch.gt(a, 0, out=torch.empty_like(a)).mul_(2).sub_(1)
         return torch.where(a > 0, 1.0, -1.0).to(a.dtype) + 0.0 * a
 
 
@@ -62,7 +69,10 @@ class LIF(snn.Leaky):
     ``spike`` (the last ``S``); the network resets both at the start of every forward.
     snntorch recomputes the reset from the previous membrane and the *current* threshold; with
     a noisy threshold that would draw the reset independently of the spike, so here the reset
-    is the emitted spike itself. Spikes come in the membrane's dtype (snntorch's surrogate
+    is the emitted spike itself. Without autograd (the perturbation rules) the step runs
+    fused, ``fused_step``: the same operations in four tensor operations, equal to the bit, the
+    membrane updated in place (a caller that keeps ``mem`` across steps keeps a copy).
+    Spikes come in the membrane's dtype (snntorch's surrogate
     returns float32 even for a float64 membrane). Backpropagation through time uses snntorch's
     surrogate gradient (arctan).
 
@@ -87,6 +97,11 @@ class LIF(snn.Leaky):
         snn.SpikingNeuron.instances.remove(self)
         self.spike: Tensor | None = None
         self.threshold_shift: Tensor | None = None
+        # Whether ``fused_step`` is snntorch's step: reset by subtraction, delayed, no
+        # quantisation, inhibition or graded spikes (as this class makes them).
+        self.fusable = (int(self.reset_mechanism_val) == 0 and bool(self.reset_delay)
+                        and not self.state_quant and not self.inhibition
+                        and float(self.graded_spikes_factor) == 1.0)
 
     def mem_reset(self, mem: Tensor) -> Tensor:
         if self.spike is None or self.spike.shape != mem.shape:
@@ -98,11 +113,43 @@ class LIF(snn.Leaky):
         return super().fire(shifted).to(mem.dtype)
 
     def forward(self, current: Tensor, mem: Any = None) -> Tensor:  # type: ignore[override]
-        self.spike = super().forward(current)
+        if torch.is_grad_enabled() or not self.fusable:
+            self.spike = super().forward(current)  # snntorch's own step, with its surrogate
+        else:
+            self.spike = self.fused_step(current)
         return self.spike
+
+    def fused_step(self, current: Tensor) -> Tensor:
+        """snntorch's step without autograd, in four in-place tensor operations::
+
+            U_t = beta * U_{t-1} + I_t - S_{t-1} theta        S_t = [U_t - xi_t > theta]
+
+        the same floating-point operations in the same order as ``snn.Leaky`` (``S theta``
+        is exact for spikes in {0, 1}; ``x - theta > 0`` and ``x > theta`` agree for every
+        IEEE float), so the membrane and the spikes are equal to the bit (tested)."""
+        mem = self.mem
+        if mem.shape != current.shape:
+            mem = torch.zeros_like(current)  # the first step: from rest, no spike yet
+            spike = None
+        else:
+            spike = self.spike if self.spike is not None and self.spike.shape == mem.shape \
+                else None
+        mem.mul_(self.beta.clamp(0, 1)).add_(current)  # in place: ``mem`` is this neuron's own
+        if spike is not None:
+            mem.addcmul_(spike, -self.threshold)
+        self.mem = mem
+        shifted = mem if self.threshold_shift is None else mem - self.threshold_shift
+        return torch.gt(shifted, self.threshold, out=torch.empty_like(mem))  # no bool tensor
 
     def extra_repr(self) -> str:
         return f"beta={float(self.beta):g}, threshold={float(self.threshold):g}"
+
+
+def discontinuous(unit: nn.Module) -> bool:
+    """Whether ``unit``'s outputs are piecewise constant (Heaviside, sign, stochastic-binary,
+    a spiking neuron): a noisy pass changes few of them, and the next layer's difference
+    product can run event-driven (``noisynets.layers.Layer.event_product``)."""
+    return isinstance(unit, (Heaviside, Sign, snn.SpikingNeuron))
 
 
 # torch's activations that a node may carry (a wrapped model may use any of them).

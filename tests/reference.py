@@ -207,5 +207,5 @@ class Basis(NoiseSource):
 
 
 def flat(grads) -> list[Tensor]:
-    """Per layer, the weight and bias estimates in one vector."""
-    return [torch.cat([w.flatten(), b]) for w, b in grads]
+    """Per layer, the weight and bias estimates (and a recurrent neuron's) in one vector."""
+    return [torch.cat([g.flatten() for g in layer]) for layer in grads]

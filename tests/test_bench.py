@@ -7,7 +7,9 @@ import json
 from noisynets.cli import main
 
 KEYS = ("anp_over_bp", "danp_over_dbp", "k4_over_k1", "spiking_time_over_bptt",
-        "spiking_memory_over_bptt", "conv_danp_over_dbp", "throughput_gflops", "table")
+        "spiking_memory_over_bptt", "conv_danp_over_dbp", "throughput_gflops", "table",
+        "spiking_time_over_bptt_t100", "spiking_memory_growth", "bptt_memory_growth",
+        "event_speedup", "event_speedup_float32", "event_bit_identical", "machine")
 
 
 def test_bench_quick_prints_the_ratios_and_the_table_as_json(capsys):
@@ -15,15 +17,18 @@ def test_bench_quick_prints_the_ratios_and_the_table_as_json(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
     assert all(key in summary for key in KEYS), summary.keys()
-    table = {(row["network"], row["rule"], row["K"]): row for row in summary["table"]}
-    assert len(table) == 16
+    table = {(row["network"], row["rule"], row["K"], row["T"]): row for row in summary["table"]}
+    assert len(table) == 18
+    assert table["spiking", "danp", 1, 6]["seconds"] > 0  # the quick run's longer T
     assert all(row["seconds"] > 0 and row["gflop"] > 0 for row in table.values())
     # K = 4 noisy passes multiply more than one; decorrelation adds its products.
-    assert table["dense", "danp", 4]["gflop"] > table["dense", "danp", 1]["gflop"]
-    assert table["dense", "dbp", 1]["gflop"] > table["dense", "bp", 1]["gflop"]
-    ratio = table["dense", "anp", 1]["seconds"] / table["dense", "bp", 1]["seconds"]
+    assert table["dense", "danp", 4, 1]["gflop"] > table["dense", "danp", 1, 1]["gflop"]
+    assert table["dense", "dbp", 1, 1]["gflop"] > table["dense", "bp", 1, 1]["gflop"]
+    ratio = table["dense", "anp", 1, 1]["seconds"] / table["dense", "bp", 1, 1]["seconds"]
     assert abs(summary["anp_over_bp"] - ratio) < 1e-2
     assert {"float32", "bfloat16"} <= set(summary["throughput_gflops"])
+    assert summary["event_bit_identical"] is True and summary["event_speedup"] > 0
+    assert summary["machine"]["cpu"]
 
 
 def test_bench_refuses_bad_sizes_in_one_line(cli_fails):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from noisynets import data
-from noisynets.data import DATASETS, DataError, Dataset, load_dataset, search_paths
+from noisynets.data import DATASETS, DataError, DataSplits, load_dataset, search_paths
 
 FMNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
@@ -95,7 +95,7 @@ def test_dataset_names():
 
 def test_digits_shape_split_and_range():
     ds = load_dataset("digits")
-    assert isinstance(ds, Dataset)
+    assert isinstance(ds, DataSplits)
     assert ds.name == "digits" and ds.source == "embedded"
     assert ds.image_shape == (8, 8) and ds.num_classes == 10 and ds.num_features == 64
     # sample i is a test sample when i % 5 == 4: 1797 samples -> 1438 train, 359 test

@@ -1,7 +1,9 @@
 """The figures say what was measured: the reference pass as it was (clean or noisy), the train
 loss as the mean over an epoch's steps (epoch 0: the training split before training), accuracy
-as a fraction with validation and the final test point apart, an alignment axis on which every
-layer's curve varies, no empty panels, and no axis blown up from a tiny change.
+as a fraction with validation and the final test point apart, alignment on linear axes with
+hidden layers and readout apart and a band over the probe batches, the noisy-minus-reference
+drive over training, rasters on integer time steps, no empty panels, and no axis blown up from
+a tiny change.
 
 The figures are built from hand-made ``RunResult``s and trace files (no training) and inspected
 as matplotlib figures before they are saved.
@@ -13,6 +15,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -128,7 +131,7 @@ def test_with_every_pass_noisy_no_panel_speaks_of_a_clean_pass(tmp_path):
         assert any("reference pass (noisy)" in t for t in texts), texts
     assert "no clean pass" in trace.get_suptitle()
     assert any("reference pass (noisy)" in t for t in legend(panel(curve, "Loss")))
-    assert any("reference pass (noisy)" in t for t in legend(panel(trace, "Layer 1 activity")))
+    assert "noisy - ref drive" in panel(trace, "Layer 1:").get_title()
     assert "reference pass (noisy)" in panel(trace, "Layer 1 spikes").get_title()
 
 
@@ -137,7 +140,7 @@ def test_with_a_clean_reference_pass_the_panels_say_clean_pass(tmp_path):
     trace = trace_file_figure(trace_file(tmp_path / "t.h5", {"unit": "lif"},
                                          two_layer_history(), records=2))
     assert any("clean pass" in t for t in legend(panel(curve, "Loss")))
-    assert "clean pass" in legend(panel(trace, "Layer 1 activity"))
+    assert "noisy - clean drive" in panel(trace, "Layer 1:").get_title()
     assert "clean pass" in panel(trace, "Layer 1 spikes").get_title()
     assert "no clean pass" not in trace.get_suptitle()
 
@@ -187,7 +190,7 @@ def test_validation_curves_and_the_final_test_point(source, tmp_path):
     assert "fraction" in panel(fig, "Accuracy").get_ylabel()
 
 
-# --- 4. an alignment axis every layer can be read on ------------------------------------------
+# --- 4. alignment: linear, hidden layers and readout apart, a band over the probe batches -----
 
 def height_share(ax: Axes, ys) -> float:
     """The share of the panel's height that ``ys`` spans as drawn."""
@@ -203,21 +206,53 @@ def test_every_layers_alignment_visibly_varies_and_the_output_layer_is_named(sou
     else:
         history = [stats(e, layers=4) for e in range(3)]
         fig = trace_file_figure(trace_file(tmp_path / "t.h5", {}, history, layers=4))
-    ax = panel(fig, "Alignment")
-    assert legend(ax) == ["layer 1", "layer 2", "layer 3", "layer 4 (output)"]
+    hidden, readout = panel(fig, "Alignment with BP: hidden"), panel(fig, "Alignment with BP: r")
+    assert legend(hidden) == ["layer 1", "layer 2", "layer 3"]
+    assert legend(readout) == ["layer 4 (output)"]
     for k in range(4):
+        ax = readout if k == 3 else hidden
+        assert ax.get_yscale() == "linear"
         ys = line(ax, f"layer {k + 1}").get_ydata()
         np.testing.assert_allclose(ys, [a[k] for a in ALIGNMENT])
         low, high = ax.get_ylim()
-        assert low <= min(ys) and max(ys) <= high
+        assert low <= 0 <= high and low <= min(ys) and max(ys) <= high  # 0 is on the axis
         assert height_share(ax, ys) > 0.05, (k, height_share(ax, ys))
+
+
+@pytest.mark.parametrize("source", ["run", "trace"])
+def test_the_alignment_band_is_one_std_over_the_probe_batches(source, tmp_path):
+    """alignment_std draws a band mean - std .. mean + std per layer, named in the legend."""
+    spread = [[0.01, 0.1], [0.02, 0.05], [0.005, 0.2]]
+    history = [stats(e, layers=2, alignment_std=spread[e]) for e in range(3)]
+    if source == "run":
+        fig = learning_curve_figure(result(history, hidden=[8], probe_batches=4))
+    else:
+        fig = trace_file_figure(trace_file(tmp_path / "t.h5", {"probe_batches": 4}, history))
+    for k, title in ((0, "Alignment with BP: hidden"), (1, "Alignment with BP: readout")):
+        ax = panel(fig, title)
+        assert "4 probe batches" in ax.get_legend().get_title().get_text()
+        (band,) = ax.collections
+        ys = band.get_paths()[0].vertices[:, 1]
+        mean = np.array([ALIGNMENT[e][-2:][k] for e in range(3)])
+        std = np.array([spread[e][k] for e in range(3)])
+        assert min(ys) == pytest.approx(min(mean - std)) and \
+            max(ys) == pytest.approx(max(mean + std))
+
+
+def test_the_console_table_shows_hidden_and_readout_alignment_apart():
+    from noisynets.run import _row
+
+    row = _row(stats(1, layers=4)).split()
+    hidden, readout = float(row[-2]), float(row[-1])
+    assert hidden == pytest.approx(np.mean(ALIGNMENT[1][:3]), abs=5e-4)
+    assert readout == pytest.approx(ALIGNMENT[1][3], abs=5e-4)
 
 
 def test_negative_alignment_stays_on_the_axis():
     history = [stats(e, alignment=[a, 0.3], layers=2) for e, a in enumerate([-0.02, 0.01, 0.05])]
-    ax = panel(learning_curve_figure(result(history, hidden=[8])), "Alignment")
-    assert ax.get_ylim()[0] <= -0.02 and ax.get_ylim()[1] >= 0.3
-    assert height_share(ax, [-0.02, 0.05]) > 0.1
+    ax = panel(learning_curve_figure(result(history, hidden=[8])), "Alignment with BP: hidden")
+    assert ax.get_ylim()[0] <= -0.02 and ax.get_ylim()[1] >= 0.05
+    assert height_share(ax, [-0.02, 0.05]) > 0.5
 
 
 # --- 5. no empty panels -----------------------------------------------------------------------
@@ -233,7 +268,8 @@ def test_a_regression_run_has_no_accuracy_panel(tmp_path):
     curve = learning_curve_figure(result(history, dataset="teacher", hidden=[8], loss="mse"))
     trace = trace_file_figure(trace_file(tmp_path / "t.h5", {"dataset": "teacher"}, history,
                                          records=1))
-    assert [ax.get_title() for ax in curve.axes] == ["Loss", "Alignment with BP"]
+    assert [ax.get_title() for ax in curve.axes] == ["Loss", "Alignment with BP: hidden layers",
+                                                     "Alignment with BP: readout"]
     for fig in (curve, trace):
         assert_no_empty_panel(fig)
         assert not [t for t in panel_texts(fig) if "accuracy" in t.lower()]
@@ -243,13 +279,15 @@ def test_trace_panels_without_data_are_left_out(tmp_path):
     # decorrelation NaN throughout, no spiking layer, evaluations but no records yet
     history = [stats(e, layers=2, decorrelation=[math.nan, math.nan]) for e in range(3)]
     fig = trace_file_figure(trace_file(tmp_path / "t.h5", {}, history))
-    assert [ax.get_title() for ax in fig.axes] == ["Loss", "Test accuracy", "Alignment with BP"]
+    assert [ax.get_title() for ax in fig.axes] == ["Loss", "Test accuracy",
+                                                   "Alignment with BP: hidden layers",
+                                                   "Alignment with BP: readout"]
     # records, one spiking layer: its raster and every activity panel, all with data
     fig = trace_file_figure(trace_file(tmp_path / "s.h5", {"unit": "lif"}, two_layer_history(),
                                        records=1))
     assert_no_empty_panel(fig)
     assert len([ax for ax in fig.axes if "spikes" in ax.get_title()]) == 1
-    activity = ("Layer 1 activity", "Layer 2 (output) activity")
+    activity = ("Layer 1: noisy - clean drive over", "Layer 2 (output): noisy - clean drive")
     assert len([ax for ax in fig.axes if ax.get_title().startswith(activity)]) == 2
     # a rate network: no raster
     fig = trace_file_figure(trace_file(tmp_path / "r.h5", {}, two_layer_history(), records=1))
@@ -303,3 +341,69 @@ def test_the_savers_write_pngs_and_return_their_paths(tmp_path):
     out = trace_figure(str(path), str(tmp_path / "trace.png"))
     assert out == tmp_path / "trace.png" and out.read_bytes()[:4] == b"\x89PNG"
     assert not plt.get_fignums()  # saved figures are closed
+
+
+# --- 7. the records: the noisy-minus-reference drive over training, rasters -------------------
+
+def test_the_drive_difference_is_drawn_over_every_record_as_its_quantiles(tmp_path):
+    """Per traced layer: the median and the 25-75 % and 5-95 % ranges of da = noisy - clean over
+    the probe samples and units of every record (not only the last), at the records' steps,
+    labelled as the drive it is."""
+    from noisynets.traces import TraceReader
+
+    path = trace_file(tmp_path / "t.h5", {}, two_layer_history(), records=3)
+    reader = TraceReader(path)
+    fig = trace_file_figure(path)
+    for k in (1, 2):
+        ax = panel(fig, f"Layer {k}" + (" (output)" if k == 2 else "") + ": noisy - clean drive")
+        da = (reader.activity(k, "noisy") - reader.activity(k, "clean")).reshape(3, -1)
+        median = line(ax, "median")
+        np.testing.assert_array_equal(median.get_xdata(), [0, 5, 10])
+        np.testing.assert_allclose(median.get_ydata(), np.median(da, axis=1), rtol=1e-6)
+        outer = ax.collections[0].get_paths()[0].vertices[:, 1]
+        assert min(outer) == pytest.approx(min(np.quantile(da, 0.05, axis=1)), rel=1e-6)
+        assert max(outer) == pytest.approx(max(np.quantile(da, 0.95, axis=1)), rel=1e-6)
+    texts = panel_texts(fig)
+    assert not [t for t in texts if "activity $a$" in t], texts
+
+
+def test_a_raster_has_integer_time_ticks_and_only_the_traced_units(tmp_path):
+    path = trace_file(tmp_path / "t.h5", {"unit": "lif"}, two_layer_history(), records=1)
+    ax = panel(trace_file_figure(path), "Layer 1 spikes")
+    assert list(ax.get_xticks()) == [0, 1, 2]  # T = 3
+    low, high = ax.get_ylim()
+    assert low == pytest.approx(-0.5) and high == pytest.approx(23.5)  # units 0..23 traced
+
+
+def test_the_sweep_figure_colours_each_group_alike_and_names_data_and_network(tmp_path):
+    from noisynets.plots import sweep_figure
+    from noisynets.sweep import SweepResult
+
+    def run(algo, seed, accuracy):
+        config = TrainConfig(algo=algo, seed=seed, hidden=[32]).to_dict()
+        history = [{"epoch": e, "test_accuracy": accuracy * e / 2} for e in range(3)]
+        return {"name": f"{algo}-{seed}", "values": {"algo": algo, "seed": seed},
+                "status": "done", "summary": {"config": config, "test_accuracy": accuracy,
+                                              "history": history}}
+
+    runs = [run("bp", 0, 0.5), run("bp", 1, 0.6), run("danp", 0, 0.2), run("danp", 1, 0.3)]
+    result = SweepResult(str(tmp_path / "s"), runs, {"algo": ["bp", "danp"], "seed": [0, 1]}, {})
+    captured = {}
+    original = plt.Figure.savefig
+
+    def keep(fig, *args, **kw):
+        captured["fig"] = fig
+        return original(fig, *args, **kw)
+
+    plt.Figure.savefig = keep
+    try:
+        sweep_figure(result, tmp_path / "summary.png")
+    finally:
+        plt.Figure.savefig = original
+    fig = captured["fig"]
+    curves, finals = fig.axes
+    colors = [matplotlib.colors.to_hex(ln.get_color()) for ln in curves.get_lines()]
+    dots = [matplotlib.colors.to_hex(c.get_facecolor()[0]) for c in finals.collections
+            if isinstance(c, matplotlib.collections.PathCollection)]  # the scatters
+    assert len(set(colors)) == 2 and dots == colors
+    assert "digits" in fig.get_suptitle() and "hidden [32]" in fig.get_suptitle()

@@ -57,3 +57,32 @@ def test_the_first_layer_and_passes_with_the_reference_input_need_no_product(mon
     rows.clear()
     net.run(torch.rand(7, 6), torch.zeros(7, dtype=torch.long), Passes.perturbed(4, 3))
     assert rows == [(1, 3 * 7), (2, 3 * 7), (3, 3 * 7)]
+
+
+def test_auto_takes_the_measured_faster_format_and_keeps_the_choice(monkeypatch, tmp_path):
+    """On a CPU with bfloat16 instructions ``auto`` takes bfloat16 only where it measured
+    faster, never the slower one; the measurement is made once and kept on disk, so a later
+    process makes the same choice without timing again. Without the instructions it never
+    measures."""
+    import noisynets.precision as precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("NOISYNETS_CACHE", str(tmp_path))
+    measured: list[bool] = []
+    for faster in (False, True):
+        (tmp_path / "precision.json").unlink(missing_ok=True)
+        monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+        monkeypatch.setattr(precision, "bfloat16_speedup",
+                            lambda f=faster: measured.append(f) or {"bfloat16_faster": f})
+        precision.fast_bfloat16.cache_clear()
+        expected = torch.bfloat16 if faster else torch.float32
+        assert difference_dtype("auto", torch.float32, cpu) == expected
+        assert difference_dtype("auto", torch.float64, cpu) == torch.float64
+        precision.fast_bfloat16.cache_clear()  # a new process: the kept choice, no timing
+        assert difference_dtype("auto", torch.float32, cpu) == expected
+        assert measured == [False, True][: len(measured)] and len(measured) == 1 + faster
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
+    precision.fast_bfloat16.cache_clear()
+    assert difference_dtype("auto", torch.float32, cpu) == torch.float32
+    assert len(measured) == 2
+    precision.fast_bfloat16.cache_clear()

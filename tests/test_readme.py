@@ -19,6 +19,8 @@ def test_the_library_examples_run_and_learn(capsys, monkeypatch, tmp_path):
         exec(compile(block, str(README), "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out
     accuracies = [float(a) for a in re.findall(r"test accuracy ([0-9.]+)", out)]
-    assert len(accuracies) == 4, out  # the dense net, DANP and BPTT on a spiking net, yours
+    # the dense net, DANP and BPTT on a spiking net, yours, and yours reloaded as a plain model
+    assert len(accuracies) == 5, out
     assert min(accuracies) > 0.5, out  # chance is 0.1
+    assert accuracies[3] == accuracies[4], out  # the plain model is the trained network
     assert (tmp_path / "my_model.pt").exists()

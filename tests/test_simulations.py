@@ -41,6 +41,7 @@ def test_rules_then_alignment_which_reuses_its_runs(tmp_path):
     ("spiking", ["lif_mlp", "lif_conv", "heaviside_mlp"]),
     ("scaling", ["depth", "width", "noise_samples"]),
     ("conv", ["conv"]),
+    ("device_noise", ["node_noise", "weight_noise", "adc_bits"]),
 ])
 def test_a_simulation_runs_its_sweeps_and_draws_its_figure(tmp_path, name, sweeps):
     simulate(name, tmp_path)

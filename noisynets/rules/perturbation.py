@@ -3,22 +3,34 @@
 A rule turns what a forward reports into a node-wise error signal ``e_{l,k,n}`` for every
 layer ``l``, noisy pass ``k`` and sample ``n``, with ``dL_n = loss(noisy) - loss(reference)``.
 Each weight operation's estimate is its own vector-Jacobian product with ``mean_k e`` at the
-reference pass's input, averaged over the batch (``Network.gradients``); for a dense layer::
+reference pass's input, averaged over the batch (``Network.gradients``, or for a system that
+runs outside torch ``noisynets.observer.DenseLayers``); for a dense layer::
 
     g_W_l = mean_{k,n} e_{l,k,n} xh_{l-1,n}^T        g_b_l = T mean_{k,n} e_{l,k,n}
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-from noisynets.network import Network, Passes, Record
-from noisynets.rules.base import Gradients, Rule
+from noisynets.network import Network, Passes, Record, StepScales
+from noisynets.rules.base import Gradients, Layers, Rule
 
 
 def check_controllable_noise(rule: str, network: Network) -> None:
-    """NP and INP need a noise-free reference pass and zero-mean noise (docs/algorithms.md)."""
+    """NP and INP need a noise-free reference pass and zero-mean noise (docs/algorithms.md),
+    and full-precision observations: through an ADC neither the injected noise (NP) nor the
+    equality ``da_k = eps_k`` (INP) survives."""
+    network.check_summed_products()
+    if getattr(network, "adc", None) is not None:
+        raise ValueError(
+            f"{rule} needs the noise (np) or activity changes equal to it (inp) in full "
+            f"precision, but the network is read through an ADC ({network.adc.spec}): use anp "
+            "or danp, which learn from the quantised activities"
+        )
     if network.both_noisy:
         raise ValueError(
             f"{rule} needs a noise-free reference pass and control of the noise; the network's "
@@ -31,6 +43,18 @@ def check_controllable_noise(rule: str, network: Network) -> None:
                 "non-zero mean (bernoulli, or telegraph with offsets): use centered_bernoulli, "
                 "telegraph without offset_std, or anp/danp, which need no noise statistics"
             )
+
+
+def check_independent_steps(network: Network) -> None:
+    """Per-step NP divides by the per-step variance: the noise must not carry memory."""
+    T = network.time_steps
+    for k, layer in enumerate(network.layers):
+        summed, variance = layer.noise.summed_variance(T), T * layer.noise.variance
+        if abs(summed - variance) > 1e-9 * max(abs(variance), 1e-300):
+            raise ValueError(
+                f"np with per-step products needs noise independent across time steps; layer "
+                f"{k + 1}'s {layer.noise.spec} has memory: use summed products (no "
+                "--per-step-products), or anp/danp")
 
 
 def guarded(scale: Tensor, norm_sq: Tensor) -> Tensor:
@@ -61,23 +85,56 @@ class NP(Rule):
                     f"np needs additive noise with a known variance; layer {k + 1} has "
                     f"{type(layer.noise).__name__}: use anp or danp"
                 )
+            try:
+                layer.noise.summed_variance(network.time_steps)
+            except ValueError as err:
+                raise ValueError(f"np divides by the noise variance, which layer {k + 1}'s "
+                                 f"noise cannot state: {err}") from None
 
     def passes(self, network: Network) -> Passes:
         return Passes.perturbed(network.num_layers, self.noise_samples)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
+        if network.per_step:
+            check_independent_steps(network)
+            with torch.no_grad():
+                return network.step_gradients(x, y, self.passes(network), self.step_scales(
+                    network, self.passes(network)), read_noise=True)
         with torch.no_grad():
             record, noise = network.run_reading_noise(x, y, self.passes(network))
             variances = [layer.noise.summed_variance(record.time_steps)
                          for layer in network.layers]
-            return network.gradients(self.signals(record, noise, variances), record), record
+            return self.estimate(record, network, noise, variances), record
+
+    def estimate(self, record: Record, layers: Layers, noise: Sequence[Tensor] | None = None,
+                 variances: Sequence[float] | None = None) -> Gradients:
+        """The estimate from an observation ``record``, the noise each layer received (summed
+        over time, (K, B, n_l)) and its variance ``Var(sum_t eps_t)``."""
+        if noise is None or variances is None:
+            raise ValueError("np reads the noise: give the noise each layer received and its "
+                             "variance (noise=..., variances=...), or use anp/danp")
+        return layers.gradients(self.signals(record, list(noise), list(variances)), record)
 
     @staticmethod
     def signals(record: Record, noise: list[Tensor], variances: list[float]) -> list[Tensor]:
         """``e_l = dL / s_l^2 * eps_l`` from the noise summed over time and its variance."""
         dL = record.loss[1:] - record.loss[:1]
         return [(dL / variance).unsqueeze(-1) * eps for eps, variance in zip(noise, variances)]
+
+    @staticmethod
+    def step_scales(network: Network, passes: Passes) -> StepScales:
+        """Per-step NP: ``e_{l,t} = dL / sigma_l^2 * eps_{l,t}``, ``sigma_l^2`` the per-step
+        variance (noise independent across steps, so ``E[dL eps_t] = sigma^2 dLoss/dI_t``)."""
+        variances = [layer.noise.variance for layer in network.layers]
+
+        def scales(record: Record, squares: list[Tensor]) -> list:
+            out = []
+            for (lo, hi), variance in zip(passes.noisy, variances):
+                dL = record.loss[lo:hi] - record.loss[:1]
+                out.append(((lo, hi), dL / variance))
+            return out
+        return scales
 
     def __repr__(self) -> str:
         return f"NP(noise_samples={self.noise_samples})"
@@ -104,10 +161,20 @@ class INP(Rule):
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
-        passes = self.passes(network)
+        if network.per_step:
+            passes = self.passes(network)
+            with torch.no_grad():
+                return network.step_gradients(x, y, passes, self.step_scales(passes))
         with torch.no_grad():
-            record = network.run(x, y, passes)
-            return network.gradients(self.signals(record, passes), record), record
+            record = network.run(x, y, self.passes(network))
+            return self.estimate(record, network), record
+
+    def estimate(self, record: Record, layers: Layers, noise: Sequence[Tensor] | None = None,
+                 variances: Sequence[float] | None = None) -> Gradients:
+        """The estimate from an observation ``record`` of the plan
+        ``Passes.layerwise(L, noise_samples)``."""
+        passes = Passes.layerwise(len(record.activity), self.noise_samples)
+        return layers.gradients(self.signals(record, passes), record)
 
     @staticmethod
     def signals(record: Record, passes: Passes) -> list[Tensor]:
@@ -120,6 +187,20 @@ class INP(Rule):
             scale = guarded(dL * da.shape[-1] / norm_sq, norm_sq)
             signals.append(scale.unsqueeze(-1) * da)
         return signals
+
+    @staticmethod
+    def step_scales(passes: Passes) -> StepScales:
+        """Per-step INP: ``e_{k,t} = dL^(k) * n_k T / sum_t ||da_{k,t}||^2 * da_{k,t}``: the
+        perturbation is a vector of ``n_k T`` (node, step) entries."""
+        def scales(record: Record, squares: list[Tensor]) -> list:
+            out = []
+            T = record.time_steps
+            for activity, sq, (lo, hi) in zip(record.activity, squares, passes.noisy):
+                dL = record.loss[lo:hi] - record.loss[:1]
+                norm_sq = sq[lo - 1:hi - 1]
+                out.append(((lo, hi), guarded(dL * activity.shape[-1] * T / norm_sq, norm_sq)))
+            return out
+        return scales
 
     def __repr__(self) -> str:
         return f"INP(noise_samples={self.noise_samples})"
@@ -139,13 +220,33 @@ class ANP(Rule):
     def __init__(self, noise_samples: int = 1) -> None:
         self.noise_samples = int(noise_samples)
 
+    def check(self, network: Network) -> None:
+        network.check_summed_products()
+
     def passes(self, network: Network) -> Passes:
         return Passes.perturbed(network.num_layers, self.noise_samples, network.both_noisy)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
+        if network.per_step:
+            with torch.no_grad():
+                return network.step_gradients(x, y, self.passes(network), self.step_scales)
         with torch.no_grad():
             record = network.run(x, y, self.passes(network))
-            return network.gradients(self.signals(record), record), record
+            return self.estimate(record, network), record
+
+    def estimate(self, record: Record, layers: Layers, noise: Sequence[Tensor] | None = None,
+                 variances: Sequence[float] | None = None) -> Gradients:
+        """The estimate from an observation ``record``: a reference pass and K noisy ones."""
+        return layers.gradients(self.signals(record), record)
+
+    @staticmethod
+    def step_scales(record: Record, squares: list[Tensor]) -> list:
+        """Per-step ANP: ``e_{l,t} = dL * N T / sum_{l,t} ||da_{l,t}||^2 * da_{l,t}``."""
+        dL = record.loss[1:] - record.loss[:1]
+        norm_sq = sum(squares)
+        N = sum(a.shape[-1] for a in record.activity)
+        scale = guarded(dL * N * record.time_steps / norm_sq, norm_sq)
+        return [((1, record.loss.shape[0]), scale)] * len(squares)
 
     @staticmethod
     def signals(record: Record) -> list[Tensor]:

@@ -1,0 +1,124 @@
+"""NIR export of a trained spiking run, through snntorch's own exporter and importer.
+
+Properties proven: ``noisynets export RUN --format nir`` writes a file that ``nir.read`` reads,
+whose nodes are the model's (R folded into the affine and convolution weights), and which,
+imported back by snntorch, gives the run's network's logits (the mean over its T steps) on
+the test inputs; what NIR cannot hold is refused with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+nir = pytest.importorskip("nir")
+pytest.importorskip("nirtorch")
+
+from noisynets.cli import main  # noqa: E402
+from noisynets.config import TrainConfig  # noqa: E402
+from noisynets.data import load_dataset  # noqa: E402
+from noisynets.export_nir import load_nir, nir_readout  # noqa: E402
+from noisynets.inference import load_trained  # noqa: E402
+from noisynets.run import train  # noqa: E402
+
+MODELS = textwrap.dedent('''
+    import snntorch as snn
+    from torch import nn
+
+
+    def leaky():
+        return snn.Leaky(beta=0.9, threshold=0.5, init_hidden=True, reset_mechanism="zero")
+
+
+    def conv():
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), leaky(), nn.AvgPool2d(2),
+                             nn.Dropout(0.1), nn.Flatten(), nn.Linear(64, 16), leaky(),
+                             nn.Linear(16, 10))
+
+
+    def subtract():
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16),
+                             snn.Leaky(beta=0.9, init_hidden=True), nn.Linear(16, 10))
+
+
+    def rate():
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+    def max_pool():
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), leaky(), nn.MaxPool2d(2),
+                             nn.Flatten(), nn.Linear(64, 10))
+''')
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nir")
+    (root / "nets.py").write_text(MODELS)
+
+    def run(name: str, epochs: int = 1) -> Path:
+        out = root / name
+        if out.exists():  # trained by an earlier test
+            return out
+        train(TrainConfig(model=f"{root / 'nets.py'}:{name}", epochs=epochs, trace_every=0,
+                          time_steps=4, batch_size=256, figures=False, out=str(out)),
+              progress=False, log=None)
+        return out
+
+    return run
+
+
+def test_an_exported_spiking_run_reads_back_and_gives_the_networks_outputs(runs, tmp_path,
+                                                                            cli_fails):
+    out = runs("conv")
+    rates = json.loads((out / "results.json").read_text())["history"][-1]["firing_rate"]
+    assert all(0 < r < 1 for r in rates[:2])  # both layers spike: the outputs depend on it
+    target = tmp_path / "model.nir"
+    cli_fails(["export", str(out), "--format", "nir", "-o", str(target)], "--trust-model")
+    assert main(["export", str(out), "--format", "nir", "-o", str(target), "--model",
+                 f"{out.parent / 'nets.py'}:conv"]) == 0
+    graph = nir.read(str(target))
+    kinds = {type(node).__name__ for node in graph.nodes.values()}
+    assert {"Conv2d", "LIF", "AvgPool2d", "Flatten", "Affine"} <= kinds
+    assert int(graph.metadata["time_steps"]) == 4
+    network, _, _ = load_trained(out, trust_model=True)
+    conv = network.layers[0]
+    exported = next(n for n in graph.nodes.values() if isinstance(n, nir.Conv2d))
+    torch.testing.assert_close(torch.as_tensor(exported.weight),
+                               conv.folded_weight().detach())  # R folded in
+    assert not torch.allclose(conv.folded_weight(), conv.weight, atol=1e-4)
+    x = load_dataset("digits").test_x.view(-1, 1, 8, 8)
+    with torch.no_grad():
+        expected = network(x)
+    got = nir_readout(load_nir(target), x, 4)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert (expected.argmax(-1) == got.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("name,words", [
+    ("subtract", ("resets by subtract", "reset_mechanism='zero'")),
+    ("rate", ("spiking networks", "model.pt")),
+    ("max_pool", ("MaxPool2d", "nn.AvgPool2d")),
+])
+def test_what_nir_cannot_hold_is_refused_with_one_line(runs, tmp_path, cli_fails, name, words):
+    out = runs(name)
+    cli_fails(["export", str(out), "--format", "nir", "-o", str(tmp_path / "m.nir"),
+               "--trust-model"], *words)
+    assert not (tmp_path / "m.nir").exists()
+
+
+def test_nir_export_of_a_file_that_is_no_run_is_refused(tmp_path, cli_fails):
+    (tmp_path / "trace.h5").write_text("")
+    cli_fails(["export", str(tmp_path / "trace.h5"), "--format", "nir"], "not a run folder")
+
+
+def test_nir_export_without_nir_names_the_extra(runs, monkeypatch, tmp_path, cli_fails):
+    out = runs("conv")
+    monkeypatch.setitem(sys.modules, "nir", None)
+    cli_fails(["export", str(out), "--format", "nir", "-o", str(tmp_path / "m.nir"),
+               "--trust-model"], "noisynets[nir]")
