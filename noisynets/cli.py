@@ -207,7 +207,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace the run in an existing --out folder")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint, with its own "
-                        "settings (only --threads may change)")
+                        "settings (only --threads may change; a --model run needs --model "
+                        "again, or --trust-model)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="with --resume: import the model file the run folder names without "
+                        "naming it again (it runs that file's code)")
     p.add_argument("--trace-every", type=nonnegative_int,
                    help="trace the probe samples every N steps into trace.h5 (50; 0: off)")
     p.add_argument("--trace-probe", type=positive_int, help="probe samples traced (16)")
@@ -226,6 +230,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object on the last line of stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_consent_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--model and --trust-model of a command that loads a trained run's model.pt."""
+    parser.add_argument("--model", metavar="FILE.py:FUNCTION",
+                        help=prefix + "the model file of a run trained with --model, named "
+                             "again: it must be the file the run started with")
+    parser.add_argument("--trust-model", action="store_true",
+                        help=prefix + "import the model file the run folder names without "
+                             "naming it again (it runs that file's code)")
 
 
 def make_parser() -> Parser:
@@ -263,6 +277,7 @@ def make_parser() -> Parser:
                              "(default: RUN_DIR/model.nir)")
     export.add_argument("--dt", type=positive_float, metavar="SECONDS",
                         help="nwb: seconds per simulated time step, the file's clock (0.001)")
+    add_consent_arguments(export, "nir: ")
     predict = sub.add_parser("predict", help="a trained run's labels and scores for a file "
                                              "of inputs")
     predict.add_argument("run", metavar="RUN_DIR", help="a run folder (it holds model.pt)")
@@ -273,6 +288,7 @@ def make_parser() -> Parser:
     predict.add_argument("-o", "--output", metavar="OUT",
                          help=".csv (label, score_0, ...) or .npz (labels, scores) (default: "
                               "beside FILE, FILE's name with _predictions.csv)")
+    add_consent_arguments(predict)
     evaluate = sub.add_parser("evaluate", help="measure a run's saved model on test data")
     evaluate.add_argument("run", metavar="RUN_DIR", help="a run folder (it holds model.pt)")
     evaluate.add_argument("--dataset", metavar="NAME",
@@ -280,6 +296,12 @@ def make_parser() -> Parser:
     evaluate.add_argument("--data-root", metavar="DIR", help="folder holding its files")
     evaluate.add_argument("--json", action="store_true",
                           help="print the result as one JSON object")
+    evaluate.add_argument("--model", metavar="FILE.py:FUNCTION",
+                          help="the model file of a run trained with --model, named again: "
+                               "it must be the file the run started with")
+    evaluate.add_argument("--trust-model", action="store_true",
+                          help="import the model file the run folder names without naming it "
+                               "again (it runs that file's code)")
     bench = sub.add_parser("bench", help="time a training step of every rule, in one run")
     add_bench_arguments(bench)
     sweep = sub.add_parser("sweep", help="run every combination of a grid of settings")
@@ -315,7 +337,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 # Options --resume takes along: they choose how to run, not what the run is.
-RESUME_OPTIONS = ("resume", "threads", "json", "no_progress", "config")
+RESUME_OPTIONS = ("resume", "threads", "json", "no_progress", "config", "model",
+                  "trust_model")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -331,8 +354,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if given or args.config:
             raise UsageError(f"--resume continues a run with its own settings: leave out "
                              f"{', '.join(given + (['--config'] if args.config else []))}")
-        result = resume(args.resume, progress=progress, log=log, threads=args.threads)
+        result = resume(args.resume, progress=progress, log=log, threads=args.threads,
+                        model=args.model, trust_model=args.trust_model)
     else:
+        if args.trust_model:
+            raise UsageError("--trust-model goes with --resume (a new run names its --model)")
         result = train(config_from_args(args), progress=progress, log=log,
                        overwrite=args.overwrite)
     if not is_main_process():  # data-parallel: rank 0 reports
@@ -353,7 +379,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from noisynets.run import evaluate_run, strict_json
 
-    report = evaluate_run(args.run, dataset=args.dataset, data_root=args.data_root)
+    report = evaluate_run(args.run, dataset=args.dataset, data_root=args.data_root,
+                          model=args.model, trust_model=args.trust_model)
     if args.json:
         print(json.dumps(strict_json(report), allow_nan=False))
     else:
@@ -400,8 +427,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not Path(args.file).is_dir():
             raise ValueError(f"--format nir exports a run: {args.file!r} is not a run folder")
         out = Path(args.output) if args.output else Path(args.file) / "model.nir"
-        print(f"nir export written to {export_run(args.file, out)}")
+        print(f"nir export written to "
+              f"{export_run(args.file, out, args.model, args.trust_model)}")
         return 0
+    if args.model is not None or args.trust_model:
+        raise UsageError("--model and --trust-model go with --format nir (a run folder)")
     reader = TraceReader(args.file)
     if args.format == "npz":
         out = Path(args.output) if args.output else reader.path.with_suffix(".npz")
@@ -425,7 +455,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from noisynets.inference import predict
 
-    print(f"predictions written to {predict(args.run, args.input, args.output)}")
+    written = predict(args.run, args.input, args.output, args.model, args.trust_model)
+    print(f"predictions written to {written}")
     return 0
 
 
@@ -518,6 +549,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError) as e:
         message = " ".join(str(e).split())
         print(f"noisynets: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the library did not name itself: too long, unwritable, ...
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"noisynets: error: cannot use{where}: {e.strerror or e}; name another path",
+              file=sys.stderr)
         return 2
     except DivergenceError as e:
         print(f"noisynets: {' '.join(str(e).split())}", file=sys.stderr)

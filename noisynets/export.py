@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from noisynets.files import atomic
 from noisynets.traces import TraceReader, as_reader, metric_sort_key
 
 # The most values of one dataset a CSV export holds in memory at once (a block of records).
@@ -116,8 +119,9 @@ def _make_folder(out: Path) -> None:
         raise ValueError(f"cannot create output folder {str(out)!r}: {e.strerror}") from None
 
 
-def _write(path: Path, mode: str, **kwargs: Any) -> IO[Any]:
-    try:
-        return open(path, mode, **kwargs)
-    except OSError as e:
-        raise ValueError(f"cannot write {str(path)!r}: {e.strerror}") from None
+@contextmanager
+def _write(path: Path, mode: str, **kwargs: Any) -> Iterator[IO[Any]]:
+    """``open(path, mode)``, all or nothing (``files.atomic``): a full disk leaves no
+    half-written file and is one ``ValueError``."""
+    with atomic(path) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle

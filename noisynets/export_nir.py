@@ -193,15 +193,17 @@ def nir_readout(module: nn.Module, x: Tensor, time_steps: int) -> Tensor:
     return total / time_steps
 
 
-def export_run(folder: str | Path, out: str | Path) -> Path:
-    """The trained network of the run in ``folder`` as a NIR file ``out``; returns ``out``."""
+def export_run(folder: str | Path, out: str | Path, model: str | None = None,
+               trust_model: bool = False) -> Path:
+    """The trained network of the run in ``folder`` as a NIR file ``out``; returns ``out``.
+    ``model``, ``trust_model``: as for ``inference.load_trained``."""
     from noisynets.inference import load_trained
 
     nir, _, _ = _nir()
     out = Path(out)
     if out.is_dir() or not out.parent.is_dir():
         raise ValueError(f"-o {str(out)!r}: name a file in a folder that exists")
-    network, _, spec = load_trained(folder)
+    network, _, spec = load_trained(folder, model, trust_model)
     graph = to_nir(network.cpu(), tuple(int(d) for d in spec["shape"]))
     try:
         nir.write(str(out), graph)

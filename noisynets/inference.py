@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from noisynets.checkpoints import MODEL_FILE, load
+from noisynets.checkpoints import MODEL_FILE
 from noisynets.config import TrainConfig, resolve
 from noisynets.data import DataSplits
 from noisynets.network import Network
@@ -56,22 +56,27 @@ def input_spec(data: DataSplits, standardize: bool) -> dict[str, Any]:
             "task": data.task, "mean": mean, "std": std}
 
 
-def load_trained(folder: str | Path) -> tuple[Network, TrainConfig, dict[str, Any]]:
+def load_trained(folder: str | Path, model: str | None = None, trust_model: bool = False
+                 ) -> tuple[Network, TrainConfig, dict[str, Any]]:
     """The trained network of the run in ``folder`` in eval mode, its config and its
     ``input_spec``; on the run's device (the CPU if it has no GPU now). Needs no data files
-    (a version 1 ``model.pt``: its data set's)."""
-    from noisynets.run import build, choose_device, load_network
+    (a version 1 ``model.pt``: its data set's). ``model.pt`` is checked as for ``noisynets
+    evaluate`` (``run.load_network``), and a run trained with ``--model`` imports its model
+    file only when ``model`` names it again or ``trust_model``
+    (``checkpoints.consent_to_model``)."""
+    from noisynets.checkpoints import check_fits
+    from noisynets.run import build, choose_device, load_model_file, load_network
 
     folder = Path(folder)
-    state = load(folder / MODEL_FILE, "model")
+    state, fields = load_model_file(folder, model, trust_model)
     spec = state.get("inputs")
     if spec is None:  # version 1: the data set gives the shapes and the standardisation
         from noisynets.data import load_dataset
 
-        network, config, _ = load_network(folder)
+        network, config, _ = load_network(folder, model=model, trust_model=trust_model)
         spec = input_spec(load_dataset(config.dataset, config.data_root), config.standardize)
         return network.eval(), config, spec
-    config = resolve(TrainConfig(**{**state["config"], "out": str(folder)}))
+    config = resolve(TrainConfig(**{**fields, "out": str(folder)}))
     if config.device == "cuda" and not torch.cuda.is_available():
         config = dataclasses.replace(config, device="cpu")
     shape = tuple(int(d) for d in spec["shape"])
@@ -79,6 +84,7 @@ def load_trained(folder: str | Path) -> tuple[Network, TrainConfig, dict[str, An
                              num_classes=int(spec["outputs"]))
     torch.manual_seed(config.seed)
     network, _, _ = build(config, shapes)  # type: ignore[arg-type]
+    check_fits(state["network"], network.state_dict(), folder / MODEL_FILE)
     try:
         network.load_state_dict(state["network"])
     except RuntimeError as e:
@@ -165,9 +171,11 @@ def predictions(network: Network, config: TrainConfig, spec: dict[str, Any], x: 
     return {"labels": logits.argmax(-1).numpy(), "scores": scores.numpy()}
 
 
-def predict(folder: str | Path, inputs: str | Path, out: str | Path | None = None) -> Path:
+def predict(folder: str | Path, inputs: str | Path, out: str | Path | None = None,
+            model: str | None = None, trust_model: bool = False) -> Path:
     """Write the predictions of the run in ``folder`` for the samples in file ``inputs`` to
-    ``out`` (default: beside ``inputs``, ``<name>_predictions.csv``); returns ``out``."""
+    ``out`` (default: beside ``inputs``, ``<name>_predictions.csv``); returns ``out``.
+    ``model``, ``trust_model``: as for ``load_trained``."""
     inputs = Path(inputs)
     out = Path(out) if out is not None else inputs.with_name(inputs.stem + "_predictions.csv")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -177,7 +185,7 @@ def predict(folder: str | Path, inputs: str | Path, out: str | Path | None = Non
         raise ValueError(f"-o {str(out)!r}: name a file in a folder that exists")
     if out.exists() and out.resolve() == inputs.resolve():
         raise ValueError(f"-o {str(out)!r} is the input file: name another file")
-    network, config, spec = load_trained(folder)
+    network, config, spec = load_trained(folder, model, trust_model)
     x = read_inputs(inputs, spec)
     result = predictions(network, config, spec, x)
     try:

@@ -101,7 +101,7 @@ def load_model(spec: str) -> nn.Module:
     sys.modules[module_name] = code
     try:
         loader.loader.exec_module(code)
-    except Exception as e:  # the user's file: any error it raises is reported in one line
+    except (Exception, SystemExit) as e:  # the user's file: any error, in one line
         del sys.modules[module_name]
         raise ValueError(f"--model: importing {path_text!r} failed: "
                          f"{type(e).__name__}: {e}") from None
@@ -113,7 +113,7 @@ def load_model(spec: str) -> nn.Module:
     except TypeError as e:
         raise ValueError(f"--model: {name}() in {path_text!r} must take no arguments "
                          f"({e})") from None
-    except Exception as e:  # the user's code
+    except (Exception, SystemExit) as e:  # the user's code
         raise ValueError(f"--model: {name}() in {path_text!r} failed: "
                          f"{type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):

@@ -59,6 +59,7 @@ from noisynets.noise import Gaussian, Logistic, NoiseSource, make_noise
 from noisynets.parallel import Shard, all_reduce_sum
 from noisynets.precision import PRECISIONS, difference_dtype
 from noisynets.units import ACTIVATIONS, LIF, StochasticBinary, discontinuous
+from noisynets.validate import check_forward
 
 ENCODINGS: tuple[str, ...] = ("current", "poisson", "sequence")
 
@@ -392,9 +393,10 @@ class Network(nn.Module):
         loss: bool = True,
         on_step: StepHook | None = None,
     ) -> Record:
+        last = self.layers[-1]
+        check_forward(x, y, passes, self.num_layers, None if last.conv else last.out_features,
+                      last.op.weight.device, self.loss_name if loss else "")
         B, P, T, L = x.shape[0], passes.count, self.time_steps, self.num_layers
-        if len(passes.noisy) != L:
-            raise ValueError(f"the pass plan has {len(passes.noisy)} layers, the network {L}")
         if self.encoding == "sequence" and (x.dim() < 2 or x.shape[1] != T):
             raise ValueError(f"encoding 'sequence' takes inputs (batch, T={T}, ...), one per time "
                              f"step; got shape {tuple(x.shape)}")

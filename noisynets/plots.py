@@ -176,11 +176,14 @@ def _draw(fig: Figure, sections: list[list[Panel]], columns: int) -> None:
 
 
 def _save(fig: Figure, out: Path, dpi: int) -> Path:
-    try:
-        with plt.rc_context(_STYLE):
-            fig.savefig(out, dpi=dpi)
-    except OSError as e:
-        raise ValueError(f"cannot write figure {str(out)!r}: {e.strerror or e}") from None
+    from noisynets.files import atomic
+
+    try:  # all or nothing: a full disk leaves no half-written figure
+        with plt.rc_context(_STYLE), atomic(out, suffix=True) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=out.suffix.lstrip(".") or "png")
+    except ValueError as e:
+        raise ValueError(f"cannot write figure {str(out)!r}: "
+                         f"{str(e).rpartition(': ')[2]}") from None
     finally:
         plt.close(fig)
     return out

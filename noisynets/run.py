@@ -10,7 +10,11 @@ its run folder up to date:
 * ``checkpoint.pt`` -- every ``checkpoint_every`` epochs, what ``resume(folder)`` needs to
   continue exactly: a run killed at any moment and resumed ends with the metrics and trace
   file of the same run uninterrupted;
-* ``learning_curve.png`` and ``trace.png`` (unless ``figures`` is off).
+* ``learning_curve.png`` and ``trace.png`` (unless ``figures`` is off);
+* ``identity.json`` -- who the run is (``checkpoints.new_identity``), written when it starts.
+
+Every file is written whole or not at all (``noisynets.files``); a full disk stops the run
+with one ``ValueError`` and leaves the previous files valid.
 
 An existing, non-empty folder is refused unless ``overwrite``. A step whose loss, activity or
 estimate is not finite is skipped and counted; ``max_bad_steps`` in a row stop the run with
@@ -44,17 +48,30 @@ from tqdm import tqdm
 
 from noisynets.checkpoints import (
     CHECKPOINT_FILE,
+    FORMAT_VERSION,
+    IDENTITY_FILE,
     MODEL_FILE,
+    check_fits,
+    check_identity,
+    check_optimizer,
+    config_fields,
+    consent_to_model,
+    data_digest,
+    file_digest,
+    identity_version,
     load,
     model_state,
+    new_identity,
     noise_states,
     random_states,
+    read_identity,
     save_atomic,
     set_noise_states,
     set_random_states,
 )
 from noisynets.config import TrainConfig, resolve
 from noisynets.data import DataSplits, load_dataset
+from noisynets.files import remove_stale, write_text_atomic
 from noisynets.firing import firing_warnings
 from noisynets.hooks import (
     METRICS_FILE,
@@ -87,7 +104,7 @@ from noisynets.training import (
 
 RESULTS_FILE = "results.json"
 RUN_FILES = (RESULTS_FILE, "trace.h5", "trace.png", "learning_curve.png", MODEL_FILE,
-             CHECKPOINT_FILE, METRICS_FILE, STEPS_FILE)
+             CHECKPOINT_FILE, METRICS_FILE, STEPS_FILE, IDENTITY_FILE)
 
 
 class DivergenceError(RuntimeError):
@@ -250,25 +267,47 @@ def resume(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     threads: int | None = None,
+    model: str | None = None,
+    trust_model: bool = False,
 ) -> RunResult:
     """Continue the run in ``folder`` from its last checkpoint (from the start when it was
-    killed before its first one), with its own settings; ``threads`` may differ."""
+    killed before its first one), with its own settings; ``threads`` may differ.
+
+    The checkpoint is checked before use (``checkpoints.CHECKPOINT_SCHEMA``, its identity
+    against the folder's ``identity.json``, every tensor against the network its config
+    builds). A run trained with ``--model FILE.py:FN`` imports its model file only when
+    ``model`` names it again (the same content as when the run started) or ``trust_model``:
+    a run folder alone never runs code."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"--resume {str(folder)!r}: no such run folder")
+    remove_stale(folder)
     checkpoint = None
-    if (folder / CHECKPOINT_FILE).exists():
-        checkpoint = load(folder / CHECKPOINT_FILE, "checkpoint")
-        fields = checkpoint["config"]
+    if (folder / CHECKPOINT_FILE).exists() or (folder / CHECKPOINT_FILE).is_symlink():
+        path = folder / CHECKPOINT_FILE
+        checkpoint = load(path, "checkpoint")
+        fields = config_fields(checkpoint, path)
+        check_identity(checkpoint, folder, path)
+        recorded = (checkpoint["run"].get("model")
+                    if checkpoint["version"] >= identity_version("checkpoint") else None)
     elif (folder / RESULTS_FILE).exists():
+        path = folder / RESULTS_FILE
         try:
-            fields = json.loads((folder / RESULTS_FILE).read_text())["config"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ValueError(f"--resume: {str(folder / RESULTS_FILE)!r} is damaged and there "
+            fields = json.loads(path.read_text())["config"]
+            if not isinstance(fields, dict):
+                raise TypeError
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise ValueError(f"--resume: {str(path)!r} is damaged and there "
                              "is no checkpoint: start the run again") from None
+        fields = config_fields({"config": fields}, path)
+        identity = read_identity(folder)
+        recorded = None if identity is None else identity["model"]
     else:
         raise ValueError(f"--resume {str(folder)!r}: it holds no run (no {CHECKPOINT_FILE}, no "
                          f"{RESULTS_FILE})")
+    if fields.get("model") is not None:
+        fields["model"] = consent_to_model(str(fields["model"]), recorded or None, model,
+                                           trust_model)
     config = resolve(TrainConfig(**{**fields, "out": str(folder)}))
     if threads is not None:
         config = dataclasses.replace(config, threads=threads)
@@ -332,23 +371,28 @@ class RunState:
     main: bool
     start: float
     inputs: dict[str, Any] | None = None  # what inference needs of the data (model.pt)
+    identity: dict[str, str] | None = None  # the run's identity (identity.json)
 
     def save_results(self) -> None:
         if self.main:
             text = json.dumps(strict_json(self.result.summary()), indent=2,
                               allow_nan=False) + "\n"
-            (self.out / RESULTS_FILE).write_text(text)
+            write_text_atomic(self.out / RESULTS_FILE, text)
 
     def save_model(self) -> None:
         if self.main and all(bool(torch.isfinite(p).all()) for p in self.network.parameters()):
-            save_atomic(model_state(self.network, self.config.to_dict(), self.inputs),
-                        self.out / MODEL_FILE)
+            save_atomic(model_state(self.network, self.config.to_dict(), self.inputs,
+                                    self.identity), self.out / MODEL_FILE)
 
     def save_checkpoint(self, stats: EpochStats) -> None:
+        import noisynets
+
         if not self.main:
             return
         save_atomic({
-            "format": "noisynets-checkpoint", "version": 1, "config": self.config.to_dict(),
+            "format": "noisynets-checkpoint", "version": FORMAT_VERSION,
+            "noisynets_version": noisynets.__version__,
+            "run": self.identity or {}, "config": self.config.to_dict(),
             "epoch": stats.epoch, "step": stats.step, "seconds": stats.seconds,
             "network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
@@ -480,7 +524,10 @@ def _run(
     if not main:
         progress, log = False, None
     emit = log or (lambda line: None)
-    data, inputs = prepare_data(config, device, world)
+    if main:
+        remove_stale(out)  # what a killed run left half-written
+    data, inputs, digest = prepare_data(config, device, world)
+    identity = run_identity(config, data, digest, out, checkpoint, main)
     torch.manual_seed(config.seed)
     network, rule, optimizer = build(config, data)
     network.to(device)
@@ -490,8 +537,8 @@ def _run(
                        world_size=1 if world is None else world.size)
     state = RunState(config, out, network, rule, optimizer, make_scheduler(config, optimizer),
                      torch.Generator().manual_seed(config.seed),  # the order of the data
-                     result, None, main, time.perf_counter(), inputs)
-    shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
+                     result, None, main, time.perf_counter(), inputs, identity)
+    shapes = model_shapes(network, data, config)
     result.layers = describe_layers(network, shapes)
     first_epoch, step = 1, 0
     if checkpoint is not None:
@@ -524,30 +571,65 @@ def _run(
             emit(_row(stats, state.scheduler is not None))
 
     try:
-        fit(network, rule, optimizer, data, config.epochs, config.batch_size, seed=config.seed,
-            progress=progress, on_epoch=on_epoch, on_loss=on_loss, name=config.algo,
-            max_bad_steps=config.max_bad_steps, first_epoch=first_epoch, first_step=step,
-            generator=state.generator, start=state.start, world=world,
-            scheduler=state.scheduler, clip_grad=config.clip_grad, stop=early,
-            probe_batches=config.probe_batches)
-        state.save_model()
-    except Diverged as e:
-        raise DivergenceError(
-            f"training diverged: {e}, so nothing was applied; lower --lr (now "
-            f"{config.lr:g}) or --noise-std (now {config.noise_std:g}). Everything up to "
-            f"the last good step is in {out}") from None
-    finally:
+        try:
+            fit(network, rule, optimizer, data, config.epochs, config.batch_size,
+                seed=config.seed, progress=progress, on_epoch=on_epoch, on_loss=on_loss,
+                name=config.algo, max_bad_steps=config.max_bad_steps, first_epoch=first_epoch,
+                first_step=step, generator=state.generator, start=state.start, world=world,
+                scheduler=state.scheduler, clip_grad=config.clip_grad, stop=early,
+                probe_batches=config.probe_batches)
+            state.save_model()
+        except Diverged as e:
+            raise DivergenceError(
+                f"training diverged: {e}, so nothing was applied; lower --lr (now "
+                f"{config.lr:g}) or --noise-std (now {config.noise_std:g}). Everything up to "
+                f"the last good step is in {out}") from None
+    except BaseException:
+        # Already failing (a full disk, an interrupt): keep what can still be written, and
+        # let the first error be the one reported.
         for hook in hooks:
-            hook.close()
+            _quietly(hook.close)
+        raise
+    for hook in hooks:
+        hook.close()
     return result
 
 
+def _quietly(write: Callable[[], None]) -> None:
+    try:
+        write()
+    except (OSError, ValueError, RuntimeError):
+        pass
+
+
+def run_identity(config: TrainConfig, data: DataSplits, digest: str, out: Path,
+                 checkpoint: dict[str, Any] | None, main: bool = True) -> dict[str, str]:
+    """The run's identity (``checkpoints.new_identity``): made and written to
+    ``identity.json`` when the run starts; on resume the recorded one, whose data digest
+    (``digest``, of the data set as loaded) must be that of the data loaded now."""
+    if checkpoint is not None:
+        recorded = read_identity(out) or checkpoint.get("run") or None
+    if checkpoint is None or recorded is None:
+        source = None if config.model is None else Path(config.model.rpartition(":")[0])
+        model = file_digest(source) if source is not None and source.is_file() else ""
+        identity = new_identity(config.to_dict(), digest, model)
+        if main:
+            write_text_atomic(out / IDENTITY_FILE, json.dumps(identity, indent=2) + "\n")
+        return identity
+    if recorded["data"] != digest:
+        raise ValueError(f"the data set {config.dataset!r} ({data.origin}) is not the one the "
+                         f"run in {str(out)!r} started with: resuming needs the same data")
+    return recorded
+
+
 def prepare_data(config: TrainConfig, device: torch.device, world: World | None
-                 ) -> tuple[DataSplits, dict[str, Any]]:
+                 ) -> tuple[DataSplits, dict[str, Any], str]:
     """The run's data set: loaded, its validation split held out, standardized if asked, on
     ``device``; checked to split over ``world``'s processes. With what inference needs of it
-    (``inference.input_spec``: shapes and the standardisation)."""
+    (``inference.input_spec``: shapes and the standardisation) and the digest of the data as
+    loaded (``checkpoints.data_digest``, the run identity's ``data``)."""
     data = load_dataset(config.dataset, config.data_root)
+    digest = data_digest(data.train_x, data.train_y, data.test_x, data.test_y)
     if config.val_fraction > 0:
         data = data.with_validation(config.val_fraction)
     inputs = input_spec(data, bool(config.standardize))
@@ -556,7 +638,7 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World | None
     data = to_device(data, device)
     if world is not None:
         check_shardable(data, config.batch_size, world)
-    return data, inputs
+    return data, inputs, digest
 
 
 def make_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]
@@ -592,14 +674,25 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer
 
 def restore(state: RunState, checkpoint: dict[str, Any], world: World | None,
             device: torch.device) -> tuple[int, int]:
-    """The state of ``checkpoint`` in ``state``; returns the epoch and step to continue at."""
-    state.network.load_state_dict(checkpoint["network"])
-    state.optimizer.load_state_dict(checkpoint["optimizer"])
-    if state.scheduler is not None and checkpoint.get("scheduler") is not None:
-        state.scheduler.load_state_dict(checkpoint["scheduler"])
-    noise = checkpoint["noise"]
-    set_noise_states(state.network, noise if world is None else on_device(noise, device))
-    state.generator.set_state(checkpoint["data_order"])
+    """The state of ``checkpoint`` in ``state``, each tensor checked against the network and
+    optimizer the config builds; returns the epoch and step to continue at."""
+    path = state.out / CHECKPOINT_FILE
+    check_fits(checkpoint["network"], state.network.state_dict(), path)
+    check_optimizer(checkpoint["optimizer"], state.optimizer, path)
+    try:
+        state.network.load_state_dict(checkpoint["network"])
+        state.optimizer.load_state_dict(checkpoint["optimizer"])
+        if state.scheduler is not None and checkpoint.get("scheduler") is not None:
+            state.scheduler.load_state_dict(checkpoint["scheduler"])
+        noise = checkpoint["noise"]
+        set_noise_states(state.network, noise if world is None else on_device(noise, device))
+        state.generator.set_state(checkpoint["data_order"])
+        with torch.random.fork_rng(devices=[]):  # only a check: applied in _run
+            set_random_states(checkpoint["random"])
+    except (RuntimeError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"{str(path)!r} does not fit the run its config builds "
+                         f"({' '.join(str(e).split())[:120]}): start the run "
+                         "again") from None
     state.result.initial = EpochStats(**checkpoint["initial"])
     state.result.history = [EpochStats(**h) for h in checkpoint["history"]]
     state.start -= checkpoint["seconds"]
@@ -706,15 +799,38 @@ def on_device(states: list[dict[str, Any]], device: torch.device) -> list[dict[s
             for s in states]
 
 
+def load_model_file(folder: Path, model: str | None = None, trust_model: bool = False
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checked ``model.pt`` of the run in ``folder`` (``checkpoints.MODEL_SCHEMA``, its
+    identity) and its settings, whose ``--model`` file is the one the user consents to
+    (``checkpoints.consent_to_model``: named again as ``model``, or ``trust_model``)."""
+    if not folder.is_dir():
+        raise ValueError(f"run folder {str(folder)!r} does not exist or is not a folder")
+    path = folder / MODEL_FILE
+    state = load(path, "model")
+    fields = config_fields(state, path)
+    check_identity(state, folder, path)
+    if fields.get("model") is not None:
+        recorded = (state["run"].get("model")
+                    if state["version"] >= identity_version("model") else None)
+        fields["model"] = consent_to_model(str(fields["model"]), recorded or None, model,
+                                           trust_model)
+    return state, fields
+
+
 def load_network(
-    folder: str | Path, dataset: str | None = None, data_root: str | None = None
+    folder: str | Path, dataset: str | None = None, data_root: str | None = None,
+    model: str | None = None, trust_model: bool = False,
 ) -> tuple[Network, TrainConfig, DataSplits]:
     """The trained network of the run in ``folder`` (its ``model.pt``, decorrelators included),
     rebuilt from the run's config, on the run's device (CPU if it has no GPU now); with the
-    config and the data set (or ``dataset``) it was built for."""
+    config and the data set (or ``dataset``) it was built for. ``model.pt`` is checked before
+    use (``checkpoints.MODEL_SCHEMA``, its identity, every tensor); a ``--model`` run's file
+    is imported only when ``model`` names it again or ``trust_model`` (see ``resume``)."""
     folder = Path(folder)
-    state = load(folder / MODEL_FILE, "model")
-    config = resolve(TrainConfig(**{**state["config"], "out": str(folder)}))
+    state, fields = load_model_file(folder, model, trust_model)
+    path = folder / MODEL_FILE
+    config = resolve(TrainConfig(**{**fields, "out": str(folder)}))
     if dataset is not None:
         config = resolve(dataclasses.replace(config, dataset=dataset))
     if data_root is not None:
@@ -727,6 +843,7 @@ def load_network(
         data = data.standardized()
     torch.manual_seed(config.seed)
     network, _, _ = build(config, data)
+    check_fits(state["network"], network.state_dict(), path)
     try:
         network.load_state_dict(state["network"])
     except RuntimeError as e:
@@ -736,11 +853,13 @@ def load_network(
 
 
 def evaluate_run(
-    folder: str | Path, dataset: str | None = None, data_root: str | None = None
+    folder: str | Path, dataset: str | None = None, data_root: str | None = None,
+    model: str | None = None, trust_model: bool = False,
 ) -> dict[str, Any]:
     """Load the model of the run in ``folder`` and measure it on the test split of its data
-    set (or of ``dataset``): ``{"test_loss", "test_accuracy", "samples", "dataset", ...}``."""
-    network, config, data = load_network(folder, dataset, data_root)
+    set (or of ``dataset``): ``{"test_loss", "test_accuracy", "samples", "dataset", ...}``;
+    ``model``, ``trust_model``: as for ``load_network``."""
+    network, config, data = load_network(folder, dataset, data_root, model, trust_model)
     loss, accuracy = evaluate(network, data.test_x, data.test_y)
     return {"run": str(folder), "dataset": config.dataset, "data_files": data.origin,
             "samples": int(data.test_x.shape[0]), "test_loss": loss, "test_accuracy": accuracy}
@@ -763,6 +882,23 @@ def network_shapes(network: Network, x: Tensor, y: Tensor) -> list[dict[str, Any
     return [dict(inputs=int(seen.shape[-1]), units=int(a.shape[-1]),
                  input_shape=list(layer.in_shape), shape=list(layer.node_shape))
             for layer, seen, a in zip(network.layers, record.inputs, record.activity)]
+
+
+def model_shapes(network: Network, data: DataSplits, config: TrainConfig
+                 ) -> list[dict[str, Any]]:
+    """``network_shapes`` of one training sample, or a ``ValueError`` saying why the
+    network cannot take the data set's samples or give one output per class."""
+    try:
+        shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
+    except (RuntimeError, IndexError, ValueError, TypeError) as e:
+        raise ValueError(f"the network does not fit the data set {config.dataset!r} (samples "
+                         f"of shape {tuple(data.input_shape)}, {data.num_classes} outputs): "
+                         f"{' '.join(str(e).split())[:160]}") from None
+    if shapes[-1]["units"] != data.num_classes:
+        raise ValueError(f"the network has {shapes[-1]['units']} outputs, the data set "
+                         f"{config.dataset!r} needs {data.num_classes}: make its last layer "
+                         f"that wide")
+    return shapes
 
 
 def describe(network: Network, shapes: list[dict[str, Any]]) -> str:

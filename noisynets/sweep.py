@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from noisynets.config import TrainConfig, check_keys, read_toml, resolve
+from noisynets.files import atomic, write_text_atomic
 
 TABLES = ("grid", "train")
 MAX_RUNS = 100_000
@@ -211,7 +212,8 @@ def execute(fields: dict[str, Any], folder: str, threads: int | dict[str, int] |
     path = Path(folder)
     try:
         if (path / CHECKPOINT_FILE).exists():
-            result = resume(path, progress=False, log=None, threads=fields.get("threads"))
+            result = resume(path, progress=False, log=None, threads=fields.get("threads"),
+                            model=fields.get("model"))  # the sweep file names its model
         else:
             result = train(TrainConfig(**{**fields, "out": folder}), progress=False, log=None,
                            overwrite=True)
@@ -462,7 +464,7 @@ def write_summary(result: SweepResult) -> None:
     """``runs.csv``, ``summary.csv``, ``summary.md``, ``summary.png`` and ``sweep.json``."""
     out = Path(result.out)
     keys = list(result.grid)
-    with (out / "runs.csv").open("w", newline="") as f:
+    with atomic(out / "runs.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", *keys, "status", "epochs", *METRICS, "seconds", "folder",
                          "error"])
@@ -473,15 +475,16 @@ def write_summary(result: SweepResult) -> None:
                              *(_cell(s.get(m)) for m in METRICS), _cell(s.get("seconds")),
                              str(out / run["name"]), run.get("error", "")])
     rows = summary_rows(result)
-    with (out / "summary.csv").open("w", newline="") as f:
+    with atomic(out / "summary.csv") as tmp, tmp.open("w", newline="") as f:
         fields = list(rows[0]) if rows else []
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
-    (out / "summary.md").write_text(markdown_table(result, rows))
+    write_text_atomic(out / "summary.md", markdown_table(result, rows))
     document = {"out": result.out, "grid": result.grid, "train": result.train,
                 "summary": rows, "runs": result.runs}
-    (out / "sweep.json").write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
+    write_text_atomic(out / "sweep.json",
+                      json.dumps(document, indent=1, allow_nan=False) + "\n")
     if any("summary" in r for r in result.runs):
         from noisynets.plots import sweep_figure
 

@@ -39,7 +39,9 @@ Read it without noisynets::
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +53,7 @@ import h5py
 import numpy as np
 import torch
 
+from noisynets.files import reserve, temporary, why
 from noisynets.network import Record
 
 FORMAT = "noisynets-trace"
@@ -80,6 +83,9 @@ SCHEMA: tuple[tuple[str, str, str, str], ...] = (
     ("/count/records", "(1,)", "int64", "always"),
     ("/count/evaluations", "(1,)", "int64", "always"),
 )
+
+# Room for HDF5's metadata (headers, attributes, the config text) beyond the datasets.
+_METADATA_ROOM = 1 << 20
 
 # A read that meets a half-written file is tried this often, this many seconds apart.
 _READ_TRIES = 40
@@ -115,8 +121,12 @@ class TraceWriter:
     and evaluations live in ``/count``. An append writes into space that already exists --
     raw data only, no HDF5 metadata changes -- and raises its count last, so a run killed at any
     moment, mid-write included, leaves a file whose structure is whole and whose counted
-    records are complete; a reader reads the counted rows only. A full disk shows when the
-    file is made, not in the middle of a run.
+    records are complete; a reader reads the counted rows only. The file is made under a
+    temporary name, its every block reserved on disk (``posix_fallocate``: HDF5 leaves the
+    early-allocated space sparse, and a write into a hole on a full disk fails inside HDF5's
+    cache, whose later flushes fail again at every close and finally crash the process), then
+    renamed into place: a full disk shows when the file is made, with one line, never in the
+    middle of a run. After any failed write the writer stops and never opens the file again.
 
     Args:
         path: the file (created; an existing one is replaced).
@@ -179,8 +189,20 @@ class TraceWriter:
         self.events = {k: 0 for k in self.layers}
         probe = np.asarray(probe_index, dtype=np.int64)
         self.probe = len(probe)
+        self.broken = False
+        tmp = temporary(self.path)
+        need = self._planned_bytes(int(evaluations)) + _METADATA_ROOM
         try:
-            with h5py.File(self.path, "w", locking=False) as f:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            free = need  # the open below says what is wrong with the place
+        if free < need:  # HDF5's own metadata writes must never meet a full disk either
+            raise ValueError(f"cannot write trace file {str(self.path)!r}: No space left on "
+                             f"device (it needs {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB "
+                             "are free; trace less with --trace-every, --trace-units or "
+                             "--trace-probe)")
+        try:
+            with h5py.File(tmp, "w", locking=False) as f:
                 for key, value in attrs.items():
                     if isinstance(value, dict):
                         value = json.dumps(value)
@@ -203,9 +225,27 @@ class TraceWriter:
                 _fixed(traces, "loss_noisy", (n, self.probe), np.float32)
                 for k in self.layers:
                     self._layer(traces, k, sizes[k - 1], inputs[k - 1], shapes[k - 1])
-        except OSError as e:
-            raise ValueError(f"cannot write trace file {str(self.path)!r}: "
-                             f"{e.strerror or e}") from None
+            reserve(tmp)  # every block on disk now: no append can meet a full disk
+            os.replace(tmp, self.path)
+        except (OSError, RuntimeError) as e:
+            size = _size(tmp)
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"cannot write trace file {str(self.path)!r}: {why(e)}"
+                             + (f" (it needs {size / 2**20:.1f} MiB; trace less with "
+                                "--trace-every, --trace-units or --trace-probe)"
+                                if size else "")) from None
+
+    def _planned_bytes(self, evaluations: int) -> int:
+        """The bytes of every dataset the file will hold (``_fixed`` allocates them)."""
+        n, p = self.capacity, self.probe
+        total = 8 * (len(self.metrics) * evaluations + n + p + 2) + 2 * 4 * n * p
+        for k in self.layers:
+            units, inputs = len(self.unit_index[k]), len(self.input_index[k])
+            total += 8 * (units + inputs) + 4 * n * p * (inputs + 2 * units)
+            if self.spiking[k - 1]:
+                slots = n * self.time_steps * p * units
+                total += slots * (2 + 2 * 4) + (16 * slots + 8 if self.spike_events else 0)
+        return total
 
     def _layer(self, traces: h5py.Group, k: int, size: int, inputs: int,
                shapes: tuple[Sequence[int], Sequence[int]]) -> None:
@@ -240,6 +280,10 @@ class TraceWriter:
         after): nothing duplicated, nothing missing."""
         self = cls.__new__(cls)
         self.path = Path(path)
+        self.broken = False
+        if self.path.is_symlink():
+            raise ValueError(f"cannot continue trace file {str(self.path)!r}: it is a symbolic "
+                             "link, and a run folder's files must be its own")
         try:
             with h5py.File(self.path, "r+", locking=False) as f:
                 if f.attrs.get("format_version") != FORMAT_VERSION or "count" not in f:
@@ -279,19 +323,31 @@ class TraceWriter:
 
     @contextmanager
     def _open(self) -> Iterator[h5py.File]:
+        """The file for one append. After a failed write the writer never touches the file
+        again: HDF5's state after a failed write is not to be trusted (its cached metadata
+        fails again at every close), and the counted records before are whole."""
+        if getattr(self, "broken", False):
+            raise ValueError(f"trace file {str(self.path)!r} stopped at record {self.records} "
+                             "after a failed write; the records before are intact")
+        if self.path.is_symlink():
+            raise ValueError(f"trace file {str(self.path)!r} is a symbolic link: a run "
+                             "folder's files must be its own")
         try:
-            f = h5py.File(self.path, "r+", locking=False)
+            f = _open_unbuffered(self.path)
         except OSError as e:
-            raise ValueError(f"cannot write trace file {str(self.path)!r}: "
-                             f"{e.strerror or e}") from None
+            raise ValueError(f"cannot write trace file {str(self.path)!r}: {why(e)}") from None
         try:
             yield f
             f.flush()
-        except OSError as e:  # a full disk, a vanished file
-            raise ValueError(f"cannot write trace file {str(self.path)!r}: "
-                             f"{e.strerror or e}; the records before are intact") from None
+        except (OSError, RuntimeError) as e:  # a vanished or damaged file, an I/O error
+            self.broken = True
+            raise ValueError(f"cannot write trace file {str(self.path)!r}: {why(e)}; the "
+                             "records before are intact") from None
         finally:
-            f.close()
+            try:
+                f.close()
+            except (OSError, RuntimeError):
+                self.broken = True
 
     def append_metrics(self, row: dict[str, float | Sequence[float]]) -> None:
         """One evaluation: scalars, and per-layer lists stored as ``<name>_layer_<k>`` (the
@@ -355,6 +411,24 @@ class TraceWriter:
                     traces[f"layer_{k}/spike_event_count"][0] = self.events[k]
             f["count/records"][0] = i + 1
         self.records += 1
+
+
+def _open_unbuffered(path: Path) -> h5py.File:
+    """``path`` for writing, without HDF5's file lock and without its sieve buffer: every
+    raw write goes to the file at once, so a failed one raises here (``OSError``) instead of
+    in a later buffer flush that h5py can only print and that leaves HDF5 broken."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_sieve_buf_size(0)
+    fapl.set_file_locking(False, True)
+    return h5py.File(h5py.h5f.open(str(path).encode(), h5py.h5f.ACC_RDWR, fapl=fapl))
+
+
+def _size(path: Path) -> int:
+    """The size the trace file would have had (0 when unknown)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _fixed(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> None:

@@ -73,17 +73,20 @@ def runs(tmp_path_factory):
     return run
 
 
-def test_an_exported_spiking_run_reads_back_and_gives_the_networks_outputs(runs, tmp_path):
+def test_an_exported_spiking_run_reads_back_and_gives_the_networks_outputs(runs, tmp_path,
+                                                                            cli_fails):
     out = runs("conv")
     rates = json.loads((out / "results.json").read_text())["history"][-1]["firing_rate"]
     assert all(0 < r < 1 for r in rates[:2])  # both layers spike: the outputs depend on it
     target = tmp_path / "model.nir"
-    assert main(["export", str(out), "--format", "nir", "-o", str(target)]) == 0
+    cli_fails(["export", str(out), "--format", "nir", "-o", str(target)], "--trust-model")
+    assert main(["export", str(out), "--format", "nir", "-o", str(target), "--model",
+                 f"{out.parent / 'nets.py'}:conv"]) == 0
     graph = nir.read(str(target))
     kinds = {type(node).__name__ for node in graph.nodes.values()}
     assert {"Conv2d", "LIF", "AvgPool2d", "Flatten", "Affine"} <= kinds
     assert int(graph.metadata["time_steps"]) == 4
-    network, _, _ = load_trained(out)
+    network, _, _ = load_trained(out, trust_model=True)
     conv = network.layers[0]
     exported = next(n for n in graph.nodes.values() if isinstance(n, nir.Conv2d))
     torch.testing.assert_close(torch.as_tensor(exported.weight),
@@ -104,7 +107,8 @@ def test_an_exported_spiking_run_reads_back_and_gives_the_networks_outputs(runs,
 ])
 def test_what_nir_cannot_hold_is_refused_with_one_line(runs, tmp_path, cli_fails, name, words):
     out = runs(name)
-    cli_fails(["export", str(out), "--format", "nir", "-o", str(tmp_path / "m.nir")], *words)
+    cli_fails(["export", str(out), "--format", "nir", "-o", str(tmp_path / "m.nir"),
+               "--trust-model"], *words)
     assert not (tmp_path / "m.nir").exists()
 
 
@@ -116,5 +120,5 @@ def test_nir_export_of_a_file_that_is_no_run_is_refused(tmp_path, cli_fails):
 def test_nir_export_without_nir_names_the_extra(runs, monkeypatch, tmp_path, cli_fails):
     out = runs("conv")
     monkeypatch.setitem(sys.modules, "nir", None)
-    cli_fails(["export", str(out), "--format", "nir", "-o", str(tmp_path / "m.nir")],
-              "noisynets[nir]")
+    cli_fails(["export", str(out), "--format", "nir", "-o", str(tmp_path / "m.nir"),
+               "--trust-model"], "noisynets[nir]")

@@ -176,7 +176,7 @@ def test_a_fresh_instance_of_the_users_class_scores_exactly_the_runs_accuracy(ru
     out, result = run
     _, namespace = models
     state = torch.load(out / "model.pt", weights_only=True)
-    assert state["version"] == 2 and state["inputs"]["mean"] is not None
+    assert state["version"] == 3 and state["inputs"]["mean"] is not None
     model = namespace["make_model"]()  # the user's own class, no noisynets in the way
     model.load_state_dict(state["model"])
     data = load_dataset("digits")
@@ -186,14 +186,15 @@ def test_a_fresh_instance_of_the_users_class_scores_exactly_the_runs_accuracy(ru
         accuracy = (model(x).argmax(-1) == data.test_y).double().mean().item()
     assert accuracy == result.history[-1].test_accuracy
     # The unfolded weights (model.pt version 1's "model") score otherwise: the fold matters.
-    network, _, _ = load_trained(out)
+    network, _, _ = load_trained(out, trust_model=True)
     with torch.no_grad():
         assert not torch.allclose(network.model(x), model(x), atol=1e-3)
 
 
-def test_a_run_loads_for_inference_without_its_data_and_predicts(run, monkeypatch, tmp_path,
-                                                                 cli_fails):
+def test_a_run_loads_for_inference_without_its_data_and_predicts(run, models, monkeypatch,
+                                                                 tmp_path, cli_fails):
     out, result = run
+    model = f"{models[0]}:make_model"  # the run's model file, named again (consent)
     data = load_dataset("digits")
 
     def no_data(*args, **kwargs):
@@ -201,12 +202,12 @@ def test_a_run_loads_for_inference_without_its_data_and_predicts(run, monkeypatc
 
     monkeypatch.setattr("noisynets.data.load_dataset", no_data)
     monkeypatch.setattr("noisynets.run.load_dataset", no_data)
-    network, config, spec = load_trained(out)
+    network, config, spec = load_trained(out, model)
     assert not network.training and spec["shape"] == [1, 8, 8]
     raw = data.test_x.numpy()
     np.save(tmp_path / "x.npy", raw)
     np.savetxt(tmp_path / "x.csv", raw, delimiter=",", header="pixels", comments="")
-    written = predict(out, tmp_path / "x.npy")
+    written = predict(out, tmp_path / "x.npy", model=model)
     assert written == tmp_path / "x_predictions.csv"
     table = np.loadtxt(written, delimiter=",", skiprows=1)
     assert (table[:, 0] == data.test_y.numpy()).mean() == result.history[-1].test_accuracy
@@ -217,19 +218,23 @@ def test_a_run_loads_for_inference_without_its_data_and_predicts(run, monkeypatc
     np.testing.assert_array_equal(table[:, 0], scores.argmax(1))
     from noisynets.cli import main
 
+    cli_fails(["predict", str(out), "--input", str(tmp_path / "x.csv")], "--trust-model")
     assert main(["predict", str(out), "--input", str(tmp_path / "x.csv"), "-o",
-                 str(tmp_path / "p.npz")]) == 0
+                 str(tmp_path / "p.npz"), "--model", model]) == 0
     with np.load(tmp_path / "p.npz") as p:
         np.testing.assert_array_equal(p["labels"], table[:, 0])
     np.save(tmp_path / "bad.npy", raw[:, :10])
-    cli_fails(["predict", str(out), "--input", str(tmp_path / "bad.npy")],
+    cli_fails(["predict", str(out), "--trust-model", "--input", str(tmp_path / "bad.npy")],
               f"shape ({len(raw)}, 10)", "(n, 64)")
     (tmp_path / "x.txt").write_text("1,2")
-    cli_fails(["predict", str(out), "--input", str(tmp_path / "x.txt")], "'.txt'", ".npy")
-    cli_fails(["predict", str(out), "--input", str(tmp_path / "none.npy")], "no such file")
+    cli_fails(["predict", str(out), "--trust-model", "--input", str(tmp_path / "x.txt")],
+              "'.txt'", ".npy")
+    cli_fails(["predict", str(out), "--trust-model", "--input", str(tmp_path / "none.npy")],
+              "no such file")
     (tmp_path / "junk.csv").write_text("1,2\nthree,4\n")
-    cli_fails(["predict", str(out), "--input", str(tmp_path / "junk.csv")], "junk.csv")
-    cli_fails(["predict", str(out), "--input", str(tmp_path / "x.npy"), "-o",
+    cli_fails(["predict", str(out), "--trust-model", "--input", str(tmp_path / "junk.csv")],
+              "junk.csv")
+    cli_fails(["predict", str(out), "--trust-model", "--input", str(tmp_path / "x.npy"), "-o",
                str(tmp_path / "p.json")], "'.json'")
 
 
@@ -241,9 +246,26 @@ def test_a_version_1_model_file_still_loads(run, tmp_path):
     del state["inputs"]
     state["version"] = 1
     torch.save(state, old / "model.pt")
-    network, _, spec = load_trained(old)
+    network, _, spec = load_trained(old, trust_model=True)  # no recorded hash: trusted
     assert spec["shape"] == [1, 8, 8] and spec["mean"] is not None
-    new, _, _ = load_trained(out)
+    new, _, _ = load_trained(out, trust_model=True)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(network(x), new(x))
+
+
+def test_a_version_2_model_file_still_loads(run, tmp_path):
+    """Version 2 (the folded model and inputs, before the run's identity) still loads."""
+    out, result = run
+    state = torch.load(out / "model.pt", weights_only=True)
+    old = tmp_path / "v2"
+    old.mkdir()
+    del state["run"], state["noisynets_version"]
+    state["version"] = 2
+    torch.save(state, old / "model.pt")
+    network, _, spec = load_trained(old, trust_model=True)  # no recorded hash: trusted
+    assert spec == state["inputs"]
+    new, _, _ = load_trained(out, trust_model=True)
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(network(x), new(x))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import random
 import struct
@@ -293,3 +294,316 @@ def test_hundreds_of_malformed_inputs_get_one_line_each(tmp_path, monkeypatch, c
             before_run = {p: digest(p) for p in protected}
     assert not defects, f"{len(defects)} of {len(cases)}:\n" + "\n".join(
         f"{argv}: {what}" for argv, what in defects)
+
+
+# --- run folders, model files, sweep files, paths, full disks (issue 18) ---------------------
+
+BAD_VALUES = ["3", -1, 1.5, None, [], {}, [1], {"x": 1}, True, 10**30]
+MODEL_FILES = {
+    "raises on import": "raise RuntimeError('boom')\n",
+    "syntax error": "def net(:\n",
+    "no function": "x = 1\n",
+    "not callable": "net = 5\n",
+    "needs arguments": "def net(width):\n    pass\n",
+    "raises": "def net():\n    raise KeyError('inside')\n",
+    "returns None": "def net():\n    return None\n",
+    "returns a list": "def net():\n    return [1, 2]\n",
+    "returns a tensor": "import torch\ndef net():\n    return torch.zeros(3)\n",
+    "returns a class": "from torch import nn\ndef net():\n    return nn.Linear\n",
+    "exits": "import sys\ndef net():\n    sys.exit(3)\n",
+    "lstm": "from torch import nn\ndef net():\n    return nn.Sequential(nn.LSTM(64, 10))\n",
+    "empty": "from torch import nn\ndef net():\n    return nn.Sequential()\n",
+    "no weights": "from torch import nn\ndef net():\n    return nn.Sequential(nn.ReLU())\n",
+    "wrong input size": "from torch import nn\ndef net():\n"
+                        "    return nn.Sequential(nn.Flatten(), nn.Linear(7, 10))\n",
+    "wrong output size": "from torch import nn\ndef net():\n"
+                         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))\n",
+    "batchnorm": "from torch import nn\ndef net():\n    return nn.Sequential(nn.Flatten(), "
+                 "nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))\n",
+    "embedding": "from torch import nn\ndef net():\n"
+                 "    return nn.Sequential(nn.Embedding(64, 10))\n",
+    "not a sequential": "from torch import nn\nclass M(nn.Module):\n    def forward(self, x):\n"
+                        "        return x\ndef net():\n    return M()\n",
+    "parameter free": "from torch import nn\ndef net():\n    return nn.Sequential(nn.Flatten())\n",
+    "binary": None,
+}
+SWEEP_FILES = [
+    "x", "[grid]\nseed = 1\n", "[grid]\nseed = []\n", "[grid]\nseed = [[]]\n",
+    "[grid]\nnope = [1]\n", "[grid]\nlr = [-1]\n", "[grid]\nlr = ['a']\n", "[grid]\nout = ['x']\n",
+    "[grid]\nresume = ['x']\n", "[grid]\nseed = [0, 0]\n", "[train]\nepochs = 0\n",
+    "[train]\nepochs = 'x'\n", "[train]\nbogus = 1\n", "[train]\n[train.sub]\nx = 1\n",
+    "[grid]\nseed = {a = 1}\n", "[gird]\nseed = [1]\n", "[grid]\n[grid.x]\ny = [1]\n",
+    "seed = [1]\n", "[grid]\nseed = [0]\n[train]\nseed = 0\n",
+    "[grid]\n" + "\n".join(f"k{i} = [1, 2]" for i in range(20)) + "\n",
+    "[grid]\nhidden = [[0]]\n", "[grid]\nhidden = [['a']]\n", "[grid]\nalgo = ['x']\n",
+    "[grid]\nalgo = [1]\n", "[grid]\ndataset = ['imagenet']\n", "[grid]\nnoise = ['pink']\n",
+    "[grid]\nseed = [1.5]\n", "[grid]\nseed = [true]\n", "[grid]\nthreads = [0]\n",
+    "[grid]\nmodel = ['nope.py:f']\n", "[train]\nmodel = 5\n", "[grid]\nseed = [1e400]\n",
+    "\x00\x01\x02", "[grid]\nseed = [0]\n[other]\n", "[[grid]]\nseed = [0]\n",
+    "[grid]\nepochs = [99999999999999999999]\n", "[train]\nhidden = [100000, 100000, 100000]\n",
+    "[grid]\nseed = [0]\nseed = [1]\n",
+]
+
+
+def state_cases(data: dict, schema: dict) -> list[tuple[str, dict]]:
+    """Per schema key: the file without it, and the key set to each of ``BAD_VALUES``."""
+    cases = []
+    for key in schema:
+        cases.append((f"no {key}", {k: v for k, v in data.items() if k != key}))
+        cases += [(f"{key}={value!r}"[:40], {**data, key: value}) for value in BAD_VALUES]
+    return cases
+
+
+def tensor_cases(data: dict) -> list[tuple[str, dict]]:
+    cases = []
+    for name, t in data["network"].items():
+        for label, value in (("shape", torch.zeros(t.numel() + 1)), ("dtype", t.double()),
+                             ("int", t.long()), ("scalar", torch.tensor(1.0)),
+                             ("empty", torch.zeros(0))):
+            cases.append((f"{name} {label}", {**data, "network": {**data["network"],
+                                                                  name: value}}))
+        cases.append((f"no {name}", {**data, "network": {k: v for k, v in
+                                                         data["network"].items() if k != name}}))
+    cases.append(("extra tensor", {**data, "network": {**data["network"], "x": torch.ones(1)}}))
+    return cases
+
+
+def deep_cases(data: dict) -> list[tuple[str, dict]]:
+    """Damage inside the optimizer, noise and random states of a checkpoint."""
+    opt = data["optimizer"]
+    short = torch.zeros(5, dtype=torch.uint8)
+    return [
+        ("opt no state", {**data, "optimizer": {"param_groups": opt["param_groups"]}}),
+        ("opt groups", {**data, "optimizer": {**opt, "param_groups": []}}),
+        ("opt group junk", {**data, "optimizer": {**opt, "param_groups": [5]}}),
+        ("opt state key", {**data, "optimizer": {**opt, "state": {"a": {}}}}),
+        ("opt state big", {**data, "optimizer": {**opt, "state": {99: {}}}}),
+        ("opt exp_avg", {**data, "optimizer": {**opt, "state": {
+            **opt["state"], 0: {**opt["state"][0], "exp_avg": torch.zeros(5, 5)}}}}),
+        ("opt lr text", {**data, "optimizer": {**opt, "param_groups": [
+            {**opt["param_groups"][0], "lr": "fast"}]}}),
+        ("noise empty", {**data, "noise": []}),
+        ("noise junk", {**data, "noise": [{"generator": 5}] * len(data["noise"])}),
+        ("noise device", {**data, "noise": [{"generator": ("tpu", short)}]
+                          * len(data["noise"])}),
+        ("noise short rng", {**data, "noise": [{"generator": ("cpu", short)}]
+                             * len(data["noise"])}),
+        ("random short", {**data, "random": {"cpu": short, "cuda": []}}),
+        ("data_order short", {**data, "data_order": short}),
+        ("history long", {**data, "history": data["history"] * 5}),
+        ("epoch huge", {**data, "epoch": 10**6}),
+        ("trace records", {**data, "trace_records": 10**6}),
+    ]
+
+
+@pytest.mark.slow  # 450 cases, two minutes or more on two busy cores
+def test_hundreds_of_damaged_run_folders_model_files_and_paths_get_one_line_each(
+        tmp_path, monkeypatch, capfd):
+    """Issue 18's surfaces: every case is refused in one line with status 2 (or, where the
+    changed value is still a valid one, runs to the end with status 0), changes none of the
+    files it was given, imports no model file without consent, and never crashes."""
+    import shutil
+    import subprocess
+
+    from noisynets.checkpoints import CHECKPOINT_SCHEMA, MODEL_SCHEMA
+    from noisynets.config import TrainConfig
+    from noisynets.run import train
+
+    rng = random.Random(18)
+    monkeypatch.chdir(tmp_path)
+    for seed in (0, 1):
+        train(TrainConfig(hidden=[8], epochs=1, trace_every=5, figures=False, seed=seed,
+                          out=str(tmp_path / f"seed{seed}")), progress=False, log=None)
+    capfd.readouterr()
+    base = tmp_path / "seed0"
+    checkpoint = torch.load(base / "checkpoint.pt", weights_only=True)
+    model = torch.load(base / "model.pt", weights_only=True)
+
+    cases: list[tuple[str, list[str], list[Path], bool]] = []  # name, argv, inputs, may pass
+    count = iter(range(10**6))
+
+    def folder_with(name: str, data: dict | bytes, file: str) -> Path:
+        folder = tmp_path / f"f{next(count)}"
+        shutil.copytree(base, folder)
+        (folder / "model.pt").unlink()
+        path = folder / file
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            torch.save(data, path)
+        return folder
+
+    def valid(schema: dict, data: dict) -> bool:
+        return all(k in data and schema[k][1](data[k]) for k in schema)
+
+    for name, data in state_cases(checkpoint, CHECKPOINT_SCHEMA) + tensor_cases(checkpoint) \
+            + deep_cases(checkpoint):
+        folder = folder_with(name, data, "checkpoint.pt")
+        benign = valid(CHECKPOINT_SCHEMA, data) and not name.endswith(("shape", "dtype", "int",
+                                                                       "scalar", "empty"))
+        cases.append((f"checkpoint {name}", ["train", "--resume", str(folder), "--no-progress"],
+                      [folder / "checkpoint.pt"], benign))
+    for name, data in state_cases(model, MODEL_SCHEMA) + tensor_cases(model):
+        folder = folder_with(name, data, "model.pt")
+        benign = valid(MODEL_SCHEMA, data)
+        cases.append((f"model {name}", ["evaluate", str(folder)], [folder / "model.pt"], benign))
+    other = tmp_path / "seed1"
+    for file, command in (("checkpoint.pt", ["train", "--resume"]), ("model.pt", ["evaluate"])):
+        folder = folder_with("foreign", (other / file).read_bytes(), file)
+        cases.append((f"foreign {file}", [*command, str(folder)], [folder / file], False))
+        for k in range(6):
+            blob = bytearray((base / file).read_bytes())
+            for _ in range(10):
+                blob[rng.randrange(len(blob))] ^= 0xFF
+            folder = folder_with("flipped", bytes(blob), file)
+            cases.append((f"flipped {file} {k}", [*command, str(folder)], [folder / file], True))
+    (tmp_path / "identity_junk").mkdir()
+    shutil.copytree(base, tmp_path / "identity_junk", dirs_exist_ok=True)
+    (tmp_path / "identity_junk" / "identity.json").write_text("[1]")
+    cases.append(("identity junk", ["evaluate", str(tmp_path / "identity_junk")], [], False))
+
+    # --model files: each must be refused at train, and never resumed without consent
+    code = tmp_path / "code"
+    code.mkdir()
+    for k, (name, text) in enumerate(MODEL_FILES.items()):
+        path = code / f"m{k}.py"
+        if text is None:
+            path.write_bytes(rng.randbytes(200))
+        else:
+            path.write_text(text)
+        cases.append((f"--model {name}", ["train", "--model", f"{path}:net", "--epochs", "1",
+                                          "--trace-every", "0", "--no-figures", "--out",
+                                          str(tmp_path / f"mrun{k}")], [path], False))
+    marker_code = code / "marker.py"
+    marker_code.write_text("from pathlib import Path\nPath(__file__).with_name('marker')"
+                           ".write_text('x')\nfrom torch import nn\ndef net():\n    return "
+                           "nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n")
+    consent_run = tmp_path / "consent"
+    train(TrainConfig(model=f"{marker_code}:net", epochs=1, trace_every=0, figures=False,
+                      out=str(consent_run)), progress=False, log=None)
+    (code / "marker").unlink()
+    for argv in (["train", "--resume", str(consent_run)], ["evaluate", str(consent_run)],
+                 ["evaluate", str(consent_run), "--model", f"{marker_code}:other"],
+                 ["evaluate", str(consent_run), "--model", f"{code / 'm0.py'}:net"],
+                 ["evaluate", str(consent_run), "--model", "nothing.py:net"],
+                 ["evaluate", str(consent_run), "--model", "net"],
+                 ["train", "--trust-model", "--epochs", "1"]):
+        cases.append((f"consent {argv[1:]}", argv, [marker_code], False))
+
+    # sweep files of every wrong kind
+    for k, text in enumerate(SWEEP_FILES):
+        path = tmp_path / f"sweep{k}.toml"
+        path.write_text(text)
+        cases.append((f"sweep {text[:30]!r}", ["sweep", str(path), "--workers", "1", "--out",
+                                               str(tmp_path / f"sw{k}")], [path], False))
+    for k in range(8):
+        path = tmp_path / f"sweep_random{k}.toml"
+        path.write_bytes(rng.randbytes(rng.randint(1, 200)))
+        cases.append((f"sweep random {k}", ["sweep", str(path), "--workers", "1"], [path], False))
+
+    # paths: too long, under a file, a file for a folder, symbolic links
+    long = str(tmp_path / ("y" * 300))
+    trace = base / "trace.h5"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    good_sweep = tmp_path / "good_sweep.toml"
+    good_sweep.write_text("[grid]\nseed = [0]\n[train]\nhidden = [8]\nepochs = 1\n")
+    for where in (long, str(a_file / "sub"), str(a_file)):
+        cases += [
+            (f"train --out {where[-12:]}", ["train", "--epochs", "1", "--out", where], [], False),
+            (f"resume {where[-12:]}", ["train", "--resume", where], [], False),
+            (f"evaluate {where[-12:]}", ["evaluate", where], [], False),
+            (f"inspect {where[-12:]}", ["inspect", where], [], False),
+            (f"plot -o {where[-12:]}", ["plot", str(trace), "-o", where + "/p.png"], [trace],
+             False),
+            (f"export npz {where[-12:]}", ["export", str(trace), "--format", "npz", "-o",
+                                           where + "/e.npz"], [trace], False),
+            (f"export csv {where[-12:]}", ["export", str(trace), "--format", "csv", "-o",
+                                           where + "/csv"], [trace], False),
+            (f"sweep --out {where[-12:]}", ["sweep", str(good_sweep), "--workers", "1", "--out",
+                                            where], [good_sweep], False),
+            (f"config {where[-12:]}", ["train", "--config", where], [], False),
+            (f"data-root {where[-12:]}", ["train", "--dataset", "mnist", "--data-root", where],
+             [], False),
+            (f"model {where[-12:]}", ["train", "--model", where + ":net"], [], False),
+            (f"sweep file {where[-12:]}", ["sweep", where], [], False),
+        ]
+    links = tmp_path / "links"
+    shutil.copytree(base, links)
+    (links / "model.pt").unlink()
+    for name in ("checkpoint.pt", "identity.json", "trace.h5"):
+        target = tmp_path / f"outside_{name}"
+        shutil.copy(base / name, target)
+        folder = tmp_path / f"link_{name}"
+        shutil.copytree(links, folder)
+        (folder / name).unlink()
+        (folder / name).symlink_to(target)
+        cases.append((f"symlink {name}", ["train", "--resume", str(folder)], [target], False))
+    folder = tmp_path / "link_model"
+    shutil.copytree(base, folder)
+    (folder / "model.pt").unlink()
+    (folder / "model.pt").symlink_to(base / "model.pt")
+    cases.append(("symlink model.pt", ["evaluate", str(folder)], [base / "model.pt"], False))
+
+    # small full file systems (where a tmpfs can be mounted)
+    disks = []
+    if os.geteuid() == 0 and shutil.which("mount"):
+        for k, size in enumerate(("16k", "64k", "256k", "1m", "2m")):
+            disk = tmp_path / f"disk{k}"
+            disk.mkdir()
+            if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(disk)], capture_output=True).returncode == 0:
+                disks.append(disk)
+                for j, extra in enumerate((["--trace-every", "1", "--trace-units", "0"],
+                                           ["--trace-every", "0", "--hidden", "1000"])):
+                    cases.append((f"disk {size} {j}", ["train", "--epochs", "2", "--no-progress",
+                                                       "--out", str(disk / f"run{j}"), *extra],
+                                  [], False))
+    try:
+        defects = run_cases(cases, capfd, tmp_path, code / "marker")
+    finally:
+        for disk in disks:
+            subprocess.run(["umount", str(disk)], capture_output=True)
+    assert len(cases) >= 300, len(cases)
+    print(f"issue 18 fuzz: {len(cases)} tried, {len(cases) - len(defects)} clean, "
+          f"{len(defects)} defects")
+    assert not defects, f"{len(defects)} of {len(cases)}:\n" + "\n".join(
+        f"{name}: {what}" for name, what in defects)
+
+
+def run_cases(cases, capfd, root: Path, marker: Path) -> list[tuple[str, str]]:
+    import time
+
+    defects, seconds = [], []
+    for name, argv, inputs, may_pass in cases:
+        seconds.append((time.perf_counter(), name))
+        before = {p: digest(p) for p in inputs}
+        try:
+            status = main(argv)
+        except BaseException as e:  # noqa: BLE001 -- a crash is what this test looks for
+            capfd.readouterr()
+            defects.append((name, f"raised {type(e).__name__}: {e}"[:200]))
+            seconds[-1] = (time.perf_counter() - seconds[-1][0], name)
+            continue
+        captured = capfd.readouterr()
+        lines = captured.err.strip().splitlines()
+        if marker.exists():
+            defects.append((name, "imported the model file without consent"))
+            marker.unlink()
+        if status == 0 and not may_pass:
+            defects.append((name, "accepted: every input here is a mistake"))
+        elif argv[0] == "sweep" and status == 1 and len(lines) == 1 \
+                and " runs failed: " in lines[0]:
+            pass  # a sweep whose runs fail: status 1 and one line naming each (documented)
+        elif status != 0 and (status != 2 or len(lines) != 1
+                              or not lines[0].startswith("noisynets: error: ")):
+            defects.append((name, f"status {status}: {captured.err[-300:]!r}"))
+        changed = [str(p) for p in inputs if digest(p) != before[p]]
+        if changed:
+            defects.append((name, f"changed {changed}"))
+        left = [str(p) for p in root.rglob("*.tmp-*")]
+        if left:
+            defects.append((name, f"left temporaries {left[:2]}"))
+        seconds[-1] = (time.perf_counter() - seconds[-1][0], name)
+    print("slowest:", sorted(seconds, reverse=True)[:12])
+    return defects
