@@ -296,12 +296,7 @@ def make_parser() -> Parser:
     evaluate.add_argument("--data-root", metavar="DIR", help="folder holding its files")
     evaluate.add_argument("--json", action="store_true",
                           help="print the result as one JSON object")
-    evaluate.add_argument("--model", metavar="FILE.py:FUNCTION",
-                          help="the model file of a run trained with --model, named again: "
-                               "it must be the file the run started with")
-    evaluate.add_argument("--trust-model", action="store_true",
-                          help="import the model file the run folder names without naming it "
-                               "again (it runs that file's code)")
+    add_consent_arguments(evaluate)
     bench = sub.add_parser("bench", help="time a training step of every rule, in one run")
     add_bench_arguments(bench)
     sweep = sub.add_parser("sweep", help="run every combination of a grid of settings")

@@ -71,7 +71,7 @@ def run_worker(mode: str, disk: Path, argv: list[str]) -> subprocess.CompletedPr
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).parents[1])}
     return subprocess.run([sys.executable, str(WORKER), mode, str(disk / "filler"), *argv],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env)
 
 
 def one_error_line(proc: subprocess.CompletedProcess, *words: str) -> str:
