@@ -112,8 +112,9 @@ FAST = [
 def test_every_fast_path_is_the_brute_force_forward(unit, T, precision, batch):
     """With a random ``R``, a small batch and T > 1, the batched forward (difference pass in
     ``precision``, ``R`` folded or applied to rows, the fused neurons, event-driven products,
-    the first layer's drive buffer; without autograd as the rules run it, and with) gives the activity, inputs and losses of the brute-force forward: exactly up to float64
-    rounding, or to float32's where the difference products run in it."""
+    the first layer's drive buffer; without autograd as the rules run it, and with) gives the
+    activity, inputs and losses of the brute-force forward: exactly up to float64 rounding, or
+    to float32's where the difference products run in it."""
     scale = 0.3 if unit in ("heaviside", "lif") else 0.05
     net = Network([6, 20, 20, 4], unit=unit, noise_std=scale, decorrelation=True,
                   time_steps=T, precision=precision, threshold=0.5, seed=3).double()
