@@ -111,8 +111,8 @@ FAST = [
                          ids=[f"{u}-T{T}-{p}-B{b}" for u, T, p, b in FAST])
 def test_every_fast_path_is_the_brute_force_forward(unit, T, precision, batch):
     """With a random ``R``, a small batch and T > 1, the batched forward (difference pass in
-    ``precision``, ``R`` folded or applied to rows, the fused neurons, event-driven products)
-    gives the activity, inputs and losses of the brute-force forward: exactly up to float64
+    ``precision``, ``R`` folded or applied to rows, the fused neurons, event-driven products,
+    the first layer's drive buffer; without autograd as the rules run it, and with) gives the activity, inputs and losses of the brute-force forward: exactly up to float64
     rounding, or to float32's where the difference products run in it."""
     scale = 0.3 if unit in ("heaviside", "lif") else 0.05
     net = Network([6, 20, 20, 4], unit=unit, noise_std=scale, decorrelation=True,
@@ -122,9 +122,11 @@ def test_every_fast_path_is_the_brute_force_forward(unit, T, precision, batch):
     x = torch.rand(batch, 6, generator=g, dtype=torch.float64) * 2.0
     y = torch.randint(0, 4, (batch,), generator=g)
     tolerance = dict(rtol=1e-5, atol=1e-5) if precision == "float32" else {}
-    for passes in (Passes.perturbed(3, 2), Passes.layerwise(3, 1)):
+    for passes, grad in ((Passes.perturbed(3, 2), False), (Passes.layerwise(3, 1), False),
+                         (Passes.perturbed(3, 2), True)):
         noise = record_noise(net)
-        record = net.run(x, y, passes)
+        with torch.set_grad_enabled(grad):  # the rules' forward runs without autograd
+            record = net.run(x, y, passes)
         brute = brute_force(net, x, y, passes, noise)
         for k in range(net.num_layers):
             torch.testing.assert_close(record.activity[k], brute.activity[k], **tolerance)
