@@ -263,6 +263,35 @@ def test_the_diagnostics_report_the_changed_fraction_per_layer():
     assert diagnostics(smooth, make_rule("anp"), x, y)["changed_fraction"] == [None, None]
 
 
+@pytest.mark.parametrize("unit, time_steps", [("heaviside", 1), ("lif", 5)])
+def test_the_changed_fraction_is_an_independent_count_of_the_changed_inputs(unit, time_steps):
+    """``diagnostics``' changed_fraction of layer k >= 2 is, in the rule's own forward
+    (repeated from the same noise state, keeping the states), the share of the noisy passes'
+    entries of layer k's input -- the outputs of layer k - 1 at every time step -- that differ
+    from the reference pass's: ``mean_{t, p >= 1, b, i} [h_{t,p,b,i} != h_{t,0,b,i}]``."""
+    from noisynets import make_rule
+    from noisynets.training import diagnostics, probe_diagnostics
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(20, 16, generator=g), torch.randint(0, 4, (20,), generator=g)
+    net = Network([16, 24, 24, 4], unit=unit, time_steps=time_steps, noise_std=0.3, seed=0)
+    rule = make_rule("anp", noise_samples=2)
+    changed = diagnostics(net, rule, x, y)["changed_fraction"]
+    with torch.no_grad(), net.untouched_noise():
+        record = net.run(x, y, rule.passes(net), keep_states=True)
+    assert changed[0] is None
+    for k in (2, 3):
+        h = record.outputs[k - 2]  # (T, P, B, n): the input of layer k
+        assert h.shape[:2] == (time_steps, 3)
+        count = (h[:, 1:] != h[:, :1]).double().mean().item()
+        assert 0 < count < 1
+        assert changed[k - 1] == count, (k, changed, count)
+    other = torch.rand(20, 16, generator=g), torch.randint(0, 4, (20,), generator=g)
+    both = probe_diagnostics(net, rule, [(x, y), other])["changed_fraction"]
+    second = diagnostics(net, rule, *other)["changed_fraction"]
+    assert both == [None, *((a + b) / 2 for a, b in zip(changed[1:], second[1:]))]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_no_grad_heaviside_and_sign_are_the_autograd_ones(dtype):
     """Without autograd Heaviside and sign write their outputs directly: the same values
