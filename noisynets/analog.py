@@ -32,12 +32,13 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from noisynets.noise import NoiseSource, _number
+from noisynets.noise import NoiseSource, _number, key_values
 
 WEIGHT_NOISES: tuple[str, ...] = ("pcm",)
 
@@ -242,24 +243,9 @@ class ADC(nn.Module):
         return f"bits={self.bits}, range={self.range:g}"
 
 
-def _pairs(what: str, spec: str, text: str, keys: tuple[str, ...]) -> dict[str, float]:
-    """``key=value,...`` of ``text`` as numbers; ``ValueError`` naming the bad part."""
-    out: dict[str, float] = {}
-    valid = f"valid keys: {', '.join(keys)}"
-    for item in text.split(","):
-        key, eq, value = (t.strip() for t in item.partition("="))
-        if not eq or not key or not value:
-            raise ValueError(f"bad {what} {spec!r}: {item.strip()!r} is not key=value; {valid}")
-        key = key.lower()
-        if key not in keys:
-            raise ValueError(f"bad {what} {spec!r}: unknown key {key!r}; {valid}")
-        if key in out:
-            raise ValueError(f"bad {what} {spec!r}: key {key!r} given twice")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise ValueError(f"bad {what} {spec!r}: {key}={value!r} is not a number") from None
-    return out
+def _bad(what: str, spec: str) -> Callable[[str], ValueError]:
+    """The error of a bad ``what`` spec: ``bad <what> '<spec>': <why>``."""
+    return lambda why: ValueError(f"bad {what} {spec!r}: {why}")
 
 
 def make_weight_noise(spec: str | PCMWeights | None) -> PCMWeights | None:
@@ -276,7 +262,7 @@ def make_weight_noise(spec: str | PCMWeights | None) -> PCMWeights | None:
         raise ValueError(f"bad weight noise {spec!r}: unknown model {name!r}; valid: "
                          f"{', '.join(WEIGHT_NOISES)} (e.g. pcm:time=3600)")
     keys = ("prog", "read", "drift", "time", "gmax", "compensate")
-    kwargs = _pairs("weight noise", spec, args, keys) if colon else {}
+    kwargs = key_values(args, keys, _bad("weight noise", spec)) if colon else {}
     try:
         return PCMWeights(**kwargs)
     except ValueError as err:
@@ -293,7 +279,8 @@ def make_adc(spec: str | ADC | None) -> ADC | None:
     text = spec.strip()
     if text.lower() == "none":
         return None
-    kwargs = {"bits": text} if "=" not in text else _pairs("adc", spec, text, ("bits", "range"))
+    kwargs = {"bits": text} if "=" not in text else key_values(text, ("bits", "range"),
+                                                                _bad("adc", spec))
     try:
         bits = float(kwargs.get("bits", 8))
     except ValueError:

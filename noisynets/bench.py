@@ -22,7 +22,11 @@ at its defaults (``precision="auto"``: see ``noisynets.precision``; ``--precisio
 ``--json``: the last line of stdout is one JSON object with ``anp_over_bp``, ``danp_over_dbp``
 (K = 1), ``k4_over_k1`` (DANP), ``spiking_time_over_bptt``, ``spiking_memory_over_bptt``,
 ``conv_danp_over_dbp``, ``spiking_time_over_bptt_t100``, ``spiking_memory_growth`` (DANP's
-peak memory at T = 400 over T = 25), ``bptt_memory_growth`` (BPTT's), ``event_speedup`` (dense
+peak memory at T = 400 over T = 25), ``bptt_memory_growth`` (BPTT's), ``noise_share`` (per
+perturbation step: the share of its time that drawing the Gaussian noise takes, measured as the
+same step with every draw taken from a block drawn once, interleaved with the rest),
+``spiking_time_over_bptt_free_noise`` and ``..._t100_free_noise`` (the spiking ratios with the
+noise drawn once: what is left when the serial generator is set aside), ``event_speedup`` (dense
 over event-driven time, float64), ``event_speedup_float32``, ``event_bit_identical``, the
 machine, the throughput and the full table.
 """
@@ -70,6 +74,7 @@ class Case:
     rule: str
     samples: int = 1
     time_steps: int = 0  # spiking: T (0: the setup's)
+    free_noise: bool = False  # every Gaussian draw taken from a block drawn once (noise_share)
     seconds: float = 0.0
     flops: float = 0.0
     peak_mib: float | None = None
@@ -78,7 +83,8 @@ class Case:
     @property
     def name(self) -> str:
         tail = f":T{self.time_steps}" if self.time_steps else ""
-        return f"{self.network}:{self.rule}:K{self.samples}{tail}"
+        return f"{self.network}:{self.rule}:K{self.samples}{tail}" + (
+            ":free" if self.free_noise else "")
 
 
 @dataclass
@@ -119,7 +125,28 @@ def build(case: Case, setup: Setup, device: torch.device) -> Callable[[], Any]:
     y = torch.randint(0, 10, (batch,), generator=g).to(device)
     rule = make_rule(case.rule, noise_samples=case.samples)
     optimizer = torch.optim.Adam(net.trained_parameters(), lr=1e-4)
-    return lambda: train_step(net, rule, optimizer, x, y)
+    step = functools.partial(train_step, net, rule, optimizer, x, y)
+    return functools.partial(without_generator, step) if case.free_noise else step
+
+
+def free_noise(source: Gaussian, a: torch.Tensor) -> torch.Tensor:
+    """A Gaussian source's draw without its generator: one block per shape, drawn once."""
+    blocks = source.__dict__.setdefault("_drawn_once", {})
+    key = (tuple(a.shape), a.dtype, a.device)
+    if key not in blocks:
+        blocks[key] = torch.randn(a.shape, dtype=a.dtype).to(a.device)
+    return blocks[key] * source.std
+
+
+def without_generator(step: Callable[[], Any]) -> Any:
+    """``step`` with every Gaussian draw taken from ``free_noise``: what the step would cost
+    if drawing the noise were free (torch's CPU generator draws serially, on one core)."""
+    drawn = Gaussian.forward
+    Gaussian.forward = free_noise  # type: ignore[method-assign]
+    try:
+        return step()
+    finally:
+        Gaussian.forward = drawn  # type: ignore[method-assign]
 
 
 def sync(device: torch.device) -> None:
@@ -230,7 +257,10 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
     spiking = [Case("spiking", r) for r in ("dbp", "danp")]
     spiking += [Case("spiking", r, time_steps=T_mid) for r in ("dbp", "danp")]
     conv = [Case("conv", r) for r in ("bp", "dbp", "anp", "danp")]
-    cases = dense + spiking + conv
+    free = [Case("dense", "anp", free_noise=True), Case("spiking", "danp", free_noise=True),
+            Case("spiking", "danp", time_steps=T_mid, free_noise=True),
+            Case("conv", "danp", free_noise=True)]
+    cases = dense + spiking + conv + free
     longest = [Case("spiking", r, time_steps=T_long) for r in ("dbp", "danp")]  # memory only
     precision = difference_dtype(setup.precision, torch.float32, device)
     host = machine(device)
@@ -246,8 +276,13 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
     time_interleaved(cases, steps, rounds, device)
     events = event_speed(device, rounds, setup.event_size)
     for case in cases + longest:
+        if case.free_noise:
+            continue
         if memory == "all" or (memory == "spiking" and case.network == "spiking"):
-            case.peak_mib = peak_memory(case, setup, device)
+            # A fresh process's peak swings by some 10 MiB from run to run (the allocator's
+            # arenas): the spiking cases, whose growth over T is compared, take the least of 2.
+            repeats = 2 if case.network == "spiking" else 1
+            case.peak_mib = min(peak_memory(case, setup, device) for _ in range(repeats))
     by = {case.name: case for case in cases + longest}
 
     def ratio(a: str, b: str, what: str = "seconds") -> float | None:
@@ -259,6 +294,8 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
 
     table = []
     for case in cases:
+        if case.free_noise:
+            continue
         base = {"dense": "dense:bp:K1", "spiking": "spiking:dbp:K1", "conv": "conv:bp:K1"}
         if case.time_steps:
             base["spiking"] = f"spiking:dbp:K1:T{case.time_steps}"
@@ -288,6 +325,12 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
                                             "peak_mib")),
         "spiking_peak_mib": {f"{c.rule}:T{c.time_steps or T}": rounded(c.peak_mib)
                              for c in spiking + longest},
+        "noise_share": {c.name.removesuffix(":free"): rounded(
+            1 - ratio(c.name, c.name.removesuffix(":free"))) for c in free},
+        "spiking_time_over_bptt_free_noise": rounded(ratio("spiking:danp:K1:free",
+                                                           "spiking:dbp:K1")),
+        "spiking_time_over_bptt_t100_free_noise": rounded(ratio(
+            f"spiking:danp:K1:T{T_mid}:free", f"spiking:dbp:K1:T{T_mid}")),
         "event_speedup": events["float64"]["speedup"],
         "event_speedup_float32": events["float32"]["speedup"],
         "event_bit_identical": events["float64"]["bit_identical"],
@@ -316,6 +359,11 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
         + ("" if spiking_memory is None else f" memory {spiking_memory:.2f}")
         + f", conv DANP/DBP {summary['conv_danp_over_dbp']:.2f}")
     log(f"spiking DANP/BPTT time at T = {T_mid}: {summary['spiking_time_over_bptt_t100']:.2f}")
+    log("drawing the noise (torch's CPU generator draws serially): "
+        + ", ".join(f"{v:.0%} of {k}" for k, v in summary["noise_share"].items())
+        + "; spiking DANP/BPTT with the noise drawn once: "
+        f"{summary['spiking_time_over_bptt_free_noise']:.2f} at T = {T}, "
+        f"{summary['spiking_time_over_bptt_t100_free_noise']:.2f} at T = {T_mid}")
     if summary["spiking_memory_growth"] is not None:
         peaks = ", ".join(f"{k} {v:.0f}" for k, v in summary["spiking_peak_mib"].items())
         log(f"peak MiB {peaks}; growth T = {T} -> {T_long}: DANP "

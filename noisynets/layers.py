@@ -372,6 +372,11 @@ class Layer(nn.Module):
             return (e.T @ seen).to(dtype) / count, g_b
         folded = self.conv and self.decorrelator is not None
         weight = (self.folded_weight() if folded else self.weight).detach().to(e.dtype)
+        if self.conv and not self.mid and self.op.padding_mode == "zeros" \
+                and not isinstance(self.op.padding, str):
+            g_w, g_b = self._conv_gradient(e, seen, weight, T, count)
+            g_w = self._unfold_r(g_w.to(dtype)) if folded else g_w.to(dtype)
+            return g_w, None if g_b is None else g_b.to(dtype)
         weight.requires_grad_()
         leaves = [weight]
         bias = None
@@ -385,12 +390,35 @@ class Layer(nn.Module):
                 a = module(a)
             grads = torch.autograd.grad(a, leaves, e.reshape(a.shape) / count)
         g_w = grads[0].to(dtype)
-        if folded:  # W' = W R: dLoss/dW = dLoss/dW' R^T, per group
-            R = self.decorrelator.R
-            G = self.op.groups
-            g_w = (g_w.reshape(G, g_w.shape[0] // G, -1) @ R.view(G, *R.shape[-2:]).mT)
-            g_w = g_w.reshape(self.weight.shape)
+        if folded:
+            g_w = self._unfold_r(g_w)
         return g_w, (None if bias is None else grads[1].to(dtype) * T)
+
+    def _conv_gradient(
+        self, e: Tensor, seen: Tensor, weight: Tensor, time_steps: int, count: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """A convolution's ``(g_W', g_b)`` without a graph: torch's weight VJP of the
+        convolution alone (``aten.convolution_backward`` for the weight only, no forward),
+        ``g_W' = conv_weight_vjp(x, e) / count``, and ``g_b = T sum_{n, positions} e / count``."""
+        op = self.op
+        x = seen.reshape(seen.shape[0], *self.in_shape)
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in  # op's output
+                zip(x.shape[2:], op.kernel_size, op.stride, op.padding, op.dilation)]
+        e = e.reshape(x.shape[0], op.out_channels, *size)
+        _, g_w, _ = torch.ops.aten.convolution_backward(
+            e, x, weight, None, op.stride, op.padding, op.dilation, False, [0, 0], op.groups,
+            [False, True, False])
+        g_b = None
+        if self.bias is not None:
+            g_b = e.sum(dim=[0, *range(2, e.dim())]) * time_steps / count
+        return g_w / count, g_b
+
+    def _unfold_r(self, g_w: Tensor) -> Tensor:
+        """``W' = W R``: ``dLoss/dW = dLoss/dW' R^T``, per group."""
+        R = self.decorrelator.R
+        G = self.op.groups
+        g_w = g_w.reshape(G, g_w.shape[0] // G, -1) @ R.view(G, *R.shape[-2:]).mT
+        return g_w.reshape(self.weight.shape)
 
     def decorrelation_rows(self, seen: Tensor) -> Tensor:
         """The decorrelated rows ``xh`` that ``R``'s update uses, from reference inputs ``seen``

@@ -413,6 +413,7 @@ class Network(nn.Module):
         first: tuple[Tensor, Tensor] | None = None
         readout: Tensor | None = None  # a spiking readout's spike count or peak membrane
         recurrent_sum: list[Tensor | None] = [None] * L
+        step_drive: Tensor | None = None  # the first layer's noisy drive, rewritten per step
         try:
             for t in range(T):
                 if self.encoding == "sequence":
@@ -434,13 +435,23 @@ class Network(nn.Module):
                     shift = None
                     eps = None
                     if stop > start:
-                        if k == 0 and first is not None:
-                            current = current.clone()  # the cached drive stays noise-free
                         noisy = slice(start * B, stop * B)
                         eps = self._draw(layer.noise, current[noisy])
                         if passes.antithetic:
                             eps = mirrored(eps, B)
-                        current[noisy] += eps
+                        if k == 0 and first is not None and t > 0 \
+                                and not torch.is_grad_enabled():
+                            # The cached drive stays noise-free: from step 1 on, one buffer per
+                            # forward takes its clean rows once, its noisy rows as drive + noise
+                            # at every step (step 0's drive is the activity sum's first term).
+                            if step_drive is None:
+                                step_drive = current.clone()
+                            torch.add(current[noisy], eps, out=step_drive[noisy])
+                            current = step_drive
+                        else:
+                            if k == 0 and first is not None:
+                                current = current.clone()
+                            current[noisy] += eps
                         if noise_out is not None:
                             noise_sum[k] = eps if t == 0 else noise_sum[k] + eps
                         if layer.threshold_noise is not None:
@@ -462,13 +473,15 @@ class Network(nn.Module):
                         readout = self._read_out(readout, h, layer, t)
                     flat = current.reshape(P * B, -1)
                     reference = seen[:B].reshape(B, -1)
-                    seen_sum[k] = reference if t == 0 else seen_sum[k] + reference
-                    if t == 0:
+                    if t == 0:  # sums of tensors this forward owns from t = 1: summed in place
+                        seen_sum[k] = reference
                         activity[k] = flat
                     elif t == 1:
+                        seen_sum[k] = seen_sum[k] + reference
                         activity[k] = activity[k] + flat
                     else:
-                        activity[k] += flat  # a tensor of this forward's own, summed in place
+                        seen_sum[k] += reference
+                        activity[k] += flat
                     if keep_states:
                         outputs[k].append(h.detach().reshape(P * B, -1))
                         mem = layer.membrane()

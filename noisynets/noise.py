@@ -38,7 +38,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -784,6 +784,38 @@ _TEXT_KEYS: frozenset[str] = frozenset({"file", "mode", "dataset"})
 _OWN_SCALE: frozenset[str] = frozenset({"mtj", "replay"})  # no default std: measured numbers
 
 
+def key_values(
+    text: str,
+    keys: Sequence[str],
+    bad: Callable[[str], ValueError],
+    name: str = "",
+    text_keys: Sequence[str] = (),
+) -> dict[str, float | str]:
+    """``key=value,...`` (the arguments of a spec's ``NAME:...``) as a dict: keys lower-cased,
+    each one of ``keys`` and given once, values numbers (text for ``text_keys``); else the
+    ``ValueError`` of ``bad(why)``, ``why`` naming the bad part (and ``name``, the component)."""
+    valid = f"valid keys{f' for {name}' if name else ''}: {', '.join(keys)}"
+    within, of = (f" in {name}", f" for {name}") if name else ("", "")
+    out: dict[str, float | str] = {}
+    for item in text.split(","):
+        key, eq, value = (t.strip() for t in item.partition("="))
+        if not eq or not key or not value:
+            raise bad(f"{item.strip()!r}{within} is not key=value; {valid}")
+        key = key.lower()
+        if key not in keys:
+            raise bad(f"unknown key {key!r}{of}; {valid}")
+        if key in out:
+            raise bad(f"key {key!r} given twice{of}")
+        if key in text_keys:
+            out[key] = value
+            continue
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise bad(f"{key}={value!r}{within} is not a number") from None
+    return out
+
+
 def _component(spec: str, text: str, std: float) -> NoiseSource:
     def bad(why: str) -> ValueError:
         return ValueError(f"bad noise spec {spec!r}: {why}")
@@ -799,27 +831,11 @@ def _component(spec: str, text: str, std: float) -> NoiseSource:
     name = name.lower()
     cls, keys = _SOURCES[name]
     valid = f"valid keys for {name}: {', '.join(keys)}"
-    kwargs: dict[str, Any] = {}
-    if colon:
-        for item in args.split(","):
-            key, eq, value = (t.strip() for t in item.partition("="))
-            if not eq or not key or not value:
-                raise bad(f"{item.strip()!r} in {name} is not key=value; {valid}")
-            key = key.lower()
-            if key not in keys:
-                raise bad(f"unknown key {key!r} for {name}; {valid}")
-            if key in kwargs:
-                raise bad(f"key {key!r} given twice for {name}")
-            if key in _TEXT_KEYS:
-                kwargs[key] = value
-                continue
-            try:
-                kwargs[key] = float(value)
-            except ValueError:
-                raise bad(f"{key}={value!r} in {name} is not a number") from None
-            if key in ("std", "scale") and kwargs[key] == 0:
-                raise bad(f"{key}=0 in {name} injects no noise, and no rule can learn from "
-                          f"no perturbation: give {key} > 0")
+    kwargs: dict[str, Any] = key_values(args, keys, bad, name, _TEXT_KEYS) if colon else {}
+    for key in ("std", "scale"):
+        if kwargs.get(key) == 0:
+            raise bad(f"{key}=0 in {name} injects no noise, and no rule can learn from "
+                      f"no perturbation: give {key} > 0")
     if name == "replay" and "file" not in kwargs:
         raise bad("replay needs file=PATH (.npy, .h5 or .hdf5); " + valid)
     if "std" not in kwargs and "scale" not in kwargs and name not in _OWN_SCALE:

@@ -867,9 +867,9 @@ def evaluate_run(
 
 def metric_names(layers: int) -> list[str]:
     """The names of an evaluation's metrics in the trace file, for ``layers`` layers."""
-    fields = {f.name: [0.0] * layers if f.name in ("alignment", "alignment_std",
-                                                   "decorrelation", "estimate_norm",
-                                                   "firing_rate") else 0.0
+    per_layer = ("alignment", "alignment_std", "decorrelation", "estimate_norm", "firing_rate",
+                 "changed_fraction")
+    fields = {f.name: [0.0] * layers if f.name in per_layer else 0.0
               for f in dataclasses.fields(EpochStats)}
     return list(flatten_metrics(fields))
 

@@ -61,6 +61,8 @@ class EpochStats:
     val_loss: float | None = None  # on the validation split, where there is one
     val_accuracy: float | None = None
     firing_rate: list[float | None] | None = None  # per layer; None where it does not spike
+    # per layer: the share of its input entries a noisy pass changed; None where not counted
+    changed_fraction: list[float | None] | None = None
     lr: float | None = None  # the learning rate of the epoch's steps (first parameter group)
     alignment_std: list[float] = field(default_factory=list)  # over the probe batches
     stopped: bool = False  # early stopping ended the run after this epoch
@@ -243,19 +245,30 @@ def probe_diagnostics(
     network: Network, rule: Rule, probes: list[tuple[Tensor, Tensor]]
 ) -> dict[str, Any]:
     """``diagnostics`` of every probe batch, averaged: per layer the mean over the ``P``
-    batches of each value, and ``alignment_std``, the standard deviation of the alignment
-    cosine over them (``sqrt(sum (c_p - mean)^2 / (P - 1))``; 0 for one batch)."""
+    batches of each value (of ``firing_rate`` and ``changed_fraction``: over the batches
+    where it was measured; None where it never was), and ``alignment_std``, the standard
+    deviation of the alignment cosine over them (``sqrt(sum (c_p - mean)^2 / (P - 1))``; 0
+    for one batch)."""
     each = [diagnostics(network, rule, x, y) for x, y in probes]
     mean = {name: [sum(d[name][k] for d in each) / len(each) for k in range(len(each[0][name]))]
             for name in ("alignment", "decorrelation", "estimate_norm")}
     cosines = torch.tensor([d["alignment"] for d in each], dtype=torch.float64)
     spread = cosines.std(0) if len(each) > 1 else torch.zeros(cosines.shape[1],
                                                               dtype=torch.float64)
-    rates = [d["firing_rate"] for d in each]  # None for a layer that does not spike
-    firing = [None if rates[0][k] is None else sum(r[k] for r in rates) / len(rates)
-              for k in range(len(rates[0]))]
-    return {**mean, "alignment_std": spread.tolist(), "firing_rate": firing,
+    measured = {name: layer_means([d[name] for d in each])  # None: not measured in a layer
+                for name in ("firing_rate", "changed_fraction")}
+    return {**mean, **measured, "alignment_std": spread.tolist(),
             "zero_change_fraction": sum(d["zero_change_fraction"] for d in each) / len(each)}
+
+
+def layer_means(values: list[list[float | None]]) -> list[float | None]:
+    """Per layer ``k`` the mean of ``values[p][k]`` over the batches ``p`` where it is not
+    None; None where it is None in every batch."""
+    means: list[float | None] = []
+    for k in range(len(values[0])):
+        known = [v[k] for v in values if v[k] is not None]
+        means.append(sum(known) / len(known) if known else None)
+    return means
 
 
 DIAGNOSTIC_ROWS = 4096  # at most this many input rows (or patches) per layer for correlations

@@ -9,7 +9,9 @@ from noisynets.cli import main
 KEYS = ("anp_over_bp", "danp_over_dbp", "k4_over_k1", "spiking_time_over_bptt",
         "spiking_memory_over_bptt", "conv_danp_over_dbp", "throughput_gflops", "table",
         "spiking_time_over_bptt_t100", "spiking_memory_growth", "bptt_memory_growth",
-        "event_speedup", "event_speedup_float32", "event_bit_identical", "machine")
+        "event_speedup", "event_speedup_float32", "event_bit_identical", "machine",
+        "noise_share", "spiking_time_over_bptt_free_noise",
+        "spiking_time_over_bptt_t100_free_noise")
 
 
 def test_bench_quick_prints_the_ratios_and_the_table_as_json(capsys):
@@ -29,6 +31,30 @@ def test_bench_quick_prints_the_ratios_and_the_table_as_json(capsys):
     assert {"float32", "bfloat16"} <= set(summary["throughput_gflops"])
     assert summary["event_bit_identical"] is True and summary["event_speedup"] > 0
     assert summary["machine"]["cpu"]
+    assert set(summary["noise_share"]) == {"dense:anp:K1", "spiking:danp:K1",
+                                           "spiking:danp:K1:T6", "conv:danp:K1"}
+
+
+def test_the_free_noise_step_leaves_every_generator_untouched():
+    """``noise_share``'s comparison step takes its noise from a block drawn once: no source's
+    generator moves, and the noise it adds is that block times the source's std."""
+    import torch
+
+    from noisynets.bench import free_noise, without_generator
+    from noisynets.network import Network, Passes
+    from noisynets.noise import Gaussian
+
+    net = Network([4, 8, 3], noise_std=0.1, seed=0)
+    x, y = torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    net.run(x, y, Passes.perturbed(2, 1))  # the generators exist
+    sources = [m for m in net.modules() if isinstance(m, Gaussian)]
+    before = [s.get_state()["generator"][1].clone() for s in sources]
+    record = without_generator(lambda: net.run(x, y, Passes.perturbed(2, 1)))
+    assert all(torch.equal(b, s.get_state()["generator"][1]) for b, s in zip(before, sources))
+    clean = net.run(x, y, Passes.clean(2))
+    drive = record.activity[0][1] - clean.activity[0][0]
+    torch.testing.assert_close(drive, free_noise(sources[0], drive))
+    assert Gaussian.forward is not free_noise  # put back
 
 
 def test_bench_refuses_bad_sizes_in_one_line(cli_fails):

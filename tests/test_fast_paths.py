@@ -111,9 +111,10 @@ FAST = [
                          ids=[f"{u}-T{T}-{p}-B{b}" for u, T, p, b in FAST])
 def test_every_fast_path_is_the_brute_force_forward(unit, T, precision, batch):
     """With a random ``R``, a small batch and T > 1, the batched forward (difference pass in
-    ``precision``, ``R`` folded or applied to rows, the fused neurons, event-driven products)
-    gives the activity, inputs and losses of the brute-force forward: exactly up to float64
-    rounding, or to float32's where the difference products run in it."""
+    ``precision``, ``R`` folded or applied to rows, the fused neurons, event-driven products,
+    the first layer's drive buffer; without autograd as the rules run it, and with) gives the
+    activity, inputs and losses of the brute-force forward: exactly up to float64 rounding, or
+    to float32's where the difference products run in it."""
     scale = 0.3 if unit in ("heaviside", "lif") else 0.05
     net = Network([6, 20, 20, 4], unit=unit, noise_std=scale, decorrelation=True,
                   time_steps=T, precision=precision, threshold=0.5, seed=3).double()
@@ -122,9 +123,11 @@ def test_every_fast_path_is_the_brute_force_forward(unit, T, precision, batch):
     x = torch.rand(batch, 6, generator=g, dtype=torch.float64) * 2.0
     y = torch.randint(0, 4, (batch,), generator=g)
     tolerance = dict(rtol=1e-5, atol=1e-5) if precision == "float32" else {}
-    for passes in (Passes.perturbed(3, 2), Passes.layerwise(3, 1)):
+    for passes, grad in ((Passes.perturbed(3, 2), False), (Passes.layerwise(3, 1), False),
+                         (Passes.perturbed(3, 2), True)):
         noise = record_noise(net)
-        record = net.run(x, y, passes)
+        with torch.set_grad_enabled(grad):  # the rules' forward runs without autograd
+            record = net.run(x, y, passes)
         brute = brute_force(net, x, y, passes, noise)
         for k in range(net.num_layers):
             torch.testing.assert_close(record.activity[k], brute.activity[k], **tolerance)
@@ -258,6 +261,35 @@ def test_the_diagnostics_report_the_changed_fraction_per_layer():
     assert changed[0] is None and all(0 < c < 0.5 for c in changed[1:]), changed
     smooth = Network([16, 32, 4], noise_std=0.05, seed=0)
     assert diagnostics(smooth, make_rule("anp"), x, y)["changed_fraction"] == [None, None]
+
+
+@pytest.mark.parametrize("unit, time_steps", [("heaviside", 1), ("lif", 5)])
+def test_the_changed_fraction_is_an_independent_count_of_the_changed_inputs(unit, time_steps):
+    """``diagnostics``' changed_fraction of layer k >= 2 is, in the rule's own forward
+    (repeated from the same noise state, keeping the states), the share of the noisy passes'
+    entries of layer k's input -- the outputs of layer k - 1 at every time step -- that differ
+    from the reference pass's: ``mean_{t, p >= 1, b, i} [h_{t,p,b,i} != h_{t,0,b,i}]``."""
+    from noisynets import make_rule
+    from noisynets.training import diagnostics, probe_diagnostics
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(20, 16, generator=g), torch.randint(0, 4, (20,), generator=g)
+    net = Network([16, 24, 24, 4], unit=unit, time_steps=time_steps, noise_std=0.3, seed=0)
+    rule = make_rule("anp", noise_samples=2)
+    changed = diagnostics(net, rule, x, y)["changed_fraction"]
+    with torch.no_grad(), net.untouched_noise():
+        record = net.run(x, y, rule.passes(net), keep_states=True)
+    assert changed[0] is None
+    for k in (2, 3):
+        h = record.outputs[k - 2]  # (T, P, B, n): the input of layer k
+        assert h.shape[:2] == (time_steps, 3)
+        count = (h[:, 1:] != h[:, :1]).double().mean().item()
+        assert 0 < count < 1
+        assert changed[k - 1] == count, (k, changed, count)
+    other = torch.rand(20, 16, generator=g), torch.randint(0, 4, (20,), generator=g)
+    both = probe_diagnostics(net, rule, [(x, y), other])["changed_fraction"]
+    second = diagnostics(net, rule, *other)["changed_fraction"]
+    assert both == [None, *((a + b) / 2 for a, b in zip(changed[1:], second[1:]))]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -10,6 +10,8 @@ import dataclasses
 import json
 import math
 
+import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -48,6 +50,68 @@ def test_metrics_csv_holds_every_evaluation_of_results_json(tmp_path):
         assert [float(row[f"alignment_std_layer_{k + 1}"]) for k in range(2)] == \
             h["alignment_std"]
         assert row["test_loss"] == ("" if h["test_loss"] is None else str(h["test_loss"]))
+
+
+HEAVISIDE = dict(hidden=[16, 16], unit="heaviside", epochs=1, batch_size=128, trace_every=5,
+                 figures=False, threads=1, seed=0)
+
+
+def test_the_changed_fraction_reaches_the_stats_metrics_csv_results_and_trace(tmp_path):
+    """A Heaviside network: every evaluation's changed_fraction is None for the first layer
+    (its input is the data) and in (0, 1) for the layers behind Heaviside units, the same
+    number in the EpochStats, results.json's history, metrics.csv (empty: not counted) and the
+    trace file (NaN)."""
+    from noisynets.traces import TraceReader
+
+    out = tmp_path / "run"
+    r = train(TrainConfig(**HEAVISIDE, out=str(out)), progress=False, log=None)
+    stats = [r.initial, *r.history]
+    for s in stats:
+        assert s.changed_fraction[0] is None
+        assert all(0 < c < 1 for c in s.changed_fraction[1:]), s.changed_fraction
+    assert [h["changed_fraction"] for h in results(out)["history"]] == \
+        [s.changed_fraction for s in stats]
+    rows = read_csv(out / "metrics.csv")
+    metrics = TraceReader(out / "trace.h5").metrics()
+    for e, (row, s) in enumerate(zip(rows, stats, strict=True)):
+        assert row["changed_fraction_layer_1"] == ""
+        assert np.isnan(metrics["changed_fraction_layer_1"][e])
+        for k in (2, 3):
+            assert float(row[f"changed_fraction_layer_{k}"]) == s.changed_fraction[k - 1]
+            assert metrics[f"changed_fraction_layer_{k}"][e] == s.changed_fraction[k - 1]
+
+
+def test_a_checkpoint_and_trace_from_before_the_changed_fraction_resume(tmp_path):
+    """A run whose checkpoint, results.json and trace file predate changed_fraction (the
+    field and its datasets removed) resumes: its old evaluations keep None, the new ones
+    carry the counts in results.json and metrics.csv, and the trace file keeps its metrics."""
+    out = tmp_path / "run"
+
+    def log(line: str) -> None:
+        if line.startswith("    2 "):  # epoch 2's row: after its checkpoint
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(TrainConfig(**{**HEAVISIDE, "epochs": 3}, out=str(out)), progress=False, log=log)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2
+    for h in [checkpoint["initial"], *checkpoint["history"]]:
+        del h["changed_fraction"]
+    torch.save(checkpoint, out / "checkpoint.pt")
+    with h5py.File(out / "trace.h5", "r+") as f:
+        for k in (1, 2, 3):
+            del f[f"metrics/changed_fraction_layer_{k}"]
+    resumed = resume(out, progress=False, log=None)
+    assert [h.changed_fraction for h in [resumed.initial, *resumed.history[:2]]] == [None] * 3
+    history = results(out)["history"]
+    assert [h["changed_fraction"] for h in history[:3]] == [None] * 3
+    assert history[3]["changed_fraction"][0] is None
+    assert all(0 < c < 1 for c in history[3]["changed_fraction"][1:])
+    rows = read_csv(out / "metrics.csv")
+    assert [r["changed_fraction_layer_2"] == "" for r in rows] == [True, True, True, False]
+    with h5py.File(out / "trace.h5", "r") as f:
+        assert not any(name.startswith("changed_fraction") for name in f["metrics"])
+        assert f["count/evaluations"][0] == 4
 
 
 def test_steps_csv_has_every_step_and_its_epoch_mean_is_the_train_loss(tmp_path):
@@ -287,3 +351,4 @@ def test_probe_diagnostics_are_the_mean_and_std_over_the_batches(small_net):
         assert got[name] == pytest.approx(
             [sum(d[name][k] for d in each) / 3 for k in range(4)], rel=1e-12)
     assert probe_diagnostics(small_net, rule, batches[:1])["alignment_std"] == [0.0] * 4
+    assert got["changed_fraction"] == [None] * 4  # no layer behind discontinuous units
