@@ -139,6 +139,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw the K noisy passes as K antithetic pairs (eps, -eps): 2K noisy "
                         "passes; needs controllable zero-mean noise (not --both-noisy); "
                         "perturbation rules only (default: the preset, off)")
+    p.add_argument("--local-losses", action="store_true", default=None,
+                   help="give every hidden layer a linear readout head whose loss drives that "
+                        "layer's estimate (local learning, fewer nodes per estimate); anp, "
+                        "danp, dense layers only (off)")
     p.add_argument("--both-noisy", action="store_true", default=None,
                    help="the noise cannot be switched off: both passes are noisy (anp, danp)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="torch optimizer (adam)")

@@ -59,6 +59,7 @@ class TrainConfig:
     noise_std: float | None = None
     noise_samples: int | None = None
     antithetic: bool | None = None
+    local_losses: bool = False  # a readout head per hidden layer drives its estimate (anp, danp)
     both_noisy: bool = False
     weight_noise: str | None = None
     adc: str | None = None
@@ -326,11 +327,18 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if c.antithetic is True and c.both_noisy:
         raise ValueError("antithetic pairs need noise the system draws and can negate; with "
                          "both_noisy the noise is intrinsic: drop --antithetic")
+    if c.local_losses is True and c.algo not in ("anp", "danp"):
+        raise ValueError(f"local losses are for anp and danp, not {c.algo}: use --algo anp/danp "
+                         "or drop --local-losses")
+    if c.local_losses is True and (c.arch == "conv" or c.per_step):
+        what = "--arch conv" if c.arch == "conv" else "--per-step-products"
+        raise ValueError(f"local losses need dense hidden layers and summed products, not "
+                         f"{what}: drop {what} or --local-losses")
     _nonnegative_float("threshold_noise", c.threshold_noise)
     if c.threshold_noise > 0 and c.model is None and c.unit != "lif":
         raise ValueError(f"threshold_noise {c.threshold_noise:g} needs --unit lif")
     for name in ("both_noisy", "per_step", "standardize", "spike_events", "figures",
-                 "tensorboard", "antithetic"):
+                 "tensorboard", "antithetic", "local_losses"):
         if not isinstance(getattr(c, name), bool):
             raise ValueError(f"{name} {getattr(c, name)!r} must be true or false")
     for name in ("out", "data_root", "model"):

@@ -159,7 +159,11 @@ class Record:
       ``sum_t S_{l,t-1}`` that a recurrent neuron's (``RLeaky``, ``RSynaptic``) recurrent
       weight acts on, summed over the steps; None for other layers;
     * ``readout`` -- (P, B, C), a spiking readout's logits: its spike counts ``sum_t S_t``
-      (``readout="spikes"``) or its peak membrane ``max_t U_t`` (``"membrane"``); else None.
+      (``readout="spikes"``) or its peak membrane ``max_t U_t`` (``"membrane"``); else None;
+    * ``local_loss`` -- with local losses, per hidden layer k (P, B): the loss of its readout
+      head ``loss(H_k x_k, y)`` in every pass, ``x_k`` its output averaged over the T steps;
+    * ``local_inputs`` -- with local losses, per hidden layer (B, n_k): the reference pass's
+      ``x_k`` (averaged over the steps), the input the heads learn from; else None.
     """
 
     inputs: list[Tensor]
@@ -170,6 +174,8 @@ class Record:
     membrane: list[Tensor | None] | None = None
     readout: Tensor | None = None
     recurrent_inputs: list[Tensor | None] | None = None
+    local_loss: list[Tensor] | None = None
+    local_inputs: list[Tensor] | None = None
 
     @property
     def logits(self) -> Tensor:
@@ -235,6 +241,10 @@ class Network(nn.Module):
             ``"pcm:time=3600"``), intrinsic: no rule reads it.
         adc: the ADC the recorded activities are read through (``noisynets.analog.ADC`` or a
             spec, e.g. ``"bits=6,range=4"``): the rules see quantised values only.
+        local_losses: give every hidden layer k a linear readout head ``H_k`` (n_k -> C, bias
+            on; ``heads``) whose loss ``loss(H_k x_k, y)`` drives that layer's ANP estimate
+            (docs/algorithms.md, "Local losses"); dense hidden layers only. The heads are part
+            of the state and the trained parameters, not of the folded model.
 
     Nodes whose unit is ``StochasticBinary`` carry logistic noise of scale 1 (their units are
     Bernoulli(sigmoid(a)) in the noisy passes) instead of ``noise``.
@@ -262,6 +272,7 @@ class Network(nn.Module):
         seed: int = 0,
         weight_noise: PCMWeights | str | None = None,
         adc: ADC | str | None = None,
+        local_losses: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(loss, str):
@@ -338,6 +349,39 @@ class Network(nn.Module):
         if self.weight_noise is not None:
             self.weight_noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
         self.adc = make_adc(adc)
+        self.local_losses = bool(local_losses)
+        self.heads: nn.ModuleList | None = None
+        if self.local_losses:
+            self.check_local_losses()
+            self.heads = nn.ModuleList(self._heads(g))
+
+    def _heads(self, g: torch.Generator) -> list[nn.Linear]:
+        """One readout head ``H_k`` (n_k -> C, bias on) per hidden layer, He-normal weights from
+        the network's generator (drawn after everything else it draws), zero biases."""
+        last = self.layers[-1].weight
+        heads = []
+        for layer in self.layers[:-1]:
+            head = nn.Linear(layer.out_features, self.layers[-1].out_features)
+            with torch.no_grad():
+                he_normal(head, g)
+            heads.append(head.to(last.device, last.dtype))
+        return heads
+
+    def check_local_losses(self) -> None:
+        """Local losses need hidden layers whose nodes are a dense layer's outputs (the heads
+        read them flattened, ``n_k`` of them) and summed products."""
+        if self.num_layers < 2:
+            raise ValueError("local losses need at least one hidden layer: add one, or drop "
+                             "local losses (--local-losses)")
+        if self.per_step:
+            raise ValueError("local losses are built for summed products: drop per-step products "
+                             "(--per-step-products) or local losses (--local-losses)")
+        for k, layer in enumerate(self.layers):
+            if layer.conv or layer.mid:
+                kind = "a convolution" if layer.conv else "pooling before its nodes"
+                raise ValueError(f"local losses need dense hidden layers, but layer {k + 1} has "
+                                 f"{kind}: use an mlp (--arch mlp) or drop local losses "
+                                 "(--local-losses)")
 
     @property
     def num_layers(self) -> int:
@@ -413,6 +457,8 @@ class Network(nn.Module):
         first: tuple[Tensor, Tensor] | None = None
         readout: Tensor | None = None  # a spiking readout's spike count or peak membrane
         recurrent_sum: list[Tensor | None] = [None] * L
+        heads = self.heads if loss else None
+        hidden_sum: list[Tensor] = [x] * L  # with heads: each hidden layer's output, summed
         step_drive: Tensor | None = None  # the first layer's noisy drive, rewritten per step
         try:
             for t in range(T):
@@ -471,6 +517,10 @@ class Network(nn.Module):
                         on_step(k, t, step_input, current, eps, previous)
                     if k == L - 1 and self.spiking_readout:
                         readout = self._read_out(readout, h, layer, t)
+                    if heads is not None and k < L - 1:
+                        out = h.reshape(P * B, -1)
+                        hidden_sum[k] = (out.clone() if T > 1 else out) if t == 0 \
+                            else hidden_sum[k] + out
                     flat = current.reshape(P * B, -1)
                     reference = seen[:B].reshape(B, -1)
                     if t == 0:  # sums of tensors this forward owns from t = 1: summed in place
@@ -517,6 +567,13 @@ class Network(nn.Module):
                                        for r in recurrent_sum]
         if readout is not None:
             record.readout = logits
+        if heads is not None:
+            outs = [hidden_sum[k] / T for k in range(L - 1)]
+            if self.adc is not None:  # the heads read node outputs, as the next layer does
+                outs = [self.adc.read(o) for o in outs]
+            record.local_loss = [self.loss_fn(head(o), target).view(P, B)
+                                 for head, o in zip(heads, outs)]
+            record.local_inputs = [o[:B] for o in outs]
         if keep_states:
             record.outputs = [torch.stack(o).view(T, P, B, -1) for o in outputs]
             record.membrane = [torch.stack(m).view(T, P, B, -1) if m else None for m in membrane]
@@ -726,7 +783,30 @@ class Network(nn.Module):
         weights = [p for layer in self.layers
                    for p in (layer.weight, layer.bias, *layer.recurrent_parameters())
                    if p is not None]
-        return weights + self.neuron_parameters()
+        return weights + self.neuron_parameters() + self.head_parameters()
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The readout heads' weights and biases (local losses; empty without)."""
+        return [] if self.heads is None else list(self.heads.parameters())
+
+    def head_gradients(self, record: Record, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per head ``(dL_k/dH_k, dL_k/dc_k)`` of ``L_k = mean_n loss(H_k x_{k,n} + c_k, y_n)``
+        at the reference pass's ``x_k`` (``record.local_inputs``): the exact gradient of one
+        linear layer on a detached input, not backpropagation through the network."""
+        if self.heads is None or record.local_inputs is None:
+            raise ValueError("the network has no readout heads: build it with local_losses=True")
+        grads = []
+        with torch.enable_grad():
+            for head, x_k in zip(self.heads, record.local_inputs):
+                local = self.loss_fn(head(x_k.detach()), y).mean()
+                w, b = torch.autograd.grad(local, (head.weight, head.bias))
+                grads.append((w, b))
+        return grads
+
+    def set_head_gradients(self, record: Record, y: Tensor) -> None:
+        """Write ``head_gradients`` into the heads' ``.grad`` for the optimizer to apply."""
+        for head, (g_w, g_b) in zip(self.heads or [], self.head_gradients(record, y)):
+            head.weight.grad, head.bias.grad = g_w, g_b
 
     def neuron_parameters(self) -> list[nn.Parameter]:
         """The learnable parameters of the nodes' units (snntorch's ``learn_beta``, ...), but

@@ -215,6 +215,7 @@ def build(config: TrainConfig, data: DataSplits) -> tuple[Network, Rule, torch.o
         seed=config.seed,
         weight_noise=config.weight_noise,
         adc=config.adc,
+        local_losses=config.local_losses,
     )
     rule = make_rule(config.algo, noise_samples=config.noise_samples,
                      antithetic=bool(config.antithetic))
@@ -988,6 +989,8 @@ def options(config: TrainConfig) -> str:
     parts = [f"K = {config.noise_samples} noisy passes"] if config.noise_samples > 1 else []
     if config.antithetic:
         parts.append("antithetic pairs")
+    if config.local_losses:
+        parts.append("local losses")
     return "".join(f", {p}" for p in parts)
 
 

@@ -125,6 +125,9 @@ def nonfinite(network: Network, record: Record, world: World | None = None) -> s
         checks.append((f"activity of layer {k + 1}", a))
         checks += [(f"estimate of layer {k + 1}", p.grad) for p in (layer.weight, layer.bias)
                    if p is not None and p.grad is not None]
+    for k, head in enumerate(network.heads or []):
+        checks += [(f"estimate of head {k + 1}", p.grad) for p in head.parameters()
+                   if p.grad is not None]
     checks.append(("loss", record.loss))
     bad = ~torch.stack([torch.isfinite(t).all() for _, t in checks]).all()
     if world is not None:

@@ -54,14 +54,21 @@ class BP(Rule):
 
     name = "bp"
 
+    def check(self, network: Network) -> None:
+        if getattr(network, "local_losses", False):
+            raise ValueError("local losses are for anp and danp; bp trains the network's own "
+                             "loss: use anp/danp or drop local losses (--local-losses)")
+
     def passes(self, network: Network) -> Passes:
         return Passes.clean(network.num_layers, network.both_noisy)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
+        self.check(network)
         return backprop(network, x, y, self.passes(network))
 
     def step(self, network: Network, x: Tensor, y: Tensor) -> Record:
         """The weights' and biases' gradients, and the neurons' learnable parameters' too."""
+        self.check(network)
         neuron_grads: list[tuple[Tensor, Tensor]] = []
         grads, record = backprop(network, x, y, self.passes(network), neuron_grads)
         network.set_gradients(grads)

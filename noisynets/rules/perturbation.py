@@ -13,6 +13,10 @@ passes with noise ``eps_j`` and ``-eps_j`` (``Passes.antithetic``); the formulas
 and for NP the mean over a pair is the central difference
 ``e = (L(+eps) - L(-eps)) / (2 s^2) * eps``, free of the loss's even-order terms in ``eps``.
 It needs noise the system draws (refused for intrinsic noise in both passes) and zero mean.
+
+On a network with local losses (``Network(local_losses=True)``) ANP estimates every hidden
+layer from its own readout head's loss change (``ANP.local_signals``) and steps the heads by
+their exact local gradient; NP and INP refuse such a network.
 """
 
 from __future__ import annotations
@@ -77,6 +81,13 @@ def check_antithetic(rule: str, network: Network) -> None:
             )
 
 
+def check_no_local_losses(rule: str, network: Network) -> None:
+    """Local losses are built for the activity-based rules only."""
+    if getattr(network, "local_losses", False):
+        raise ValueError(f"local losses are for anp and danp; {rule} does not read the heads' "
+                         "losses: use anp/danp or drop local losses (--local-losses)")
+
+
 def guarded(scale: Tensor, norm_sq: Tensor) -> Tensor:
     """``scale`` where it is finite and ``||da||^2 > 0``; 0 (no contribution) elsewhere."""
     return torch.where(torch.isfinite(scale) & (norm_sq > 0), scale, torch.zeros_like(scale))
@@ -99,6 +110,7 @@ class NP(Rule):
         self.antithetic = bool(antithetic)
 
     def check(self, network: Network) -> None:
+        check_no_local_losses("np", network)
         check_controllable_noise("np", network)
         if self.antithetic:
             check_antithetic("np", network)
@@ -180,6 +192,7 @@ class INP(Rule):
         self.antithetic = bool(antithetic)
 
     def check(self, network: Network) -> None:
+        check_no_local_losses("inp", network)
         check_controllable_noise("inp", network)
         if self.antithetic:
             check_antithetic("inp", network)
@@ -254,6 +267,8 @@ class ANP(Rule):
         network.check_summed_products()
         if self.antithetic:
             check_antithetic("anp", network)
+        if getattr(network, "local_losses", False):
+            network.check_local_losses()
 
     def passes(self, network: Network) -> Passes:
         return Passes.perturbed(network.num_layers, self.noise_samples, network.both_noisy,
@@ -270,8 +285,17 @@ class ANP(Rule):
 
     def estimate(self, record: Record, layers: Layers, noise: Sequence[Tensor] | None = None,
                  variances: Sequence[float] | None = None) -> Gradients:
-        """The estimate from an observation ``record``: a reference pass and K noisy ones."""
-        return layers.gradients(self.signals(record), record)
+        """The estimate from an observation ``record``: a reference pass and K noisy ones;
+        with the heads' losses in it (``record.local_loss``), the local-loss estimate."""
+        signals = self.signals if record.local_loss is None else self.local_signals
+        return layers.gradients(signals(record), record)
+
+    def step(self, network: Network, x: Tensor, y: Tensor) -> Record:
+        """The estimates into ``.grad``, and with local losses the heads' exact gradients."""
+        record = super().step(network, x, y)
+        if record.local_loss is not None:
+            network.set_head_gradients(record, y)
+        return record
 
     @staticmethod
     def step_scales(record: Record, squares: list[Tensor]) -> list:
@@ -291,6 +315,27 @@ class ANP(Rule):
         N = sum(d.shape[-1] for d in da)
         scale = guarded(dL * N / norm_sq, norm_sq)
         return [scale.unsqueeze(-1) * d for d in da]
+
+    @staticmethod
+    def local_signals(record: Record) -> list[Tensor]:
+        """Local losses: hidden layer k from its head's loss change and layers 1..k,
+
+            e_k = dL_k * N_{<=k} / ||da_{<=k}||^2 * da_k,   dL_k = L_k(noisy) - L_k(reference),
+
+        ``N_{<=k} = n_1 + ... + n_k``, ``||da_{<=k}||^2 = sum_{j<=k} ||da_j||^2``; the top layer
+        is plain ANP on the network's loss (``signals``)."""
+        if record.local_loss is None:
+            raise ValueError("the record holds no local losses: run a network built with "
+                             "local_losses=True")
+        da = [a[1:] - a[:1] for a in record.activity]
+        squares = [d.pow(2).sum(-1) for d in da]
+        out = []
+        for k, local in enumerate(record.local_loss):
+            dL = local[1:] - local[:1]
+            norm_sq = sum(squares[: k + 1])
+            N = sum(d.shape[-1] for d in da[: k + 1])
+            out.append(guarded(dL * N / norm_sq, norm_sq).unsqueeze(-1) * da[k])
+        return out + ANP.signals(record)[len(out):]
 
     def __repr__(self) -> str:
         extra = ", antithetic=True" if self.antithetic else ""
