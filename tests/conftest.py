@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,3 +47,31 @@ def cli_fails(capsys):
         return lines[0]
 
     return fails
+
+
+@pytest.fixture
+def killed_run():
+    """``kill(args, out)``: ``noisynets train *args --out out`` in a subprocess, killed (SIGKILL)
+    wherever it is once its second epoch's checkpoint exists; returns its return code."""
+    def kill(args: list[str], out: Path) -> int:
+        proc = subprocess.Popen([sys.executable, "-m", "noisynets.cli", "train", *args,
+                                 "--out", str(out), "--no-progress"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            while True:  # until the second checkpoint, then kill it wherever it is
+                assert proc.poll() is None, proc.stderr.read().decode()
+                try:
+                    epochs = json.loads((out / "results.json").read_text())["epochs"]
+                except (OSError, ValueError, KeyError):
+                    epochs = 0
+                if epochs >= 2 and (out / "checkpoint.pt").exists():
+                    break
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stderr.close()
+        return proc.returncode
+    return kill

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -153,29 +150,11 @@ ARGS = ["--algo", "danp", "--hidden", "64", "64", "--epochs", "4", "--batch-size
 
 
 def test_a_run_with_local_losses_killed_and_resumed_ends_exactly_as_the_run_uninterrupted(
-        tmp_path):
+        tmp_path, killed_run):
     whole = tmp_path / "whole"
     assert main(["train", *ARGS, "--out", str(whole), "--no-progress"]) == 0
     cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "noisynets.cli", "train", *ARGS, "--out",
-                             str(cut), "--no-progress"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        while True:  # until the second checkpoint, then kill it wherever it is
-            assert proc.poll() is None, proc.stderr.read().decode()
-            try:
-                epochs = json.loads((cut / "results.json").read_text())["epochs"]
-            except (OSError, ValueError, KeyError):
-                epochs = 0
-            if epochs >= 2 and (cut / "checkpoint.pt").exists():
-                break
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    assert killed_run(ARGS, cut) == -signal.SIGKILL
     assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
     a = json.loads((whole / "results.json").read_text())
     b = json.loads((cut / "results.json").read_text())

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -50,30 +47,13 @@ def trace_contents(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def test_a_run_killed_mid_epoch_and_resumed_ends_exactly_as_the_run_uninterrupted(tmp_path):
+def test_a_run_killed_mid_epoch_and_resumed_ends_exactly_as_the_run_uninterrupted(tmp_path,
+                                                                                killed_run):
     whole = tmp_path / "whole"
     assert main(["train", *ARGS, "--out", str(whole), "--no-progress"]) == 0
     cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "noisynets.cli", "train", *ARGS, "--out",
-                             str(cut), "--no-progress"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        while True:  # until the second checkpoint, then kill it wherever it is
-            assert proc.poll() is None, proc.stderr.read().decode()
-            try:
-                epochs = json.loads((cut / "results.json").read_text())["epochs"]
-            except (OSError, ValueError, KeyError):
-                epochs = 0
-            if epochs >= 2 and (cut / "checkpoint.pt").exists():
-                break
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    returncode = killed_run(ARGS, cut)
+    assert returncode == -signal.SIGKILL
     assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
     a = strict((whole / "results.json").read_text())
     b = strict((cut / "results.json").read_text())
