@@ -81,6 +81,12 @@ def _number(
     return x
 
 
+def _normal(a: Tensor, std: float, g: torch.Generator) -> Tensor:
+    """``std * z``, ``z ~ N(0, 1)`` of ``a``'s shape, dtype and device: the numbers of
+    ``randn(...) * std`` to the bit, drawn and scaled in one pass."""
+    return torch.empty(a.shape, device=a.device, dtype=a.dtype).normal_(0.0, std, generator=g)
+
+
 def _float_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype uniforms and counts are drawn in: ``dtype`` if single/double, else float32."""
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
@@ -190,8 +196,7 @@ class Gaussian(NoiseSource):
 
     def forward(self, a: Tensor) -> Tensor:
         g = self.generator(a.device)
-        eps = torch.empty(a.shape, device=a.device, dtype=a.dtype)
-        return eps.normal_(0.0, self.std, generator=g)  # = randn * std, without a second pass
+        return _normal(a, self.std, g)
 
     def extra_repr(self) -> str:
         return f"std={self.std:g}"
@@ -391,8 +396,7 @@ class Gain(NoiseSource):
 
     def forward(self, a: Tensor) -> Tensor:
         g = self.generator(a.device)
-        z = torch.randn(a.shape, generator=g, device=a.device, dtype=a.dtype)
-        return a * (z * self.std)
+        return a * _normal(a, self.std, g)
 
     def extra_repr(self) -> str:
         return f"std={self.std:g}"
@@ -607,8 +611,7 @@ class MTJ(NoiseSource):
         flips = torch.rand(a.shape, generator=g, device=a.device, dtype=dtype) < self.flip
         signs = torch.cumprod(1.0 - 2.0 * flips.to(dtype), dim=0) * state.to(dtype)
         self._state = signs[-1].clone()
-        z = torch.randn(a.shape, generator=g, device=a.device, dtype=a.dtype)
-        return (z * self.std + signs.to(a.dtype) * self.offset + self.dc).to(a.dtype)
+        return (_normal(a, self.std, g) + signs.to(a.dtype) * self.offset + self.dc).to(a.dtype)
 
     def extra_repr(self) -> str:
         return f"std={self.std:g}, offset={self.offset:g}, flip={self.flip:g}, dc={self.dc:g}"
