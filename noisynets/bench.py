@@ -17,7 +17,7 @@ throughput in every number format the difference pass can use, the FLOPs of each
 (``torch.utils.flop_counter``) and the share of that throughput they achieve, and each step's
 peak memory -- on a GPU ``torch.cuda.max_memory_allocated``; on the CPU the growth of the
 peak resident set of a fresh process that runs a few steps of that rule alone. Every rule runs
-at its defaults (``precision="auto"``: see ``noisynets.precision``; ``--precision`` sets it).
+at its defaults (``precision="auto"``: see ``noisynets.core.precision``; ``--precision`` sets it).
 
 ``--json``: the last line of stdout is one JSON object with ``anp_over_bp``, ``danp_over_dbp``
 (K = 1), ``k4_over_k1`` (DANP), ``spiking_time_over_bptt``, ``spiking_memory_over_bptt``,
@@ -51,17 +51,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from noisynets.layers import Layer
-from noisynets.models import conv_net
-from noisynets.network import Network
-from noisynets.noise import Gaussian
-from noisynets.precision import (
+from noisynets.core.noise import Gaussian
+from noisynets.core.precision import (
     PRECISIONS,
     cpu_flags,
     cpu_model,
     difference_dtype,
     fast_bfloat16,
 )
+from noisynets.layers import Layer
+from noisynets.models import conv_net
+from noisynets.network import Network
 from noisynets.rules import make_rule, uses_decorrelation
 from noisynets.training import train_step
 
@@ -100,7 +100,7 @@ class Setup:
     conv_batch: int = 256
     inputs: int = 784
     event_size: int = 1000  # the layer of the event-driven product: event_size^2 weights
-    precision: str = "auto"  # of the difference products (noisynets.precision)
+    precision: str = "auto"  # of the difference products (noisynets.core.precision)
 
 
 def build(case: Case, setup: Setup, device: torch.device) -> Callable[[], Any]:

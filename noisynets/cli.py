@@ -35,14 +35,14 @@ from typing import NoReturn
 
 from noisynets.bench import add_arguments as add_bench_arguments
 from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, SCHEDULES, TrainConfig, load_toml
+from noisynets.core.losses import LOSSES
+from noisynets.core.noise import DEVICE_NOISES, NOISES
+from noisynets.core.precision import PRECISIONS
+from noisynets.core.units import UNITS
 from noisynets.data import DATASETS, TEACHER_KEYS
-from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
 from noisynets.network import ENCODINGS, READOUTS
-from noisynets.noise import DEVICE_NOISES, NOISES
-from noisynets.precision import PRECISIONS
 from noisynets.rules import RULES
-from noisynets.units import UNITS
 
 
 class UsageError(Exception):

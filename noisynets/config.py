@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from noisynets.analog import make_adc, make_weight_noise
+from noisynets.core.analog import make_adc, make_weight_noise
+from noisynets.core.losses import LOSSES
+from noisynets.core.noise import make_noise
+from noisynets.core.precision import PRECISIONS
+from noisynets.core.units import UNITS
 from noisynets.data import DATASETS, teacher_options
-from noisynets.losses import LOSSES
 from noisynets.models import ARCHS
 from noisynets.network import ENCODINGS, READOUTS
-from noisynets.noise import make_noise
-from noisynets.precision import PRECISIONS
 from noisynets.rules import RULES
-from noisynets.units import UNITS
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 # Learning-rate schedules (torch.optim.lr_scheduler, stepped once per epoch; run.make_scheduler).

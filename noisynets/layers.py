@@ -24,7 +24,7 @@ Example::
     >>> import torch
     >>> from torch import nn
     >>> from noisynets.layers import Layer
-    >>> from noisynets.noise import Gaussian
+    >>> from noisynets.core.noise import Gaussian
     >>> layer = Layer(nn.Linear(4, 3), [], [], nn.Tanh(), Gaussian(0.1), decorrelation=True)
     >>> seen, a = layer.drive(torch.ones(2, 4), batch=2)
     >>> a.shape
@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from noisynets.core.noise import NoiseSource
 from noisynets.decorrelation import Decorrelator
-from noisynets.noise import NoiseSource
 
 if TYPE_CHECKING:
     from noisynets.parallel import Shard

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from noisynets.units import make_unit
+from noisynets.core.units import make_unit
 
 ARCHS: tuple[str, ...] = ("mlp", "conv")
 

@@ -51,15 +51,15 @@ import torch
 from snntorch import spikegen
 from torch import Tensor, nn
 
-from noisynets.analog import ADC, PCMWeights, make_adc, make_weight_noise
+from noisynets.core.analog import ADC, PCMWeights, make_adc, make_weight_noise
+from noisynets.core.losses import LOSSES
+from noisynets.core.noise import Gaussian, Logistic, NoiseSource, make_noise
+from noisynets.core.precision import PRECISIONS, difference_dtype
+from noisynets.core.units import ACTIVATIONS, LIF, StochasticBinary, discontinuous
+from noisynets.core.validate import check_forward
 from noisynets.layers import WEIGHT_OPS, Layer
-from noisynets.losses import LOSSES
 from noisynets.models import he_normal, mlp
-from noisynets.noise import Gaussian, Logistic, NoiseSource, make_noise
 from noisynets.parallel import Shard, all_reduce_sum
-from noisynets.precision import PRECISIONS, difference_dtype
-from noisynets.units import ACTIVATIONS, LIF, StochasticBinary, discontinuous
-from noisynets.validate import check_forward
 
 ENCODINGS: tuple[str, ...] = ("current", "poisson", "sequence")
 
@@ -210,7 +210,7 @@ class Network(nn.Module):
         model: ``[d_0, n_1, ..., n_L]`` (input features, then the nodes of every layer) builds
             a fully connected network of ``unit`` nodes; an ``nn.Sequential`` is wrapped as it
             is, and trained in place (its ``state_dict`` stays its own).
-        unit: the hidden units of a built network (see ``noisynets.units.UNITS``).
+        unit: the hidden units of a built network (see ``noisynets.core.units.UNITS``).
         noise: a noise source (or spec, e.g. ``"telegraph:switch=0.1"``) copied into every
             layer and reseeded there, or one source per layer. Default ``Gaussian(noise_std)``.
         noise_std: the noise scale of a spec and of the default.
@@ -225,7 +225,7 @@ class Network(nn.Module):
         loss: ``ce``, ``mse`` or a callable ``loss(logits, target)`` returning one loss per
             sample.
         precision: the number format of the noisy passes' difference products
-            (``noisynets.precision.PRECISIONS``; ``auto``: bfloat16 where the hardware makes it
+            (``noisynets.core.precision.PRECISIONS``; ``auto``: bfloat16 where the hardware makes it
             faster, else the network's own dtype).
         beta, threshold: the LIF neurons' membrane decay and threshold (built networks).
         threshold_noise: the std of Gaussian noise on the threshold of ``units.LIF`` nodes.
@@ -237,9 +237,9 @@ class Network(nn.Module):
             weight operation): ``spikes`` (spike counts, the default) or ``membrane`` (the peak
             membrane potential over the steps).
         seed: fixes the weights of a built network and every layer's noise stream.
-        weight_noise: noise in the weights (``noisynets.analog.PCMWeights`` or its spec, e.g.
+        weight_noise: noise in the weights (``noisynets.core.analog.PCMWeights`` or its spec, e.g.
             ``"pcm:time=3600"``), intrinsic: no rule reads it.
-        adc: the ADC the recorded activities are read through (``noisynets.analog.ADC`` or a
+        adc: the ADC the recorded activities are read through (``noisynets.core.analog.ADC`` or a
             spec, e.g. ``"bits=6,range=4"``): the rules see quantised values only.
         local_losses: give every hidden layer k a linear readout head ``H_k`` (n_k -> C, bias
             on; ``heads``) whose loss ``loss(H_k x_k, y)`` drives that layer's ANP estimate
@@ -313,7 +313,7 @@ class Network(nn.Module):
                 self.model = mlp(self.sizes, unit, beta, threshold)
         specs = parse(self.model)
         if threshold_noise > 0 and not any(isinstance(s[3], LIF) for s in specs[:-1]):
-            raise ValueError(f"threshold_noise {threshold_noise:g} needs noisynets.units.LIF "
+            raise ValueError(f"threshold_noise {threshold_noise:g} needs noisynets.core.units.LIF "
                              "nodes (--unit lif)")
         sources = noise_sources(noise, noise_std, len(specs))
         layers = []

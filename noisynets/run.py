@@ -70,6 +70,8 @@ from noisynets.checkpoints import (
     set_random_states,
 )
 from noisynets.config import TrainConfig, resolve
+from noisynets.core.noise import make_noise
+from noisynets.core.precision import difference_dtype
 from noisynets.data import DataSplits, load_dataset
 from noisynets.files import remove_stale, write_text_atomic
 from noisynets.firing import firing_warnings
@@ -87,9 +89,7 @@ from noisynets.hooks import (
 from noisynets.inference import input_spec
 from noisynets.models import conv_net, he_normal, load_model
 from noisynets.network import Network, Passes, Record
-from noisynets.noise import make_noise
 from noisynets.parallel import World, decided_by_main, session
-from noisynets.precision import difference_dtype
 from noisynets.rules import Rule, make_rule, uses_decorrelation
 from noisynets.traces import TraceWriter, flatten_metrics
 from noisynets.training import (

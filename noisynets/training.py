@@ -148,7 +148,7 @@ def evaluate(
     ``DataLoader`` ``x``; the accuracy is ``None`` for real-valued targets (regression).
     Runs in eval mode (dropout off). ``network`` may also be a plain module (the folded copy
     of ``noisynets.export_model``): its logits are ``folding.readout(model, x, time_steps)``
-    and its per-sample ``loss`` a name of ``noisynets.losses.LOSSES`` or a function (a
+    and its per-sample ``loss`` a name of ``noisynets.core.losses.LOSSES`` or a function (a
     ``Network`` uses its own)."""
     if isinstance(x, Tensor):
         batches: Iterable[tuple[Tensor, Tensor]] = (
@@ -158,8 +158,8 @@ def evaluate(
     if isinstance(network, Network):
         forward, loss_fn = network, network.loss_fn
     else:
+        from noisynets.core.losses import LOSSES
         from noisynets.folding import readout
-        from noisynets.losses import LOSSES
 
         forward = lambda xb: readout(network, xb, time_steps)  # noqa: E731
         loss_fn = LOSSES[loss] if isinstance(loss, str) else loss

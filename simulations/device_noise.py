@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import arguments, final, save, sweep  # noqa: E402
 
-from noisynets.noise import MTJ  # noqa: E402
+from noisynets.core.noise import MTJ  # noqa: E402
 from noisynets.run import load_network  # noqa: E402
 from noisynets.training import evaluate  # noqa: E402
 

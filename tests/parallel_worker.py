@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from noisynets import Network, make_rule
-from noisynets.noise import NoiseSource
+from noisynets.core.noise import NoiseSource
 from noisynets.parallel import World, init_from_environment, shard_of
 from noisynets.training import guarded_step, train_step
 

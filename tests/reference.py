@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from noisynets import Network, Passes
-from noisynets.noise import NoiseSource
+from noisynets.core.noise import NoiseSource
 
 
 class Recorded(NoiseSource):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from noisynets import Network, Passes, Record, make_rule
-from noisynets.noise import make_noise
+from noisynets.core.noise import make_noise
 from noisynets.rules import ANP, INP, NP
 from noisynets.training import cosine
 
@@ -156,7 +156,7 @@ def test_anp_guards_samples_whose_activity_did_not_change():
 def test_with_both_passes_noisy_the_bp_reference_is_taken_at_the_rules_operating_point(name):
     """The estimate refers to the gradient at pass 1's noisy operating point, so the alignment
     diagnostic's BP gradient must see exactly that pass's noise, not a fresh draw."""
-    from noisynets.noise import Telegraph
+    from noisynets.core.noise import Telegraph
     from noisynets.training import diagnostics, reference_gradients
 
     net = Network([10, 20, 20, 5], noise=Telegraph(0.3, switch=0.2), both_noisy=True, seed=0)

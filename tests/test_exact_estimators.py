@@ -15,7 +15,7 @@ import torch
 from reference import Basis, brute_force, flat, record_noise
 
 from noisynets import Network, Passes, Record, make_rule
-from noisynets.noise import Gaussian, Telegraph
+from noisynets.core.noise import Gaussian, Telegraph
 from noisynets.rules import ANP, INP, NP
 
 SIZES = [5, 6, 6, 6]  # equal layer sizes: INP's K = 2 n_k passes cover every layer at once

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 import noisynets
 from noisynets import Network, Passes
+from noisynets.core.noise import Gaussian
 from noisynets.layers import Layer
-from noisynets.noise import Gaussian
 
 
 def hand_patches(x: Tensor, k: int, stride: int, padding: int) -> Tensor:
@@ -163,7 +163,7 @@ def test_dropout_keeps_one_mask_over_time_steps():
 def test_the_fused_lif_step_is_snntorchs_to_the_bit(dtype, shifted):
     """Without autograd ``LIF`` runs ``fused_step``; over 30 steps of random currents (and
     threshold shifts) its membrane and spikes equal snntorch's own step's to the bit."""
-    from noisynets.units import LIF
+    from noisynets.core.units import LIF
 
     g = torch.Generator().manual_seed(0)
     currents = torch.randn(30, 64, 50, generator=g, dtype=dtype) * 0.6
@@ -296,7 +296,7 @@ def test_the_changed_fraction_is_an_independent_count_of_the_changed_inputs(unit
 def test_the_no_grad_heaviside_and_sign_are_the_autograd_ones(dtype):
     """Without autograd Heaviside and sign write their outputs directly: the same values
     (zero and the threshold's neighbours included) and dtype as with autograd."""
-    from noisynets.units import Heaviside, Sign
+    from noisynets.core.units import Heaviside, Sign
 
     a = torch.tensor([-2.0, -1e-300, -0.0, 0.0, 1e-300, 3.0], dtype=dtype)
     a = torch.cat([a, torch.randn(1000, dtype=dtype)])

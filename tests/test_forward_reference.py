@@ -17,7 +17,7 @@ from snntorch import spikegen
 
 import noisynets.network
 from noisynets import Network, Passes
-from noisynets.noise import Telegraph, make_noise
+from noisynets.core.noise import Telegraph, make_noise
 
 
 def perturb_decorrelators(net: Network, seed: int) -> None:

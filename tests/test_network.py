@@ -70,7 +70,7 @@ def test_layers_draw_independent_noise(batch):
 
 
 def test_forwards_inside_untouched_noise_do_not_change_the_noise_streams(batch):
-    from noisynets.noise import make_noise
+    from noisynets.core.noise import make_noise
 
     x, y = batch
     x = x.float()

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from noisynets.noise import (
+from noisynets.core.noise import (
     NOISES,
     Bernoulli,
     CenteredBernoulli,

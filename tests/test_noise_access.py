@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from noisynets import Network, make_rule
-from noisynets.noise import Gaussian
+from noisynets.core.noise import Gaussian
 from noisynets.training import train_step
 
 

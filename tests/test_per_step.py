@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 import noisynets
 from noisynets import Network, Passes, make_rule
-from noisynets.noise import NoiseSource, Telegraph
+from noisynets.core.noise import NoiseSource, Telegraph
 from noisynets.rules import ANP
 
 T = 3
@@ -187,7 +187,7 @@ def test_per_step_anp_is_its_formula_step_by_step():
     from every step's currents recorded on their own (Gaussian noise, K = 2)."""
     net = dense(decorrelation=True)
     for layer in net.layers:
-        layer.noise = noisynets.noise.Gaussian(0.05, seed=7)
+        layer.noise = noisynets.core.noise.Gaussian(0.05, seed=7)
     x, y = data((5,), 4)
     K, P, L = 2, 3, net.num_layers
     currents: list[list[Tensor]] = [[] for _ in range(L)]
@@ -302,7 +302,7 @@ def test_the_recurrent_estimate_is_unbiased_under_gaussian_noise():
     gradient (cosine > 0.95, norm within 10 %)."""
     net = recurrent_net()
     for layer in net.layers:
-        layer.noise = noisynets.noise.Gaussian(1e-4, seed=11)
+        layer.noise = noisynets.core.noise.Gaussian(1e-4, seed=11)
     x, y = data((5,), 4)
     truth = make_rule("bp").gradients(net, x, y)[0][0]
     g = torch.cat([truth[2].flatten(), truth[3]])

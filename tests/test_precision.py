@@ -8,7 +8,7 @@ import torch
 from reference import flat
 
 from noisynets import Network, Passes, make_rule
-from noisynets.precision import difference_dtype
+from noisynets.core.precision import difference_dtype
 from noisynets.training import cosine
 
 
@@ -64,7 +64,7 @@ def test_auto_takes_the_measured_faster_format_and_keeps_the_choice(monkeypatch,
     faster, never the slower one; the measurement is made once and kept on disk, so a later
     process makes the same choice without timing again. Without the instructions it never
     measures."""
-    import noisynets.precision as precision
+    import noisynets.core.precision as precision
 
     cpu = torch.device("cpu")
     monkeypatch.setenv("NOISYNETS_CACHE", str(tmp_path))

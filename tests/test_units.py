@@ -9,8 +9,8 @@ import torch
 
 from noisynets import Network, Passes, make_rule
 from noisynets.config import TrainConfig
+from noisynets.core.units import LIF, UNITS
 from noisynets.run import train
-from noisynets.units import LIF, UNITS
 
 # Per unit: a noise scale large enough to move the unit (a Heaviside unit must flip).
 NOISE = {"heaviside": 0.3, "sign": 0.3, "stochastic_binary": 1e-3, "lif": 0.2}
@@ -89,7 +89,7 @@ def test_np_and_inp_refuse_noise_that_is_intrinsic_in_both_passes(name):
 
 
 def test_np_refuses_noise_whose_variance_depends_on_the_activity():
-    from noisynets.noise import Gain
+    from noisynets.core.noise import Gain
 
     net = Network([4, 6, 3], noise=Gain(0.1))
     with pytest.raises(ValueError, match="additive"):

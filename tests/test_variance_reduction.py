@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from noisynets import Network, Passes, make_rule
-from noisynets.noise import make_noise
+from noisynets.core.noise import make_noise
 from noisynets.rules import NP
 from noisynets.training import cosine
 

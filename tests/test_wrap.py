@@ -12,9 +12,9 @@ from torch import nn
 
 import noisynets
 from noisynets import Network, Passes, make_rule
+from noisynets.core.noise import Gaussian
 from noisynets.decorrelation import mean_abs_correlation
 from noisynets.layers import Layer
-from noisynets.noise import Gaussian
 from noisynets.training import cosine, fit
 
 

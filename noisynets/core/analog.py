@@ -21,7 +21,7 @@ weight or activity).
 Example::
 
     >>> import torch
-    >>> from noisynets.analog import ADC, PCMWeights
+    >>> from noisynets.core.analog import ADC, PCMWeights
     >>> ADC(bits=3, range=1.0).read(torch.tensor([-2.0, -0.3, 0.1, 0.9]))
     tensor([-1.0000, -0.2500,  0.0000,  0.7500])
     >>> w = torch.randn(4, 3)
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from noisynets.noise import NoiseSource, _number, key_values
+from noisynets.core.noise import NoiseSource, _number, key_values
 
 WEIGHT_NOISES: tuple[str, ...] = ("pcm",)
 
