@@ -51,6 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from noisynets.core.layer import Layer
+from noisynets.core.network import Network
 from noisynets.core.noise import Gaussian
 from noisynets.core.precision import (
     PRECISIONS,
@@ -59,9 +61,7 @@ from noisynets.core.precision import (
     difference_dtype,
     fast_bfloat16,
 )
-from noisynets.layers import Layer
 from noisynets.models import conv_net
-from noisynets.network import Network
 from noisynets.rules import make_rule, uses_decorrelation
 from noisynets.training import train_step
 
@@ -401,17 +401,17 @@ def event_speed(device: torch.device, rounds: int, n: int = 1000,
     dh[:, ::2] *= -1
     out = {}
     for dtype in (torch.float64, torch.float32):
-        layer = Layer(nn.Linear(n, n), [], [], nn.Identity(), Gaussian(0.0)).to(device, dtype)
+        layer = Layer("event", nn.Linear(n, n).to(device, dtype), Gaussian(0.0))
         W = (torch.randn(n, n, generator=g, dtype=torch.float64) * (2 / n) ** 0.5)
         x, W = dh.to(device, dtype), W.to(device, dtype)
         grid = torch.round(W * 1024) / 1024
         identical = torch.equal(layer.event_product(x, grid), F.linear(x, grid))
-        layer.end()
+        layer.casts.clear()
         diff = float((layer.event_product(x, W) - F.linear(x, W)).abs().max())
         times: dict[str, list[float]] = {"dense": [], "event": []}
         for r in range(rounds + 1):
             for name in times:
-                layer.end()  # the transpose is made once per forward: count it
+                layer.casts.clear()  # the transpose is made once per forward: count it
                 start = time.perf_counter()
                 layer.event_product(x, W) if name == "event" else F.linear(x, W)
                 sync(device)

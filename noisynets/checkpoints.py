@@ -55,9 +55,9 @@ import torch
 from torch import Tensor
 
 from noisynets.config import TrainConfig
+from noisynets.core.network import Network
 from noisynets.core.noise import NoiseSource
 from noisynets.files import atomic
-from noisynets.network import Network
 from noisynets.training import EpochStats
 
 MODEL_FILE = "model.pt"

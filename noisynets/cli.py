@@ -35,13 +35,13 @@ from typing import NoReturn
 
 from noisynets.bench import add_arguments as add_bench_arguments
 from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, SCHEDULES, TrainConfig, load_toml
-from noisynets.core.losses import LOSSES
+from noisynets.core.losses import LOSS_NAMES
 from noisynets.core.noise import DEVICE_NOISES, NOISES
 from noisynets.core.precision import PRECISIONS
+from noisynets.core.steps import ENCODINGS, READOUTS
 from noisynets.core.units import UNITS
 from noisynets.data import DATASETS, TEACHER_KEYS
 from noisynets.models import ARCHS
-from noisynets.network import ENCODINGS, READOUTS
 from noisynets.rules import RULES
 
 
@@ -110,8 +110,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=ARCHS,
                    help="built-in network: mlp (dense, --hidden) or conv (two conv layers and "
                         "a linear readout) (default mlp)")
-    p.add_argument("--model", metavar="FILE.py:FUNCTION",
-                   help="train your own nn.Sequential: FUNCTION() in FILE.py builds it")
+    p.add_argument("--model", metavar="FILE.py:NAME",
+                   help="train your own nn.Module: NAME() in FILE.py builds it (a function or "
+                        "a class, called with no arguments)")
     p.add_argument("--hidden", type=positive_int, nargs="+", metavar="N",
                    help="hidden layer sizes of the mlp (default: the data set's preset)")
     p.add_argument("--epochs", type=positive_int, help="epochs (default: preset)")
@@ -169,8 +170,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-batches", type=positive_int, metavar="P",
                    help="training batches the alignment and other diagnostics average over, "
                         "with the alignment's spread over them (4)")
-    p.add_argument("--loss", choices=tuple(LOSSES),
-                   help="per-sample loss (ce; mse for the teacher's regression)")
+    p.add_argument("--loss", choices=LOSS_NAMES, metavar="LOSS",
+                   help="per-sample loss: ce (the default; mse for the teacher's regression), "
+                        "mse, or one of snntorch's functional losses on a spiking model's "
+                        "outputs over time: " + ", ".join(LOSS_NAMES[2:]))
     p.add_argument("--val-fraction", type=nonnegative_float, metavar="F",
                    help="hold out this share of the training set (the same samples every "
                         "run) and measure every epoch on it; the test split only at the end "

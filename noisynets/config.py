@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from noisynets.core.analog import make_adc, make_weight_noise
-from noisynets.core.losses import LOSSES
+from noisynets.core.losses import LOSS_NAMES
 from noisynets.core.noise import make_noise
 from noisynets.core.precision import PRECISIONS
+from noisynets.core.steps import ENCODINGS, READOUTS
 from noisynets.core.units import UNITS
 from noisynets.data import DATASETS, teacher_options
 from noisynets.models import ARCHS
-from noisynets.network import ENCODINGS, READOUTS
 from noisynets.rules import RULES
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
@@ -258,7 +258,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         _choice("unit", config.unit, UNITS)
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     if config.loss is not None:
-        _choice("loss", config.loss, LOSSES)
+        _choice("loss", config.loss, LOSS_NAMES)
     _choice("encoding", config.encoding, ENCODINGS)
     if config.encoding == "sequence":
         raise ValueError("encoding 'sequence' takes inputs with a time axis (batch, T, ...), "
@@ -275,8 +275,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
     preset = dict(PRESETS[name])
     if config.model is None:
         preset.update(UNIT_PRESETS.get(config.unit, {}))
-    elif (config.time_steps is None or config.noise_std is None) and model_spikes(config.model):
-        preset.update(SPIKING_MODEL_PRESET)
+    else:  # presets follow the model: a spiking one the spiking unit's, a conv one the conv's
+        kind = model_kind(config.model)
+        if kind.spiking:
+            preset.update(SPIKING_MODEL_PRESET)
+            if kind.own_loop:  # its forward sets T
+                preset["time_steps"] = 1
+        conv = kind.conv and name in CONV_PRESETS
     if conv:
         preset.update(CONV_PRESETS[name])
     if conv or config.model is not None:
@@ -373,20 +378,53 @@ def resolve(config: TrainConfig) -> TrainConfig:
     return c
 
 
-def model_spikes(spec: str) -> bool:
-    """Whether the model that ``spec`` (``FILE.py:FUNCTION``) builds holds a spiking neuron;
-    ``False`` where the file cannot build a model: building the run then says why, in one line
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+    """What a model file's network is, for its presets: convolutions, spiking neurons, a
+    forward that runs its own time loop."""
+
+    conv: bool = False
+    spiking: bool = False
+    own_loop: bool = False
+
+
+def model_kind(spec: str) -> ModelKind:
+    """The ``ModelKind`` of the model that ``spec`` (``FILE.py:NAME``) builds; an empty kind
+    where the file cannot build a model: building the run then says why, in one line
     (``models.load_model``), when the run starts (a sweep's other runs go on)."""
     import torch
+    from torch import nn
 
-    from noisynets.folding import spiking
+    from noisynets.core.export import spiking
+    from noisynets.core.model import runs_own_loop
     from noisynets.models import load_model
 
     with torch.random.fork_rng(devices=[]):  # a model's initialisation draws from torch's
         try:
-            return spiking(load_model(spec))
+            model = load_model(spec)
         except ValueError:
-            return False
+            return ModelKind()
+    conv = any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.modules())
+    return ModelKind(conv, spiking(model), runs_own_loop(model))
+
+
+def preset_names(config: TrainConfig, kind: ModelKind | None = None) -> list[str]:
+    """The presets a run's unset options came from: its data set, then what its network is
+    (``conv``, ``spiking`` or a unit's), e.g. ``["digits", "conv"]``."""
+    name = dataset_name(config.dataset)
+    names = [name]
+    if config.model is None:
+        if config.unit in UNIT_PRESETS:
+            names.append(config.unit)
+        if config.arch == "conv":
+            names.append("conv")
+        return names
+    kind = kind or model_kind(config.model)
+    if kind.spiking:
+        names.append("spiking model" + (" (its own loop)" if kind.own_loop else ""))
+    if kind.conv and name in CONV_PRESETS:
+        names.append("conv")
+    return names
 
 
 def check_optimisation(c: TrainConfig) -> None:

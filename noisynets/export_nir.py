@@ -40,8 +40,10 @@ import snntorch as snn
 import torch
 from torch import Tensor, nn
 
-from noisynets.folding import readout, reset_neurons
-from noisynets.network import Network, flat_modules
+from noisynets.core.export import readout
+from noisynets.core.model import flat_modules
+from noisynets.core.network import Network
+from noisynets.core.steps import reset_neurons
 
 SUPPORTED = "nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.Flatten, nn.Dropout and snn.Leaky"
 
@@ -76,6 +78,9 @@ def _nir() -> tuple[Any, Any, Any]:
 
 def check_exportable(network: Network) -> None:
     """``ValueError`` with one line for the first module NIR cannot hold (module doc)."""
+    if not isinstance(network.model, nn.Sequential):
+        raise ValueError(f"NIR export takes an nn.Sequential, the way snntorch's exporter "
+                         f"reads a network; the model is a {type(network.model).__name__}")
     if not any(layer.spiking for layer in network.layers):
         raise ValueError("NIR export is for spiking networks (snn.Leaky neurons): this one has "
                          "none; use model.pt (torch.load) for a rate network")

@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from noisynets.network import Network, Passes
+from noisynets.core.network import Network
+from noisynets.core.record import Passes
 
 SILENT = 1e-3  # a layer spiking in fewer than this share of its neuron-steps is silent
 SATURATED = 0.99  # ... in more than this share, saturated

@@ -38,8 +38,8 @@ from torch import Tensor
 
 from noisynets.checkpoints import MODEL_FILE
 from noisynets.config import TrainConfig, resolve
+from noisynets.core.network import Network
 from noisynets.data import DataSplits
-from noisynets.network import Network
 
 INPUT_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".csv")
 OUTPUT_SUFFIXES: tuple[str, ...] = (".csv", ".npz")

@@ -107,7 +107,7 @@ def load_model(spec: str) -> nn.Module:
                          f"{type(e).__name__}: {e}") from None
     function = getattr(code, name, None)
     if not callable(function):
-        raise ValueError(f"--model: {path_text!r} has no function {name!r}")
+        raise ValueError(f"--model: {path_text!r} has no function or class {name!r}")
     try:
         model = function()
     except TypeError as e:

@@ -41,7 +41,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import snntorch as snn
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -69,10 +68,13 @@ from noisynets.checkpoints import (
     set_noise_states,
     set_random_states,
 )
-from noisynets.config import TrainConfig, resolve
+from noisynets.config import TrainConfig, preset_names, resolve
+from noisynets.core.network import Network
 from noisynets.core.noise import make_noise
 from noisynets.core.precision import difference_dtype
+from noisynets.core.record import Passes, Record
 from noisynets.data import DataSplits, load_dataset
+from noisynets.describe import describe, describe_layers, model_shapes
 from noisynets.files import remove_stale, write_text_atomic
 from noisynets.firing import firing_warnings
 from noisynets.hooks import (
@@ -88,7 +90,6 @@ from noisynets.hooks import (
 )
 from noisynets.inference import input_spec
 from noisynets.models import conv_net, he_normal, load_model
-from noisynets.network import Network, Passes, Record
 from noisynets.parallel import World, decided_by_main, session
 from noisynets.rules import Rule, make_rule, uses_decorrelation
 from noisynets.traces import TraceWriter, flatten_metrics
@@ -125,6 +126,7 @@ class RunResult:
     data_files: str = ""
     world_size: int = 1  # processes that trained it (data-parallel under torchrun)
     layers: list[dict[str, Any]] = field(default_factory=list)  # what the network really is
+    model: dict[str, Any] = field(default_factory=dict)  # the model as a whole (describe)
 
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else self.initial
@@ -149,6 +151,7 @@ class RunResult:
             "out": self.out,
             "config": self.config.to_dict(),
             "layers": self.layers,
+            "model": self.model,
             "history": [asdict(h) for h in ([self.initial] if self.initial else [])
                         + self.history],
         }
@@ -539,8 +542,9 @@ def _run(
     state = RunState(config, out, network, rule, optimizer, make_scheduler(config, optimizer),
                      torch.Generator().manual_seed(config.seed),  # the order of the data
                      result, None, main, time.perf_counter(), inputs, identity)
-    shapes = model_shapes(network, data, config)
+    shapes, model = model_shapes(network, data, config)
     result.layers = describe_layers(network, shapes)
+    result.model = model
     first_epoch, step = 1, 0
     if checkpoint is not None:
         first_epoch, step = restore(state, checkpoint, world, device)
@@ -557,7 +561,7 @@ def _run(
         for hook in hooks:
             hook.on_epoch(stats)
 
-    emit(header(state, describe(network, shapes), device, world))
+    emit(header(state, describe(network, shapes, model), device, world))
     emit(f"data: {data.origin}")
     if checkpoint is not None:
         set_random_states(checkpoint["random"])
@@ -777,9 +781,11 @@ def header(state: RunState, network: str, device: torch.device, world: World | N
                  else f", {world.size} processes (data-parallel)")
     model = "" if c.model is None else f"model {Path(c.model).name} "
     steps = f", T {c.time_steps}" if c.time_steps > 1 else ""
+    presets = "+".join(preset_names(c))
     return (f"{c.algo} on {c.dataset}: {model}{network}{steps}, {plural(c.epochs, 'epoch')}, batch "
             f"{c.batch_size}, {c.optimizer} lr {c.lr:g}{schedule}, noise {c.noise} "
-            f"{c.noise_std:g}{options(c)}, device {device}{processes}, run folder {state.out}")
+            f"{c.noise_std:g}{options(c)}, presets {presets}, device {device}{processes}, run "
+            f"folder {state.out}")
 
 
 def table_header(validating: bool, schedule: bool) -> str:
@@ -873,76 +879,6 @@ def metric_names(layers: int) -> list[str]:
     fields = {f.name: [0.0] * layers if f.name in per_layer else 0.0
               for f in dataclasses.fields(EpochStats)}
     return list(flatten_metrics(fields))
-
-
-def network_shapes(network: Network, x: Tensor, y: Tensor) -> list[dict[str, Any]]:
-    """Per layer: its (flattened) input and node counts, and one sample's input and node
-    shapes, from a clean forward of ``x`` that leaves the noise streams untouched."""
-    with torch.no_grad(), network.untouched_noise():
-        record = network.run(x, y, Passes.clean(network.num_layers))
-    return [dict(inputs=int(seen.shape[-1]), units=int(a.shape[-1]),
-                 input_shape=list(layer.in_shape), shape=list(layer.node_shape))
-            for layer, seen, a in zip(network.layers, record.inputs, record.activity)]
-
-
-def model_shapes(network: Network, data: DataSplits, config: TrainConfig
-                 ) -> list[dict[str, Any]]:
-    """``network_shapes`` of one training sample, or a ``ValueError`` saying why the
-    network cannot take the data set's samples or give one output per class."""
-    try:
-        shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
-    except (RuntimeError, IndexError, ValueError, TypeError) as e:
-        raise ValueError(f"the network does not fit the data set {config.dataset!r} (samples "
-                         f"of shape {tuple(data.input_shape)}, {data.num_classes} outputs): "
-                         f"{' '.join(str(e).split())[:160]}") from None
-    if shapes[-1]["units"] != data.num_classes:
-        raise ValueError(f"the network has {shapes[-1]['units']} outputs, the data set "
-                         f"{config.dataset!r} needs {data.num_classes}: make its last layer "
-                         f"that wide")
-    return shapes
-
-
-def describe(network: Network, shapes: list[dict[str, Any]]) -> str:
-    """``[64, 1000, 10]`` for a dense stack; ``1x28x28 -> 16x28x28 -> ... -> 10`` else, each
-    shape after a wrapped model's layer with its weight operation and node kinds."""
-    if network.sizes is not None:
-        return str(network.sizes)
-    parts = [shapes[0]["input_shape"]] + [s["shape"] for s in shapes]
-    text = ["x".join(str(d) for d in shape) for shape in parts]
-    if network.unit == "custom":  # the user's own model: say what each layer is
-        for k, layer in enumerate(network.layers):
-            kinds = type(layer.op).__name__ + ("" if k == network.num_layers - 1
-                                               else f"+{type(layer.unit).__name__}")
-            text[k + 1] = f"({kinds}) {text[k + 1]}"
-    return " -> ".join(text)
-
-
-def describe_layers(network: Network, shapes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per layer (``results.json``'s ``layers``): its weight operation, the operations before
-    it and between it and its nodes, its node (``readout`` for the last), whether it spikes
-    and is decorrelated, and one sample's input and node shapes."""
-    rows = []
-    for k, (layer, shape) in enumerate(zip(network.layers, shapes)):
-        last = k == network.num_layers - 1
-        rows.append({
-            "layer": k + 1, "op": repr(layer.op), "pre": [repr(m) for m in layer.pre],
-            "mid": [repr(m) for m in layer.mid],
-            "node": "readout" if last else node_text(layer.unit), "spiking": layer.spiking,
-            "decorrelated": layer.decorrelator is not None,
-            "input_shape": shape["input_shape"], "shape": shape["shape"],
-        })
-    return rows
-
-
-def node_text(unit: torch.nn.Module) -> str:
-    """A node's repr; a spiking neuron's with its decay, threshold and reset."""
-    if not isinstance(unit, snn.SpikingNeuron):
-        return repr(unit)
-    values = {name: getattr(unit, name) for name in ("alpha", "beta", "threshold")
-              if isinstance(getattr(unit, name, None), Tensor)}
-    text = ", ".join(f"{k}={float(v.float().mean()):g}" + ("" if v.numel() == 1 else " (mean)")
-                     for k, v in values.items())
-    return f"{type(unit).__name__}({text}, reset={unit.reset_mechanism})"
 
 
 def probe_record(network: Network, x: Tensor, y: Tensor) -> Record:

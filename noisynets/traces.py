@@ -53,8 +53,8 @@ import h5py
 import numpy as np
 import torch
 
+from noisynets.core.record import Record
 from noisynets.files import reserve, temporary, why
-from noisynets.network import Record
 
 FORMAT = "noisynets-trace"
 FORMAT_VERSION = 2  # 1: resizable datasets, counted by their length (read, never written)

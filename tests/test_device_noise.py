@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from noisynets import Network
+from noisynets import Network, Passes
 from noisynets.core.analog import ADC, PCMWeights, make_adc, make_weight_noise
 from noisynets.core.noise import MTJ, Replay, make_noise
-from noisynets.network import Passes
 from noisynets.rules import make_rule
 from noisynets.traces import TraceReader
 

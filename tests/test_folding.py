@@ -27,8 +27,8 @@ from torch import nn
 import noisynets
 from noisynets.checkpoints import model_state
 from noisynets.config import TrainConfig, resolve
+from noisynets.core.export import export_model, readout
 from noisynets.data import load_dataset
-from noisynets.folding import export_model, readout
 from noisynets.inference import load_trained, predict
 from noisynets.run import train
 from noisynets.training import evaluate, fit

@@ -15,7 +15,7 @@ import torch
 from reference import brute_force, record_noise
 from snntorch import spikegen
 
-import noisynets.network
+import noisynets.core.steps
 from noisynets import Network, Passes
 from noisynets.core.noise import Telegraph, make_noise
 
@@ -82,7 +82,7 @@ def test_the_batched_forward_is_the_brute_force_one(
             spikes.append(out.clone())
             return out
 
-        monkeypatch.setattr(noisynets.network.spikegen, "rate_conv", rate_conv)
+        monkeypatch.setattr(noisynets.core.steps.spikegen, "rate_conv", rate_conv)
         record = net.run(x, y, passes)
         brute = brute_force(net, x, y, passes, noise, spikes if encoding == "poisson" else None)
         for k in range(net.num_layers):

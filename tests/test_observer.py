@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from noisynets import Network
-from noisynets.network import Passes
+from noisynets import Network, Passes
 from noisynets.observer import Observer, observation
 from noisynets.rules import make_rule
 

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
+from noisynets import Record
 from noisynets.cli import main
 from noisynets.config import TrainConfig
 from noisynets.export import export_csv, export_npz
-from noisynets.network import Record
 from noisynets.run import train
 from noisynets.traces import SCHEMA, TraceReader, TraceWriter
 

@@ -148,7 +148,7 @@ class LIF(snn.Leaky):
 def discontinuous(unit: nn.Module) -> bool:
     """Whether ``unit``'s outputs are piecewise constant (Heaviside, sign, stochastic-binary,
     a spiking neuron): a noisy pass changes few of them, and the next layer's difference
-    product can run event-driven (``noisynets.layers.Layer.event_product``)."""
+    product can run event-driven (``noisynets.core.layer.Layer.event_product``)."""
     return isinstance(unit, (Heaviside, Sign, snn.SpikingNeuron))
 
 
