@@ -100,7 +100,7 @@ def describe(network: Network, shapes: list[dict[str, Any]], model: dict[str, An
     text = ["x".join(str(d) for d in shape) for shape in parts]
     for k, layer in enumerate(network.layers):
         node = "" if layer.unit is None else f"+{type(layer.unit).__name__}"
-        text[k + 1] = f"({type(layer.op).__name__}{node}) {text[k + 1]}"
+        text[k + 1] = f"({layer.op_type}{node}) {text[k + 1]}"
     extra = [f"readout {model['readout']}"]
     if model["time_loop"] != "engine":
         extra.append(f"T {model['time_steps']} in its own forward")
@@ -122,7 +122,7 @@ def describe_layers(network: Network, shapes: list[dict[str, Any]]) -> list[dict
         else:
             node = "readout" if last else "function"
         rows.append({
-            "layer": k + 1, "name": layer.name, "op": repr(layer.op), "node": node,
+            "layer": k + 1, "name": layer.name, "op": layer.op_text, "node": node,
             "spiking": layer.spiking, "decorrelated": layer.decorrelator is not None,
             "recurrent": layer.recurrent is not None, "calls": shape["calls"],
             "input_shape": shape["input_shape"], "shape": shape["shape"],

@@ -84,7 +84,7 @@ def load_trained(folder: str | Path, model: str | None = None, trust_model: bool
                              num_classes=int(spec["outputs"]))
     torch.manual_seed(config.seed)
     network, _, _ = build(config, shapes)  # type: ignore[arg-type]
-    check_fits(state["network"], network.state_dict(), folder / MODEL_FILE)
+    check_fits(network.current_keys(state["network"]), network.state_dict(), folder / MODEL_FILE)
     try:
         network.load_state_dict(state["network"])
     except RuntimeError as e:

@@ -682,7 +682,7 @@ def restore(state: RunState, checkpoint: dict[str, Any], world: World | None,
     """The state of ``checkpoint`` in ``state``, each tensor checked against the network and
     optimizer the config builds; returns the epoch and step to continue at."""
     path = state.out / CHECKPOINT_FILE
-    check_fits(checkpoint["network"], state.network.state_dict(), path)
+    check_fits(state.network.current_keys(checkpoint["network"]), state.network.state_dict(), path)
     check_optimizer(checkpoint["optimizer"], state.optimizer, path)
     try:
         state.network.load_state_dict(checkpoint["network"])
@@ -850,7 +850,7 @@ def load_network(
         data = data.standardized()
     torch.manual_seed(config.seed)
     network, _, _ = build(config, data)
-    check_fits(state["network"], network.state_dict(), path)
+    check_fits(network.current_keys(state["network"]), network.state_dict(), path)
     try:
         network.load_state_dict(state["network"])
     except RuntimeError as e:

@@ -134,6 +134,8 @@ def brute_force(
                 if k is None:  # a node or a parameter-free operation
                     h = module(h)
                     h = (h[0] if isinstance(h, tuple) else h).to(x.dtype)
+                    if isinstance(getattr(module, "spk", None), Tensor):  # a recurrent neuron's
+                        module.spk = module.spk.to(x.dtype)  # spikes feed its weight next step
                     continue
                 layer = net.layers[k]
                 seen = h

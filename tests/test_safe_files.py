@@ -240,17 +240,19 @@ def edited(run: Path, change) -> Path:
     return path
 
 
+W1 = "model.1.parametrizations.weight.original"  # the first layer's W (R apart, DANP)
 DAMAGE = {
     "unknown setting": (lambda d: d["config"].__setitem__("future_option", 1),
                         ["does not know", "future_option", "written by noisynets"]),
     "config a list": (lambda d: d.__setitem__("config", [1, 2]), ["'config' is list"]),
     "no config": (lambda d: d.pop("config"), ["has no 'config'"]),
     "epoch text": (lambda d: d.__setitem__("epoch", "3"), ["'epoch' is '3'"]),
-    "wrong shape": (lambda d: d["network"].__setitem__("model.1.weight", torch.zeros(3, 3)),
-                    ["does not fit the network", "model.1.weight", "(3, 3)"]),
-    "wrong dtype": (lambda d: d["network"].__setitem__(
-        "model.1.weight", d["network"]["model.1.weight"].double()), ["float64"]),
-    "missing tensor": (lambda d: d["network"].pop("layers.1.decorrelator.R"), ["it lacks"]),
+    "wrong shape": (lambda d: d["network"].__setitem__(W1, torch.zeros(3, 3)),
+                    ["does not fit the network", W1, "(3, 3)"]),
+    "wrong dtype": (lambda d: d["network"].__setitem__(W1, d["network"][W1].double()),
+                    ["float64"]),
+    "missing tensor": (lambda d: d["network"].pop("model.3.parametrizations.weight.0.R"),
+                       ["it lacks"]),
     "optimizer shape": (lambda d: d["optimizer"]["state"][0].__setitem__(
         "exp_avg", torch.zeros(2)), ["does not fit the optimizer"]),
     "newer format": (lambda d: d.update(version=7, noisynets_version="9.9"),

@@ -166,7 +166,7 @@ class Forward:
         layer, B, P = self.layers[k], self.B, self.P
         if h.shape[0] != P * B:
             raise ValueError(
-                f"layer {k + 1} ({layer.name!r}, {type(layer.op).__name__}) got {h.shape[0]} "
+                f"layer {k + 1} ({layer.name!r}, {layer.op_type}) got {h.shape[0]} "
                 f"rows where the {P} passes of a batch of {B} hold {P * B}: the model's forward "
                 "must keep the batch as the first dimension of every layer's input (no fixed "
                 "batch size, no time steps folded into the batch)")
@@ -192,8 +192,8 @@ class Forward:
                 a = self._buffers[k] = full.clone()
         elif full is not None:
             a = full.clone()
-        elif P == 1:
-            a = a_ref
+        elif P == 1:  # a cached drive stays noise-free
+            a = a_ref.clone() if clean and stop > start else a_ref
         else:
             a = self._passes(k, h, a_ref, weight)
         eps = None
@@ -274,10 +274,11 @@ class Forward:
             wants = f"{op.in_channels} input channels"
         else:
             wants = f"{op.in_features} features on the last axis"
-        hint = (": flatten the samples first (nn.Flatten() before it)" if not layer.conv
-                and len(shape) > 1 and shape[-1] != op.in_features else "")
-        return (f"layer {k + 1} ({layer.name!r}, {op}) takes {wants}, but its input arrived "
-                f"with shape {shape} per sample{hint} ({' '.join(str(error).split())[:120]})")
+        flat = not layer.conv and len(shape) > 1 and shape[-1] != op.in_features
+        hint = ": flatten the samples first (nn.Flatten() before it)" if flat else ""
+        return (f"layer {k + 1} ({layer.name!r}, {layer.op_text}) takes {wants}, but its input "
+                f"arrived with shape {shape} per sample{hint} "
+                f"({' '.join(str(error).split())[:120]})")
 
     def _passes(self, k: int, h: Tensor, a_ref: Tensor, weight: Tensor | None) -> Tensor:
         """The activity of every pass (P B rows, before the noise): ``a_ref`` where the input

@@ -109,6 +109,17 @@ class Layer(nn.Module):
         return self.op.bias
 
     @property
+    def op_type(self) -> str:
+        """The weight operation's class name (``Linear``, not ``ParametrizedLinear``)."""
+        cls = type(self.op)
+        return (cls.__bases__[0] if cls.__name__.startswith("Parametrized") else cls).__name__
+
+    @property
+    def op_text(self) -> str:
+        """The weight operation as its plain module prints, e.g. ``Linear(in_features=...)``."""
+        return f"{self.op_type}({self.op.extra_repr()})"
+
+    @property
     def dtype(self) -> torch.dtype:
         """The dtype the weight operation computes in."""
         return self.weight.dtype
@@ -266,4 +277,4 @@ class Layer(nn.Module):
         return getattr(self.unit, "mem", None) if self.spiking else None
 
     def extra_repr(self) -> str:
-        return f"{self.name!r}, op={self.op}, unit={self.unit}"
+        return f"{self.name!r}, op={self.op_text}, unit={self.unit}"

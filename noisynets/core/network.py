@@ -487,9 +487,11 @@ class Network(nn.Module):
                           "fixed (they estimate weights and biases only); bp/dbp (BPTT) trains "
                           "them", stacklevel=3)
 
-    def _earlier_keys(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
-        """A state saved before ``R`` moved into the model (``layers.<k>.decorrelator.R``
-        beside the plain ``model.<op>.weight``) loads as today's."""
+    def current_keys(self, state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        """``state`` with the keys of a state saved before ``R`` moved into the model
+        (``layers.<k>.decorrelator.R`` beside the plain ``model.<op>.weight``) renamed to
+        today's (``model.<op>.parametrizations.weight.0.R`` and ``...original``)."""
+        state = dict(state)
         for k, layer in enumerate(self.layers):
             old = f"{prefix}layers.{k}.decorrelator.R"
             if old in state and layer.decorrelator is not None:
@@ -497,6 +499,13 @@ class Network(nn.Module):
                 state[f"{base}parametrizations.weight.0.R"] = state.pop(old)
                 if f"{base}weight" in state:
                     state[f"{base}parametrizations.weight.original"] = state.pop(f"{base}weight")
+        return state
+
+    def _earlier_keys(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        """``load_state_dict`` of an earlier state: its keys renamed (``current_keys``)."""
+        renamed = self.current_keys(state, prefix)
+        state.clear()
+        state.update(renamed)
 
 
 def wrap(model: nn.Module, **options: Any) -> Network:
