@@ -218,3 +218,57 @@ class Basis(NoiseSource):
 def flat(grads) -> list[Tensor]:
     """Per layer, the weight and bias estimates (and a recurrent neuron's) in one vector."""
     return [torch.cat([g.flatten() for g in layer]) for layer in grads]
+
+
+@torch.no_grad()
+def hooked_brute_force(
+    net: Network, x: Tensor, y: Tensor, passes: Passes,
+    noise: list[tuple[Recorded, Recorded | None]],
+) -> Brute:
+    """The forward of ``passes`` for any model: the model itself, called once per pass on the
+    ``B`` samples, with a plain forward hook on every weight operation that adds the noise
+    the batched forward recorded for that pass and call. Shares nothing with the engine but
+    the model; the inputs are reported as the engine reports them (``R x`` for a dense
+    layer). The loss of each pass is the network's loss on what the model returned."""
+    B, L = x.shape[0], net.num_layers
+    activity: list[list[Tensor]] = [[] for _ in range(L)]
+    inputs: list[Tensor | None] = [None] * L
+    losses = []
+    for p in range(passes.count):
+        calls = [0] * L
+        sums: list[Tensor | None] = [None] * L
+        seen: list[Tensor | None] = [None] * L
+
+        def hook(module, args, out, k):
+            start, stop = passes.noisy[k]
+            t = calls[k]
+            calls[k] += 1
+            if start <= p < stop:
+                out = out + noise[k][0].draws[t][(p - start) * B:(p - start + 1) * B]
+            sums[k] = out if sums[k] is None else sums[k] + out
+            h = args[0].to(out.dtype)
+            layer = net.layers[k]
+            if layer.decorrelator is not None and not layer.conv:
+                h = h @ layer.decorrelator.R.T
+            seen[k] = h if seen[k] is None else seen[k] + h
+            return out
+
+        handles = [layer.op.register_forward_hook(
+            lambda m, a, o, k=k: hook(m, a, o, k)) for k, layer in enumerate(net.layers)]
+        try:
+            reset_neurons(net.model)
+            out = net.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+            reset_neurons(net.model)
+        for k in range(L):
+            activity[k].append(sums[k].reshape(B, -1))
+        if p == 0:
+            inputs = [s.reshape(B, -1) for s in seen]
+        if isinstance(out, tuple):
+            series = out[0] if net.loss.reads == "spikes" else out[1]
+            losses.append(net.loss.from_spikes(series, y))
+        else:
+            losses.append(net.loss.from_logits(out, y))
+    return Brute([torch.stack(a) for a in activity], inputs, torch.stack(losses))

@@ -39,12 +39,12 @@ import snntorch as snn
 import torch
 from torch import Tensor, nn
 
+from noisynets.core.layer import EVENT_MIN_OUTPUTS, Layer
 from noisynets.core.precision import difference_dtype
 from noisynets.core.record import Passes, mirrored
 from noisynets.core.units import LIF, Heaviside, Sign
 
 if TYPE_CHECKING:
-    from noisynets.core.layer import Layer
     from noisynets.core.network import Network
 
 # ``on_step(layer, t, xh_t, I_t, eps_t, s_t)`` after call ``t`` of layer ``layer``: its
@@ -97,6 +97,20 @@ class Forward:
         self._pending: dict[int, tuple] = {}
         self._handles: list[Any] = []
         self._patched: list[nn.Module] = []
+        # What each layer is, read once per forward.
+        self.noisy = passes.noisy
+        self.dtypes = [layer.dtype for layer in self.layers]
+        self.sources = [layer.noise for layer in self.layers]
+        self.decorrelators = [layer.decorrelator for layer in self.layers]
+        # Event-driven differences: a dense layer whose input are a discontinuous unit's
+        # outputs, large enough for them (or whose changes are counted: diagnostics).
+        self.dense = [not layer.conv and (layer.out_features >= EVENT_MIN_OUTPUTS
+                                          or layer.count_changes) for layer in self.layers]
+        self.event_driven = [False] * L
+        # An unchanged drive after the first step may be rewritten in one buffer per forward
+        # where the module after the weight operation is its own unit (``Layer.buffer_safe``).
+        self.buffered = [layer.buffer_safe and network.steps_model and not keep_states
+                         and not torch.is_grad_enabled() for layer in self.layers]
 
     # --- installing the engine ------------------------------------------------------------
 
@@ -104,7 +118,7 @@ class Forward:
         try:
             for k, layer in enumerate(self.layers):
                 self._patch(layer.op, functools.partial(self.drive, k))
-                layer.casts, layer.changed, layer.event_driven = {}, [0, 0], False
+                layer.casts, layer.changed = {}, [0, 0]
                 if layer.recurrent is not None:
                     self._hook(layer.recurrent.register_forward_pre_hook(
                         functools.partial(self._recurrent_input, k)))
@@ -116,7 +130,7 @@ class Forward:
                     self._hook(layer.unit.register_forward_pre_hook(
                         functools.partial(self._threshold_noise, k)))
             for module in self.network.model.modules():
-                if isinstance(module, DISCONTINUOUS):
+                if isinstance(module, DISCONTINUOUS) and any(self.dense[1:]):
                     self._hook(module.register_forward_hook(self._discontinuous))
                 if isinstance(module, nn.modules.dropout._DropoutNd) and module.training \
                         and module.p > 0:
@@ -145,10 +159,6 @@ class Forward:
         for layer in self.layers:
             layer.casts = {}
 
-    def last_output(self, k: int) -> Tensor | None:
-        """What layer ``k``'s weight operation returned at its last call."""
-        return self.last[k]
-
     def mark_clean(self, t: Tensor) -> Tensor:
         """Register ``t`` (P B rows, made by the engine) as the same in every pass."""
         self.clean[storage(t)] = t
@@ -163,8 +173,9 @@ class Forward:
 
     def drive(self, k: int, h: Tensor) -> Tensor:
         """Layer ``k``'s weight operation on ``h`` (P B rows): the module doc's algorithm."""
-        layer, B, P = self.layers[k], self.B, self.P
+        B, P = self.B, self.P
         if h.shape[0] != P * B:
+            layer = self.layers[k]
             raise ValueError(
                 f"layer {k + 1} ({layer.name!r}, {layer.op_type}) got {h.shape[0]} "
                 f"rows where the {P} passes of a batch of {B} hold {P * B}: the model's forward "
@@ -172,54 +183,51 @@ class Forward:
                 "batch size, no time steps folded into the batch)")
         t = self.calls[k]
         self.calls[k] = t + 1
-        layer.in_shape = tuple(h.shape[1:])
-        clean = self._is_clean(h)
-        layer.event_driven = not layer.conv and any(
-            storage(out) == storage(h) for out in self.discontinuous.values())
-        if h.dtype != layer.dtype:  # snntorch's spikes are float32
-            h = h.to(layer.dtype)
-        weight = self._weight(k, clean)
-        seen, a_ref, full = self._reference(k, h, weight, clean)
-        if t == 0:
-            self.watched.append((h, h._version, f"the input of layer {k + 1} ({layer.name!r})"))
-        start, stop = self.passes.noisy[k]
-        buffered = (full is not None and stop > start and t > 0 and layer.buffer_safe
-                    and self.network.steps_model and not self.keep_states
-                    and not torch.is_grad_enabled())
-        if buffered:
-            a = self._buffers.get(k)
-            if a is None:
-                a = self._buffers[k] = full.clone()
-        elif full is not None:
-            a = full.clone()
+        ptr = h.untyped_storage().data_ptr()
+        known = self.clean.get(ptr)
+        clean = known is not None and known.stride(0) == h.stride(0)
+        event = self.dense[k] and any(storage(out) == ptr for out in self.discontinuous.values())
+        if event:
+            self.event_driven[k] = True
+        if h.dtype != self.dtypes[k]:  # snntorch's spikes are float32
+            h = h.to(self.dtypes[k])
+        weight = self._weights[k] if k in self._weights else self._weight(k, clean)
+        seen, a_ref, full = self._reference(k, h, ptr, weight, clean)
+        start, stop = self.noisy[k]
+        if full is not None:
+            if stop > start and t > 0 and self.buffered[k]:
+                a = self._buffers.get(k)
+                if a is None:
+                    a = self._buffers[k] = full.clone()
+            else:
+                a = full.clone()
         elif P == 1:  # a cached drive stays noise-free
             a = a_ref.clone() if clean and stop > start else a_ref
         else:
-            a = self._passes(k, h, a_ref, weight)
+            a = self._passes(k, h, a_ref, weight, event)
         eps = None
         if stop > start:
             noisy = slice(start * B, stop * B)
             drive = full[noisy] if full is not None else a[noisy]
-            eps = self.draw(layer.noise, drive)
+            eps = self.draw(self.sources[k], drive)
             if self.passes.antithetic:
                 eps = mirrored(eps, B)
-            if buffered:  # a = a_ref + eps in the noisy rows, written once
+            if a is self._buffers.get(k):  # a = a_ref + eps in the noisy rows, written once
                 torch.add(drive, eps, out=a[noisy])
             else:
                 a[noisy] += eps
             self.noised.update(range(start, stop))
             if self.read_noise:
                 self.noise[k] = eps if t == 0 else self.noise[k] + eps
-        layer.node_shape = tuple(a.shape[1:])
+        if t == 0:
+            layer = self.layers[k]
+            layer.in_shape, layer.node_shape = tuple(h.shape[1:]), tuple(a.shape[1:])
+            self.watched.append((h, h._version, f"the input of layer {k + 1} ({layer.name!r})"))
         self.last[k] = a
         self._record(k, t, seen, a)
         if self.on_step is not None:
             self._step(k, t, seen, weight, a, eps)
         return a
-
-    def _is_clean(self, h: Tensor) -> bool:
-        known = self.clean.get(storage(h))
-        return known is not None and known.stride(0) == h.stride(0)
 
     def _weight(self, k: int, clean: bool) -> Tensor | None:
         """The weight layer ``k`` multiplies by in this forward: ``W`` read through device
@@ -228,7 +236,7 @@ class Forward:
         if k in self._weights:
             return self._weights[k]
         layer, network = self.layers[k], self.network
-        decorrelator = layer.decorrelator
+        decorrelator = self.decorrelators[k]
         if network.weight_noise is not None:
             weight = layer.folded_weight(network.weight_noise.weight(k, layer.weight))
         elif decorrelator is None:
@@ -243,12 +251,12 @@ class Forward:
         self._weights[k] = weight
         return weight
 
-    def _reference(self, k: int, h: Tensor, weight: Tensor | None, clean: bool
+    def _reference(self, k: int, h: Tensor, ptr: int, weight: Tensor | None, clean: bool
                    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(seen, a_ref, full)`` of the reference rows, and for an input the same in every
         pass ``full``, ``a_ref`` in every pass (else None); for such an input that is the
         same as at the layer's last call (the data at every step), all computed then."""
-        key = (storage(h), h.storage_offset(), tuple(h.shape), h.stride(), h._version)
+        key = (ptr, h.storage_offset(), h.shape, h.stride(), h._version)
         cached = self._cache.get(k)
         if clean and cached is not None and cached[0] == key:
             return cached[2], cached[3], cached[4]
@@ -280,7 +288,8 @@ class Forward:
                 f"arrived with shape {shape} per sample{hint} "
                 f"({' '.join(str(error).split())[:120]})")
 
-    def _passes(self, k: int, h: Tensor, a_ref: Tensor, weight: Tensor | None) -> Tensor:
+    def _passes(self, k: int, h: Tensor, a_ref: Tensor, weight: Tensor | None, event: bool
+                ) -> Tensor:
         """The activity of every pass (P B rows, before the noise): ``a_ref`` where the input
         is the reference pass's, ``a_ref + op_0(x_p - x_ref)`` where it differs. On the first
         forward of a network every pass runs, and those taken for unchanged are checked."""
@@ -294,10 +303,12 @@ class Forward:
             lo, hi = 1, P
         a = a_ref.new_empty((P, *a_ref.shape))
         a[:lo] = a_ref
-        a[hi:] = a_ref
+        if hi < P:
+            a[hi:] = a_ref
         if hi > lo:
             dh = (stacked[lo:hi] - stacked[0]).view(-1, *h.shape[1:])
-            da = self.layers[k].difference(dh, weight, self.low).view(hi - lo, *a_ref.shape)
+            da = self.layers[k].difference(dh, weight, self.low, event).view(hi - lo,
+                                                                             *a_ref.shape)
             if torch.is_grad_enabled():
                 a[lo:hi] = da + a_ref
             else:
@@ -349,8 +360,8 @@ class Forward:
               eps: Tensor | None) -> None:
         layer = self.layers[k]
         xh = seen[: self.B]
-        if weight is not None and not layer.conv and layer.decorrelator is not None:
-            xh = layer.decorrelator.decorrelate(xh)
+        if weight is not None and not layer.conv and self.decorrelators[k] is not None:
+            xh = self.decorrelators[k].decorrelate(xh)
         if layer.recurrent is not None:  # its recurrent weight's input comes with the neuron
             self._pending[k] = (t, xh, a, eps)
             return
@@ -426,7 +437,7 @@ class Forward:
             raise ValueError(f"the model's forward did not call {', '.join(missing)}: every "
                              "weight operation must run in every forward (remove unused ones, "
                              "or freeze them with requires_grad_(False))")
-        for layer, n in zip(self.layers, self.calls):
-            layer.calls = n
+        for layer, n, event in zip(self.layers, self.calls, self.event_driven):
+            layer.calls, layer.event_driven = n, event
         if self.verify:
             self.network.rows_identical = not bool(self.unequal)

@@ -151,8 +151,8 @@ class Layer(nn.Module):
         the product with it; without, a dense layer decorrelates the rows, ``seen = R x``, and
         a convolution folds. ``bias=None`` leaves the bias out."""
         bias = self.bias if bias is True else bias
-        decorrelator = self.decorrelator
         if weight is None:
+            decorrelator = self.decorrelator
             if self.conv or decorrelator is None:
                 weight = self.folded_weight()
             else:
@@ -160,13 +160,15 @@ class Layer(nn.Module):
                 weight = self.weight
         return x, self.kind.product(self.op, x, weight, bias)
 
-    def difference(self, dh: Tensor, weight: Tensor | None, low: torch.dtype | None) -> Tensor:
+    def difference(self, dh: Tensor, weight: Tensor | None, low: torch.dtype | None,
+                   event: bool = False) -> Tensor:
         """``op_0(dh)``: the product without the bias, in ``low`` precision, in ``dh``'s dtype;
-        event-driven (in ``dh``'s dtype) where few entries of ``dh`` differ from zero."""
+        for inputs from discontinuous units (``event``), event-driven (in ``dh``'s dtype)
+        where few entries of ``dh`` differ from zero."""
         unfolded_r = weight is None and self.decorrelator is not None
         large = (dh.numel() >= EVENT_MIN_ENTRIES and self.out_features >= EVENT_MIN_OUTPUTS
                  and not torch.is_grad_enabled())  # autograd (BP) runs the dense product
-        if self.event_driven and dh.dim() == 2 and (self.count_changes or large and not unfolded_r):
+        if event and dh.dim() == 2 and (self.count_changes or large and not unfolded_r):
             changed = int(torch.count_nonzero(dh))  # reads one number (discontinuous inputs only)
             self.changed[0] += changed
             self.changed[1] += dh.numel()

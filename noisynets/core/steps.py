@@ -89,7 +89,7 @@ def _run(network: Network, forward: Forward, x: Tensor, stacked: Tensor) -> Outp
     total: Tensor | None = None
     spikes: list[Tensor] = []
     membranes: list[Tensor] = []
-    activity = True
+    activity, readout_layer = True, network.num_layers - 1
     reset_neurons(model)
     try:
         for t in range(T):
@@ -111,7 +111,7 @@ def _run(network: Network, forward: Forward, x: Tensor, stacked: Tensor) -> Outp
                 if isinstance(mem, Tensor):
                     membranes.append(mem.reshape(P * B, -1).to(x.dtype).clone())
                 continue
-            activity = activity and forward.last_output(network.num_layers - 1) is out
+            activity = activity and forward.last[readout_layer] is out
             total = out if t == 0 else total + out
             spikes.append(out.reshape(P * B, -1))
     finally:
