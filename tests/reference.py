@@ -239,7 +239,7 @@ def hooked_brute_force(
         sums: list[Tensor | None] = [None] * L
         seen: list[Tensor | None] = [None] * L
 
-        def hook(module, args, out, k):
+        def hook(module, args, out, k, p=p, calls=calls, sums=sums, seen=seen):
             start, stop = passes.noisy[k]
             t = calls[k]
             calls[k] += 1
