@@ -27,14 +27,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from noisynets.bench import add_arguments as add_bench_arguments
-from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, SCHEDULES, TrainConfig, load_toml
+from noisynets.config import (  # the argparse types: the settings' own checks
+    DEVICES,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainConfig,
+    load_toml,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    thread_count,
+)
 from noisynets.core.losses import LOSSES
 from noisynets.core.noise import DEVICE_NOISES, NOISES
 from noisynets.core.precision import PRECISIONS
@@ -54,46 +64,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
-
-
-def integer(text: str, low: int) -> int:
-    """``text`` as an integer ``>= low`` and at most ``LARGEST``."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not low <= value <= LARGEST:
-        raise argparse.ArgumentTypeError(f"{text!r} must be an integer from {low} to "
-                                         f"{LARGEST:_}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return integer(text, 1)
-
-
-def nonnegative_int(text: str) -> int:
-    return integer(text, 0)
-
-
-def number(text: str, positive: bool) -> float:
-    """``text`` as a finite number, ``> 0`` (``positive``) or ``>= 0``."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} must be a finite number {'> 0' if positive else '>= 0'}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    return number(text, positive=True)
-
-
-def nonnegative_float(text: str) -> float:
-    return number(text, positive=False)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -198,8 +168,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="number format of the noisy passes' difference products: auto "
                         "(bfloat16 where the hardware makes it faster, else float32), "
                         "float32, bfloat16, float64 (auto)")
-    p.add_argument("--threads", type=positive_int,
-                   help="CPU threads for torch (default: torch's choice, all cores)")
+    p.add_argument("--threads", type=thread_count,
+                   help="CPU threads for torch, at most 1024 (default: torch's choice, all "
+                        "cores)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: a new one under ./runs/)")
     p.add_argument("--checkpoint-every", type=nonnegative_int, metavar="E",
                    help="write checkpoint.pt (and model.pt) every E epochs (1; 0: only the "
@@ -476,11 +447,9 @@ def check_output(out: Path, source: Path, folder: bool = False) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from noisynets.bench import Setup, run
+    from noisynets.bench import Setup, check_memory, run
     from noisynets.run import choose_device
 
-    if min(args.hidden) < 1 or args.batch_size < 1 or args.steps < 1:
-        raise ValueError("--hidden, --batch-size and --steps must be positive integers")
     device = choose_device(args.device)
     if args.quick:
         setup = Setup(hidden=[64, 64], batch_size=32, spiking_hidden=[32], time_steps=3,
@@ -491,9 +460,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         setup = Setup(hidden=list(args.hidden), batch_size=args.batch_size,
                       precision=args.precision)
         rounds = args.steps
+    check_memory(setup)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     memory = "none" if args.no_memory else "spiking" if args.quick else "all"
-    summary = run(setup, device, rounds, memory=memory, log=log)
+    try:
+        summary = run(setup, device, rounds, memory=memory, log=log)
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if isinstance(e, RuntimeError) and "alloc" not in str(e) and "memory" not in str(e):
+            raise
+        raise ValueError(f"not enough memory for the benchmark's networks (--batch-size "
+                         f"{setup.batch_size}, --hidden {' '.join(map(str, setup.hidden))}): "
+                         "choose smaller ones") from None
     if args.json:
         print(json.dumps(summary))
     return 0

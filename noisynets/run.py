@@ -69,7 +69,7 @@ from noisynets.checkpoints import (
     set_noise_states,
     set_random_states,
 )
-from noisynets.config import TrainConfig, resolve
+from noisynets.config import TrainConfig, check_threads, resolve
 from noisynets.core.noise import make_noise
 from noisynets.core.precision import difference_dtype
 from noisynets.data import DataSplits, load_dataset
@@ -311,7 +311,7 @@ def resume(
                                            trust_model)
     config = resolve(TrainConfig(**{**fields, "out": str(folder)}))
     if threads is not None:
-        config = dataclasses.replace(config, threads=threads)
+        config = dataclasses.replace(config, threads=check_threads(threads))
     if checkpoint is None:
         return _start(config, lambda: run_folder(config, overwrite=True), None, progress, log)
     if any(h.get("stopped") for h in checkpoint["history"]):

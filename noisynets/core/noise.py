@@ -68,6 +68,8 @@ def _number(
     """``value`` as a finite float in the interval from ``low`` to ``high`` (else ValueError)."""
     try:
         x = float(value)
+    except OverflowError:  # an integer too large for a float
+        x = math.inf
     except (TypeError, ValueError):
         raise ValueError(f"{name}={value!r} is not a number") from None
     if not math.isfinite(x):
