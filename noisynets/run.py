@@ -66,6 +66,7 @@ from noisynets.checkpoints import (
     random_states,
     read_identity,
     save_atomic,
+    sealed,
     set_noise_states,
     set_random_states,
 )
@@ -390,7 +391,7 @@ class RunState:
 
         if not self.main:
             return
-        save_atomic({
+        save_atomic(sealed({
             "format": "noisynets-checkpoint", "version": FORMAT_VERSION,
             "noisynets_version": noisynets.__version__,
             "run": self.identity or {}, "config": self.config.to_dict(),
@@ -402,7 +403,7 @@ class RunState:
             "initial": asdict(self.result.initial),
             "history": [asdict(h) for h in self.result.history],
             "trace_records": 0 if self.writer is None else self.writer.records,
-        }, self.out / CHECKPOINT_FILE)
+        }), self.out / CHECKPOINT_FILE)
         self.save_model()
 
 

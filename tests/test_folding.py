@@ -176,7 +176,7 @@ def test_a_fresh_instance_of_the_users_class_scores_exactly_the_runs_accuracy(ru
     out, result = run
     _, namespace = models
     state = torch.load(out / "model.pt", weights_only=True)
-    assert state["version"] == 3 and state["inputs"]["mean"] is not None
+    assert state["version"] == 4 and state["inputs"]["mean"] is not None
     model = namespace["make_model"]()  # the user's own class, no noisynets in the way
     model.load_state_dict(state["model"])
     data = load_dataset("digits")
