@@ -7,9 +7,11 @@ run applied (``x -> (x - mean) / std``, the training split's mean and standard d
 ``load_trained(folder)`` rebuilds the network from the run's config alone. A version 1
 ``model.pt`` has no such record: it loads through its data set, as ``noisynets evaluate`` does.
 
-Input files (``read_inputs``): ``.npy`` (one array), ``.npz`` (the array ``x``, or its only
-array) or ``.csv`` (numbers separated by commas, one sample per row, flattened; a first line
-that is not numbers is a header), as raw inputs -- the run's standardisation is applied here.
+Input files (``read_inputs``, through ``noisynets.arrays.read_array``, which knows a file by
+its content, not its name): ``.npy`` (one array), ``.npz`` (the array ``x``, or its only
+array) or CSV text (numbers separated by commas, one sample per row, flattened; a first line
+of names, none a number, is a header, and a line that does not parse is named, never
+skipped), as raw inputs -- the run's standardisation is applied here.
 The samples are ``(n, *shape)``, ``(n, features)`` or one sample of ``shape``.
 
 Outputs (``predict``): ``.csv`` (default; a header, then per sample ``label`` and ``score_0 ..
@@ -36,12 +38,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from noisynets.arrays import read_array
 from noisynets.checkpoints import MODEL_FILE
 from noisynets.config import TrainConfig, resolve
 from noisynets.data import DataSplits
 from noisynets.network import Network
 
-INPUT_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".csv")
+INPUT_KINDS: tuple[str, ...] = ("npy", "npz", "csv")  # by the file's content
 OUTPUT_SUFFIXES: tuple[str, ...] = (".csv", ".npz")
 
 
@@ -95,19 +98,14 @@ def load_trained(folder: str | Path, model: str | None = None, trust_model: bool
 
 def read_inputs(path: str | Path, spec: dict[str, Any]) -> Tensor:
     """The samples of file ``path`` as a float32 tensor ``(n, *shape)``, standardised as the
-    run was (module doc); ``ValueError`` with one line for a file that is missing, of another
-    kind, not numbers, not finite, or of a shape the model does not take."""
+    run was (module doc); ``ValueError`` with one line for a file that is missing, not a
+    regular file, of another kind (by its content: ``noisynets.arrays``), damaged, not numbers,
+    not finite, or of a shape the model does not take."""
     path = Path(path)
     where = f"--input {str(path)!r}"
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{where}: no such file")
-    if path.suffix.lower() not in INPUT_SUFFIXES:
-        raise ValueError(f"{where}: unknown file type {path.suffix or '(none)'!r}: give a "
-                         f"{', '.join(INPUT_SUFFIXES)} file")
-    array = _read_array(path, where)
-    if array.dtype.kind not in "fiub" or array.size == 0:
-        raise ValueError(f"{where} holds {array.dtype} values of shape {array.shape}: give "
-                         "numbers, one sample per row")
+    array = read_array(path, "--input", INPUT_KINDS)
     shape = tuple(int(d) for d in spec["shape"])
     features = math.prod(shape)
     if array.shape == shape:
@@ -120,41 +118,11 @@ def read_inputs(path: str | Path, spec: dict[str, Any]) -> Tensor:
                          f" or (n, {features}), one sample per row")
     x = torch.as_tensor(np.asarray(array, dtype=np.float32))
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{where} holds values that are not finite (NaN or inf): replace them")
+        raise ValueError(f"{where} holds values that are not finite (NaN or inf, or beyond "
+                         "float32): replace them")
     if spec.get("mean") is not None:
         x = (x - spec["mean"]) / spec["std"]
     return x
-
-
-def _read_array(path: Path, where: str) -> np.ndarray:
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                names = list(archive.keys())
-                if "x" in names:
-                    return archive["x"]
-                if len(names) == 1:
-                    return archive[names[0]]
-                raise ValueError(f"{where} holds the arrays {', '.join(names) or '(none)'}: "
-                                 "name the inputs x")
-        with path.open() as f:
-            first = f.readline()
-        try:
-            [float(v) for v in first.split(",")]
-            header = 0
-        except ValueError:
-            header = 1
-        return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=header, dtype=np.float64)
-    except ValueError as e:
-        if str(e).startswith(where):
-            raise
-        raise ValueError(f"{where} is not a readable {suffix} file of numbers "
-                         f"({' '.join(str(e).split())[:120]})") from None
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{where} cannot be read: {e}") from None
 
 
 @torch.no_grad()
