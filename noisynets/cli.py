@@ -50,6 +50,7 @@ from noisynets.core.noise import DEVICE_NOISES, NOISES
 from noisynets.core.precision import PRECISIONS
 from noisynets.core.units import UNITS
 from noisynets.data import DATASETS, TEACHER_KEYS
+from noisynets.files import check_output
 from noisynets.models import ARCHS
 from noisynets.network import ENCODINGS, READOUTS
 from noisynets.rules import RULES
@@ -380,7 +381,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     reader = TraceReader(args.file)
     out = Path(args.output) if args.output else reader.path.with_suffix(".png")
-    check_output(out, reader.path)
+    check_output(out, [reader.path], redraws="trace.png")
     print(f"figure written to {trace_figure(reader, out)}")
     return 0
 
@@ -405,18 +406,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     reader = TraceReader(args.file)
     if args.format == "npz":
         out = Path(args.output) if args.output else reader.path.with_suffix(".npz")
-        check_output(out, reader.path)
+        check_output(out, [reader.path])
         export_npz(reader, out)
     elif args.format == "nwb":
         from noisynets.export_nwb import DEFAULT_DT, export_nwb
 
         out = Path(args.output) if args.output else reader.path.with_suffix(".nwb")
-        check_output(out, reader.path)
+        check_output(out, [reader.path])
         export_nwb(reader, out, DEFAULT_DT if args.dt is None else args.dt)
     else:  # export_csv creates the folder, or says why it cannot
         out = (Path(args.output) if args.output
                else reader.path.with_name(reader.path.stem + "_csv"))
-        check_output(out, reader.path, folder=True)
+        check_output(out, [reader.path], folder=True)
         export_csv(reader, out)
     print(f"{args.format} export written to {out}")
     return 0
@@ -428,22 +429,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     written = predict(args.run, args.input, args.output, args.model, args.trust_model)
     print(f"predictions written to {written}")
     return 0
-
-
-def check_output(out: Path, source: Path, folder: bool = False) -> None:
-    """A ``ValueError`` unless ``out`` (``-o`` of plot and export: a file, or a ``folder``)
-    can be written without touching the trace file ``source`` it is made from."""
-    if out.exists() and source.exists() and out.resolve() == source.resolve():
-        raise ValueError(f"output {str(out)!r} is the trace file it is made from: name "
-                         "another file")
-    if folder:
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"output {str(out)!r} is a file: name a folder for the CSV files")
-        return
-    if out.is_dir():
-        raise ValueError(f"output {str(out)!r} is a folder: name a file")
-    if not out.parent.is_dir():
-        raise ValueError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

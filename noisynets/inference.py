@@ -42,6 +42,7 @@ from noisynets.arrays import read_array
 from noisynets.checkpoints import MODEL_FILE
 from noisynets.config import TrainConfig, resolve
 from noisynets.data import DataSplits
+from noisynets.files import atomic, check_output
 from noisynets.network import Network
 
 INPUT_KINDS: tuple[str, ...] = ("npy", "npz", "csv")  # by the file's content
@@ -149,28 +150,30 @@ def predict(folder: str | Path, inputs: str | Path, out: str | Path | None = Non
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"-o {str(out)!r}: unknown file type {out.suffix or '(none)'!r}: "
                          f"name a {' or '.join(OUTPUT_SUFFIXES)} file")
-    if out.is_dir() or not out.parent.is_dir():
-        raise ValueError(f"-o {str(out)!r}: name a file in a folder that exists")
-    if out.exists() and out.resolve() == inputs.resolve():
-        raise ValueError(f"-o {str(out)!r} is the input file: name another file")
+    check_output(out, [inputs])
     network, config, spec = load_trained(folder, model, trust_model)
     x = read_inputs(inputs, spec)
     result = predictions(network, config, spec, x)
-    try:
-        if out.suffix.lower() == ".npz":
-            np.savez(out, **result)
-        else:
-            with out.open("w", newline="") as f:
-                w = csv.writer(f)
-                if "outputs" in result:
-                    values = result["outputs"]
-                    w.writerow([f"output_{k}" for k in range(values.shape[1])])
-                    w.writerows([[repr(float(v)) for v in row] for row in values])
-                else:
-                    labels, scores = result["labels"], result["scores"]
-                    w.writerow(["label", *(f"score_{k}" for k in range(scores.shape[1]))])
-                    w.writerows([[int(label), *(repr(float(v)) for v in row)]
-                                 for label, row in zip(labels, scores)])
-    except OSError as e:
-        raise ValueError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
+    write_predictions(result, out)
     return out
+
+
+def write_predictions(result: dict[str, np.ndarray], out: Path) -> None:
+    """``predictions``'s ``result`` as the ``.npz`` or ``.csv`` file ``out`` (module doc),
+    whole or not at all (``files.atomic``: a full disk leaves no half-written file)."""
+    with atomic(out) as tmp:
+        if out.suffix.lower() == ".npz":
+            with tmp.open("wb") as f:
+                np.savez(f, **result)
+            return
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            if "outputs" in result:
+                values = result["outputs"]
+                w.writerow([f"output_{k}" for k in range(values.shape[1])])
+                w.writerows([[repr(float(v)) for v in row] for row in values])
+            else:
+                labels, scores = result["labels"], result["scores"]
+                w.writerow(["label", *(f"score_{k}" for k in range(scores.shape[1]))])
+                w.writerows([[int(label), *(repr(float(v)) for v in row)]
+                             for label, row in zip(labels, scores)])
