@@ -96,6 +96,47 @@ def test_the_folded_copy_computes_the_trained_network_dense_and_conv(digits):
     assert all(torch.equal(a, b) for a, b in zip(before, plain.parameters()))
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_the_convolution_fold_is_r_on_patches_built_by_hand(groups):
+    """A strided, dilated (grouped) convolution with a trained, non-symmetric ``R``: the
+    network's noise-free activity and its folded copy's convolution both equal
+    ``a = W_g (R_g P_g) + b`` per group ``g``, with the patches ``P`` (``in_channels / G *
+    kh * kw`` rows, ``F.unfold``'s order) cut by hand, sample by sample, position by
+    position. (Comparing the network with its copy cannot see ``R^T`` for ``R``: both take
+    the same folded weight.)"""
+    torch.manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=groups)
+    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(6 * 5 * 5, 3)).double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 4, 9, 9, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (64,), generator=g)
+    net = noisynets.wrap(model, noise_std=1e-3, decorrelation=True, seed=0)
+    decorrelator = net.layers[0].decorrelator.R  # a learnt R, say: far from I, not symmetric
+    with torch.no_grad():
+        decorrelator.add_(0.3 * torch.randn(decorrelator.shape, generator=g,
+                                            dtype=torch.float64))
+    R = decorrelator.detach().reshape(groups, 36 // groups, -1)
+    assert (R - R.mT).abs().max() > 0.1  # R and R^T differ: the check can tell them apart
+    d, out = R.shape[-1], 6 // groups
+    W = conv.weight.detach().reshape(groups, out, d)
+    expected = torch.zeros(5, 6, 5, 5, dtype=torch.float64)
+    padded = torch.nn.functional.pad(x[:5], (2, 2, 2, 2))
+    for n in range(5):
+        for i in range(5):
+            for j in range(5):
+                window = padded[n, :, 2 * i:2 * i + 5:2, 2 * j:2 * j + 5:2]  # (4, 3, 3)
+                for k in range(groups):
+                    patch = window[k * (4 // groups):(k + 1) * (4 // groups)].reshape(-1)
+                    expected[n, k * out:(k + 1) * out, i, j] = W[k] @ (R[k] @ patch)
+    expected += conv.bias.detach()[:, None, None]
+    record = net.run(x[:5], y[:5], noisynets.Passes.clean(net.num_layers))
+    torch.testing.assert_close(record.activity[0][0], expected.reshape(5, -1), rtol=1e-10,
+                               atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(export_model(net)[0](x[:5]), expected, rtol=1e-10,
+                                   atol=1e-12)
+
+
 def test_the_folded_spiking_copy_averages_the_readout_over_the_time_steps(digits):
     # float32: snntorch's neurons spike in float32 whatever their input (the network casts).
     net = trained(spiking_model(), digits, torch.float32, time_steps=4)
