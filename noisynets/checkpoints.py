@@ -399,7 +399,7 @@ def read_identity(folder: str | Path) -> dict[str, str] | None:
         identity = json.loads(path.read_text())
         if not _run(identity):
             raise ValueError
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         raise ValueError(f"{str(path)!r} is damaged: it records who the run is; start the "
                          "run again") from None
     return {k: identity[k] for k in RUN_KEYS}

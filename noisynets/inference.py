@@ -117,7 +117,8 @@ def read_inputs(path: str | Path, spec: dict[str, Any]) -> Tensor:
         raise ValueError(f"{where} holds an array of shape {tuple(array.shape)}: the model "
                          f"takes samples of shape {shape}, as (n, {', '.join(map(str, shape))})"
                          f" or (n, {features}), one sample per row")
-    x = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+        x = torch.as_tensor(np.asarray(array, dtype=np.float32))
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{where} holds values that are not finite (NaN or inf, or beyond "
                          "float32): replace them")

@@ -297,7 +297,7 @@ def resume(
             fields = json.loads(path.read_text())["config"]
             if not isinstance(fields, dict):
                 raise TypeError
-        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
             raise ValueError(f"--resume: {str(path)!r} is damaged and there "
                              "is no checkpoint: start the run again") from None
         fields = config_fields({"config": fields}, path)

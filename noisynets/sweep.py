@@ -185,7 +185,9 @@ def finished(folder: Path, fields: dict[str, Any]) -> dict[str, Any] | None:
     try:
         summary = json.loads(results.read_text())
         recorded = summary["config"]
-    except (OSError, ValueError, KeyError, TypeError):
+        if not isinstance(recorded, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None  # damaged: the run starts again
     wanted = resolve(TrainConfig(**{**fields, "out": str(folder)}))
     differ = [k for k, v in wanted.to_dict().items()

@@ -565,7 +565,7 @@ class TraceReader:
         if isinstance(attrs["/"].get("config"), str):
             try:
                 attrs["/"]["config"] = json.loads(attrs["/"]["config"])
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 pass
         return attrs
 

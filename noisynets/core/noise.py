@@ -638,6 +638,9 @@ def load_recording(file: str, dataset: str | None = None) -> Tensor:
     data = torch.as_tensor(values, dtype=torch.float64)
     if not torch.isfinite(data).all():
         raise ValueError(f"recorded noise {path!r} holds values that are not finite")
+    if float(data.abs().max()) > torch.finfo(torch.float32).max:
+        raise ValueError(f"recorded noise {path!r} holds values beyond float32's range "
+                         f"(|v| up to {float(data.abs().max()):.3g}): scale it with scale=")
     return data
 
 
