@@ -394,7 +394,7 @@ def read_identity(folder: str | Path) -> dict[str, str] | None:
     if not path.exists() and not path.is_symlink():
         return None
     try:
-        if path.is_symlink():
+        if path.is_symlink() or not path.is_file():  # a FIFO would block the read
             raise ValueError
         identity = json.loads(path.read_text())
         if not _run(identity):

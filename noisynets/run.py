@@ -294,6 +294,8 @@ def resume(
     elif (folder / RESULTS_FILE).exists():
         path = folder / RESULTS_FILE
         try:
+            if not path.is_file():  # a FIFO would block the read
+                raise OSError
             fields = json.loads(path.read_text())["config"]
             if not isinstance(fields, dict):
                 raise TypeError

@@ -183,6 +183,8 @@ def finished(folder: Path, fields: dict[str, Any]) -> dict[str, Any] | None:
     if not results.exists():
         return None
     try:
+        if not results.is_file():  # a FIFO would block the read
+            raise OSError
         summary = json.loads(results.read_text())
         recorded = summary["config"]
         if not isinstance(recorded, dict):

@@ -887,8 +887,30 @@ def test_the_newer_surfaces_get_one_line_each_and_lose_nothing(tmp_path, monkeyp
             cases.append((f"identity {name} {command[0]}", [*command, str(folder)], [], False,
                           None))
 
+    # FIFOs where a run's files or a command's input belong: a read would wait for ever
+    for file, command in (("identity.json", ["evaluate"]), ("results.json", ["train", "--resume"]),
+                          ("model.pt", ["evaluate"]), ("checkpoint.pt", ["train", "--resume"]),
+                          ("trace.h5", ["inspect"])):
+        folder = tmp_path / f"fifo_{file}"
+        shutil.copytree(base, folder)
+        if command[-1] == "--resume":
+            (folder / "checkpoint.pt").unlink()
+        (folder / file).unlink(missing_ok=True)
+        os.mkfifo(folder / file)
+        target = folder / file if command == ["inspect"] else folder
+        cases.append((f"fifo {file}", [*command, str(target)], [], False, None))
+    for option in ("--config", "--model"):
+        fifo = tmp_path / f"fifo{option[2:]}.py"
+        os.mkfifo(fifo)
+        value = f"{fifo}:net" if option == "--model" else str(fifo)
+        cases.append((f"fifo {option}", ["train", option, value, "--out",
+                                         str(tmp_path / "never")], [], False, None))
+
+    class Hang(BaseException):  # not an OSError (TimeoutError is): no handler takes it
+        pass
+
     def alarm(signum, frame):
-        raise TimeoutError("hung for 120 s")
+        raise Hang("hung for 120 s")
 
     previous = signal.signal(signal.SIGALRM, alarm)
     defects: list[tuple[str, str]] = []
