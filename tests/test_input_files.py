@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from noisynets.cli import main
 from noisynets.config import TrainConfig
@@ -160,6 +161,19 @@ def test_every_damaged_recording_is_one_line(tmp_path):
         message = str(error.value)
         assert "\n" not in message and name in message, message
         assert all(word in message for word in words), (words, message)
+
+
+def test_a_recording_is_known_by_its_content_not_its_name(tmp_path):
+    """A .npz named .npy (and the reverse) was a traceback as replay's recording."""
+    trace = np.random.default_rng(1).normal(size=(2, 40))
+    np.save(tmp_path / "rec.npy", trace)
+    (tmp_path / "npz_named.npy").write_bytes(npz_bytes(v=trace))
+    (tmp_path / "npy_named.npz").write_bytes(npy_bytes(trace))
+    a = torch.zeros(3, 4, dtype=torch.float64)
+    expected = make_noise(f"replay:file={tmp_path / 'rec.npy'}", 1e-3)(a)
+    for name in ("npz_named.npy", "npy_named.npz"):
+        torch.testing.assert_close(make_noise(f"replay:file={tmp_path / name}", 1e-3)(a),
+                                   expected)
 
 
 def test_a_fifo_is_refused_not_waited_on(tmp_path):

@@ -17,7 +17,6 @@ ROOT = Path(__file__).parents[1]
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["train", "--threads", "1000000"], ["--threads", "1000000", "from 1 to 1_024"]),
     (["train", "--threads", "9" * 30], ["--threads", "from 1 to 1_024"]),
     (["train", "--adc", "bits=inf"], ["adc", "bits=inf", "integer from 1 to 32"]),
     (["train", "--adc", "bits=nan"], ["adc", "bits=nan"]),
