@@ -11,8 +11,9 @@ noise of ``replay``:
   dataset's -- is checked against what the file can hold and against ``MAX_BYTES`` before
   anything is allocated: a header claiming 10^10 rows is refused, not a ``MemoryError``;
 * a CSV (UTF-8, a byte-order mark allowed) is numbers separated by commas, one sample per
-  row; its first row is a header only when every field is a name (no field a number), and a
-  row that does not parse is named with its line and column, never dropped.
+  row, at most ``MAX_TEXT_BYTES``; its first row is a header only when every field is a name
+  (no field a number), and a row that does not parse is named with its line and column,
+  never dropped.
 
 Every problem is one ``ValueError`` naming the file as ``what`` says (``--input 'x.csv'``).
 
@@ -41,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 MAX_BYTES = 2**30  # the most bytes of numbers one file may claim (1 GiB)
+MAX_TEXT_BYTES = 2**28  # the largest CSV (256 MiB: parsed, it takes about ten times that)
 KINDS: tuple[str, ...] = ("npy", "npz", "hdf5", "csv")
 _SUFFIX = {"npy": ".npy", "npz": ".npz", "hdf5": "HDF5", "csv": ".csv"}
 _HDF5 = b"\x89HDF\r\n\x1a\n"
@@ -164,7 +166,8 @@ def _npz(path: Path, where: str, name: str | None) -> np.ndarray:
             _claim(shape, dtype, chosen.file_size - member.tell(), where)
         with archive.open(chosen) as member:
             array = np.lib.format.read_array(member, allow_pickle=False)
-            member.read()  # to its end: zipfile checks the member's CRC there
+            while member.read(1 << 20):  # to its end (at most its claimed size): zipfile
+                pass  # checks the member's CRC there
     return array
 
 
@@ -203,9 +206,9 @@ def _hdf5(path: Path, where: str, dataset: str | None) -> np.ndarray:
 
 def _csv(path: Path, where: str, _: str | None) -> np.ndarray:
     size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise ValueError(f"{where} is {size / 2**30:.3g} GiB, more than the "
-                         f"{MAX_BYTES / 2**30:g} GiB a file may hold here")
+    if size > MAX_TEXT_BYTES:
+        raise ValueError(f"{where} is {size / 2**20:.4g} MiB of text, more than the "
+                         f"{MAX_TEXT_BYTES / 2**20:g} MiB a CSV may hold here: save it as .npy")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -213,29 +216,36 @@ def _csv(path: Path, where: str, _: str | None) -> np.ndarray:
     reader = csv.reader(io.StringIO(text))
     rows: list[list[float]] = []
     header = False
-    for fields in reader:
-        if not any(field.strip() for field in fields):
-            continue  # a blank line
-        line = reader.line_num
-        if not rows and not header and all(_NAME.fullmatch(f.strip()) and not _is_number(f)
-                                           for f in fields):
-            header = True  # a header of names
-            continue
-        row = []
-        for column, field in enumerate(fields, 1):
-            try:
-                row.append(float(field))
-            except ValueError:
-                raise ValueError(f"{where}: line {line}, column {column}: {field.strip()[:30]!r}"
-                                 " is not a number (every row is one sample of numbers; a first"
-                                 " line of names is a header)") from None
-        if rows and len(row) != len(rows[0]):
-            raise ValueError(f"{where}: line {line} has {len(row)} values, the first row "
-                             f"{len(rows[0])}: every row is one sample")
-        rows.append(row)
+    try:
+        for fields in reader:
+            if not any(field.strip() for field in fields):
+                continue  # a blank line
+            if not rows and not header and all(
+                    _NAME.fullmatch(f.strip()) and not _is_number(f) for f in fields):
+                header = True  # a header of names
+                continue
+            rows.append(_numbers(fields, reader.line_num, where))
+            if len(rows[-1]) != len(rows[0]):
+                raise ValueError(f"{where}: line {reader.line_num} has {len(rows[-1])} values, "
+                                 f"the first row {len(rows[0])}: every row is one sample")
+    except csv.Error as e:  # a NUL byte, a field beyond the csv module's limit
+        raise ValueError(f"{where}: line {reader.line_num}: {e}") from None
     if not rows:
         raise ValueError(f"{where} holds no rows of numbers")
     return np.array(rows, dtype=np.float64)
+
+
+def _numbers(fields: list[str], line: int, where: str) -> list[float]:
+    """A CSV row's fields as numbers; the first that is not one is named."""
+    row = []
+    for column, field in enumerate(fields, 1):
+        try:
+            row.append(float(field))
+        except ValueError:
+            raise ValueError(f"{where}: line {line}, column {column}: {field.strip()[:30]!r} is "
+                             "not a number (every row is one sample of numbers; a first line of "
+                             "names is a header)") from None
+    return row
 
 
 def _is_number(text: str) -> bool:

@@ -657,6 +657,8 @@ def input_files(folder: Path, rng: random.Random) -> list[tuple[Path, int | None
         "first_row_garbled": text.replace("0.", "x.", 1).encode(),
         "last_row_garbled": (text + "1," * 63 + "one\n").encode(),
         "ragged": (text + "1,2,3\n").encode(), "trailing_comma": text.replace("\n", ",\n").encode(),
+        "nul": text.replace(",", "\x00,", 1).encode(), "long_field": b"1" * 200_000 + b"\n",
+        "quoted_newline": ('"1\n2"' + ",0" * 63 + "\n").encode(),
         "overflow": (text + ",".join(["1e999"] * 64) + "\n").encode(),
         "nan": npy(np.full((2, 64), np.nan)), "inf32": npy(np.full((2, 64), 1e300)),
         "objects": b"", "strings": npy(np.array(["a"] * 64)), "complex": npy(x + 1j),
