@@ -1,9 +1,9 @@
 """Run configuration: a dataclass, the presets that fill what a user leaves out, and validation.
 
 A field left ``None`` takes the preset for the run's data set, rule and unit (``PRESETS``,
-``RULE_LR`` and ``UNIT_PRESETS``; docs/cli.md's Presets tables list them). ``resolve`` returns a config
-with every field set and checked; a bad value raises ``ValueError`` with a one-line message.
-Configs load from TOML files whose keys are the field names.
+``RULE_LR`` and ``UNIT_PRESETS``; docs/cli.md's Presets tables list them). ``resolve`` returns
+a config with every field set and checked; a bad value raises ``ValueError`` with a one-line
+message. Configs load from TOML files whose keys are the field names.
 """
 
 from __future__ import annotations
