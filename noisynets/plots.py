@@ -520,7 +520,7 @@ def _change_over_training_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> N
         ax.fill_between(steps, q[0], q[4], color=color, alpha=0.18, lw=0, label="5-95 %")
         ax.fill_between(steps, q[1], q[3], color=color, alpha=0.4, lw=0, label="25-75 %")
         ax.plot(steps, q[2], "-", color=color, lw=1.5, label="median")
-    else:  # a run shorter than two trace intervals: one bar, and a word why
+    else:  # a run shorter than one trace interval: one bar, and a word why
         ax.vlines(steps, q[0], q[4], color=color, alpha=0.4, lw=6, label="5-95 %")
         ax.vlines(steps, q[1], q[3], color=color, lw=6, label="25-75 %")
         ax.plot(steps, q[2], "_", color="k", ms=14, label="median")

@@ -368,8 +368,9 @@ def test_the_drive_difference_is_drawn_over_every_record_as_its_quantiles(tmp_pa
 
 
 def test_a_single_record_is_one_bar_per_layer_that_says_why(tmp_path):
-    """A run shorter than two trace intervals holds one record: the panels over training draw
-    one bar and say what gives a curve; with two records they draw curves and say nothing."""
+    """A run shorter than one trace interval holds one record (step 0): the panels over training
+    draw one bar and say what gives a curve; with two records they draw curves and say
+    nothing."""
     from noisynets.plots import ONE_RECORD
 
     for records, said in ((1, True), (2, False)):
