@@ -101,3 +101,12 @@ def test_ci_runs_the_readmes_test_command():
     block = quick[start:quick.index("\n```", start + 8)]
     assert "make train" in block and "make test" in block
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_documentation_tools_come_with_dev():
+    """`make test` installs the dev extra and builds the site: dev must bring the docs extra."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert set(extras["docs"]) <= set(extras["dev"])
