@@ -4,8 +4,10 @@
 #
 # torch comes from PyTorch's CPU index, so that a Linux machine does not pull the multi-GB CUDA
 # build from PyPI. Where that index cannot be reached, pip fails over to the other places it is
-# configured to look (a local wheel, a mirror) after one try of a few seconds: no retry loop.
-# A CUDA build instead:   make TORCH_INDEX=https://download.pytorch.org/whl/cu124 train
+# configured to look (a local wheel, a mirror) after two quick retries (under a second here,
+# where the name does not resolve; at most 10 s a try where packets are dropped): no long loop.
+# A CUDA build instead (the index for your driver, from pytorch.org; `make clean` first if
+# .venv exists):   make TORCH_INDEX=https://download.pytorch.org/whl/cu126 train
 # Your own torch (any index, any version):   make TORCH_INDEX= TORCH="torch==2.13.0" train
 
 PYTHON ?= python3
@@ -36,7 +38,7 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --retries 0 --timeout 10 \
+	$(PY) -m pip install --quiet --retries 2 --timeout 10 \
 		$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	touch $@
 
