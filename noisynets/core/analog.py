@@ -13,7 +13,7 @@ Two properties of an analog in-memory computing chip that node noise does not co
 
 ``Network(..., weight_noise=..., adc=...)`` takes either (an object or a spec string:
 ``make_weight_noise("pcm:time=3600")``, ``make_adc("bits=6,range=4")``); the forward calls
-``PCMWeights.weight`` once per layer and forward (``Network._folded_weights``) and
+``PCMWeights.weight`` once per layer and forward (``noisynets.core.forward``) and
 ``ADC.read`` on what it records. Both use a straight-through gradient, so BP trains through
 the device as an ideal software model of it would (the value read, the gradient of the ideal
 weight or activity).
