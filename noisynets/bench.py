@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from noisynets.core.noise import Gaussian
+from noisynets.core.noise import Gaussian, use_generator
 from noisynets.core.precision import (
     PRECISIONS,
     cpu_flags,
@@ -75,6 +75,7 @@ class Case:
     samples: int = 1
     time_steps: int = 0  # spiking: T (0: the setup's)
     free_noise: bool = False  # every Gaussian draw taken from a block drawn once (noise_share)
+    generator: str = "torch"  # of the Gaussian noise (noisynets.core.noise.GENERATORS)
     seconds: float = 0.0
     flops: float = 0.0
     peak_mib: float | None = None
@@ -83,7 +84,7 @@ class Case:
     @property
     def name(self) -> str:
         tail = f":T{self.time_steps}" if self.time_steps else ""
-        return f"{self.network}:{self.rule}:K{self.samples}{tail}" + (
+        return f"{self.network}:{self.rule}:K{self.samples}{tail}:{self.generator}" + (
             ":free" if self.free_noise else "")
 
 
@@ -121,6 +122,7 @@ def build(case: Case, setup: Setup, device: torch.device) -> Callable[[], Any]:
         torch.manual_seed(0)
         net = Network(conv_net(shape, 10, "leaky_relu"), **common)
     net.to(device)
+    use_generator(net, case.generator)
     x = torch.rand(batch, *shape, generator=g).to(device)
     y = torch.randint(0, 10, (batch,), generator=g).to(device)
     rule = make_rule(case.rule, noise_samples=case.samples)

@@ -36,9 +36,9 @@ from typing import NoReturn
 from noisynets.bench import add_arguments as add_bench_arguments
 from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, SCHEDULES, TrainConfig, load_toml
 from noisynets.core.losses import LOSSES
-from noisynets.core.noise import DEVICE_NOISES, NOISES
+from noisynets.core.noise import DEVICE_NOISES, GENERATORS, NOISES
 from noisynets.core.precision import PRECISIONS
-from noisynets.core.units import UNITS
+from noisynets.core.units import RESETS, UNITS
 from noisynets.data import DATASETS, TEACHER_KEYS
 from noisynets.models import ARCHS
 from noisynets.network import ENCODINGS, READOUTS
@@ -192,6 +192,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=positive_float, help="LIF threshold (1.0)")
     p.add_argument("--threshold-noise", type=nonnegative_float,
                    help="std of Gaussian noise on the LIF threshold (0)")
+    p.add_argument("--reset", choices=RESETS,
+                   help="LIF reset after a spike: subtract the threshold, or zero the membrane "
+                        "(NIR's LIF; needed by export --format nir) (subtract)")
     p.add_argument("--seed", type=nonnegative_int, help="seed of weights, noise and data order (0)")
     p.add_argument("--device", choices=DEVICES, help="auto | cpu | cuda (auto)")
     p.add_argument("--precision", choices=PRECISIONS,
@@ -200,6 +203,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "float32, bfloat16, float64 (auto)")
     p.add_argument("--threads", type=positive_int,
                    help="CPU threads for torch (default: torch's choice, all cores)")
+    p.add_argument("--generator", choices=GENERATORS,
+                   help="generator of the Gaussian noise: torch (torch's, the stream of every "
+                        "recorded result) or fast (on a CPU a compiled SIMD generator, 3-4x "
+                        "faster; on a GPU torch's) (torch)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: a new one under ./runs/)")
     p.add_argument("--checkpoint-every", type=nonnegative_int, metavar="E",
                    help="write checkpoint.pt (and model.pt) every E epochs (1; 0: only the "

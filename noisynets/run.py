@@ -70,8 +70,9 @@ from noisynets.checkpoints import (
     set_random_states,
 )
 from noisynets.config import TrainConfig, resolve
-from noisynets.core.noise import make_noise
+from noisynets.core.noise import generator_in_use, make_noise, use_generator
 from noisynets.core.precision import difference_dtype
+from noisynets.core.units import set_reset
 from noisynets.data import DataSplits, load_dataset
 from noisynets.files import remove_stale, write_text_atomic
 from noisynets.firing import firing_warnings
@@ -122,6 +123,7 @@ class RunResult:
     out: str | None = None
     device: str = "cpu"
     precision: str = "float32"  # the difference and estimate products, as resolved
+    generator: str = "torch"  # that drew the Gaussian noise, as resolved (generator_in_use)
     data_files: str = ""
     world_size: int = 1  # processes that trained it (data-parallel under torchrun)
     layers: list[dict[str, Any]] = field(default_factory=list)  # what the network really is
@@ -145,6 +147,7 @@ class RunResult:
             "device": self.device,
             "world_size": self.world_size,
             "precision": self.precision,
+            "generator": self.generator,
             "data_files": self.data_files,
             "out": self.out,
             "config": self.config.to_dict(),
@@ -194,7 +197,7 @@ def build(config: TrainConfig, data: DataSplits) -> tuple[Network, Rule, torch.o
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
                 he_normal(module, g)
     else:
-        model = [data.num_features, *config.hidden, data.num_classes]
+        model = [data.step_features, *config.hidden, data.num_classes]
     network = Network(
         model,
         unit=config.unit,
@@ -217,6 +220,8 @@ def build(config: TrainConfig, data: DataSplits) -> tuple[Network, Rule, torch.o
         adc=config.adc,
         local_losses=config.local_losses,
     )
+    set_reset(network, config.reset)
+    use_generator(network, config.generator)
     rule = make_rule(config.algo, noise_samples=config.noise_samples,
                      antithetic=bool(config.antithetic))
     rule.check(network)
@@ -535,7 +540,8 @@ def _run(
     precision = difference_dtype(config.precision, data.train_x.dtype, device)
     result = RunResult(config=config, out=str(out), device=str(device),
                        precision=str(precision).removeprefix("torch."), data_files=data.origin,
-                       world_size=1 if world is None else world.size)
+                       world_size=1 if world is None else world.size,
+                       generator=generator_in_use(config.generator, device))
     state = RunState(config, out, network, rule, optimizer, make_scheduler(config, optimizer),
                      torch.Generator().manual_seed(config.seed),  # the order of the data
                      result, None, main, time.perf_counter(), inputs, identity)
@@ -964,6 +970,7 @@ def trace_attributes(config: TrainConfig, device: torch.device, data_files: str 
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "device": str(device),
         "seed": config.seed,
+        "generator": generator_in_use(config.generator, device),
         "data_files": data_files,
         "config": config.to_dict(),
     }
