@@ -12,12 +12,19 @@ this readout are in the graph's ``metadata``. NIR's ``LIF`` node is
 
 What NIR (through snntorch's exporter) holds, and so what is exported: a feed-forward
 ``nn.Sequential`` of ``nn.Linear``, ``nn.Conv2d`` (numeric padding), ``nn.AvgPool2d`` (no
-padding), ``nn.Flatten`` and ``snn.Leaky`` neurons that reset to zero
-(``reset_mechanism="zero"``: NIR's LIF has no reset by subtraction), with plain spikes
-(``graded_spikes_factor = 1``, no inhibition, no quantisation). ``nn.Dropout`` (off at
-inference) is left out. Anything else is refused with one line naming the module and what to
-use instead. Every export is checked: the graph is imported back and must give the model's
-logits on a random input, else it is refused.
+padding), ``nn.Flatten`` and leaky integrate-and-fire neurons that reset to zero -- the
+built-in ``--unit lif`` trained with ``--reset zero``, or ``snn.Leaky(reset_mechanism="zero")``
+(NIR's LIF has no reset by subtraction) -- with plain spikes (``graded_spikes_factor = 1``, no
+inhibition, no quantisation). ``nn.Dropout`` (off at inference) is left out. Anything else is
+refused with one line naming the module and what to use instead. Every export is checked: the
+graph is imported back and must give the model's logits on a random input, else it is refused.
+(A threshold noise is intrinsic noise of the noisy passes: the exported network is the clean
+one.)
+
+Other frameworks read the file with their own NIR importers. snntorch writes NIR's resistance
+as ``r = tau / dt`` (its importer needs that); norse 1.1 takes ``r = 1`` (it warns and drops
+``r``), so ``unit_resistance(graph)`` gives it the same network with ``r`` multiplied into the
+weights that drive each LIF node (tested: norse's outputs are the network's).
 
 Example::
 
@@ -30,16 +37,19 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import snntorch as snn
 import torch
 from torch import Tensor, nn
 
+from noisynets.core.units import LIF
 from noisynets.folding import readout, reset_neurons
 from noisynets.network import Network, flat_modules
 
@@ -81,11 +91,15 @@ def check_exportable(network: Network) -> None:
                          "none; use model.pt (torch.load) for a rate network")
     for position, (name, module) in enumerate(flat_modules(network.model)):
         where = f"module {name!r} ({type(module).__name__}, position {position})"
-        if type(module) is snn.Leaky:
+        if type(module) is snn.Leaky or isinstance(module, LIF):
             why = None
-            if module.reset_mechanism != "zero":
+            if module.reset_mechanism != "zero" and isinstance(module, LIF):
+                why = ("resets by subtraction (--reset subtract, the default), and NIR's LIF "
+                       "resets to v_reset: train it with --reset zero")
+            elif module.reset_mechanism != "zero":
                 why = (f"resets by {module.reset_mechanism}, and NIR's LIF resets to v_reset: "
-                       "train it with snn.Leaky(reset_mechanism='zero')")
+                       "train it with snn.Leaky(reset_mechanism='zero') (the built-in "
+                       "--unit lif: --reset zero)")
             elif float(module.graded_spikes_factor) != 1.0 or module.inhibition or (
                     module.state_quant):
                 why = ("has graded spikes, inhibition or quantised state, which NIR's LIF does "
@@ -93,9 +107,9 @@ def check_exportable(network: Network) -> None:
             if why:
                 raise ValueError(f"NIR export: {where} {why}")
         elif isinstance(module, snn.SpikingNeuron):
-            raise ValueError(f"NIR export: {where} is a neuron the export does not take (a "
-                             "built-in --unit lif network resets by subtraction): train a "
-                             "--model file whose neurons are snn.Leaky(reset_mechanism='zero')")
+            raise ValueError(f"NIR export: {where} is a neuron the export does not take: use "
+                             "the built-in --unit lif with --reset zero, or a --model file "
+                             "whose neurons are snn.Leaky(reset_mechanism='zero')")
         elif isinstance(module, nn.Conv2d):
             if isinstance(module.padding, str):
                 raise ValueError(f"NIR export: {where} has padding={module.padding!r}: give "
@@ -161,11 +175,16 @@ def to_nir(network: Network, input_shape: tuple[int, ...]) -> Any:
 
 
 def import_nir(graph: Any) -> nn.Module:
-    """``snntorch.import_from_nir(graph)``, made to take batches: NIR's ``Flatten`` counts
-    dimensions without the batch, so each torch ``Flatten`` starts one dimension later."""
+    """``snntorch.import_from_nir(graph)``, made to take batches (``batched``)."""
     _, _, import_from_nir = _nir()
     with _quiet():
         module = import_from_nir(graph)
+    return batched(module)
+
+
+def batched(module: nn.Module) -> nn.Module:
+    """An imported NIR graph made to take batches: NIR's ``Flatten`` counts dimensions
+    without the batch, so each torch ``Flatten`` starts one dimension later."""
     for m in module.modules():
         if isinstance(m, nn.Flatten) and m.start_dim >= 0:
             m.start_dim += 1
@@ -182,15 +201,47 @@ def load_nir(path: str | Path) -> nn.Module:
 @torch.no_grad()
 def nir_readout(module: nn.Module, x: Tensor, time_steps: int) -> Tensor:
     """The logits of an imported graph: its output averaged over ``time_steps`` steps of the
-    constant input ``x``, from neurons at rest (snntorch's importer returns ``(output,
-    state)``; its neurons keep their own state)."""
+    constant input ``x``, from neurons at rest. An imported graph (nirtorch's executor)
+    returns ``(output, state)`` and is given its state back at the next step (snntorch's
+    neurons keep their own as well, norse's only there)."""
     reset_neurons(module)
-    total = torch.zeros(())
+    total, state = torch.zeros(()), None
     for _ in range(time_steps):
-        out = module(x)
-        total = total + (out[0] if isinstance(out, tuple) else out)
+        out = module(x) if state is None else module(x, state)
+        if isinstance(out, tuple):
+            out, state = out
+        total = total + out
     reset_neurons(module)
     return total / time_steps
+
+
+def unit_resistance(graph: Any) -> Any:
+    """A copy of the NIR ``graph`` whose LIF nodes have ``r = 1``: each node's ``r`` is
+    multiplied into the weight and bias of the ``Affine``, ``Linear`` or ``Conv2d`` node that
+    drives it (a conv's ``r`` must be one number per channel). By NIR's LIF equation,
+    ``tau dv/dt = (v_leak - v) + r I``, it is the same network, for importers that take
+    ``r = 1`` (norse)."""
+    nir, _, _ = _nir()
+    graph = copy.deepcopy(graph)
+    for name, node in graph.nodes.items():
+        if not isinstance(node, nir.LIF):
+            continue
+        sources = [graph.nodes[a] for a, b in graph.edges if b == name]
+        if len(sources) != 1 or not isinstance(sources[0], (nir.Affine, nir.Linear,
+                                                            nir.Conv2d)):
+            raise ValueError(f"NIR LIF node {name!r} is not driven by one Affine, Linear or "
+                             "Conv2d node: its r cannot be moved into weights")
+        source, r = sources[0], np.asarray(node.r, dtype=np.float64)
+        per_out = r.reshape(r.shape[0], -1)  # one row per output (channel)
+        if not np.all(per_out == per_out[:, :1]):
+            raise ValueError(f"NIR LIF node {name!r} has an r that varies within a channel")
+        scale = per_out[:, 0].reshape(-1, *([1] * (np.ndim(source.weight) - 1)))
+        source.weight = (np.asarray(source.weight) * scale).astype(np.float32)
+        if getattr(source, "bias", None) is not None:
+            bias = np.asarray(source.bias)
+            source.bias = (bias * scale.reshape(bias.shape)).astype(np.float32)
+        node.r = np.ones_like(np.asarray(node.r))
+    return graph
 
 
 def export_run(folder: str | Path, out: str | Path, model: str | None = None,

@@ -175,7 +175,7 @@ def test_the_fused_lif_step_is_snntorchs_to_the_bit(dtype, shifted, reset):
     fused, plain = (LIF(beta=0.8, threshold=0.7, reset=reset).to(dtype) for _ in range(2))
     leaky = snn.Leaky(beta=0.8, threshold=0.7, init_hidden=True, reset_mechanism=reset)
     currents[0, :, :5] = fused.threshold  # a membrane at the threshold exactly: no spike
-    spikes = 0
+    spikes, previous = 0, torch.zeros(64, 50, dtype=dtype)
     for t in range(30):
         for lif in (fused, plain):
             lif.threshold_shift = shifts[t] if shifted else None
@@ -190,7 +190,7 @@ def test_the_fused_lif_step_is_snntorchs_to_the_bit(dtype, shifted, reset):
             assert torch.equal(s_fused, s_leaky.to(dtype)), t
             assert torch.equal(fused.mem, leaky.mem), t
         assert s_fused.dtype == dtype
-        if t and reset == "zero":  # a spike emptied the membrane: it holds this step's current
+        if reset == "zero":  # a spike emptied the membrane: it holds this step's current
             fired = previous.bool()
             assert torch.equal(fused.mem[fired], currents[t][fired]), t
         previous = s_fused
