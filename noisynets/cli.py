@@ -492,11 +492,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.quick:
         setup = Setup(hidden=[64, 64], batch_size=32, spiking_hidden=[32], time_steps=3,
                       long_time_steps=[6, 12], spiking_batch=16, conv_batch=8, event_size=200,
-                      precision=args.precision)
+                      precision=args.precision, generator=args.generator)
         rounds = 3
     else:
         setup = Setup(hidden=list(args.hidden), batch_size=args.batch_size,
-                      precision=args.precision)
+                      precision=args.precision, generator=args.generator)
         rounds = args.steps
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     memory = "none" if args.no_memory else "spiking" if args.quick else "all"
