@@ -10,20 +10,25 @@ at first use and kept in ``$NOISYNETS_CACHE`` (or ``~/.cache/noisynets``):
     normals  Box-Muller:  r = std sqrt(-2 ln u1),  z = r cos(2 pi u2),  z' = r sin(2 pi u2),
              u1 in (0, 1], u2 in [0, 1), in SIMD loops (glibc's vector logf, cosf, sinf)
 
-about 1 ns per normal on one core of that machine, 4x faster than torch's (``noisynets bench``
-measures both). The state is 32 words (4 per lane), seeded from a 64-bit seed by SplitMix64
+about 1.2 ns per normal on one core of that machine, 3-3.5x faster than torch's 4 ns (a
+draw of 256,000 numbers, the two interleaved, medians; ``noisynets bench`` measures both in a
+training step). It runs on the calling thread: split over two threads by pthreads it was
+several times *slower* on the project's shared 2-core machine, where the second thread waits
+for a core. Why these bits: the counter-based Philox4x32-10 in the same SIMD loops took
+2.8 ns per number for its bits alone here (AVX2 multiplies 32 x 32 -> 64 bits in only half
+its lanes, and Philox needs ten such rounds per four numbers), while xoshiro128+ takes 0.2 ns.
+The state is 32 words (4 per lane), seeded from a 64-bit seed by SplitMix64
 (the authors' recommendation), so a seed fixes the stream exactly on a CPU, and
 ``get_state``/``set_state`` restore it. A draw takes whole chunks of ``CHUNK`` numbers (the
 last cut to length): the numbers depend on the state and the draws' lengths, not on where in
 memory they land.
 
 Where no C compiler works, ``library()`` is ``None`` after one warning, and the sources fall
-back to torch's generator (``noisynets.core.noise``). The library uses no threads: a draw
-runs on the calling thread.
+back to torch's generator (``noisynets.core.noise``).
 
 Example::
 
-    >>> from noisynets.core.fast_normal import FastNormal, library
+    >>> from noisynets.core.fast_normal import FastNormal
     >>> z = FastNormal(seed=0).normal((1000,), std=0.5)
     >>> z.shape, z.dtype
     (torch.Size([1000]), torch.float32)
