@@ -242,3 +242,34 @@ def test_bad_shd_options_are_one_line_errors_before_any_allocation(isolated, spe
     with pytest.raises(DataError) as excinfo:
         load_dataset(spec)
     one_line(excinfo, *words)
+
+
+# --------------------------------------------------------------------------------------------
+# runs on sequences
+
+
+def test_a_run_on_a_sequence_data_set_trains_with_its_time_steps_and_reloads(isolated):
+    """``--dataset randman`` sets encoding sequence, T = the data's steps and LIF units; the
+    run learns above chance and its saved network, reloaded, gives the same test accuracy.
+    ``shd`` files in the published layout train the same way."""
+    from noisynets.config import TrainConfig, resolve
+    from noisynets.inference import load_trained
+    from noisynets.run import evaluate, train
+
+    spec = "randman:classes=4,steps=8,channels=16,train=160,test=80"
+    config = TrainConfig(algo="dbp", dataset=spec, hidden=[32], epochs=3, batch_size=16,
+                         lr=1e-2, trace_every=8, figures=False, out=str(isolated / "run"))
+    resolved = resolve(config)
+    assert (resolved.encoding, resolved.time_steps, resolved.unit) == ("sequence", 8, "lif")
+    result = train(config, progress=False, log=None)
+    assert result.history[-1].test_accuracy > 0.4  # chance: 0.25
+    network, _, spec_in = load_trained(isolated / "run")
+    assert spec_in["shape"] == [8, 16]
+    data = load_dataset(spec)
+    _, accuracy = evaluate(network, data.test_x, data.test_y)
+    assert accuracy == pytest.approx(result.history[-1].test_accuracy)
+    write_pair(isolated / "cwd" / "data" / "shd")
+    shd = train(TrainConfig(algo="danp", dataset="shd:steps=8,channels=70", hidden=[16],
+                            epochs=1, batch_size=2, trace_every=0, figures=False,
+                            out=str(isolated / "shd")), progress=False, log=None)
+    assert shd.config.time_steps == 8 and len(shd.history) == 1
