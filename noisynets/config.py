@@ -124,7 +124,7 @@ PRESETS["teacher"] = dict(
 )
 # The sequence data sets: spiking input, a small LIF network (applied after the unit's preset).
 SEQUENCE_PRESETS: dict[str, dict[str, Any]] = {
-    "randman": dict(hidden=[128], epochs=20, batch_size=100, noise_std=0.2, decor_lr=1e-3,
+    "randman": dict(hidden=[1000], epochs=30, batch_size=32, noise_std=0.2, decor_lr=1e-3,
                     decor_fraction=1.0),
     "shd": dict(hidden=[256], epochs=20, batch_size=128, noise_std=0.2, decor_lr=1e-3,
                 decor_fraction=0.1),

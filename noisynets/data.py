@@ -737,7 +737,7 @@ RANDMAN_PRECISION = 1e-3  # the smallest amplitude a Fourier component keeps: F 
 def random_manifolds(
     classes: int = 10,
     channels: int = 20,
-    steps: int = 50,
+    steps: int = 25,
     dim: int = 1,
     alpha: float = 2.0,
     train: int = 1000,
@@ -813,7 +813,7 @@ SHD_CLASSES = 20
 SHD_KEYS: dict[str, type] = {"steps": int, "max_time": float, "channels": int}
 SHD_VLEN_BYTES = 16  # an HDF5 variable-length element's reference: no sample takes fewer
 SEQUENCES["shd"] = SHD_KEYS
-SEQUENCE_STEPS: dict[str, int] = {"randman": 50, "shd": 100}  # their functions' defaults
+SEQUENCE_STEPS: dict[str, int] = {"randman": 25, "shd": 100}  # their functions' defaults
 
 
 def load_shd(root: str | os.PathLike[str] | None = None, steps: int = 100,
