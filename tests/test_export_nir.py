@@ -130,6 +130,26 @@ def test_zero_reset_networks_export_and_snntorch_reads_back_their_outputs(runs, 
     torch.testing.assert_close(nir_readout(load_nir(target), x, 4), expected, rtol=0, atol=1e-5)
 
 
+def test_a_sequence_run_exports_one_step_per_evaluation(tmp_path):
+    """A run on the generated spiking sequences (``--encoding sequence``): the graph takes one
+    step's channels, and fed step t's input x[:, t] it gives the network's logits."""
+    spec = "randman:classes=4,steps=6,channels=12,train=40,test=20"
+    out = tmp_path / "run"
+    train(TrainConfig(dataset=spec, unit="lif", reset="zero", hidden=[16], epochs=1,
+                      batch_size=8, trace_every=0, figures=False, out=str(out)),
+          progress=False, log=None)
+    target = tmp_path / "model.nir"
+    assert main(["export", str(out), "--format", "nir", "-o", str(target)]) == 0
+    graph = nir.read(str(target))
+    assert graph.metadata["encoding"] == "sequence" and "x[:, t]" in graph.metadata["readout"]
+    network, _, _ = load_trained(out)
+    x = load_dataset(spec).test_x
+    with torch.no_grad():
+        expected = network(x)
+    got = nir_readout(load_nir(target), x, 6, sequence=True)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["builtin_zero", "leaky_mlp"])
 def test_norse_runs_an_exported_graph_to_the_networks_outputs(runs, tmp_path, name):
     """A second framework's NIR importer (norse) on the exported file, its r moved into the
