@@ -5,8 +5,9 @@ written by snntorch's own exporter, ``R`` folded in.
 (``noisynets.export_model``) and hands the plain model to ``snntorch.export_to_nir``; the
 graph then runs again through ``snntorch.import_from_nir`` (``load_nir``). One NIR evaluation
 is one time step: the network's logits are the mean over its ``T`` steps of the graph's output
-for the constant input ``x``, from neurons at rest (``nir_readout``); ``T``, the encoding and
-this readout are in the graph's ``metadata``. NIR's ``LIF`` node is
+for the constant input ``x`` (a sequence-encoded network: for step ``t``'s input ``x[:, t]``),
+from neurons at rest (``nir_readout``); ``T``, the encoding and this readout are in the graph's
+``metadata``. NIR's ``LIF`` node is
 ``tau dv/dt = (v_leak - v) + R I``, reset to ``v_reset`` after a spike; snntorch writes
 ``snn.Leaky``'s ``beta`` as ``tau = dt / (1 - beta)`` with ``dt = 1e-4``.
 
@@ -156,17 +157,19 @@ def to_nir(network: Network, input_shape: tuple[int, ...]) -> Any:
     """The NIR graph of ``network`` (module doc) for samples of ``input_shape``, checked by a
     round trip; ``ValueError`` with one line for what NIR cannot hold."""
     _, export_to_nir, _ = _nir()
+    sequence = network.encoding == "sequence"  # samples (T, ...): one step is input_shape[1:]
     model = exportable_copy(network, input_shape)
     with _quiet():
-        graph = export_to_nir(model, torch.zeros(1, *input_shape), ignore_dims=[0])
+        graph = export_to_nir(model, torch.zeros(1, *input_shape[sequence:]), ignore_dims=[0])
     graph.metadata = {
         "source": "noisynets", "time_steps": network.time_steps, "encoding": network.encoding,
-        "readout": "logits = mean over time_steps steps of the output for the constant input, "
-                   "neurons starting at rest",
+        "readout": "logits = mean over time_steps steps of the output for the input of the "
+                   f"step ({'x[:, t]' if sequence else 'x, constant'}), neurons starting at rest",
     }
     x = torch.rand(4, *input_shape, generator=torch.Generator().manual_seed(0))
-    expected = readout(model, x, network.time_steps)
-    got = nir_readout(import_nir(graph), x, network.time_steps)
+    T = network.time_steps
+    expected = nir_readout(model, x, T, sequence) if sequence else readout(model, x, T)
+    got = nir_readout(import_nir(graph), x, T, sequence)
     error = float((got - expected).abs().max())
     if not error <= 1e-5 * (1 + float(expected.abs().max())):
         raise ValueError(f"NIR export: the graph, imported back by snntorch, differs from the "
@@ -199,15 +202,17 @@ def load_nir(path: str | Path) -> nn.Module:
 
 
 @torch.no_grad()
-def nir_readout(module: nn.Module, x: Tensor, time_steps: int) -> Tensor:
+def nir_readout(module: nn.Module, x: Tensor, time_steps: int, sequence: bool = False
+                ) -> Tensor:
     """The logits of an imported graph: its output averaged over ``time_steps`` steps of the
-    constant input ``x``, from neurons at rest. An imported graph (nirtorch's executor)
-    returns ``(output, state)`` and is given its state back at the next step (snntorch's
-    neurons keep their own as well, norse's only there)."""
+    constant input ``x`` (``sequence``: step ``t`` gets ``x[:, t]``), from neurons at rest.
+    An imported graph (nirtorch's executor) returns ``(output, state)`` and is given its state
+    back at the next step (snntorch's neurons keep their own as well, norse's only there)."""
     reset_neurons(module)
     total, state = torch.zeros(()), None
-    for _ in range(time_steps):
-        out = module(x) if state is None else module(x, state)
+    for t in range(time_steps):
+        step = x[:, t] if sequence else x
+        out = module(step) if state is None else module(step, state)
         if isinstance(out, tuple):
             out, state = out
         total = total + out
