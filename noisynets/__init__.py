@@ -1,7 +1,8 @@
 """noisynets: learning in networks whose nodes carry intrinsic noise, by node perturbation."""
 
-from noisynets.folding import export_model
-from noisynets.network import Network, Passes, Record, wrap
+from noisynets.core.export import export_model
+from noisynets.core.network import Network, wrap
+from noisynets.core.record import Passes, Record
 from noisynets.rules import RULES, make_rule, uses_decorrelation
 
 __version__ = "0.1.0"

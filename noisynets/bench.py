@@ -57,6 +57,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from noisynets.core.layer import Layer
+from noisynets.core.network import Network
 from noisynets.core.noise import GENERATORS, Gaussian, generator_in_use, use_generator
 from noisynets.core.precision import (
     PRECISIONS,
@@ -65,9 +67,7 @@ from noisynets.core.precision import (
     difference_dtype,
     fast_bfloat16,
 )
-from noisynets.layers import Layer
 from noisynets.models import conv_net
-from noisynets.network import Network
 from noisynets.rules import make_rule, uses_decorrelation
 from noisynets.training import train_step
 
@@ -109,6 +109,30 @@ class Setup:
     event_size: int = 1000  # the layer of the event-driven product: event_size^2 weights
     precision: str = "auto"  # of the difference products (noisynets.core.precision)
     generator: str = "fast"  # of the Gaussian noise (noisynets.core.noise.GENERATORS)
+
+
+def memory_needed(setup: Setup) -> int:
+    """Bytes the dense network's K = 4 step needs at the least: the activity and input of its
+    ``5 B`` stacked rows in every layer, and its weights with Adam's two moments, float32."""
+    widths = [setup.inputs, *setup.hidden, 10]
+    rows = 5 * setup.batch_size * sum(widths) * 2
+    weights = sum(a * b for a, b in zip(widths, widths[1:])) * 3
+    return 4 * (rows + weights)
+
+
+def check_memory(setup: Setup) -> None:
+    """``ValueError`` when ``memory_needed`` is more than the machine's memory."""
+    import os
+
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    need = memory_needed(setup)
+    if need > have:
+        raise ValueError(f"--batch-size {setup.batch_size} and --hidden "
+                         f"{' '.join(map(str, setup.hidden))} need at least {need / 2**30:.3g} "
+                         f"GiB, this machine has {have / 2**30:.3g} GiB: choose smaller ones")
 
 
 def build(case: Case, setup: Setup, device: torch.device) -> Callable[[], Any]:
@@ -440,17 +464,17 @@ def event_speed(device: torch.device, rounds: int, n: int = 1000,
     dh[:, ::2] *= -1
     out = {}
     for dtype in (torch.float64, torch.float32):
-        layer = Layer(nn.Linear(n, n), [], [], nn.Identity(), Gaussian(0.0)).to(device, dtype)
+        layer = Layer("event", nn.Linear(n, n).to(device, dtype), Gaussian(0.0))
         W = (torch.randn(n, n, generator=g, dtype=torch.float64) * (2 / n) ** 0.5)
         x, W = dh.to(device, dtype), W.to(device, dtype)
         grid = torch.round(W * 1024) / 1024
         identical = torch.equal(layer.event_product(x, grid), F.linear(x, grid))
-        layer.end()
+        layer.casts.clear()
         diff = float((layer.event_product(x, W) - F.linear(x, W)).abs().max())
         times: dict[str, list[float]] = {"dense": [], "event": []}
         for r in range(rounds + 1):
             for name in times:
-                layer.end()  # the transpose is made once per forward: count it
+                layer.casts.clear()  # the transpose is made once per forward: count it
                 start = time.perf_counter()
                 layer.event_product(x, W) if name == "event" else F.linear(x, W)
                 sync(device)
@@ -464,11 +488,17 @@ def event_speed(device: torch.device, rounds: int, n: int = 1000,
     return out
 
 
+MAX_STEPS = 10_000  # timed rounds: enough for any median
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--hidden", type=int, nargs="+", default=[1000, 1000, 1000], metavar="N",
-                   help="hidden layers of the dense network (1000 1000 1000)")
-    p.add_argument("--batch-size", type=int, default=1000, help="dense batch (1000)")
-    p.add_argument("--steps", type=int, default=20, help="timed rounds, median taken (20)")
+    from noisynets.config import integer, positive_int
+
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=[1000, 1000, 1000],
+                   metavar="N", help="hidden layers of the dense network (1000 1000 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="dense batch (1000)")
+    p.add_argument("--steps", type=lambda text: integer(text, 1, MAX_STEPS), default=20,
+                   help=f"timed rounds, median taken (20; at most {MAX_STEPS:_})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--quick", action="store_true",
                    help="small networks and few rounds: checks that the benchmark runs")

@@ -27,21 +27,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from noisynets.bench import add_arguments as add_bench_arguments
-from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, SCHEDULES, TrainConfig, load_toml
-from noisynets.core.losses import LOSSES
+from noisynets.config import (  # the argparse types: the settings' own checks
+    DEVICES,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainConfig,
+    load_toml,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    thread_count,
+)
+from noisynets.core.losses import LOSS_NAMES
 from noisynets.core.noise import DEVICE_NOISES, GENERATORS, NOISES
 from noisynets.core.precision import PRECISIONS
+from noisynets.core.steps import ENCODINGS, READOUTS
 from noisynets.core.units import RESETS, UNITS
 from noisynets.data import DATASETS, TEACHER_KEYS
+from noisynets.files import check_output
 from noisynets.models import ARCHS
-from noisynets.network import ENCODINGS, READOUTS
 from noisynets.rules import RULES
 
 
@@ -54,46 +65,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
-
-
-def integer(text: str, low: int) -> int:
-    """``text`` as an integer ``>= low`` and at most ``LARGEST``."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not low <= value <= LARGEST:
-        raise argparse.ArgumentTypeError(f"{text!r} must be an integer from {low} to "
-                                         f"{LARGEST:_}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return integer(text, 1)
-
-
-def nonnegative_int(text: str) -> int:
-    return integer(text, 0)
-
-
-def number(text: str, positive: bool) -> float:
-    """``text`` as a finite number, ``> 0`` (``positive``) or ``>= 0``."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} must be a finite number {'> 0' if positive else '>= 0'}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    return number(text, positive=True)
-
-
-def nonnegative_float(text: str) -> float:
-    return number(text, positive=False)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,8 +81,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=ARCHS,
                    help="built-in network: mlp (dense, --hidden) or conv (two conv layers and "
                         "a linear readout) (default mlp)")
-    p.add_argument("--model", metavar="FILE.py:FUNCTION",
-                   help="train your own nn.Sequential: FUNCTION() in FILE.py builds it")
+    p.add_argument("--model", metavar="FILE.py:NAME",
+                   help="train your own nn.Module: NAME() in FILE.py builds it (a function or "
+                        "a class, called with no arguments)")
     p.add_argument("--hidden", type=positive_int, nargs="+", metavar="N",
                    help="hidden layer sizes of the mlp (default: the data set's preset)")
     p.add_argument("--epochs", type=positive_int, help="epochs (default: preset)")
@@ -169,8 +141,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-batches", type=positive_int, metavar="P",
                    help="training batches the alignment and other diagnostics average over, "
                         "with the alignment's spread over them (4)")
-    p.add_argument("--loss", choices=tuple(LOSSES),
-                   help="per-sample loss (ce; mse for the teacher's regression)")
+    p.add_argument("--loss", choices=LOSS_NAMES, metavar="LOSS",
+                   help="per-sample loss: ce (the default; mse for the teacher's regression), "
+                        "mse, or one of snntorch's functional losses on a spiking model's "
+                        "outputs over time: " + ", ".join(LOSS_NAMES[2:]))
     p.add_argument("--val-fraction", type=nonnegative_float, metavar="F",
                    help="hold out this share of the training set (the same samples every "
                         "run) and measure every epoch on it; the test split only at the end "
@@ -201,8 +175,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="number format of the noisy passes' difference products: auto "
                         "(bfloat16 where the hardware makes it faster, else float32), "
                         "float32, bfloat16, float64 (auto)")
-    p.add_argument("--threads", type=positive_int,
-                   help="CPU threads for torch (default: torch's choice, all cores)")
+    p.add_argument("--threads", type=thread_count,
+                   help="CPU threads for torch, at most 1024 (default: torch's choice, all "
+                        "cores)")
     p.add_argument("--generator", choices=GENERATORS,
                    help="generator of the Gaussian noise: torch (torch's, the stream of every "
                         "recorded result) or fast (on a CPU a compiled SIMD generator, 3-4x "
@@ -416,7 +391,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     reader = TraceReader(args.file)
     out = Path(args.output) if args.output else reader.path.with_suffix(".png")
-    check_output(out, reader.path)
+    check_output(out, [reader.path], redraws="trace.png")
     print(f"figure written to {trace_figure(reader, out)}")
     return 0
 
@@ -441,18 +416,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     reader = TraceReader(args.file)
     if args.format == "npz":
         out = Path(args.output) if args.output else reader.path.with_suffix(".npz")
-        check_output(out, reader.path)
+        check_output(out, [reader.path])
         export_npz(reader, out)
     elif args.format == "nwb":
         from noisynets.export_nwb import DEFAULT_DT, export_nwb
 
         out = Path(args.output) if args.output else reader.path.with_suffix(".nwb")
-        check_output(out, reader.path)
+        check_output(out, [reader.path])
         export_nwb(reader, out, DEFAULT_DT if args.dt is None else args.dt)
     else:  # export_csv creates the folder, or says why it cannot
         out = (Path(args.output) if args.output
                else reader.path.with_name(reader.path.stem + "_csv"))
-        check_output(out, reader.path, folder=True)
+        check_output(out, [reader.path], folder=True)
         export_csv(reader, out)
     print(f"{args.format} export written to {out}")
     return 0
@@ -466,28 +441,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_output(out: Path, source: Path, folder: bool = False) -> None:
-    """A ``ValueError`` unless ``out`` (``-o`` of plot and export: a file, or a ``folder``)
-    can be written without touching the trace file ``source`` it is made from."""
-    if out.exists() and source.exists() and out.resolve() == source.resolve():
-        raise ValueError(f"output {str(out)!r} is the trace file it is made from: name "
-                         "another file")
-    if folder:
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"output {str(out)!r} is a file: name a folder for the CSV files")
-        return
-    if out.is_dir():
-        raise ValueError(f"output {str(out)!r} is a folder: name a file")
-    if not out.parent.is_dir():
-        raise ValueError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    from noisynets.bench import Setup, run
+    from noisynets.bench import Setup, check_memory, run
     from noisynets.run import choose_device
 
-    if min(args.hidden) < 1 or args.batch_size < 1 or args.steps < 1:
-        raise ValueError("--hidden, --batch-size and --steps must be positive integers")
     device = choose_device(args.device)
     if args.quick:
         setup = Setup(hidden=[64, 64], batch_size=32, spiking_hidden=[32], time_steps=3,
@@ -498,9 +455,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         setup = Setup(hidden=list(args.hidden), batch_size=args.batch_size,
                       precision=args.precision, generator=args.generator)
         rounds = args.steps
+    check_memory(setup)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     memory = "none" if args.no_memory else "spiking" if args.quick else "all"
-    summary = run(setup, device, rounds, memory=memory, log=log)
+    try:
+        summary = run(setup, device, rounds, memory=memory, log=log)
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if isinstance(e, RuntimeError) and "alloc" not in str(e) and "memory" not in str(e):
+            raise
+        raise ValueError(f"not enough memory for the benchmark's networks (--batch-size "
+                         f"{setup.batch_size}, --hidden {' '.join(map(str, setup.hidden))}): "
+                         "choose smaller ones") from None
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -4,11 +4,20 @@ A field left ``None`` takes the preset for the run's data set, rule and unit (``
 ``RULE_LR`` and ``UNIT_PRESETS``; the README's table lists them). ``resolve`` returns a config
 with every field set and checked; a bad value raises ``ValueError`` with a one-line message.
 Configs load from TOML files whose keys are the field names.
+
+One set of validators serves the command line, TOML files and sweep files: the ``_integer``,
+``_number`` checks of ``resolve`` (a value of the wrong type, out of range or not finite is a
+``ValueError`` naming the setting), the argparse types built on them (``positive_int``,
+``positive_float``, ...: the same ranges, for options that are not settings too), and
+``check_values``, which refuses what TOML can hold but no setting can (dates, tables, lists of
+lists). Every count is at most ``LARGEST``; threads at most ``MAX_THREADS``.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import datetime
 import difflib
 import math
 import tomllib
@@ -17,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from noisynets.core.analog import make_adc, make_weight_noise
-from noisynets.core.losses import LOSSES
+from noisynets.core.losses import LOSS_NAMES
 from noisynets.core.noise import GENERATORS, make_noise
 from noisynets.core.precision import PRECISIONS
+from noisynets.core.steps import ENCODINGS, READOUTS
 from noisynets.core.units import RESETS, UNITS
 from noisynets.data import DATASETS, dataset_options, sequence_steps
 from noisynets.models import ARCHS
-from noisynets.network import ENCODINGS, READOUTS
 from noisynets.rules import RULES
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
@@ -37,6 +46,8 @@ ALIASES: dict[str, str] = {
     "grad_clip": "clip_grad", "hidden_sizes": "hidden", "sigma": "noise_std",
 }
 LARGEST = 10**9  # the largest count any setting takes (sizes, epochs, steps, samples)
+MAX_THREADS = 1024  # torch.set_num_threads beyond a few thousand crashes the process (SIGSEGV)
+MAX_ROWS = 10**8  # the most rows one batched forward stacks: (1 + noisy passes) * batch size
 MAX_PARAMETERS = 2 * 10**9  # the largest dense network a run builds
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
@@ -210,6 +221,11 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         raise ValueError(f"{where} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{where} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{where} nests its values too deeply: it is no noisynets "
+                         f"{what.split()[0]}") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise ValueError(f"{where} holds a number it cannot read: {e}") from None
 
 
 def check_keys(keys: Any, where: str) -> None:
@@ -226,6 +242,26 @@ def check_keys(keys: Any, where: str) -> None:
                              "options of noisynets train with underscores")
 
 
+def check_values(data: dict[str, Any], where: str, grid: bool = False) -> None:
+    """Every value of a table of settings is one a setting can take: text, a number, true or
+    false, or a list of those (``grid``: a list of such values); a date, a table or a deeper
+    list is named with its key."""
+    def plain(value: Any) -> bool:
+        return isinstance(value, (str, int, float, bool))
+
+    def setting(value: Any) -> bool:
+        return plain(value) or (isinstance(value, list) and all(plain(v) for v in value))
+
+    for key, value in data.items():
+        values = value if grid and isinstance(value, list) else [value]
+        for v in values:
+            if not setting(v):
+                kind = ("a date or time" if isinstance(v, (datetime.date, datetime.time))
+                        else "a table" if isinstance(v, dict) else "a list of lists")
+                raise ValueError(f"{where}: {key} holds {kind}; a setting takes text, a number, "
+                                 "true or false, or a list of them")
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """The fields of a TOML config file (keys are ``TrainConfig`` field names), checked: an
     unknown key is named with the closest valid one, a value of the wrong type or range with
@@ -233,6 +269,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     where = f"config file {str(path)!r}"
     data = read_toml(path)
     check_keys(data, where)
+    check_values(data, where)
     try:
         resolve(TrainConfig(**data))
     except ValueError as e:
@@ -269,7 +306,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         _choice("unit", config.unit, UNITS)
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     if config.loss is not None:
-        _choice("loss", config.loss, LOSSES)
+        _choice("loss", config.loss, LOSS_NAMES)
     config = dataclasses.replace(config, encoding=config.encoding or (
         "current" if steps is None else "sequence"))
     _choice("encoding", config.encoding, ENCODINGS)
@@ -298,8 +335,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
     preset = dict(PRESETS[name])
     if config.model is None:
         preset.update(UNIT_PRESETS.get(config.unit, {}))
-    elif (config.time_steps is None or config.noise_std is None) and model_spikes(config.model):
-        preset.update(SPIKING_MODEL_PRESET)
+    else:  # presets follow the model: a spiking one the spiking unit's, a conv one the conv's
+        kind = model_kind(config.model)
+        if kind.spiking:
+            preset.update(SPIKING_MODEL_PRESET)
+            if kind.own_loop:  # its forward sets T
+                preset["time_steps"] = 1
+        conv = kind.conv and name in CONV_PRESETS
     if conv:
         preset.update(CONV_PRESETS[name])
     if steps is not None:
@@ -331,6 +373,11 @@ def resolve(config: TrainConfig) -> TrainConfig:
             _positive_int("hidden", h)
     for name in ("epochs", "batch_size", "noise_samples", "time_steps", "trace_probe"):
         _positive_int(name, getattr(c, name))
+    rows = (1 + c.noise_samples * (2 if c.antithetic else 1)) * c.batch_size
+    if rows > MAX_ROWS and c.algo not in ("bp", "dbp"):
+        raise ValueError(f"noise_samples {c.noise_samples} and batch_size {c.batch_size} stack "
+                         f"{rows:_} rows in one forward, more than {MAX_ROWS:_}: lower one "
+                         "of them")
     for name in ("trace_every", "trace_units", "checkpoint_every", "max_bad_steps"):
         _integer(name, getattr(c, name), 0)
     if c.trace_layers is not None:
@@ -398,27 +445,60 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"beta {c.beta} must be in (0, 1]")
     check_optimisation(c)
     if c.threads is not None:
-        _positive_int("threads", c.threads)
+        check_threads(c.threads)
     _integer("seed", c.seed, 0)
     if c.model is not None:
         c.model = absolute_model(c.model)
     return c
 
 
-def model_spikes(spec: str) -> bool:
-    """Whether the model that ``spec`` (``FILE.py:FUNCTION``) builds holds a spiking neuron;
-    ``False`` where the file cannot build a model: building the run then says why, in one line
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+    """What a model file's network is, for its presets: convolutions, spiking neurons, a
+    forward that runs its own time loop."""
+
+    conv: bool = False
+    spiking: bool = False
+    own_loop: bool = False
+
+
+def model_kind(spec: str) -> ModelKind:
+    """The ``ModelKind`` of the model that ``spec`` (``FILE.py:NAME``) builds; an empty kind
+    where the file cannot build a model: building the run then says why, in one line
     (``models.load_model``), when the run starts (a sweep's other runs go on)."""
     import torch
+    from torch import nn
 
-    from noisynets.folding import spiking
+    from noisynets.core.export import spiking
+    from noisynets.core.model import runs_own_loop
     from noisynets.models import load_model
 
     with torch.random.fork_rng(devices=[]):  # a model's initialisation draws from torch's
         try:
-            return spiking(load_model(spec))
+            model = load_model(spec)
         except ValueError:
-            return False
+            return ModelKind()
+    conv = any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.modules())
+    return ModelKind(conv, spiking(model), runs_own_loop(model))
+
+
+def preset_names(config: TrainConfig, kind: ModelKind | None = None) -> list[str]:
+    """The presets a run's unset options came from: its data set, then what its network is
+    (``conv``, ``spiking`` or a unit's), e.g. ``["digits", "conv"]``."""
+    name = dataset_name(config.dataset)
+    names = [name]
+    if config.model is None:
+        if config.unit in UNIT_PRESETS:
+            names.append(config.unit)
+        if config.arch == "conv":
+            names.append("conv")
+        return names
+    kind = kind or model_kind(config.model)
+    if kind.spiking:
+        names.append("spiking model" + (" (its own loop)" if kind.own_loop else ""))
+    if kind.conv and name in CONV_PRESETS:
+        names.append("conv")
+    return names
 
 
 def check_optimisation(c: TrainConfig) -> None:
@@ -465,10 +545,35 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}{hint}: choose one of {', '.join(choices)}")
 
 
-def _integer(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= LARGEST:
-        raise ValueError(f"{name} {value!r} must be an integer from {low} to "
-                         f"{LARGEST:_}")
+def check_threads(threads: Any) -> int:
+    """``threads`` as torch's thread count: an integer from 1 to ``MAX_THREADS``."""
+    _integer("threads", threads, 1, MAX_THREADS)
+    return threads
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` in at most 40 characters (an integer of thousands of digits has a
+    repr Python refuses to make)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"<an integer of about {int(value.bit_length() * math.log10(2))} digits>"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a real number (not a bool) that is finite as a float; an integer
+    too large for a float is not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _integer(name: str, value: Any, low: int, high: int = LARGEST) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} {shown(value)} must be an integer from {low} to {high:_}")
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -485,7 +590,53 @@ def _nonnegative_float(name: str, value: Any) -> None:
 
 def _number(name: str, value: Any, positive: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} {value!r} must be a number")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} {value!r} must be a finite number "
+        raise ValueError(f"{name} {shown(value)} must be a number")
+    if not finite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} {shown(value)} must be a finite number "
                          f"{'> 0' if positive else '>= 0'}")
+
+
+# --- the same checks as argparse types, for the command line ------------------------------
+
+def integer(text: str, low: int, high: int = LARGEST) -> int:
+    """``text`` as an integer from ``low`` to ``high``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} must be an integer from {low} to "
+                                         f"{high:_}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return integer(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return integer(text, 0)
+
+
+def thread_count(text: str) -> int:
+    return integer(text, 1, MAX_THREADS)
+
+
+def number(text: str, positive: bool) -> float:
+    """``text`` as a finite number, ``> 0`` (``positive``) or ``>= 0``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} must be a finite number {'> 0' if positive else '>= 0'}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    return number(text, positive=True)
+
+
+def nonnegative_float(text: str) -> float:
+    return number(text, positive=False)

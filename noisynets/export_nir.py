@@ -50,9 +50,11 @@ import snntorch as snn
 import torch
 from torch import Tensor, nn
 
+from noisynets.core.export import readout
+from noisynets.core.model import flat_modules
+from noisynets.core.network import Network
+from noisynets.core.steps import reset_neurons
 from noisynets.core.units import LIF
-from noisynets.folding import readout, reset_neurons
-from noisynets.network import Network, flat_modules
 
 SUPPORTED = "nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.Flatten, nn.Dropout and snn.Leaky"
 
@@ -87,6 +89,9 @@ def _nir() -> tuple[Any, Any, Any]:
 
 def check_exportable(network: Network) -> None:
     """``ValueError`` with one line for the first module NIR cannot hold (module doc)."""
+    if not isinstance(network.model, nn.Sequential):
+        raise ValueError(f"NIR export takes an nn.Sequential, the way snntorch's exporter "
+                         f"reads a network; the model is a {type(network.model).__name__}")
     if not any(layer.spiking for layer in network.layers):
         raise ValueError("NIR export is for spiking networks (snn.Leaky neurons): this one has "
                          "none; use model.pt (torch.load) for a rate network")
@@ -253,16 +258,15 @@ def export_run(folder: str | Path, out: str | Path, model: str | None = None,
                trust_model: bool = False) -> Path:
     """The trained network of the run in ``folder`` as a NIR file ``out``; returns ``out``.
     ``model``, ``trust_model``: as for ``inference.load_trained``."""
+    from noisynets.files import check_output, write_bytes_atomic
     from noisynets.inference import load_trained
 
-    nir, _, _ = _nir()
     out = Path(out)
-    if out.is_dir() or not out.parent.is_dir():
-        raise ValueError(f"-o {str(out)!r}: name a file in a folder that exists")
+    check_output(out)
+    nir, _, _ = _nir()
     network, _, spec = load_trained(folder, model, trust_model)
     graph = to_nir(network.cpu(), tuple(int(d) for d in spec["shape"]))
-    try:
-        nir.write(str(out), graph)
-    except OSError as e:
-        raise ValueError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
+    buffer = io.BytesIO()  # made in memory, written whole or not at all
+    nir.write(buffer, graph)
+    write_bytes_atomic(out, buffer.getvalue())
     return out

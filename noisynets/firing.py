@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from noisynets.network import Network, Passes
+from noisynets.core.network import Network
+from noisynets.core.record import Passes
 
 SILENT = 1e-3  # a layer spiking in fewer than this share of its neuron-steps is silent
 SATURATED = 0.99  # ... in more than this share, saturated
@@ -56,7 +57,7 @@ def firing_warnings(network: Network, rates: list[float | None], time_steps: int
             continue
         threshold = getattr(layer.unit, "threshold", None)
         now = "" if threshold is None else f" (now {float(torch.as_tensor(threshold).mean()):g})"
-        name = f"layer {k + 1} ({type(layer.unit).__name__} after {type(layer.op).__name__})"
+        name = f"layer {k + 1} ({type(layer.unit).__name__} after {layer.op_type})"
         noise = "" if noise_std is None else f", now {noise_std:g}"
         if rate < SILENT:
             lines.append(

@@ -7,9 +7,11 @@ run applied (``x -> (x - mean) / std``, the training split's mean and standard d
 ``load_trained(folder)`` rebuilds the network from the run's config alone. A version 1
 ``model.pt`` has no such record: it loads through its data set, as ``noisynets evaluate`` does.
 
-Input files (``read_inputs``): ``.npy`` (one array), ``.npz`` (the array ``x``, or its only
-array) or ``.csv`` (numbers separated by commas, one sample per row, flattened; a first line
-that is not numbers is a header), as raw inputs -- the run's standardisation is applied here.
+Input files (``read_inputs``, through ``noisynets.arrays.read_array``, which knows a file by
+its content, not its name): ``.npy`` (one array), ``.npz`` (the array ``x``, or its only
+array) or CSV text (numbers separated by commas, one sample per row, flattened; a first line
+of names, none a number, is a header, and a line that does not parse is named, never
+skipped), as raw inputs -- the run's standardisation is applied here.
 The samples are ``(n, *shape)``, ``(n, features)`` or one sample of ``shape``.
 
 Outputs (``predict``): ``.csv`` (default; a header, then per sample ``label`` and ``score_0 ..
@@ -36,12 +38,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from noisynets.arrays import read_array
 from noisynets.checkpoints import MODEL_FILE
 from noisynets.config import TrainConfig, resolve
+from noisynets.core.network import Network
 from noisynets.data import DataSplits
-from noisynets.network import Network
+from noisynets.files import atomic, check_output
 
-INPUT_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".csv")
+INPUT_KINDS: tuple[str, ...] = ("npy", "npz", "csv")  # by the file's content
 OUTPUT_SUFFIXES: tuple[str, ...] = (".csv", ".npz")
 
 
@@ -85,7 +89,7 @@ def load_trained(folder: str | Path, model: str | None = None, trust_model: bool
                              step_features=math.prod(step), num_classes=int(spec["outputs"]))
     torch.manual_seed(config.seed)
     network, _, _ = build(config, shapes)  # type: ignore[arg-type]
-    check_fits(state["network"], network.state_dict(), folder / MODEL_FILE)
+    check_fits(network.current_keys(state["network"]), network.state_dict(), folder / MODEL_FILE)
     try:
         network.load_state_dict(state["network"])
     except RuntimeError as e:
@@ -96,19 +100,14 @@ def load_trained(folder: str | Path, model: str | None = None, trust_model: bool
 
 def read_inputs(path: str | Path, spec: dict[str, Any]) -> Tensor:
     """The samples of file ``path`` as a float32 tensor ``(n, *shape)``, standardised as the
-    run was (module doc); ``ValueError`` with one line for a file that is missing, of another
-    kind, not numbers, not finite, or of a shape the model does not take."""
+    run was (module doc); ``ValueError`` with one line for a file that is missing, not a
+    regular file, of another kind (by its content: ``noisynets.arrays``), damaged, not numbers,
+    not finite, or of a shape the model does not take."""
     path = Path(path)
     where = f"--input {str(path)!r}"
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{where}: no such file")
-    if path.suffix.lower() not in INPUT_SUFFIXES:
-        raise ValueError(f"{where}: unknown file type {path.suffix or '(none)'!r}: give a "
-                         f"{', '.join(INPUT_SUFFIXES)} file")
-    array = _read_array(path, where)
-    if array.dtype.kind not in "fiub" or array.size == 0:
-        raise ValueError(f"{where} holds {array.dtype} values of shape {array.shape}: give "
-                         "numbers, one sample per row")
+    array = read_array(path, "--input", INPUT_KINDS)
     shape = tuple(int(d) for d in spec["shape"])
     features = math.prod(shape)
     if array.shape == shape:
@@ -119,43 +118,14 @@ def read_inputs(path: str | Path, spec: dict[str, Any]) -> Tensor:
         raise ValueError(f"{where} holds an array of shape {tuple(array.shape)}: the model "
                          f"takes samples of shape {shape}, as (n, {', '.join(map(str, shape))})"
                          f" or (n, {features}), one sample per row")
-    x = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+        x = torch.as_tensor(np.asarray(array, dtype=np.float32))
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{where} holds values that are not finite (NaN or inf): replace them")
+        raise ValueError(f"{where} holds values that are not finite (NaN or inf, or beyond "
+                         "float32): replace them")
     if spec.get("mean") is not None:
         x = (x - spec["mean"]) / spec["std"]
     return x
-
-
-def _read_array(path: Path, where: str) -> np.ndarray:
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                names = list(archive.keys())
-                if "x" in names:
-                    return archive["x"]
-                if len(names) == 1:
-                    return archive[names[0]]
-                raise ValueError(f"{where} holds the arrays {', '.join(names) or '(none)'}: "
-                                 "name the inputs x")
-        with path.open() as f:
-            first = f.readline()
-        try:
-            [float(v) for v in first.split(",")]
-            header = 0
-        except ValueError:
-            header = 1
-        return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=header, dtype=np.float64)
-    except ValueError as e:
-        if str(e).startswith(where):
-            raise
-        raise ValueError(f"{where} is not a readable {suffix} file of numbers "
-                         f"({' '.join(str(e).split())[:120]})") from None
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{where} cannot be read: {e}") from None
 
 
 @torch.no_grad()
@@ -182,28 +152,30 @@ def predict(folder: str | Path, inputs: str | Path, out: str | Path | None = Non
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"-o {str(out)!r}: unknown file type {out.suffix or '(none)'!r}: "
                          f"name a {' or '.join(OUTPUT_SUFFIXES)} file")
-    if out.is_dir() or not out.parent.is_dir():
-        raise ValueError(f"-o {str(out)!r}: name a file in a folder that exists")
-    if out.exists() and out.resolve() == inputs.resolve():
-        raise ValueError(f"-o {str(out)!r} is the input file: name another file")
+    check_output(out, [inputs])
     network, config, spec = load_trained(folder, model, trust_model)
     x = read_inputs(inputs, spec)
     result = predictions(network, config, spec, x)
-    try:
-        if out.suffix.lower() == ".npz":
-            np.savez(out, **result)
-        else:
-            with out.open("w", newline="") as f:
-                w = csv.writer(f)
-                if "outputs" in result:
-                    values = result["outputs"]
-                    w.writerow([f"output_{k}" for k in range(values.shape[1])])
-                    w.writerows([[repr(float(v)) for v in row] for row in values])
-                else:
-                    labels, scores = result["labels"], result["scores"]
-                    w.writerow(["label", *(f"score_{k}" for k in range(scores.shape[1]))])
-                    w.writerows([[int(label), *(repr(float(v)) for v in row)]
-                                 for label, row in zip(labels, scores)])
-    except OSError as e:
-        raise ValueError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
+    write_predictions(result, out)
     return out
+
+
+def write_predictions(result: dict[str, np.ndarray], out: Path) -> None:
+    """``predictions``'s ``result`` as the ``.npz`` or ``.csv`` file ``out`` (module doc),
+    whole or not at all (``files.atomic``: a full disk leaves no half-written file)."""
+    with atomic(out) as tmp:
+        if out.suffix.lower() == ".npz":
+            with tmp.open("wb") as f:
+                np.savez(f, **result)
+            return
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            if "outputs" in result:
+                values = result["outputs"]
+                w.writerow([f"output_{k}" for k in range(values.shape[1])])
+                w.writerows([[repr(float(v)) for v in row] for row in values])
+            else:
+                labels, scores = result["labels"], result["scores"]
+                w.writerow(["label", *(f"score_{k}" for k in range(scores.shape[1]))])
+                w.writerows([[int(label), *(repr(float(v)) for v in row)]
+                             for label, row in zip(labels, scores)])

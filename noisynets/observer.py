@@ -11,7 +11,7 @@ inaccessible noise")::
                               summed over the time steps
     loss         (P, B)       every pass's per-sample loss
 
-That is a ``noisynets.network.Record``, the very object the built-in forward hands the rules:
+That is a ``noisynets.Record``, the very object the built-in forward hands the rules:
 ``Rule.estimate(record, layers)`` is how every perturbation rule estimates, and
 ``Rule.gradients`` (the built-in forward) is one caller of it, this module another.
 ``observation`` builds a Record from numpy or torch arrays and checks it, naming the bad
@@ -50,8 +50,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from noisynets.decorrelation import Decorrelator
-from noisynets.network import Passes, Record
+from noisynets.core.decorrelation import Decorrelator
+from noisynets.core.record import Passes, Record
 from noisynets.rules import RULES, Rule, make_rule, uses_decorrelation
 from noisynets.rules.base import Gradients
 

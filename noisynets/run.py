@@ -41,7 +41,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import snntorch as snn
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -66,15 +65,19 @@ from noisynets.checkpoints import (
     random_states,
     read_identity,
     save_atomic,
+    sealed,
     set_noise_states,
     set_random_states,
 )
-from noisynets.config import TrainConfig, resolve
+from noisynets.config import TrainConfig, check_threads, preset_names, resolve
+from noisynets.core.network import Network
 from noisynets.core.noise import generator_in_use, make_noise, use_generator
 from noisynets.core.precision import difference_dtype
+from noisynets.core.record import Passes, Record
 from noisynets.core.units import set_reset
 from noisynets.data import DataSplits, load_dataset
-from noisynets.files import remove_stale, write_text_atomic
+from noisynets.describe import describe, describe_layers, model_shapes
+from noisynets.files import RUN_FILE_NAMES, remove_stale, write_text_atomic
 from noisynets.firing import firing_warnings
 from noisynets.hooks import (
     METRICS_FILE,
@@ -89,7 +92,6 @@ from noisynets.hooks import (
 )
 from noisynets.inference import input_spec
 from noisynets.models import conv_net, he_normal, load_model
-from noisynets.network import Network, Passes, Record
 from noisynets.parallel import World, decided_by_main, session
 from noisynets.rules import Rule, make_rule, uses_decorrelation
 from noisynets.traces import TraceWriter, flatten_metrics
@@ -104,8 +106,7 @@ from noisynets.training import (
 )
 
 RESULTS_FILE = "results.json"
-RUN_FILES = (RESULTS_FILE, "trace.h5", "trace.png", "learning_curve.png", MODEL_FILE,
-             CHECKPOINT_FILE, METRICS_FILE, STEPS_FILE, IDENTITY_FILE)
+RUN_FILES = RUN_FILE_NAMES  # every file a run writes in its folder (and tensorboard/)
 
 
 class DivergenceError(RuntimeError):
@@ -127,6 +128,7 @@ class RunResult:
     data_files: str = ""
     world_size: int = 1  # processes that trained it (data-parallel under torchrun)
     layers: list[dict[str, Any]] = field(default_factory=list)  # what the network really is
+    model: dict[str, Any] = field(default_factory=dict)  # the model as a whole (describe)
 
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else self.initial
@@ -152,6 +154,7 @@ class RunResult:
             "out": self.out,
             "config": self.config.to_dict(),
             "layers": self.layers,
+            "model": self.model,
             "history": [asdict(h) for h in ([self.initial] if self.initial else [])
                         + self.history],
         }
@@ -299,10 +302,12 @@ def resume(
     elif (folder / RESULTS_FILE).exists():
         path = folder / RESULTS_FILE
         try:
+            if not path.is_file():  # a FIFO would block the read
+                raise OSError
             fields = json.loads(path.read_text())["config"]
             if not isinstance(fields, dict):
                 raise TypeError
-        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
             raise ValueError(f"--resume: {str(path)!r} is damaged and there "
                              "is no checkpoint: start the run again") from None
         fields = config_fields({"config": fields}, path)
@@ -316,7 +321,7 @@ def resume(
                                            trust_model)
     config = resolve(TrainConfig(**{**fields, "out": str(folder)}))
     if threads is not None:
-        config = dataclasses.replace(config, threads=threads)
+        config = dataclasses.replace(config, threads=check_threads(threads))
     if checkpoint is None:
         return _start(config, lambda: run_folder(config, overwrite=True), None, progress, log)
     if any(h.get("stopped") for h in checkpoint["history"]):
@@ -336,16 +341,28 @@ def _start(
     log: Callable[[str], None] | None,
 ) -> RunResult:
     """``_run`` in the run folder ``folder()`` names; under torchrun in every process, with
-    the folder named by rank 0. A run refused before it wrote anything (bad data, a network
-    the rule cannot train) leaves no empty folder behind that it created."""
+    the folder named by rank 0. A new run refused before it trains (bad data, a model the rule
+    cannot train, a trace file the disk has no room for) leaves no folder behind that it
+    made, and none of the files it had begun (``identity.json``, ``trace.h5``, the logs), so
+    the same ``--out`` can be used again; a resumed run's folder keeps everything."""
     if config.tensorboard:
         summary_writer_class()  # refused before the folder is made
     with session(choose_device(config.device)) as world:
         out = decided_by_main(folder, world)
+        main = world is None or world.main
+        before = set(_entries(out)) if main and checkpoint is None else None
         try:
-            return _run(config, out, checkpoint, progress, log, world)
+            prepared = _prepare(config, out, checkpoint, progress, log, world)
         except BaseException:
-            if world is None or world.main:
+            if before is not None:
+                remove_new_files(out, before)
+            if main:
+                remove_if_empty(out)
+            raise
+        try:
+            return _train(prepared)
+        except BaseException:
+            if main:
                 remove_if_empty(out)
             raise
 
@@ -358,6 +375,31 @@ def remove_if_empty(folder: Path) -> None:
             path.rmdir()
         except OSError:
             return  # not empty, or not there
+
+
+def _entries(folder: Path) -> list[str]:
+    try:
+        return [entry.name for entry in folder.iterdir()]
+    except OSError:
+        return []
+
+
+def remove_new_files(folder: Path, before: set[str]) -> None:
+    """The run files and temporaries in ``folder`` that were not among ``before`` (the names
+    there when the run began), removed: what a refused run had begun."""
+    import shutil
+
+    for name in set(_entries(folder)) - before:
+        path = folder / name
+        if name not in (*RUN_FILES, TENSORBOARD_FOLDER) and ".tmp-" not in name:
+            continue  # not the run's: left alone
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            pass
 
 
 @dataclass
@@ -395,7 +437,7 @@ class RunState:
 
         if not self.main:
             return
-        save_atomic({
+        save_atomic(sealed({
             "format": "noisynets-checkpoint", "version": FORMAT_VERSION,
             "noisynets_version": noisynets.__version__,
             "run": self.identity or {}, "config": self.config.to_dict(),
@@ -407,7 +449,7 @@ class RunState:
             "initial": asdict(self.result.initial),
             "history": [asdict(h) for h in self.result.history],
             "trace_records": 0 if self.writer is None else self.writer.records,
-        }, self.out / CHECKPOINT_FILE)
+        }), self.out / CHECKPOINT_FILE)
         self.save_model()
 
 
@@ -514,6 +556,24 @@ class Figures(Hook):
             trace_figure(state.writer.path, state.out / "trace.png")
 
 
+@dataclass
+class Prepared:
+    """A run ready to train (``_prepare``): its state, data and hooks, where to start."""
+
+    state: RunState
+    data: DataSplits
+    hooks: list[Hook]
+    emit: Callable[[str], None]
+    progress: bool
+    checkpoint: dict[str, Any] | None
+    first_epoch: int
+    step: int
+    early: EarlyStopping | None
+    device: torch.device
+    world: World | None
+    network_text: str
+
+
 def _run(
     config: TrainConfig,
     out: Path,
@@ -522,7 +582,20 @@ def _run(
     log: Callable[[str], None] | None,
     world: World | None = None,
 ) -> RunResult:
-    """The run in ``out``: data, network, the hooks, the initial evaluation, ``fit``."""
+    """The run in ``out``: prepared (``_prepare``), then trained (``_train``)."""
+    return _train(_prepare(config, out, checkpoint, progress, log, world))
+
+
+def _prepare(
+    config: TrainConfig,
+    out: Path,
+    checkpoint: dict[str, Any] | None,
+    progress: bool,
+    log: Callable[[str], None] | None,
+    world: World | None = None,
+) -> Prepared:
+    """Everything before the first line of the run: data, identity, network, the state of a
+    checkpoint, the trace file and the other hooks. An error here refuses the run."""
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = choose_device(config.device) if world is None else world.device
@@ -545,8 +618,9 @@ def _run(
     state = RunState(config, out, network, rule, optimizer, make_scheduler(config, optimizer),
                      torch.Generator().manual_seed(config.seed),  # the order of the data
                      result, None, main, time.perf_counter(), inputs, identity)
-    shapes = model_shapes(network, data, config)
+    shapes, model = model_shapes(network, data, config)
     result.layers = describe_layers(network, shapes)
+    result.model = model
     first_epoch, step = 1, 0
     if checkpoint is not None:
         first_epoch, step = restore(state, checkpoint, world, device)
@@ -554,6 +628,16 @@ def _run(
     hooks = run_hooks(state, probe, emit, progress, checkpoint)
     early = (EarlyStopping(config.early_stopping, result.history)
              if config.early_stopping else None)
+    return Prepared(state, data, hooks, emit, progress, checkpoint, first_epoch, step, early,
+                    device, world, describe(network, shapes, model))
+
+
+def _train(prepared: Prepared) -> RunResult:
+    """The prepared run: its first lines, the initial evaluation (or a checkpoint's rows),
+    ``fit``, the model file, and every hook closed."""
+    state, data, hooks, emit = prepared.state, prepared.data, prepared.hooks, prepared.emit
+    checkpoint, world, device = prepared.checkpoint, prepared.world, prepared.device
+    config, result, step = state.config, state.result, prepared.step
 
     def on_loss(step: int, loss: Tensor) -> None:
         for hook in hooks:
@@ -563,7 +647,7 @@ def _run(
         for hook in hooks:
             hook.on_epoch(stats)
 
-    emit(header(state, describe(network, shapes), device, world))
+    emit(header(state, prepared.network_text, device, world))
     emit(f"data: {data.origin}")
     if checkpoint is not None:
         set_random_states(checkpoint["random"])
@@ -579,18 +663,19 @@ def _run(
 
     try:
         try:
-            fit(network, rule, optimizer, data, config.epochs, config.batch_size,
-                seed=config.seed, progress=progress, on_epoch=on_epoch, on_loss=on_loss,
-                name=config.algo, max_bad_steps=config.max_bad_steps, first_epoch=first_epoch,
+            fit(state.network, state.rule, state.optimizer, data, config.epochs,
+                config.batch_size, seed=config.seed, progress=prepared.progress,
+                on_epoch=on_epoch, on_loss=on_loss, name=config.algo,
+                max_bad_steps=config.max_bad_steps, first_epoch=prepared.first_epoch,
                 first_step=step, generator=state.generator, start=state.start, world=world,
-                scheduler=state.scheduler, clip_grad=config.clip_grad, stop=early,
+                scheduler=state.scheduler, clip_grad=config.clip_grad, stop=prepared.early,
                 probe_batches=config.probe_batches)
             state.save_model()
         except Diverged as e:
             raise DivergenceError(
                 f"training diverged: {e}, so nothing was applied; lower --lr (now "
                 f"{config.lr:g}) or --noise-std (now {config.noise_std:g}). Everything up to "
-                f"the last good step is in {out}") from None
+                f"the last good step is in {state.out}") from None
     except BaseException:
         # Already failing (a full disk, an interrupt): keep what can still be written, and
         # let the first error be the one reported.
@@ -684,7 +769,7 @@ def restore(state: RunState, checkpoint: dict[str, Any], world: World | None,
     """The state of ``checkpoint`` in ``state``, each tensor checked against the network and
     optimizer the config builds; returns the epoch and step to continue at."""
     path = state.out / CHECKPOINT_FILE
-    check_fits(checkpoint["network"], state.network.state_dict(), path)
+    check_fits(state.network.current_keys(checkpoint["network"]), state.network.state_dict(), path)
     check_optimizer(checkpoint["optimizer"], state.optimizer, path)
     try:
         state.network.load_state_dict(checkpoint["network"])
@@ -783,9 +868,11 @@ def header(state: RunState, network: str, device: torch.device, world: World | N
                  else f", {world.size} processes (data-parallel)")
     model = "" if c.model is None else f"model {Path(c.model).name} "
     steps = f", T {c.time_steps}" if c.time_steps > 1 else ""
+    presets = "+".join(preset_names(c))
     return (f"{c.algo} on {c.dataset}: {model}{network}{steps}, {plural(c.epochs, 'epoch')}, batch "
             f"{c.batch_size}, {c.optimizer} lr {c.lr:g}{schedule}, noise {c.noise} "
-            f"{c.noise_std:g}{options(c)}, device {device}{processes}, run folder {state.out}")
+            f"{c.noise_std:g}{options(c)}, presets {presets}, device {device}{processes}, run "
+            f"folder {state.out}")
 
 
 def table_header(validating: bool, schedule: bool) -> str:
@@ -850,7 +937,7 @@ def load_network(
         data = data.standardized()
     torch.manual_seed(config.seed)
     network, _, _ = build(config, data)
-    check_fits(state["network"], network.state_dict(), path)
+    check_fits(network.current_keys(state["network"]), network.state_dict(), path)
     try:
         network.load_state_dict(state["network"])
     except RuntimeError as e:
@@ -879,76 +966,6 @@ def metric_names(layers: int) -> list[str]:
     fields = {f.name: [0.0] * layers if f.name in per_layer else 0.0
               for f in dataclasses.fields(EpochStats)}
     return list(flatten_metrics(fields))
-
-
-def network_shapes(network: Network, x: Tensor, y: Tensor) -> list[dict[str, Any]]:
-    """Per layer: its (flattened) input and node counts, and one sample's input and node
-    shapes, from a clean forward of ``x`` that leaves the noise streams untouched."""
-    with torch.no_grad(), network.untouched_noise():
-        record = network.run(x, y, Passes.clean(network.num_layers))
-    return [dict(inputs=int(seen.shape[-1]), units=int(a.shape[-1]),
-                 input_shape=list(layer.in_shape), shape=list(layer.node_shape))
-            for layer, seen, a in zip(network.layers, record.inputs, record.activity)]
-
-
-def model_shapes(network: Network, data: DataSplits, config: TrainConfig
-                 ) -> list[dict[str, Any]]:
-    """``network_shapes`` of one training sample, or a ``ValueError`` saying why the
-    network cannot take the data set's samples or give one output per class."""
-    try:
-        shapes = network_shapes(network, data.train_x[:1], data.train_y[:1])
-    except (RuntimeError, IndexError, ValueError, TypeError) as e:
-        raise ValueError(f"the network does not fit the data set {config.dataset!r} (samples "
-                         f"of shape {tuple(data.input_shape)}, {data.num_classes} outputs): "
-                         f"{' '.join(str(e).split())[:160]}") from None
-    if shapes[-1]["units"] != data.num_classes:
-        raise ValueError(f"the network has {shapes[-1]['units']} outputs, the data set "
-                         f"{config.dataset!r} needs {data.num_classes}: make its last layer "
-                         f"that wide")
-    return shapes
-
-
-def describe(network: Network, shapes: list[dict[str, Any]]) -> str:
-    """``[64, 1000, 10]`` for a dense stack; ``1x28x28 -> 16x28x28 -> ... -> 10`` else, each
-    shape after a wrapped model's layer with its weight operation and node kinds."""
-    if network.sizes is not None:
-        return str(network.sizes)
-    parts = [shapes[0]["input_shape"]] + [s["shape"] for s in shapes]
-    text = ["x".join(str(d) for d in shape) for shape in parts]
-    if network.unit == "custom":  # the user's own model: say what each layer is
-        for k, layer in enumerate(network.layers):
-            kinds = type(layer.op).__name__ + ("" if k == network.num_layers - 1
-                                               else f"+{type(layer.unit).__name__}")
-            text[k + 1] = f"({kinds}) {text[k + 1]}"
-    return " -> ".join(text)
-
-
-def describe_layers(network: Network, shapes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per layer (``results.json``'s ``layers``): its weight operation, the operations before
-    it and between it and its nodes, its node (``readout`` for the last), whether it spikes
-    and is decorrelated, and one sample's input and node shapes."""
-    rows = []
-    for k, (layer, shape) in enumerate(zip(network.layers, shapes)):
-        last = k == network.num_layers - 1
-        rows.append({
-            "layer": k + 1, "op": repr(layer.op), "pre": [repr(m) for m in layer.pre],
-            "mid": [repr(m) for m in layer.mid],
-            "node": "readout" if last else node_text(layer.unit), "spiking": layer.spiking,
-            "decorrelated": layer.decorrelator is not None,
-            "input_shape": shape["input_shape"], "shape": shape["shape"],
-        })
-    return rows
-
-
-def node_text(unit: torch.nn.Module) -> str:
-    """A node's repr; a spiking neuron's with its decay, threshold and reset."""
-    if not isinstance(unit, snn.SpikingNeuron):
-        return repr(unit)
-    values = {name: getattr(unit, name) for name in ("alpha", "beta", "threshold")
-              if isinstance(getattr(unit, name, None), Tensor)}
-    text = ", ".join(f"{k}={float(v.float().mean()):g}" + ("" if v.numel() == 1 else " (mean)")
-                     for k, v in values.items())
-    return f"{type(unit).__name__}({text}, reset={unit.reset_mechanism})"
 
 
 def probe_record(network: Network, x: Tensor, y: Tensor) -> Record:

@@ -27,10 +27,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from noisynets.core.decorrelation import mean_abs_correlation
+from noisynets.core.network import Network
+from noisynets.core.record import Passes, Record
 from noisynets.data import DataSplits
-from noisynets.decorrelation import mean_abs_correlation
 from noisynets.firing import firing_rates
-from noisynets.network import Network, Passes, Record
 from noisynets.parallel import (
     Shard,
     World,
@@ -147,22 +148,27 @@ def evaluate(
     """Mean loss and accuracy (0..1) of ``network`` on ``(x, y)``, or on the batches of a
     ``DataLoader`` ``x``; the accuracy is ``None`` for real-valued targets (regression).
     Runs in eval mode (dropout off). ``network`` may also be a plain module (the folded copy
-    of ``noisynets.export_model``): its logits are ``folding.readout(model, x, time_steps)``
-    and its per-sample ``loss`` a name of ``noisynets.core.losses.LOSSES`` or a function (a
-    ``Network`` uses its own)."""
+    of ``noisynets.export_model``): its outputs are ``core.steps.plain_outputs(model, x,
+    time_steps)`` and its per-sample ``loss`` a name of ``noisynets.core.losses.LOSS_NAMES``
+    or a function (a ``Network`` uses its own)."""
     if isinstance(x, Tensor):
         batches: Iterable[tuple[Tensor, Tensor]] = (
             (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size))
     else:
         batches = x
     if isinstance(network, Network):
-        forward, loss_fn = network, network.loss_fn
+        def forward_losses(xb: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+            record = network.run(xb, target, Passes.clean(network.num_layers,
+                                                          network.both_noisy))
+            return record.logits[0], record.loss[0]
     else:
-        from noisynets.core.losses import LOSSES
-        from noisynets.folding import readout
+        from noisynets.core.losses import make_loss
+        from noisynets.core.steps import plain_outputs, score
 
-        forward = lambda xb: readout(network, xb, time_steps)  # noqa: E731
-        loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
+        plain_loss = make_loss(loss)
+
+        def forward_losses(xb: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+            return score(plain_loss, plain_outputs(network, xb, time_steps), target)
     device = next(network.parameters()).device
     total = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -172,8 +178,8 @@ def evaluate(
     try:
         for xb, target in batches:
             xb, target = xb.to(device), target.to(device)
-            logits = forward(xb)
-            total += loss_fn(logits, target).double().sum()
+            logits, losses = forward_losses(xb, target)
+            total += losses.double().sum()
             regression = target.is_floating_point()
             if not regression:
                 correct += (logits.argmax(-1) == target).sum()
@@ -232,8 +238,8 @@ def diagnostics(network: Network, rule: Rule, x: Tensor, y: Tensor) -> dict[str,
         zero = (change == 0).double().mean().item()
     else:
         zero = 0.0
-    rows = [layer.decorrelation_rows(seen / record.time_steps)[..., :DIAGNOSTIC_ROWS, :]
-            for layer, seen in zip(network.layers, record.inputs)]
+    rows = [layer.decorrelation_rows(seen / record.steps_of(k))[..., :DIAGNOSTIC_ROWS, :]
+            for k, (layer, seen) in enumerate(zip(network.layers, record.inputs))]
     return {
         "alignment": [cosine(e, r) for e, r in zip(flat, flat_bp)],
         "decorrelation": [mean_abs_correlation(r).item() for r in rows],

@@ -1,10 +1,10 @@
 """Independent references for the tests: a brute-force forward and basis-direction noise.
 
-``brute_force`` runs every pass and every time step on its own, with ``R`` applied to every row
-(never folded into ``W``), replaying the noise a batched forward recorded. It shares nothing
-with ``Network._forward`` but the layers' parameters and units, so an in-place add that leaks
-one pass or step into another, a cached drive that accumulates noise, or a mis-sliced pass
-shows up as a difference.
+``brute_force`` runs every pass and every time step of an ``nn.Sequential`` on its own, module
+by module, with ``R`` applied to every row (never folded into ``W``), replaying the noise a
+batched forward recorded. It shares nothing with the engine (``noisynets.core.forward``) but
+the model's parameters and units, so an in-place add that leaks one pass or step into another,
+a cached drive that accumulates noise, or a mis-sliced pass shows up as a difference.
 
 ``Basis`` is noise made of basis directions: over its ``2 * total`` passes every node is pushed
 by ``+c`` and ``-c`` once each and is still otherwise, so ``mean(eps eps^T) = s^2 I`` exactly with
@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from noisynets import Network, Passes
+from noisynets.core.model import sequence
 from noisynets.core.noise import NoiseSource
+from noisynets.core.steps import reset_neurons
 
 
 class Recorded(NoiseSource):
@@ -76,14 +78,15 @@ def weight_op_one_row(layer, row: Tensor) -> Tensor:
     """One sample through the layer's weight operation, ``R`` applied to the input vector or
     to every patch, never folded into ``W``: ``W (R x) + b``; a convolution as patches."""
     op, R = layer.op, None if layer.decorrelator is None else layer.decorrelator.R
+    W = layer.weight  # the trained W itself, not the folded W R the module uses
     if not layer.conv:
         xh = row if R is None else R @ row
-        out = op.weight @ xh
+        out = W @ xh
         return out if op.bias is None else out + op.bias
     patches = F.unfold(row[None], op.kernel_size, op.dilation, op.padding, op.stride)[0]
     G = op.groups
     d = patches.shape[0] // G
-    W = op.weight.reshape(G, op.out_channels // G, d)
+    W = W.reshape(G, op.out_channels // G, d)
     outs = []
     for g in range(G):
         p = patches[g * d:(g + 1) * d]
@@ -120,18 +123,23 @@ def brute_force(
     activity: list[Tensor | None] = [None] * L
     inputs: list[Tensor | None] = [None] * L
     losses = []
+    index = {id(layer.op): k for k, layer in enumerate(net.layers)}
+    modules = list(sequence(net.model))
     for p in range(passes.count):
-        for layer in net.layers:
-            layer.reset_state(x)  # every pass starts from rest
+        reset_neurons(net.model)  # every pass starts from rest
         for t in range(T):
             h = spikes[t] if spikes is not None else x
-            for k, layer in enumerate(net.layers):
-                for module in layer.pre:
+            for module in modules:
+                k = index.get(id(module))
+                if k is None:  # a node or a parameter-free operation
                     h = module(h)
+                    h = (h[0] if isinstance(h, tuple) else h).to(x.dtype)
+                    if isinstance(getattr(module, "spk", None), Tensor):  # a recurrent neuron's
+                        module.spk = module.spk.to(x.dtype)  # spikes feed its weight next step
+                    continue
+                layer = net.layers[k]
                 seen = h
                 current = torch.stack([weight_op_one_row(layer, row) for row in h])
-                for module in layer.mid:
-                    current = module(current)
                 start, stop = passes.noisy[k]
                 shift = None
                 if start <= p < stop:
@@ -141,7 +149,8 @@ def brute_force(
                         shift = noise[k][1].draws[t][rows]
                 elif noise[k][1] is not None:
                     shift = torch.zeros_like(current)
-                h = layer.fire(current, shift)
+                if noise[k][1] is not None:
+                    layer.unit.threshold_shift = shift
                 if activity[k] is None:
                     activity[k] = torch.zeros(passes.count, *current.shape, dtype=x.dtype)
                 activity[k][p] += current
@@ -149,9 +158,9 @@ def brute_force(
                     if layer.decorrelator is not None and not layer.conv:
                         seen = torch.stack([layer.decorrelator.R @ row for row in seen])
                     inputs[k] = seen if t == 0 else inputs[k] + seen
+                h = current
         losses.append(net.loss_fn(activity[-1][p].reshape(B, -1) / T, y))
-    for layer in net.layers:
-        layer.reset_state(x)
+    reset_neurons(net.model)
     return Brute([a.reshape(passes.count, B, -1) for a in activity],
                  [i.reshape(B, -1) for i in inputs], torch.stack(losses))
 
@@ -209,3 +218,57 @@ class Basis(NoiseSource):
 def flat(grads) -> list[Tensor]:
     """Per layer, the weight and bias estimates (and a recurrent neuron's) in one vector."""
     return [torch.cat([g.flatten() for g in layer]) for layer in grads]
+
+
+@torch.no_grad()
+def hooked_brute_force(
+    net: Network, x: Tensor, y: Tensor, passes: Passes,
+    noise: list[tuple[Recorded, Recorded | None]],
+) -> Brute:
+    """The forward of ``passes`` for any model: the model itself, called once per pass on the
+    ``B`` samples, with a plain forward hook on every weight operation that adds the noise
+    the batched forward recorded for that pass and call. Shares nothing with the engine but
+    the model; the inputs are reported as the engine reports them (``R x`` for a dense
+    layer). The loss of each pass is the network's loss on what the model returned."""
+    B, L = x.shape[0], net.num_layers
+    activity: list[list[Tensor]] = [[] for _ in range(L)]
+    inputs: list[Tensor | None] = [None] * L
+    losses = []
+    for p in range(passes.count):
+        calls = [0] * L
+        sums: list[Tensor | None] = [None] * L
+        seen: list[Tensor | None] = [None] * L
+
+        def hook(module, args, out, k, p=p, calls=calls, sums=sums, seen=seen):
+            start, stop = passes.noisy[k]
+            t = calls[k]
+            calls[k] += 1
+            if start <= p < stop:
+                out = out + noise[k][0].draws[t][(p - start) * B:(p - start + 1) * B]
+            sums[k] = out if sums[k] is None else sums[k] + out
+            h = args[0].to(out.dtype)
+            layer = net.layers[k]
+            if layer.decorrelator is not None and not layer.conv:
+                h = h @ layer.decorrelator.R.T
+            seen[k] = h if seen[k] is None else seen[k] + h
+            return out
+
+        handles = [layer.op.register_forward_hook(
+            lambda m, a, o, k=k: hook(m, a, o, k)) for k, layer in enumerate(net.layers)]
+        try:
+            reset_neurons(net.model)
+            out = net.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+            reset_neurons(net.model)
+        for k in range(L):
+            activity[k].append(sums[k].reshape(B, -1))
+        if p == 0:
+            inputs = [s.reshape(B, -1) for s in seen]
+        if isinstance(out, tuple):
+            series = out[0] if net.loss.reads == "spikes" else out[1]
+            losses.append(net.loss.from_spikes(series, y))
+        else:
+            losses.append(net.loss.from_logits(out, y))
+    return Brute([torch.stack(a) for a in activity], inputs, torch.stack(losses))

@@ -52,9 +52,9 @@ def test_the_free_noise_step_leaves_every_generator_untouched():
     generator moves, and the noise it adds is that block times the source's std."""
     import torch
 
+    from noisynets import Network, Passes
     from noisynets.bench import free_noise, without_generator
     from noisynets.core.noise import Gaussian
-    from noisynets.network import Network, Passes
 
     net = Network([4, 8, 3], noise_std=0.1, seed=0)
     x, y = torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from noisynets.decorrelation import Decorrelator, mean_abs_correlation
+from noisynets.core.decorrelation import Decorrelator, mean_abs_correlation
 
 
 def correlated_gaussian(m: int, d: int, seed: int = 0) -> torch.Tensor:

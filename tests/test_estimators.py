@@ -137,7 +137,7 @@ def test_k_noise_samples_average_the_estimates(small_net: Network, batch):
 
 def test_anp_guards_samples_whose_activity_did_not_change():
     """A sample with ||da|| = 0 contributes nothing (no division by zero, no NaN)."""
-    from noisynets.network import Record
+    from noisynets import Record
     from noisynets.rules import ANP
 
     activity = [torch.zeros(2, 3, 4), torch.zeros(2, 3, 2)]

@@ -145,7 +145,7 @@ def test_fast_draws_come_in_the_activitys_dtype_and_a_network_runs_on_them():
     nets = [use_generator(Network([8, 16, 4], unit="lif", time_steps=3, noise_std=0.3,
                                   seed=2), "fast") for _ in range(2)]
     x, y = torch.rand(5, 8), torch.tensor([0, 1, 2, 3, 0])
-    from noisynets.network import Passes
+    from noisynets import Passes
 
     records = [net.run(x, y, Passes.perturbed(2, 1)) for net in nets]
     assert all(torch.equal(a, b) for a, b in zip(records[0].activity, records[1].activity))

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 import noisynets
 from noisynets import Network, Passes
+from noisynets.core.decorrelation import decorrelate
+from noisynets.core.layer import Layer
 from noisynets.core.noise import Gaussian
-from noisynets.layers import Layer
 
 
 def hand_patches(x: Tensor, k: int, stride: int, padding: int) -> Tensor:
@@ -46,7 +47,7 @@ def test_conv_decorrelation_rows_are_the_hand_built_patches(groups):
     g = torch.Generator().manual_seed(0)
     op = nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=groups).double()
     x = torch.randn(2, 2, 7, 7, generator=g, dtype=torch.float64)
-    plain = Layer(op, [], [], nn.Tanh(), Gaussian(0.1))
+    plain = Layer("op", op, Gaussian(0.1))
     plain.in_shape = (2, 7, 7)
     patches = hand_patches(x, 3, 2, 1)  # (2 * 4 * 4, 18)
     assert patches.shape == (32, 18)
@@ -55,7 +56,8 @@ def test_conv_decorrelation_rows_are_the_hand_built_patches(groups):
         assert torch.equal(rows, patches)
     else:
         assert torch.equal(rows, torch.stack([patches[:, :9], patches[:, 9:]]))
-    decor = Layer(op, [], [], nn.Tanh(), Gaussian(0.1), decorrelation=True)
+    decorrelate(op)
+    decor = Layer("op", op, Gaussian(0.1))
     decor.in_shape = (2, 7, 7)
     R = decor.decorrelator.R
     R.copy_(R + 0.3 * torch.randn(R.shape, generator=g, dtype=R.dtype))
@@ -232,16 +234,16 @@ def test_event_driven_differences_are_the_dense_product(monkeypatch, decorrelati
     event-driven difference product runs (and reports the changed fraction), and the whole
     record is the dense product's to the bit in float64 where the sums are exact (dyadic
     weights), and to 1e-12 with any weights."""
-    import noisynets.layers
+    import noisynets.core.layer
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(200, 64, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (200,), generator=g)
-    default = noisynets.layers.EVENT_FRACTION
+    default = noisynets.core.layer.EVENT_FRACTION
     for exact in (True, False):
         records, nets = [], []
         for fraction in (default, 0.0):
-            monkeypatch.setattr(noisynets.layers, "EVENT_FRACTION", fraction)
+            monkeypatch.setattr(noisynets.core.layer, "EVENT_FRACTION", fraction)
             net = Network([64, 256, 256, 10], unit="heaviside", noise_std=0.01, seed=0,
                           decorrelation=decorrelation).double()
             if decorrelation:
@@ -270,12 +272,12 @@ def test_the_event_product_is_the_dense_product():
     ``dh W^T``, to the bit for dyadic weights, to 1e-12 for any."""
     g = torch.Generator().manual_seed(0)
     op = nn.Linear(300, 120, bias=False).double()
-    layer = Layer(op, [], [], nn.Identity(), Gaussian(0.1))
+    layer = Layer("op", op, Gaussian(0.1))
     dh = (torch.rand(500, 300, generator=g) < 0.01).double()
     dh[:, ::7] *= -1
     W = torch.randn(120, 300, generator=g, dtype=torch.float64)
     torch.testing.assert_close(layer.event_product(dh, W), dh @ W.T, rtol=0, atol=1e-12)
-    layer._casts = {}
+    layer.casts = {}
     W = torch.round(W * 1024) / 1024
     assert torch.equal(layer.event_product(dh, W), dh @ W.T)
 

@@ -25,8 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.ticker import ScalarFormatter
 
+from noisynets import Record
 from noisynets.config import TrainConfig
-from noisynets.network import Record
 from noisynets.plots import learning_curve, learning_curve_figure, trace_figure, trace_file_figure
 from noisynets.run import RunResult, metric_names
 from noisynets.traces import TraceWriter

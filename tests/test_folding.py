@@ -27,8 +27,9 @@ from torch import nn
 import noisynets
 from noisynets.checkpoints import model_state
 from noisynets.config import TrainConfig, resolve
+from noisynets.core.decorrelation import trained_weight
+from noisynets.core.export import export_model, readout
 from noisynets.data import load_dataset
-from noisynets.folding import export_model, readout
 from noisynets.inference import load_trained, predict
 from noisynets.run import train
 from noisynets.training import evaluate, fit
@@ -84,8 +85,9 @@ def test_the_folded_copy_computes_the_trained_network_dense_and_conv(digits):
     with torch.no_grad():
         expected = net(x_test)
         torch.testing.assert_close(plain(x_test), expected, rtol=0, atol=1e-12)
-        # Without the fold the user's module computes W x, not W R x: far off.
-        assert (net.model(x_test) - expected).abs().max() > 1e-2
+        # R lives in the user's module (a parametrization of each weight): the module itself
+        # is the trained network, in the middle of training and after it.
+        torch.testing.assert_close(net.model(x_test), expected, rtol=0, atol=1e-12)
     assert evaluate(plain, x_test, y_test) == pytest.approx(evaluate(net, x_test, y_test),
                                                            rel=1e-12)
     # Independent: the network trains on, the copy stays.
@@ -94,6 +96,47 @@ def test_the_folded_copy_computes_the_trained_network_dense_and_conv(digits):
         for p in net.model.parameters():
             p.add_(1.0)
     assert all(torch.equal(a, b) for a, b in zip(before, plain.parameters()))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_the_convolution_fold_is_r_on_patches_built_by_hand(groups):
+    """A strided, dilated (grouped) convolution with a trained, non-symmetric ``R``: the
+    network's noise-free activity and its folded copy's convolution both equal
+    ``a = W_g (R_g P_g) + b`` per group ``g``, with the patches ``P`` (``in_channels / G *
+    kh * kw`` rows, ``F.unfold``'s order) cut by hand, sample by sample, position by
+    position. (Comparing the network with its copy cannot see ``R^T`` for ``R``: both take
+    the same folded weight.)"""
+    torch.manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=groups)
+    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(6 * 5 * 5, 3)).double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 4, 9, 9, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (64,), generator=g)
+    net = noisynets.wrap(model, noise_std=1e-3, decorrelation=True, seed=0)
+    decorrelator = net.layers[0].decorrelator.R  # a learnt R, say: far from I, not symmetric
+    with torch.no_grad():
+        decorrelator.add_(0.3 * torch.randn(decorrelator.shape, generator=g,
+                                            dtype=torch.float64))
+    R = decorrelator.detach().reshape(groups, 36 // groups, -1)
+    assert (R - R.mT).abs().max() > 0.1  # R and R^T differ: the check can tell them apart
+    d, out = R.shape[-1], 6 // groups
+    W = trained_weight(conv).detach().reshape(groups, out, d)  # the W the rule trains
+    expected = torch.zeros(5, 6, 5, 5, dtype=torch.float64)
+    padded = torch.nn.functional.pad(x[:5], (2, 2, 2, 2))
+    for n in range(5):
+        for i in range(5):
+            for j in range(5):
+                window = padded[n, :, 2 * i:2 * i + 5:2, 2 * j:2 * j + 5:2]  # (4, 3, 3)
+                for k in range(groups):
+                    patch = window[k * (4 // groups):(k + 1) * (4 // groups)].reshape(-1)
+                    expected[n, k * out:(k + 1) * out, i, j] = W[k] @ (R[k] @ patch)
+    expected += conv.bias.detach()[:, None, None]
+    record = net.run(x[:5], y[:5], noisynets.Passes.clean(net.num_layers))
+    torch.testing.assert_close(record.activity[0][0], expected.reshape(5, -1), rtol=1e-10,
+                               atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(export_model(net)[0](x[:5]), expected, rtol=1e-10,
+                                   atol=1e-12)
 
 
 def test_the_folded_spiking_copy_averages_the_readout_over_the_time_steps(digits):
@@ -176,7 +219,7 @@ def test_a_fresh_instance_of_the_users_class_scores_exactly_the_runs_accuracy(ru
     out, result = run
     _, namespace = models
     state = torch.load(out / "model.pt", weights_only=True)
-    assert state["version"] == 3 and state["inputs"]["mean"] is not None
+    assert state["version"] == 4 and state["inputs"]["mean"] is not None
     model = namespace["make_model"]()  # the user's own class, no noisynets in the way
     model.load_state_dict(state["model"])
     data = load_dataset("digits")
@@ -185,10 +228,18 @@ def test_a_fresh_instance_of_the_users_class_scores_exactly_the_runs_accuracy(ru
     with torch.no_grad():
         accuracy = (model(x).argmax(-1) == data.test_y).double().mean().item()
     assert accuracy == result.history[-1].test_accuracy
-    # The unfolded weights (model.pt version 1's "model") score otherwise: the fold matters.
+    # The network's own module carries R as a parametrization: it is the trained network.
     network, _, _ = load_trained(out, trust_model=True)
     with torch.no_grad():
-        assert not torch.allclose(network.model(x), model(x), atol=1e-3)
+        torch.testing.assert_close(network.model(x), model(x), rtol=0, atol=1e-5)
+    # The unfolded weights alone (model.pt version 1's "model") score otherwise: the fold
+    # matters.
+    unfolded = namespace["make_model"]()
+    unfolded.load_state_dict({name.removeprefix("model.").replace(
+        ".parametrizations.weight.original", ".weight"): t for name, t in state["network"].items()
+        if name.startswith("model.") and not name.endswith(".R")})
+    with torch.no_grad():
+        assert not torch.allclose(unfolded.eval()(x), model(x), atol=1e-3)
 
 
 def test_a_run_loads_for_inference_without_its_data_and_predicts(run, models, monkeypatch,
@@ -226,9 +277,9 @@ def test_a_run_loads_for_inference_without_its_data_and_predicts(run, models, mo
     np.save(tmp_path / "bad.npy", raw[:, :10])
     cli_fails(["predict", str(out), "--trust-model", "--input", str(tmp_path / "bad.npy")],
               f"shape ({len(raw)}, 10)", "(n, 64)")
-    (tmp_path / "x.txt").write_text("1,2")
+    (tmp_path / "x.txt").write_text("1,2")  # known by its content (CSV), whatever its name
     cli_fails(["predict", str(out), "--trust-model", "--input", str(tmp_path / "x.txt")],
-              "'.txt'", ".npy")
+              "x.txt", "shape (1, 2)")
     cli_fails(["predict", str(out), "--trust-model", "--input", str(tmp_path / "none.npy")],
               "no such file")
     (tmp_path / "junk.csv").write_text("1,2\nthree,4\n")
@@ -277,7 +328,7 @@ def test_model_state_holds_the_folded_model_beside_the_wrapper(digits):
     folded = net.folded().state_dict()
     assert state["model"].keys() == folded.keys()
     assert all(torch.equal(state["model"][k], folded[k]) for k in folded)
-    assert any(k.endswith("decorrelator.R") for k in state["network"])
+    assert any(k.endswith("parametrizations.weight.0.R") for k in state["network"])
 
 
 def test_a_spiking_model_file_gets_the_spiking_presets(models):

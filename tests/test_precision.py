@@ -44,19 +44,47 @@ def test_auto_keeps_float64_networks_exact_and_names_are_checked():
 
 def test_the_first_layer_and_passes_with_the_reference_input_need_no_product(monkeypatch):
     """INP's passes below the layer they perturb, and every pass at the first layer, have the
-    reference pass's input: the difference product runs only on the passes that differ."""
+    reference pass's input: the difference product runs only on the passes that differ --
+    after the network's first forward, which runs every pass below the first noise in full
+    once, to check that they are the reference pass row for row."""
     net = Network([6, 5, 5, 5, 3], seed=0)
     rows: list[tuple[int, int]] = []
     for k, layer in enumerate(net.layers):
-        original = layer._difference
-        monkeypatch.setattr(layer, "_difference",
+        original = layer.difference
+        monkeypatch.setattr(layer, "difference",
                             lambda dh, *a, k=k, f=original: rows.append((k, dh.shape[0])) or
                             f(dh, *a))
+    net.run(torch.rand(7, 6), torch.zeros(7, dtype=torch.long), Passes.layerwise(4, 2))
+    assert rows == [(1, 8 * 7), (2, 8 * 7), (3, 8 * 7)] and net.rows_identical is True
+    rows.clear()
     net.run(torch.rand(7, 6), torch.zeros(7, dtype=torch.long), Passes.layerwise(4, 2))
     assert rows == [(1, 2 * 7), (2, 4 * 7), (3, 6 * 7)]
     rows.clear()
     net.run(torch.rand(7, 6), torch.zeros(7, dtype=torch.long), Passes.perturbed(4, 3))
     assert rows == [(1, 3 * 7), (2, 3 * 7), (3, 3 * 7)]
+
+
+class OwnNoise(torch.nn.Module):
+    """A model that draws random numbers of its own, per row, before its first layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = torch.nn.Linear(6, 5), torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.fc(x + 0.1 * torch.randn_like(x))))
+
+
+def test_a_model_with_randomness_of_its_own_runs_every_pass_in_full():
+    """Its passes differ before any node noise: the first forward sees it, and every pass is
+    then computed in full (each pass's activity is its own input's product)."""
+    torch.manual_seed(0)
+    net = Network(OwnNoise(), noise_std=0.0, seed=0)
+    x, y = torch.rand(4, 6), torch.zeros(4, dtype=torch.long)
+    record = net.run(x, y, Passes.perturbed(2, 2))
+    assert net.rows_identical is False
+    record = net.run(x, y, Passes.perturbed(2, 2))
+    assert not torch.equal(record.activity[0][1], record.activity[0][0])
 
 
 def test_auto_takes_the_measured_faster_format_and_keeps_the_choice(monkeypatch, tmp_path):

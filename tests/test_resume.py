@@ -75,14 +75,14 @@ def test_the_saved_model_loads_with_weights_only_and_evaluates_as_the_run_ended(
     state = torch.load(out / "model.pt", weights_only=True)
     assert state["format"] == "noisynets-model"
     assert set(state["model"]) == {"1.weight", "1.bias", "3.weight", "3.bias"}
-    assert any(k.endswith("decorrelator.R") for k in state["network"])
+    assert any(k.endswith("parametrizations.weight.0.R") for k in state["network"])
     report = evaluate_run(out)
     assert report["test_accuracy"] == result.history[-1].test_accuracy
     from noisynets.run import load_network
 
     network, _, data = load_network(out)
     assert torch.equal(network.layers[0].decorrelator.R,
-                       state["network"]["layers.0.decorrelator.R"])
+                       state["network"]["model.1.parametrizations.weight.0.R"])
     assert report["test_loss"] == pytest.approx(result.history[-1].test_loss)
 
 

@@ -189,7 +189,7 @@ def set_reset(module: nn.Module, reset: str) -> nn.Module:
 def discontinuous(unit: nn.Module) -> bool:
     """Whether ``unit``'s outputs are piecewise constant (Heaviside, sign, stochastic-binary,
     a spiking neuron): a noisy pass changes few of them, and the next layer's difference
-    product can run event-driven (``noisynets.layers.Layer.event_product``)."""
+    product can run event-driven (``noisynets.core.layer.Layer.event_product``)."""
     return isinstance(unit, (Heaviside, Sign, snn.SpikingNeuron))
 
 

@@ -7,7 +7,8 @@ from typing import Protocol
 
 from torch import Tensor
 
-from noisynets.network import Network, Passes, Record
+from noisynets.core.network import Network
+from noisynets.core.record import Passes, Record
 
 Gradients = list[tuple[Tensor, Tensor]]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from noisynets.network import Network, Passes, Record
+from noisynets.core.network import Network
+from noisynets.core.record import Passes, Record
 from noisynets.rules.base import Gradients, Rule
 
 
@@ -38,6 +39,7 @@ def backprop(
         readout=None if record.readout is None else record.readout.detach(),
         recurrent_inputs=None if record.recurrent_inputs is None else [
             None if r is None else r.detach() for r in record.recurrent_inputs],
+        steps=record.steps,
     )
     return grads, detached
 

@@ -26,7 +26,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from noisynets.network import ANTITHETIC_INTRINSIC, Network, Passes, Record, StepScales
+from noisynets.core.network import Network
+from noisynets.core.per_step import StepScales
+from noisynets.core.record import ANTITHETIC_INTRINSIC, Passes, Record
 from noisynets.rules.base import Gradients, Layers, Rule
 
 

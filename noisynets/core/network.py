@@ -1,0 +1,570 @@
+"""Network: the user's own module as a network of noisy nodes, run as one batched forward of
+its clean and noisy passes.
+
+``Network(model)`` (or ``noisynets.wrap(model)``) takes any ``nn.Module`` as its author wrote
+it -- an ``nn.Sequential``, a class whose ``forward`` loops over time steps, residual blocks,
+concatenations -- and ``Network([d_0, n_1, ..., n_L])`` builds a fully connected one. Every
+call of a weight operation drives nodes (``noisynets.core.forward``); a stateless unit is the
+``T = 1`` case of the loop over time steps (``noisynets.core.steps``). What a rule observes is
+summed over each layer's calls (docs/algorithms.md, "Time steps"): the activity ``a_l = sum_t
+I_{l,t}`` of every pass, the reference pass's input of every weight operation and each pass's
+loss. That is the ``Record``. It never holds the noise: the noise values leave a layer only
+through ``run_reading_noise``, the accessible-noise path that NP needs.
+
+With decorrelation every layer's ``R`` is a parametrization of its weight in the user's module
+(``noisynets.core.decorrelation``): ``model(x)`` is the trained network at every moment.
+
+Example::
+
+    >>> import torch
+    >>> from noisynets.core.network import Network, Passes
+    >>> net = Network([4, 8, 3], noise_std=0.1, seed=0)
+    >>> rec = net.run(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]), Passes.perturbed(2, 1))
+    >>> rec.activity[0].shape, rec.loss.shape
+    (torch.Size([2, 5, 8]), torch.Size([2, 5]))
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from noisynets.core.analog import ADC, PCMWeights, make_adc, make_weight_noise
+from noisynets.core.decorrelation import decorrelate
+from noisynets.core.forward import Forward, StepHook
+from noisynets.core.layer import Layer
+from noisynets.core.losses import LossFn, make_loss
+from noisynets.core.model import check_model, find_layers, runs_own_loop, unit_follows
+from noisynets.core.noise import Gaussian, Logistic, NoiseSource, make_noise
+from noisynets.core.precision import PRECISIONS, difference_dtype
+from noisynets.core.record import Passes, Record
+from noisynets.core.steps import ENCODINGS, READOUTS, Outputs, run_model, score
+from noisynets.core.units import LIF, StochasticBinary
+from noisynets.core.validate import check_forward
+from noisynets.models import he_normal, mlp
+from noisynets.parallel import Shard, all_reduce_sum
+
+
+class Network(nn.Module):
+    """A network of noisy nodes: the user's own module, or a fully connected stack.
+
+    Args:
+        model: any ``nn.Module`` (module doc), trained in place: its parameters are the
+            trained ones and, with decorrelation, ``R`` lives in it as a parametrization;
+            or ``[d_0, n_1, ..., n_L]`` (input features, then the nodes of every layer) for
+            a fully connected network of ``unit`` nodes.
+        unit: the hidden units of a built network (see ``noisynets.core.units.UNITS``).
+        noise: a noise source (or spec, e.g. ``"telegraph:switch=0.1"``) copied into every
+            layer and reseeded there, or one source per layer. Default ``Gaussian(noise_std)``.
+        noise_std: the noise scale of a spec and of the default.
+        decorrelation: give every layer a decorrelator ``R``.
+        decorrelation_lr: ``eta_R``; decorrelation_fraction: the share of the batch whose
+            reference inputs form the correlation estimate.
+        both_noisy: the noise cannot be switched off, so even the reference pass is noisy.
+        time_steps: ``T`` of a model the engine steps (``noisynets.core.steps``); a model that
+            runs its own loop defines its own.
+        encoding: ``current``, ``poisson`` or ``sequence`` (inputs (B, T, ...)).
+        loss: a name (``noisynets.core.losses.LOSS_NAMES``: ``ce``, ``mse``, snntorch's
+            ``ce_rate_loss``, ...) or a function ``loss(logits, target)`` per sample.
+        precision: the number format of the noisy passes' difference products.
+        beta, threshold: the LIF neurons' membrane decay and threshold (built networks).
+        threshold_noise: the std of Gaussian noise on the threshold of ``units.LIF`` nodes.
+        per_step: the perturbation rules take per-step products ``g_W = sum_t e_t xh_t^T``
+            (docs/algorithms.md, "Per-step products"): the forward runs twice on the same
+            noise, memory flat in T.
+        readout: a spiking readout's logits: ``spikes`` (spike counts) or ``membrane``.
+        seed: fixes the weights of a built network and every layer's noise stream.
+        weight_noise: noise in the weights (``noisynets.core.analog.PCMWeights`` or spec).
+        adc: the ADC the recorded activities are read through (an ``ADC`` or a spec).
+        local_losses: a linear readout head per hidden layer whose loss drives that layer's
+            ANP estimate (docs/algorithms.md, "Local losses"); dense hidden layers only.
+
+    Nodes whose unit is ``StochasticBinary`` carry logistic noise of scale 1 (their units are
+    Bernoulli(sigmoid(a)) in the noisy passes) instead of ``noise``.
+    """
+
+    def __init__(
+        self,
+        model: Sequence[int] | nn.Module,
+        unit: str = "leaky_relu",
+        noise: NoiseSource | str | Sequence[NoiseSource] | None = None,
+        noise_std: float = 1e-3,
+        decorrelation: bool = False,
+        decorrelation_lr: float = 1e-3,
+        decorrelation_fraction: float = 1.0,
+        both_noisy: bool = False,
+        time_steps: int = 1,
+        encoding: str = "current",
+        loss: str | LossFn = "ce",
+        precision: str = "auto",
+        beta: float = 0.9,
+        threshold: float = 1.0,
+        threshold_noise: float = 0.0,
+        per_step: bool = False,
+        readout: str = "spikes",
+        seed: int = 0,
+        weight_noise: PCMWeights | str | None = None,
+        adc: ADC | str | None = None,
+        local_losses: bool = False,
+    ) -> None:
+        super().__init__()
+        self.loss = make_loss(loss)
+        self.loss_name, self.loss_fn = self.loss.name, self.loss.fn
+        check_options(encoding, time_steps, decorrelation_fraction, threshold_noise, readout,
+                      precision)
+        # One generator, drawn in layer order: a built network's weights of layer l, then the
+        # seeds of its noise sources.
+        g = torch.Generator().manual_seed(int(seed))
+        if isinstance(model, nn.Module):
+            self.sizes = None
+        else:
+            self.sizes = check_sizes(model)
+            with torch.random.fork_rng(devices=[]):  # the seed sets the weights, below
+                model = mlp(self.sizes, unit, beta, threshold)
+        check_model(model)
+        self.model = model
+        found = find_layers(model)
+        if threshold_noise > 0 and not any(isinstance(u, LIF) for _, _, u in found):
+            raise ValueError(f"threshold_noise {threshold_noise:g} needs noisynets.core.units."
+                             "LIF nodes (--unit lif)")
+        sources = noise_sources(noise, noise_std, len(found))
+        layers = []
+        for k, (name, op, node) in enumerate(found):
+            if self.sizes is not None:
+                he_normal(op, g)
+            source = Logistic(scale=1.0) if isinstance(node, StochasticBinary) else sources[k]
+            lif = isinstance(node, LIF) and threshold_noise
+            layer = Layer(name, op, source, node, Gaussian(threshold_noise) if lif else None)
+            layer.noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
+            if layer.threshold_noise is not None:
+                layer.threshold_noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
+            layer.buffer_safe = unit_follows(model, op, node)
+            if decorrelation:
+                decorrelate(op)
+            layers.append(layer)
+        self.layers = nn.ModuleList(layers)
+        self.unit = unit if self.sizes is not None else "custom"
+        self.decorrelation_lr = float(decorrelation_lr)
+        self.decorrelation_fraction = float(decorrelation_fraction)
+        self.both_noisy = bool(both_noisy)
+        self.steps_model = not runs_own_loop(model)
+        if not self.steps_model and (time_steps != 1 or encoding != "current"):
+            raise ValueError("the model runs its own loop over time steps (its snntorch neurons "
+                             "take their state as arguments): its forward sets T and feeds the "
+                             "input; drop time_steps/--time-steps and the encoding")
+        self.time_steps = int(time_steps)
+        self.encoding = encoding
+        self.precision = precision
+        self.per_step = bool(per_step)
+        self.readout = readout
+        last = self.layers[-1]
+        self.spiking_readout = self.steps_model and last.spiking
+        self.shard: Shard | None = None  # set by ``sharded``
+        self.rows_identical: bool | None = None  # learned on the first forward (core.forward)
+        self._told_fixed = False
+        self.weight_noise = make_weight_noise(weight_noise)
+        if self.weight_noise is not None:
+            self.weight_noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
+        self.adc = make_adc(adc)
+        self.local_losses = bool(local_losses)
+        self.heads: nn.ModuleList | None = None
+        if self.local_losses:
+            self.check_local_losses()
+            self.heads = nn.ModuleList(self._heads(g))
+        self._register_load_state_dict_pre_hook(self._earlier_keys)
+
+    # --- what the network is ----------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def decorrelated(self) -> bool:
+        return self.layers[0].decorrelator is not None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layers[0].weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].weight.device
+
+    def train(self, mode: bool = True) -> Network:
+        """Training or eval mode; batch normalisation stays in eval mode (``check_model``)."""
+        super().train(mode)
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
+    def _heads(self, g: torch.Generator) -> list[nn.Linear]:
+        """One readout head ``H_k`` (n_k -> C, bias on) per hidden layer, He-normal weights from
+        the network's generator (drawn after everything else it draws), zero biases."""
+        last = self.layers[-1].weight
+        heads = []
+        for layer in self.layers[:-1]:
+            head = nn.Linear(layer.out_features, self.layers[-1].out_features)
+            with torch.no_grad():
+                he_normal(head, g)
+            heads.append(head.to(last.device, last.dtype))
+        return heads
+
+    def check_local_losses(self) -> None:
+        """Local losses need hidden layers whose nodes are a dense layer's outputs, each with
+        its unit (the heads read its outputs, ``n_k`` of them), and summed products."""
+        if self.num_layers < 2:
+            raise ValueError("local losses need at least one hidden layer: add one, or drop "
+                             "local losses (--local-losses)")
+        if self.per_step:
+            raise ValueError("local losses are built for summed products: drop per-step products "
+                             "(--per-step-products) or local losses (--local-losses)")
+        for k, layer in enumerate(self.layers):
+            if layer.conv or (k < self.num_layers - 1 and layer.unit is None):
+                kind = "a convolution" if layer.conv else "no node module after it"
+                raise ValueError(f"local losses need dense hidden layers, but layer {k + 1} has "
+                                 f"{kind}: use an mlp (--arch mlp) or drop local losses "
+                                 "(--local-losses)")
+
+    # --- the forward ------------------------------------------------------------------------
+
+    @contextmanager
+    def sharded(self, shard: Shard | None) -> Iterator[None]:
+        """Forwards and decorrelation updates inside run on this rank's ``shard`` of a global
+        batch (``noisynets.parallel``): ``x`` holds the rank's rows, every random draw is made
+        for the whole global batch and ``R`` learns from the global batch's rows. ``None``:
+        the whole batch, as always."""
+        previous, self.shard = self.shard, shard
+        try:
+            yield
+        finally:
+            self.shard = previous
+
+    def run(self, x: Tensor, y: Tensor, passes: Passes, keep_states: bool = False) -> Record:
+        """The batched forward of ``passes.count`` passes of batch ``x`` with targets ``y``."""
+        return self.forward_passes(x, y, passes, keep_states=keep_states)[0]
+
+    def run_reading_noise(
+        self, x: Tensor, y: Tensor, passes: Passes
+    ) -> tuple[Record, list[Tensor]]:
+        """``run``, and the accessible-noise path: per layer the noise it injected, summed over
+        time, shape (noisy passes, B, n_l). Only rules that need the noise values call this."""
+        return self.forward_passes(x, y, passes, noise_out=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (B, C) of one pass: noise-free, or noisy when the noise is intrinsic."""
+        dummy = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        passes = Passes.clean(self.num_layers, self.both_noisy)
+        return self.forward_passes(x, dummy, passes, loss=False)[0].logits[0]
+
+    def forward_passes(
+        self, x: Tensor, y: Tensor, passes: Passes, noise_out: bool = False,
+        keep_states: bool = False, loss: bool = True, on_step: StepHook | None = None,
+    ) -> tuple[Record, list[Tensor]]:
+        """One batched forward: the Record, and with ``noise_out`` the noise per layer."""
+        last = self.layers[-1]
+        outputs = last.out_features if isinstance(self.model, nn.Sequential) and \
+            not last.conv and not self.spiking_readout else None
+        check_forward(x, y, passes, self.num_layers, outputs, self.device,
+                      ("ce" if self.loss.classification else self.loss_name) if loss else "")
+        if self.encoding == "sequence" and (x.dim() < 2 or x.shape[1] != self.time_steps):
+            raise ValueError(f"encoding 'sequence' takes inputs (batch, T={self.time_steps}, ...)"
+                             f", one per time step; got shape {tuple(x.shape)}")
+        B = x.shape[0]
+        forward = Forward(self, passes, B, noise_out, keep_states, on_step,
+                          constant_input=self.steps_model and self.encoding == "current")
+        with forward:
+            out = run_model(self, forward, x)
+            forward.finish()
+        return self._record(forward, out, x, y, loss), self._noise(forward, x)
+
+    def _record(self, f: Forward, out: Outputs, x: Tensor, y: Tensor, loss: bool) -> Record:
+        """The Record of a finished forward ``f`` whose model returned ``out``."""
+        P, B = f.P, f.B
+        calls = list(f.calls)
+        T = self.time_steps if self.steps_model else max(calls)
+        activity = [a.view(P, B, -1) for a in f.activity]
+        if self.adc is not None:  # what the system reports is read through its ADC
+            activity = [self.adc.read(a) for a in activity]
+        inputs = [layer.decorrelator.decorrelate(s) if f._weights.get(k) is not None
+                  and layer.decorrelator is not None and not layer.conv else s
+                  for k, (layer, s) in enumerate(zip(self.layers, f.inputs))]
+        if self.adc is not None:  # a hidden layer's input is the output of nodes: read too
+            inputs = inputs[:1] + [self.adc.read(s) for s in inputs[1:]]
+        record = Record(inputs, activity, activity[0].new_zeros(P, B), T,
+                        steps=None if all(c == T for c in calls) else calls)
+        target = y.repeat(P, *([1] * (y.dim() - 1)))
+        if out.activity:  # the logits are the readout layer's activity, as the rules see it
+            out.logits = (activity[-1] / calls[-1]).reshape(P * B, -1)
+        if loss:
+            logits, losses = score(self.loss, out, target)
+            record.loss = losses.view(P, B)
+        else:
+            logits = out.logits if out.logits is not None else self.loss.prediction(
+                out.spikes if self.loss.reads == "spikes" or out.membrane is None
+                else out.membrane)
+        if not out.activity:
+            record.readout = logits.reshape(P, B, -1)
+        if any(r is not None for r in f.previous):
+            record.recurrent_inputs = f.previous
+        if self.heads is not None and loss:
+            outs = [f.hidden[k] / calls[k] for k in range(self.num_layers - 1)]
+            if self.adc is not None:  # the heads read node outputs, as the next layer does
+                outs = [self.adc.read(o) for o in outs]
+            record.local_loss = [self.loss_fn(head(o), target).view(P, B)
+                                 for head, o in zip(self.heads, outs)]
+            record.local_inputs = [o[:B] for o in outs]
+        if f.keep_states:
+            record.outputs = [torch.stack(o).view(len(o), P, B, -1) for o in f.outputs]
+            record.membrane = [torch.stack(m).view(len(m), P, B, -1) if m else None
+                               for m in f.membrane]
+        return record
+
+    def _noise(self, f: Forward, x: Tensor) -> list[Tensor]:
+        """Per layer the noise it injected, summed over its calls (noisy passes, B, n_l)."""
+        if not f.read_noise:
+            return []
+        out = []
+        for k, (start, stop) in enumerate(f.passes.noisy):
+            n = f.activity[k].shape[-1]
+            out.append(f.noise[k].reshape(stop - start, f.B, n) if stop > start
+                       else torch.zeros(0, f.B, n, device=x.device, dtype=x.dtype))
+        return out
+
+    # --- what the rules need ----------------------------------------------------------------
+
+    def gradients(
+        self, signals: Sequence[Tensor], record: Record
+    ) -> list[tuple[Tensor, Tensor | None]]:
+        """Per layer ``(g_W, g_b)`` for node signals ``e_l`` of shape (K, B, n_l): each weight
+        operation's own vector-Jacobian product with ``mean_k e_l`` at the reference input,
+        averaged over the batch (docs/algorithms.md, "The rules"), its products in the
+        network's ``precision`` (an estimate needs a few significant digits only)."""
+        self.tell_fixed_neuron_parameters()
+        grads = []
+        low = difference_dtype(self.precision, record.loss.dtype, record.loss.device)
+        recurrent = record.recurrent_inputs or [None] * self.num_layers
+        for k, (layer, e, seen, previous) in enumerate(
+                zip(self.layers, signals, record.inputs, recurrent)):
+            K, B, T = e.shape[0], e.shape[1], record.steps_of(k)
+            grad = layer.gradient(e.sum(0), seen, T, K * B, low)
+            if layer.recurrent is not None:
+                grad = grad + layer.recurrent_gradient(e.sum(0), previous, T, K * B)
+            grads.append(grad)
+        return grads
+
+    def step_gradients(
+        self, x: Tensor, y: Tensor, passes: Passes, scales: Callable, read_noise: bool = False,
+    ) -> tuple[list[tuple[Tensor, Tensor | None]], Record]:
+        """Per-step products (``noisynets.core.per_step.step_gradients``)."""
+        from noisynets.core.per_step import step_gradients
+
+        return step_gradients(self, x, y, passes, scales, read_noise)
+
+    def check_summed_products(self) -> None:
+        """Summed products are the paper's estimate at every layer: a layer's activity is its
+        weight operation's output, linear in its input (nothing to check any more)."""
+
+    @contextmanager
+    def untouched_noise(self) -> Iterator[None]:
+        """Forwards run inside leave every noise stream, and torch's global random state
+        (Poisson encoding, dropout), where they were: diagnostics and traces do not change a
+        run."""
+        sources = [m for m in self.modules() if isinstance(m, NoiseSource)]
+        saved = [m.get_state() for m in sources]
+        cuda = [p.device.index or 0 for p in self.parameters() if p.device.type == "cuda"][:1]
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                yield
+        finally:
+            for source, state in zip(sources, saved):
+                source.set_state(state)
+
+    @torch.no_grad()
+    def update_decorrelation(self, record: Record) -> None:
+        """One decorrelation step of every layer from the reference pass's inputs (mean over
+        its calls).
+
+        The correlation is estimated from the first ``ceil(fraction * B)`` samples of the batch
+        (a random subsample when the batches are shuffled); a convolution uses all their
+        patches. Sharded, ``B`` is the global batch: each rank places the rows of its samples
+        among them at their place in zeros of the global row count, and a sum over the ranks
+        gathers them exactly (``noisynets.parallel``).
+        """
+        if not self.decorrelated:
+            return
+        shard = self.shard
+        if shard is None:
+            m = max(1, math.ceil(self.decorrelation_fraction * record.inputs[0].shape[0]))
+            for k, (layer, seen) in enumerate(zip(self.layers, record.inputs)):
+                rows = layer.decorrelation_rows(seen[:m].detach() / record.steps_of(k))
+                layer.decorrelator.update(rows, self.decorrelation_lr)
+            return
+        m = max(1, math.ceil(self.decorrelation_fraction * shard.total))
+        count = min(shard.size, max(0, m - shard.offset))  # the rank's samples among the m
+        gathered = []
+        for k, (layer, seen) in enumerate(zip(self.layers, record.inputs)):
+            local = layer.decorrelation_rows(seen[: max(1, count)].detach() / record.steps_of(k))
+            per = local.shape[-2] // max(1, count)  # rows per sample: patches of a conv
+            rows = local.new_zeros(*local.shape[:-2], m * per, local.shape[-1])
+            start = shard.offset * per
+            rows[..., start : start + count * per, :] = local[..., : count * per, :]
+            gathered.append(rows)
+        all_reduce_sum(gathered, shard.world)
+        for layer, rows in zip(self.layers, gathered):
+            layer.decorrelator.update(rows, self.decorrelation_lr)
+
+    def set_gradients(self, grads: Sequence[tuple[Tensor, Tensor | None]]) -> None:
+        """Write estimates ``(g_W_l, g_b_l)`` -- and a recurrent neuron's ``(g_V_l, g_c_l)``
+        after them -- into ``.grad`` for a torch optimizer to apply."""
+        for layer, (g_w, g_b, *recurrent) in zip(self.layers, grads):
+            layer.weight.grad = g_w
+            if layer.bias is not None:
+                layer.bias.grad = g_b
+            for parameter, g in zip(layer.recurrent_parameters(), recurrent):
+                parameter.grad = g
+
+    def folded(self) -> nn.Module:
+        """The trained model as a plain torch module (``noisynets.core.export.export_model``)."""
+        from noisynets.core.export import export_model
+
+        return export_model(self)
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """The weights and biases of every layer (what the rules estimate), then the neurons'
+        own learnable parameters (``learn_beta``, ``learn_threshold``, ...: BPTT trains them,
+        the perturbation rules hold them fixed), then the local losses' heads."""
+        weights = [p for layer in self.layers
+                   for p in (layer.weight, layer.bias, *layer.recurrent_parameters())
+                   if p is not None]
+        return weights + self.neuron_parameters() + self.head_parameters()
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The readout heads' weights and biases (local losses; empty without)."""
+        return [] if self.heads is None else list(self.heads.parameters())
+
+    def head_gradients(self, record: Record, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per head ``(dL_k/dH_k, dL_k/dc_k)`` of ``L_k = mean_n loss(H_k x_{k,n} + c_k, y_n)``
+        at the reference pass's ``x_k`` (``record.local_inputs``): the exact gradient of one
+        linear layer on a detached input, not backpropagation through the network."""
+        if self.heads is None or record.local_inputs is None:
+            raise ValueError("the network has no readout heads: build it with local_losses=True")
+        grads = []
+        with torch.enable_grad():
+            for head, x_k in zip(self.heads, record.local_inputs):
+                local = self.loss_fn(head(x_k.detach()), y).mean()
+                w, b = torch.autograd.grad(local, (head.weight, head.bias))
+                grads.append((w, b))
+        return grads
+
+    def set_head_gradients(self, record: Record, y: Tensor) -> None:
+        """Write ``head_gradients`` into the heads' ``.grad`` for the optimizer to apply."""
+        for head, (g_w, g_b) in zip(self.heads or [], self.head_gradients(record, y)):
+            head.weight.grad, head.bias.grad = g_w, g_b
+
+    def neuron_parameters(self) -> list[nn.Parameter]:
+        """The learnable parameters of the model outside its weight operations (snntorch's
+        ``learn_beta``, ``learn_threshold``, ...; ``check_model`` refuses any other)."""
+        ops = {id(p) for layer in self.layers
+               for p in (*layer.op.parameters(), *layer.recurrent_parameters())}
+        return [p for p in self.model.parameters() if p.requires_grad and id(p) not in ops]
+
+    def tell_fixed_neuron_parameters(self) -> None:
+        """Say once that the perturbation rules hold the neurons' own parameters fixed."""
+        names = sorted({name.rsplit(".", 1)[-1] for name, p in self.model.named_parameters()
+                        if p.requires_grad and any(p is q for q in self.neuron_parameters())})
+        if names and not self._told_fixed:
+            self._told_fixed = True
+            warnings.warn(f"the perturbation rules hold the neurons' learnable {', '.join(names)} "
+                          "fixed (they estimate weights and biases only); bp/dbp (BPTT) trains "
+                          "them", stacklevel=3)
+
+    def current_keys(self, state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        """``state`` with the keys of a state saved before ``R`` moved into the model
+        (``layers.<k>.decorrelator.R`` beside the plain ``model.<op>.weight``) renamed to
+        today's (``model.<op>.parametrizations.weight.0.R`` and ``...original``)."""
+        state = dict(state)
+        for k, layer in enumerate(self.layers):
+            old = f"{prefix}layers.{k}.decorrelator.R"
+            if old in state and layer.decorrelator is not None:
+                base = f"{prefix}model.{layer.name}."
+                state[f"{base}parametrizations.weight.0.R"] = state.pop(old)
+                if f"{base}weight" in state:
+                    state[f"{base}parametrizations.weight.original"] = state.pop(f"{base}weight")
+        return state
+
+    def _earlier_keys(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        """``load_state_dict`` of an earlier state: its keys renamed (``current_keys``)."""
+        renamed = self.current_keys(state, prefix)
+        state.clear()
+        state.update(renamed)
+
+
+def wrap(model: nn.Module, **options: Any) -> Network:
+    """``Network(model, **options)``: the user's own module as a noisy network.
+
+    Every rule, the training step, traces and diagnostics then work on it; its parameters are
+    trained in place, and with decorrelation ``R`` lives in it, so ``model(x)`` is the trained
+    network and ``noisynets.export_model(model)`` a plain copy with ``R`` folded in.
+
+        >>> from torch import nn
+        >>> import noisynets
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        >>> net = noisynets.wrap(model, noise_std=1e-3, decorrelation=True)
+        >>> net.num_layers, net.layers[0].unit
+        (2, ReLU())
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"wrap takes an nn.Module, got {type(model).__name__}")
+    return Network(model, **options)
+
+
+def check_options(encoding: str, time_steps: Any, fraction: float, threshold_noise: float,
+                  readout: str, precision: str) -> None:
+    """One ``ValueError`` per option out of range."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}: choose one of {', '.join(ENCODINGS)}")
+    if isinstance(time_steps, bool) or int(time_steps) != time_steps or time_steps < 1:
+        raise ValueError(f"time_steps {time_steps!r} must be an integer >= 1")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"decorrelation_fraction {fraction} must be in (0, 1]")
+    if threshold_noise < 0:
+        raise ValueError(f"threshold_noise {threshold_noise} must be >= 0")
+    if readout not in READOUTS:
+        raise ValueError(f"unknown readout {readout!r}: choose one of {', '.join(READOUTS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+
+
+def check_sizes(sizes: Sequence[int]) -> list[int]:
+    out = [int(s) for s in sizes]
+    if len(out) < 2 or min(out) < 1 or list(sizes) != out:
+        raise ValueError(f"sizes {list(sizes)} must list the input size and >= 1 layer, all "
+                         "integers >= 1")
+    return out
+
+
+def noise_sources(
+    noise: NoiseSource | str | Sequence[NoiseSource] | None, std: float, count: int
+) -> list[NoiseSource]:
+    """One noise source per layer: copies of a template (or spec), or the sources given."""
+    if noise is None:
+        noise = Gaussian(std)
+    elif isinstance(noise, str):
+        noise = make_noise(noise, std)
+    if isinstance(noise, NoiseSource):
+        return [copy.deepcopy(noise) for _ in range(count)]
+    noise = list(noise)
+    if len(noise) != count or not all(isinstance(s, NoiseSource) for s in noise):
+        raise ValueError(f"give one noise source, or one per layer: the network has {count} "
+                         f"layers, got {len(noise)}")
+    return noise
+
