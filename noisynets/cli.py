@@ -274,6 +274,11 @@ def make_parser() -> Parser:
     predict.add_argument("-o", "--output", metavar="OUT",
                          help=".csv (label, score_0, ...) or .npz (labels, scores) (default: "
                               "beside FILE, FILE's name with _predictions.csv)")
+    predict.add_argument("--out-of-range", choices=("warn", "refuse", "ignore"),
+                         default="warn",
+                         help="inputs far outside the range of the training inputs (raw "
+                              "0..16 pixels where training used pixels / 16): one warning "
+                              "line (default), an error, or nothing")
     add_consent_arguments(predict)
     evaluate = sub.add_parser("evaluate", help="measure a run's saved model on test data")
     evaluate.add_argument("run", metavar="RUN_DIR", help="a run folder (it holds model.pt)")
@@ -436,7 +441,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from noisynets.inference import predict
 
-    written = predict(args.run, args.input, args.output, args.model, args.trust_model)
+    written = predict(args.run, args.input, args.output, args.model, args.trust_model,
+                      args.out_of_range,
+                      lambda line: print(f"noisynets: warning: {line}", file=sys.stderr))
     print(f"predictions written to {written}")
     return 0
 

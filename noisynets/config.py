@@ -1,9 +1,9 @@
 """Run configuration: a dataclass, the presets that fill what a user leaves out, and validation.
 
 A field left ``None`` takes the preset for the run's data set, rule and unit (``PRESETS``,
-``RULE_LR`` and ``UNIT_PRESETS``; the README's table lists them). ``resolve`` returns a config
-with every field set and checked; a bad value raises ``ValueError`` with a one-line message.
-Configs load from TOML files whose keys are the field names.
+``RULE_LR`` and ``UNIT_PRESETS``; docs/cli.md's Presets tables list them). ``resolve`` returns
+a config with every field set and checked; a bad value raises ``ValueError`` with a one-line
+message. Configs load from TOML files whose keys are the field names.
 
 One set of validators serves the command line, TOML files and sweep files: the ``_integer``,
 ``_number`` checks of ``resolve`` (a value of the wrong type, out of range or not finite is a
@@ -146,7 +146,7 @@ for preset in PRESETS.values():
     preset.setdefault("standardize", False)
 
 # Per data set: what the convolutional architecture (--arch conv) changes. On the digits
-# chosen on the validation split (simulations/presets/conv_digits.toml, RESULTS.md): batch 32,
+# chosen on the validation split (simulations/presets/conv_digits.toml, docs/results.md): batch 32,
 # eta_R = 1e-2 and, for the perturbation rules, K = 4 noisy passes per step.
 CONV_PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(epochs=20, batch_size=32, decor_fraction=1.0, decor_lr=1e-2,

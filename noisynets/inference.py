@@ -14,6 +14,12 @@ of names, none a number, is a header, and a line that does not parse is named, n
 skipped), as raw inputs -- the run's standardisation is applied here.
 The samples are ``(n, *shape)``, ``(n, features)`` or one sample of ``shape``.
 
+Inputs far from what the model saw: ``input_spec`` records the range ``[min, max]`` of the raw
+training inputs, and ``predict`` checks a file against it (``out_of_range_check``): a value more
+than the range's width outside it -- raw 0..16 pixels where training used pixels / 16 -- gets
+one warning line (``out_of_range="warn"``, the default), an error (``"refuse"``) or nothing
+(``"ignore"``). A model file written before the range was recorded is not checked.
+
 Outputs (``predict``): ``.csv`` (default; a header, then per sample ``label`` and ``score_0 ..
 score_{C-1}``, the softmax probabilities of a cross-entropy model and the logits otherwise; a
 regression: ``output_0 ..``) or ``.npz`` (arrays ``labels`` and ``scores``, or ``outputs``).
@@ -30,6 +36,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -51,13 +59,14 @@ OUTPUT_SUFFIXES: tuple[str, ...] = (".csv", ".npz")
 
 def input_spec(data: DataSplits, standardize: bool) -> dict[str, Any]:
     """What ``model.pt["inputs"]`` records of the (unstandardised) training data ``data``:
-    ``{"shape", "outputs", "task", "mean", "std"}`` (``mean``, ``std``: ``None`` unless
-    ``standardize``)."""
+    ``{"shape", "outputs", "task", "mean", "std", "min", "max"}`` (``mean``, ``std``: ``None``
+    unless ``standardize``; ``min``, ``max``: the range of the raw training inputs)."""
     mean = std = None
     if standardize:
         mean, std = float(data.train_x.mean()), float(data.train_x.std())
     return {"shape": list(data.input_shape), "outputs": int(data.num_classes),
-            "task": data.task, "mean": mean, "std": std}
+            "task": data.task, "mean": mean, "std": std,
+            "min": float(data.train_x.min()), "max": float(data.train_x.max())}
 
 
 def load_trained(folder: str | Path, model: str | None = None, trust_model: bool = False
@@ -98,11 +107,14 @@ def load_trained(folder: str | Path, model: str | None = None, trust_model: bool
     return network.to(choose_device(config.device)).eval(), config, spec
 
 
-def read_inputs(path: str | Path, spec: dict[str, Any]) -> Tensor:
+def read_inputs(path: str | Path, spec: dict[str, Any], out_of_range: str = "ignore",
+                warn: Callable[[str], None] | None = None) -> Tensor:
     """The samples of file ``path`` as a float32 tensor ``(n, *shape)``, standardised as the
     run was (module doc); ``ValueError`` with one line for a file that is missing, not a
     regular file, of another kind (by its content: ``noisynets.arrays``), damaged, not numbers,
-    not finite, or of a shape the model does not take."""
+    not finite, or of a shape the model does not take. Raw values far outside the training
+    range (``out_of_range_check``) are passed to ``warn`` (``out_of_range="warn"``), refused
+    (``"refuse"``) or let through (``"ignore"``)."""
     path = Path(path)
     where = f"--input {str(path)!r}"
     if not path.exists():
@@ -123,9 +135,37 @@ def read_inputs(path: str | Path, spec: dict[str, Any]) -> Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{where} holds values that are not finite (NaN or inf, or beyond "
                          "float32): replace them")
+    if out_of_range not in OUT_OF_RANGE:
+        raise ValueError(f"out_of_range {out_of_range!r}: choose one of {', '.join(OUT_OF_RANGE)}")
+    problem = None if out_of_range == "ignore" else out_of_range_check(x, spec, where)
+    if problem is not None:
+        if out_of_range == "refuse":
+            raise ValueError(f"{problem}; --out-of-range warn predicts all the same")
+        if warn is not None:
+            warn(problem)
     if spec.get("mean") is not None:
         x = (x - spec["mean"]) / spec["std"]
     return x
+
+
+OUT_OF_RANGE: tuple[str, ...] = ("warn", "refuse", "ignore")
+
+
+def out_of_range_check(x: Tensor, spec: dict[str, Any], where: str) -> str | None:
+    """One line saying how far the raw inputs ``x`` lie outside the training range that
+    ``spec`` recorded, when some value lies more than the range's width beyond it; ``None``
+    when none does, or when ``spec`` has no range (a model file from before it was recorded)."""
+    low, high = spec.get("min"), spec.get("max")
+    if low is None or high is None or x.numel() == 0:
+        return None
+    width = max(high - low, 1e-12)
+    far = (x < low - width) | (x > high + width)
+    if not bool(far.any()):
+        return None
+    share = float(far.double().mean())
+    return (f"{where}: values span [{float(x.min()):.4g}, {float(x.max()):.4g}] but the model "
+            f"was trained on raw inputs in [{low:.4g}, {high:.4g}] ({share:.1%} of the values "
+            "lie far outside): scale them as the training data was (the digits: pixels / 16)")
 
 
 @torch.no_grad()
@@ -143,10 +183,12 @@ def predictions(network: Network, config: TrainConfig, spec: dict[str, Any], x: 
 
 
 def predict(folder: str | Path, inputs: str | Path, out: str | Path | None = None,
-            model: str | None = None, trust_model: bool = False) -> Path:
+            model: str | None = None, trust_model: bool = False, out_of_range: str = "warn",
+            warn: Callable[[str], None] | None = None) -> Path:
     """Write the predictions of the run in ``folder`` for the samples in file ``inputs`` to
     ``out`` (default: beside ``inputs``, ``<name>_predictions.csv``); returns ``out``.
-    ``model``, ``trust_model``: as for ``load_trained``."""
+    ``model``, ``trust_model``: as for ``load_trained``; ``out_of_range``, ``warn``: as for
+    ``read_inputs`` (a warning goes to ``warnings.warn`` when ``warn`` is ``None``)."""
     inputs = Path(inputs)
     out = Path(out) if out is not None else inputs.with_name(inputs.stem + "_predictions.csv")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -154,7 +196,8 @@ def predict(folder: str | Path, inputs: str | Path, out: str | Path | None = Non
                          f"name a {' or '.join(OUTPUT_SUFFIXES)} file")
     check_output(out, [inputs])
     network, config, spec = load_trained(folder, model, trust_model)
-    x = read_inputs(inputs, spec)
+    x = read_inputs(inputs, spec, out_of_range,
+                    warn if warn is not None else lambda m: warnings.warn(m, stacklevel=3))
     result = predictions(network, config, spec, x)
     write_predictions(result, out)
     return out

@@ -179,7 +179,7 @@ def choose_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             "device 'cuda' is not available (this torch build sees no GPU): use --device cpu, "
-            "or install a CUDA build of torch (see the README)"
+            "or install a CUDA build of torch (docs/install.md)"
         )
     return torch.device(name)
 

@@ -360,7 +360,7 @@ def _on_dask(todo: list[Run], out: Path, workers: int | None, scheduler: str | N
                 client = Client(cluster if cluster is not None else scheduler, timeout="20s")
             except (OSError, TimeoutError) as e:
                 raise ValueError(f"cannot reach the Dask scheduler at {scheduler!r} ({e}): "
-                                 "start one (see the README) or leave out --scheduler") from None
+                                 "start one (docs/sweeps.md) or leave out --scheduler") from None
             with client:
                 if cluster is None:
                     threads = cluster_threads(client)

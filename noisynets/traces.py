@@ -1,7 +1,7 @@
 """HDF5 trace files: the clean and noisy activity of a fixed probe set, streamed during a run.
 
-Plain datasets and attributes only, so any HDF5 reader opens the file. Layout (``SCHEMA``; the
-README lists it), with ``<k>`` the layer number 1..L::
+Plain datasets and attributes only, so any HDF5 reader opens the file. Layout (``SCHEMA``;
+docs/traces.md lists it), with ``<k>`` the layer number 1..L::
 
     /                               attrs: format, format_version, noisynets_version,
                                     torch_version, created, device, seed, config (JSON text)

@@ -289,6 +289,34 @@ def test_a_run_loads_for_inference_without_its_data_and_predicts(run, models, mo
                str(tmp_path / "p.json")], "'.json'")
 
 
+def test_predict_warns_in_one_line_when_inputs_lie_far_outside_the_training_range(
+        run, models, tmp_path, capsys, cli_fails):
+    """The digits were trained as pixels / 16, in [0, 1]: raw 0..16 pixels get one warning
+    line (and are predicted all the same), --out-of-range refuse makes it an error, and inputs
+    inside the range say nothing."""
+    from noisynets.cli import main
+
+    out, _ = run
+    model = f"{models[0]}:make_model"
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert (state["inputs"]["min"], state["inputs"]["max"]) == (0.0, 1.0)
+    raw = load_dataset("digits").test_x.numpy()
+    np.save(tmp_path / "pixels.npy", raw * 16)
+    np.save(tmp_path / "scaled.npy", raw)
+    assert main(["predict", str(out), "--input", str(tmp_path / "pixels.npy"),
+                 "--model", model]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("noisynets: warning: --input"), err
+    assert "[0, 16]" in err[0] and "[0, 1]" in err[0], err
+    assert (tmp_path / "pixels_predictions.csv").exists()
+    cli_fails(["predict", str(out), "--input", str(tmp_path / "pixels.npy"), "--model", model,
+               "--out-of-range", "refuse"], "[0, 16]", "--out-of-range warn")
+    for quiet in (["--input", str(tmp_path / "scaled.npy")],
+                  ["--input", str(tmp_path / "pixels.npy"), "--out-of-range", "ignore"]):
+        assert main(["predict", str(out), *quiet, "--model", model]) == 0
+        assert "warning" not in capsys.readouterr().err
+
+
 def test_a_version_1_model_file_still_loads(run, tmp_path):
     out, result = run
     state = torch.load(out / "model.pt", weights_only=True)
