@@ -18,6 +18,9 @@ throughput in every number format the difference pass can use, the FLOPs of each
 peak memory -- on a GPU ``torch.cuda.max_memory_allocated``; on the CPU the growth of the
 peak resident set of a fresh process that runs a few steps of that rule alone. Every rule runs
 at its defaults (``precision="auto"``: see ``noisynets.core.precision``; ``--precision`` sets it).
+The Gaussian noise of every perturbation step is drawn by ``--generator`` (``fast``, the
+default here, or ``torch``: ``noisynets.core.noise.GENERATORS``); the spiking DANP steps are also
+timed with the other generator, interleaved with the rest, so one run compares the two.
 
 ``--json``: the last line of stdout is one JSON object with ``anp_over_bp``, ``danp_over_dbp``
 (K = 1), ``k4_over_k1`` (DANP), ``spiking_time_over_bptt``, ``spiking_memory_over_bptt``,
@@ -26,9 +29,12 @@ peak memory at T = 400 over T = 25), ``bptt_memory_growth`` (BPTT's), ``noise_sh
 perturbation step: the share of its time that drawing the Gaussian noise takes, measured as the
 same step with every draw taken from a block drawn once, interleaved with the rest),
 ``spiking_time_over_bptt_free_noise`` and ``..._t100_free_noise`` (the spiking ratios with the
-noise drawn once: what is left when the serial generator is set aside), ``event_speedup`` (dense
-over event-driven time, float64), ``event_speedup_float32``, ``event_bit_identical``, the
-machine, the throughput and the full table.
+noise drawn once: what is left when the generator is set aside), ``generator`` (the one that
+drew: ``fast``, or ``torch`` where it was asked for, on a GPU, or where no C compiler works),
+``generators`` (per generator, for the spiking DANP steps: ``spiking_time_over_bptt``,
+``spiking_time_over_bptt_t100`` and ``noise_share``), ``event_speedup`` (dense over
+event-driven time, float64), ``event_speedup_float32``, ``event_bit_identical``, the machine,
+the throughput and the full table.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from noisynets.core.layer import Layer
 from noisynets.core.network import Network
-from noisynets.core.noise import Gaussian
+from noisynets.core.noise import GENERATORS, Gaussian, generator_in_use, use_generator
 from noisynets.core.precision import (
     PRECISIONS,
     cpu_flags,
@@ -75,6 +81,7 @@ class Case:
     samples: int = 1
     time_steps: int = 0  # spiking: T (0: the setup's)
     free_noise: bool = False  # every Gaussian draw taken from a block drawn once (noise_share)
+    generator: str = "torch"  # of the Gaussian noise (noisynets.core.noise.GENERATORS)
     seconds: float = 0.0
     flops: float = 0.0
     peak_mib: float | None = None
@@ -83,7 +90,7 @@ class Case:
     @property
     def name(self) -> str:
         tail = f":T{self.time_steps}" if self.time_steps else ""
-        return f"{self.network}:{self.rule}:K{self.samples}{tail}" + (
+        return f"{self.network}:{self.rule}:K{self.samples}{tail}:{self.generator}" + (
             ":free" if self.free_noise else "")
 
 
@@ -101,6 +108,7 @@ class Setup:
     inputs: int = 784
     event_size: int = 1000  # the layer of the event-driven product: event_size^2 weights
     precision: str = "auto"  # of the difference products (noisynets.core.precision)
+    generator: str = "fast"  # of the Gaussian noise (noisynets.core.noise.GENERATORS)
 
 
 def memory_needed(setup: Setup) -> int:
@@ -145,6 +153,7 @@ def build(case: Case, setup: Setup, device: torch.device) -> Callable[[], Any]:
         torch.manual_seed(0)
         net = Network(conv_net(shape, 10, "leaky_relu"), **common)
     net.to(device)
+    use_generator(net, case.generator)
     x = torch.rand(batch, *shape, generator=g).to(device)
     y = torch.randint(0, 10, (batch,), generator=g).to(device)
     rule = make_rule(case.rule, noise_samples=case.samples)
@@ -275,22 +284,30 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every case; the summary ratios and the table. ``memory``: ``all`` cases'
     peak memory, the ``spiking`` ones only, or ``none``."""
-    dense = [Case("dense", r) for r in ("bp", "dbp", "np", "inp", "anp", "danp")]
-    dense += [Case("dense", r, 4) for r in ("np", "inp", "anp", "danp")]
+    gen = setup.generator
+    other = next(g for g in GENERATORS if g != gen)
+    dense = [Case("dense", r, generator=gen) for r in ("bp", "dbp", "np", "inp", "anp", "danp")]
+    dense += [Case("dense", r, 4, generator=gen) for r in ("np", "inp", "anp", "danp")]
     T, (T_mid, T_long) = setup.time_steps, setup.long_time_steps
-    spiking = [Case("spiking", r) for r in ("dbp", "danp")]
-    spiking += [Case("spiking", r, time_steps=T_mid) for r in ("dbp", "danp")]
-    conv = [Case("conv", r) for r in ("bp", "dbp", "anp", "danp")]
-    free = [Case("dense", "anp", free_noise=True), Case("spiking", "danp", free_noise=True),
-            Case("spiking", "danp", time_steps=T_mid, free_noise=True),
-            Case("conv", "danp", free_noise=True)]
-    cases = dense + spiking + conv + free
-    longest = [Case("spiking", r, time_steps=T_long) for r in ("dbp", "danp")]  # memory only
+    spiking = [Case("spiking", r, generator=gen) for r in ("dbp", "danp")]
+    spiking += [Case("spiking", r, time_steps=T_mid, generator=gen) for r in ("dbp", "danp")]
+    conv = [Case("conv", r, generator=gen) for r in ("bp", "dbp", "anp", "danp")]
+    free = [Case("dense", "anp", free_noise=True, generator=gen),
+            Case("spiking", "danp", free_noise=True, generator=gen),
+            Case("spiking", "danp", time_steps=T_mid, free_noise=True, generator=gen),
+            Case("conv", "danp", free_noise=True, generator=gen)]
+    compared = [Case("spiking", "danp", generator=other),  # the other generator, interleaved
+                Case("spiking", "danp", time_steps=T_mid, generator=other)]
+    cases = dense + spiking + conv + free + compared
+    longest = [Case("spiking", r, time_steps=T_long, generator=gen)
+               for r in ("dbp", "danp")]  # memory only
     precision = difference_dtype(setup.precision, torch.float32, device)
     host = machine(device)
+    drew = {g: generator_in_use(g, device) for g in GENERATORS}
     log(f"device {device} ({host['cpu']}; SIMD: {' '.join(host['simd']) or 'none listed'}), "
         f"torch threads {torch.get_num_threads()}, difference products in "
-        f"{str(precision).removeprefix('torch.')} (fast bfloat16: {fast_bfloat16(device)})")
+        f"{str(precision).removeprefix('torch.')} (fast bfloat16: {fast_bfloat16(device)}), "
+        f"Gaussian noise drawn by the {drew[gen]} generator (and, to compare, {drew[other]})")
     gflops = throughput(device)
     log("matrix products: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gflops.items())
         + f" (bfloat16 {gflops['bfloat16'] / gflops['float32']:.2f}x float32)")
@@ -300,7 +317,7 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
     time_interleaved(cases, steps, rounds, device)
     events = event_speed(device, rounds, setup.event_size)
     for case in cases + longest:
-        if case.free_noise:
+        if case.free_noise or any(case is c for c in compared):
             continue
         if memory == "all" or (memory == "spiking" and case.network == "spiking"):
             # A fresh process's peak swings by some 10 MiB from run to run (the allocator's
@@ -316,6 +333,10 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
     def rounded(value: float | None) -> float | None:
         return None if value is None else round(value, 3)
 
+    def name(key: str) -> str:
+        """A case's name from ``network:rule:K<k>[:T<t>]`` (the run's generator)."""
+        return f"{key}:{gen}"
+
     table = []
     for case in cases:
         if case.free_noise:
@@ -325,36 +346,49 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
             base["spiking"] = f"spiking:dbp:K1:T{case.time_steps}"
         table.append({
             "network": case.network, "rule": case.rule, "K": case.samples,
+            "generator": case.generator,
             "T": case.time_steps or (T if case.network == "spiking" else 1),
             "seconds": round(case.seconds, 5),
-            "over_bp": rounded(ratio(case.name, base[case.network])),
+            "over_bp": rounded(ratio(case.name, name(base[case.network]))),
             "gflop": round(case.flops / 1e9, 3),
             "fraction_of_fp32_throughput": round(
                 case.flops / case.seconds / 1e9 / gflops["float32"], 3),
             "peak_mib": None if case.peak_mib is None else round(case.peak_mib, 1),
         })
+    def spiking_ratios(g: str) -> dict[str, Any]:
+        """The spiking DANP steps with generator ``g``: over BPTT's, and the noise's share."""
+        steps = {"": "spiking:danp:K1", "_t100": f"spiking:danp:K1:T{T_mid}"}
+        bptt = {"": name("spiking:dbp:K1"), "_t100": name(f"spiking:dbp:K1:T{T_mid}")}
+        return {**{f"spiking_time_over_bptt{k}": rounded(ratio(f"{v}:{g}", bptt[k]))
+                   for k, v in steps.items()},
+                "noise_share": {v: rounded(1 - ratio(f"{name(v)}:free", f"{v}:{g}"))
+                                for v in steps.values()}}
+
     summary = {
-        "anp_over_bp": rounded(ratio("dense:anp:K1", "dense:bp:K1")),
-        "danp_over_dbp": rounded(ratio("dense:danp:K1", "dense:dbp:K1")),
-        "k4_over_k1": rounded(ratio("dense:danp:K4", "dense:danp:K1")),
-        "spiking_time_over_bptt": rounded(ratio("spiking:danp:K1", "spiking:dbp:K1")),
-        "spiking_memory_over_bptt": rounded(ratio("spiking:danp:K1", "spiking:dbp:K1",
-                                                  "peak_mib")),
-        "conv_danp_over_dbp": rounded(ratio("conv:danp:K1", "conv:dbp:K1")),
-        "spiking_time_over_bptt_t100": rounded(ratio(f"spiking:danp:K1:T{T_mid}",
-                                                     f"spiking:dbp:K1:T{T_mid}")),
-        "spiking_memory_growth": rounded(ratio(f"spiking:danp:K1:T{T_long}",
-                                               "spiking:danp:K1", "peak_mib")),
-        "bptt_memory_growth": rounded(ratio(f"spiking:dbp:K1:T{T_long}", "spiking:dbp:K1",
-                                            "peak_mib")),
+        "anp_over_bp": rounded(ratio(name("dense:anp:K1"), name("dense:bp:K1"))),
+        "danp_over_dbp": rounded(ratio(name("dense:danp:K1"), name("dense:dbp:K1"))),
+        "k4_over_k1": rounded(ratio(name("dense:danp:K4"), name("dense:danp:K1"))),
+        "spiking_time_over_bptt": rounded(ratio(name("spiking:danp:K1"),
+                                                name("spiking:dbp:K1"))),
+        "spiking_memory_over_bptt": rounded(ratio(name("spiking:danp:K1"),
+                                                  name("spiking:dbp:K1"), "peak_mib")),
+        "conv_danp_over_dbp": rounded(ratio(name("conv:danp:K1"), name("conv:dbp:K1"))),
+        "spiking_time_over_bptt_t100": rounded(ratio(name(f"spiking:danp:K1:T{T_mid}"),
+                                                     name(f"spiking:dbp:K1:T{T_mid}"))),
+        "spiking_memory_growth": rounded(ratio(name(f"spiking:danp:K1:T{T_long}"),
+                                               name("spiking:danp:K1"), "peak_mib")),
+        "bptt_memory_growth": rounded(ratio(name(f"spiking:dbp:K1:T{T_long}"),
+                                            name("spiking:dbp:K1"), "peak_mib")),
         "spiking_peak_mib": {f"{c.rule}:T{c.time_steps or T}": rounded(c.peak_mib)
                              for c in spiking + longest},
-        "noise_share": {c.name.removesuffix(":free"): rounded(
+        "noise_share": {c.name.removesuffix(f":{gen}:free"): rounded(
             1 - ratio(c.name, c.name.removesuffix(":free"))) for c in free},
-        "spiking_time_over_bptt_free_noise": rounded(ratio("spiking:danp:K1:free",
-                                                           "spiking:dbp:K1")),
+        "spiking_time_over_bptt_free_noise": rounded(ratio(name("spiking:danp:K1") + ":free",
+                                                           name("spiking:dbp:K1"))),
         "spiking_time_over_bptt_t100_free_noise": rounded(ratio(
-            f"spiking:danp:K1:T{T_mid}:free", f"spiking:dbp:K1:T{T_mid}")),
+            name(f"spiking:danp:K1:T{T_mid}") + ":free", name(f"spiking:dbp:K1:T{T_mid}"))),
+        "generator": drew[gen],
+        "generators": {drew[g]: spiking_ratios(g) for g in (gen, other)},
         "event_speedup": events["float64"]["speedup"],
         "event_speedup_float32": events["float32"]["speedup"],
         "event_bit_identical": events["float64"]["bit_identical"],
@@ -383,11 +417,16 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
         + ("" if spiking_memory is None else f" memory {spiking_memory:.2f}")
         + f", conv DANP/DBP {summary['conv_danp_over_dbp']:.2f}")
     log(f"spiking DANP/BPTT time at T = {T_mid}: {summary['spiking_time_over_bptt_t100']:.2f}")
-    log("drawing the noise (torch's CPU generator draws serially): "
+    log(f"drawing the noise ({drew[gen]} generator): "
         + ", ".join(f"{v:.0%} of {k}" for k, v in summary["noise_share"].items())
         + "; spiking DANP/BPTT with the noise drawn once: "
         f"{summary['spiking_time_over_bptt_free_noise']:.2f} at T = {T}, "
         f"{summary['spiking_time_over_bptt_t100_free_noise']:.2f} at T = {T_mid}")
+    for g, row in summary["generators"].items():
+        shares = list(row["noise_share"].values())
+        log(f"spiking DANP/BPTT with the {g} generator: {row['spiking_time_over_bptt']:.2f} at "
+            f"T = {T} (noise {shares[0]:.0%} of the step), "
+            f"{row['spiking_time_over_bptt_t100']:.2f} at T = {T_mid} (noise {shares[1]:.0%})")
     if summary["spiking_memory_growth"] is not None:
         peaks = ", ".join(f"{k} {v:.0f}" for k, v in summary["spiking_peak_mib"].items())
         log(f"peak MiB {peaks}; growth T = {T} -> {T_long}: DANP "
@@ -466,5 +505,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="number format of the difference products (auto)")
+    p.add_argument("--generator", choices=GENERATORS, default="fast",
+                   help="generator of the Gaussian noise of every perturbation step (fast); "
+                        "the spiking DANP steps are timed with the other one too")
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object on the last line of stdout")

@@ -27,11 +27,11 @@ from typing import Any
 
 from noisynets.core.analog import make_adc, make_weight_noise
 from noisynets.core.losses import LOSS_NAMES
-from noisynets.core.noise import make_noise
+from noisynets.core.noise import GENERATORS, make_noise
 from noisynets.core.precision import PRECISIONS
 from noisynets.core.steps import ENCODINGS, READOUTS
-from noisynets.core.units import UNITS
-from noisynets.data import DATASETS, teacher_options
+from noisynets.core.units import RESETS, UNITS
+from noisynets.data import DATASETS, dataset_options, sequence_steps
 from noisynets.models import ARCHS
 from noisynets.rules import RULES
 
@@ -86,15 +86,17 @@ class TrainConfig:
     loss: str | None = None
     unit: str | None = None  # leaky_relu (the default), ...; None with a model file
     time_steps: int | None = None
-    encoding: str = "current"
+    encoding: str | None = None  # current (sequence for randman and shd)
     beta: float = 0.9
     threshold: float = 1.0
     threshold_noise: float = 0.0
+    reset: str = "subtract"  # of the built-in LIF: subtract (snntorch's default) or zero (NIR's)
     per_step: bool = False
     readout: str = "spikes"
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    generator: str = "torch"  # of the Gaussian noise: torch (every recorded result) or fast
     threads: int | None = None
     data_root: str | None = None
     standardize: bool | None = None
@@ -131,6 +133,14 @@ PRESETS["teacher"] = dict(
     hidden=[100], epochs=20, batch_size=100, noise_std=1e-3, decor_lr=1e-3, decor_fraction=1.0,
     loss="mse",
 )
+# The sequence data sets: spiking input, a small LIF network (applied after the unit's preset).
+SEQUENCE_PRESETS: dict[str, dict[str, Any]] = {
+    "randman": dict(hidden=[1000], epochs=30, batch_size=32, noise_std=0.2, decor_lr=1e-3,
+                    decor_fraction=1.0),
+    "shd": dict(hidden=[256], epochs=20, batch_size=128, noise_std=0.2, decor_lr=1e-3,
+                decor_fraction=0.1),
+}
+PRESETS.update({name: dict(preset) for name, preset in SEQUENCE_PRESETS.items()})
 for preset in PRESETS.values():
     preset.setdefault("loss", "ce")
     preset.setdefault("standardize", False)
@@ -156,6 +166,8 @@ RULE_LR: dict[str, dict[str, float]] = {
 RULE_LR["mnist"] = RULE_LR["fashion-mnist"]
 RULE_LR["cifar10"] = RULE_LR["fashion-mnist"]
 RULE_LR["teacher"] = {rule: 1e-3 for rule in RULE_LR["digits"]}
+RULE_LR["randman"] = {rule: 1e-3 for rule in RULE_LR["digits"]}
+RULE_LR["shd"] = {rule: 1e-3 for rule in RULE_LR["digits"]}
 # With --arch conv (Fashion-MNIST: BP and DANP as in a reference implementation of the same
 # net; the others not tuned).
 CONV_LR: dict[str, float] = dict(
@@ -277,10 +289,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _choice("algo", config.algo, RULES)
     name = dataset_name(config.dataset)
     _choice("dataset", name, DATASETS)
-    if name == "teacher":
-        teacher_options(config.dataset)  # raises on a bad spec
-    elif config.dataset != name:
-        raise ValueError(f"dataset {config.dataset!r}: only teacher takes key=value options")
+    dataset_options(config.dataset)  # raises on a bad spec
+    steps = sequence_steps(config.dataset)  # a sequence data set's T
     if config.model is not None:  # the model file defines the network: no arch, no unit
         for key, default in BUILT_IN_DEFAULTS.items():
             if getattr(config, key) not in (None, default):
@@ -289,26 +299,39 @@ def resolve(config: TrainConfig) -> TrainConfig:
                                  f"leave out --{key}")
         config = dataclasses.replace(config, arch=None, unit=None)
     else:
+        unit = "lif" if steps is not None else BUILT_IN_DEFAULTS["unit"]
         config = dataclasses.replace(config, arch=config.arch or BUILT_IN_DEFAULTS["arch"],
-                                     unit=config.unit or BUILT_IN_DEFAULTS["unit"])
+                                     unit=config.unit or unit)
         _choice("arch", config.arch, ARCHS)
         _choice("unit", config.unit, UNITS)
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     if config.loss is not None:
         _choice("loss", config.loss, LOSS_NAMES)
+    config = dataclasses.replace(config, encoding=config.encoding or (
+        "current" if steps is None else "sequence"))
     _choice("encoding", config.encoding, ENCODINGS)
-    if config.encoding == "sequence":
-        raise ValueError("encoding 'sequence' takes inputs with a time axis (batch, T, ...), "
-                         "which no data set here has: use current or poisson, or "
+    if config.encoding == "sequence" and steps is None:
+        raise ValueError("encoding 'sequence' takes inputs with a time axis (batch, T, ...): "
+                         "use it with --dataset randman or shd, or "
                          "noisynets.wrap(model, encoding='sequence') on your own sequences")
+    if steps is not None and config.encoding != "sequence":
+        raise ValueError(f"the samples of {name} are sequences (T, channels): leave out "
+                         f"--encoding {config.encoding} (they take encoding sequence)")
+    if steps is not None and config.time_steps not in (None, steps):
+        raise ValueError(f"time_steps {config.time_steps!r}: the samples of "
+                         f"{config.dataset!r} have {steps} steps: leave out --time-steps, or "
+                         f"set {name}:steps={config.time_steps}")
     _choice("readout", config.readout, READOUTS)
     _choice("device", config.device, DEVICES)
     _choice("precision", config.precision, PRECISIONS)
+    _choice("generator", config.generator, GENERATORS)
+    _choice("reset", config.reset, RESETS)
     if config.model is not None and not isinstance(config.model, str):
         raise ValueError(f"model {config.model!r} must be FILE.py:FUNCTION")
     conv = config.arch == "conv" and config.model is None
-    if conv and name == "teacher":
-        raise ValueError("the teacher data set is vectors, not images: use --arch mlp")
+    if conv and (name == "teacher" or steps is not None):
+        raise ValueError(f"the {name} data set is {'sequences' if steps else 'vectors'}, not "
+                         "images: use --arch mlp")
     preset = dict(PRESETS[name])
     if config.model is None:
         preset.update(UNIT_PRESETS.get(config.unit, {}))
@@ -321,6 +344,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         conv = kind.conv and name in CONV_PRESETS
     if conv:
         preset.update(CONV_PRESETS[name])
+    if steps is not None:
+        preset.update(SEQUENCE_PRESETS[name], time_steps=steps)
     if conv or config.model is not None:
         preset["hidden"] = None  # the dense stack's sizes do not apply
     if config.optimizer == "sgd":
@@ -384,6 +409,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _nonnegative_float("threshold_noise", c.threshold_noise)
     if c.threshold_noise > 0 and c.model is None and c.unit != "lif":
         raise ValueError(f"threshold_noise {c.threshold_noise:g} needs --unit lif")
+    if c.reset != "subtract" and c.model is not None:
+        raise ValueError(f"reset {c.reset!r} is the built-in LIF's (--unit lif); the neurons "
+                         f"of the model file {c.model!r} set their own: use snn.Leaky("
+                         f"reset_mechanism={c.reset!r}) there and leave out --reset")
+    if c.reset != "subtract" and c.unit != "lif":
+        raise ValueError(f"reset {c.reset!r} is for spiking units: add --unit lif or leave "
+                         "out --reset")
     for name in ("both_noisy", "per_step", "standardize", "spike_events", "figures",
                  "tensorboard", "antithetic", "local_losses"):
         if not isinstance(getattr(c, name), bool):

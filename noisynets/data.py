@@ -1,6 +1,6 @@
 """Data sets for noisynets: loading, validation and clear errors.
 
-Five data sets are known (see ``DATASETS``):
+Seven data sets are known (see ``DATASETS``):
 
 ``digits``
     The 8x8 handwritten digits shipped inside the package (``noisynets/embedded/digits.csv.gz``,
@@ -19,6 +19,20 @@ Five data sets are known (see ``DATASETS``):
     2022): a regression task whose targets a random *teacher* network computes, generated
     from a seed, no files. ``teacher:key=value,...`` sets its sizes and label noise (see
     ``teacher_student``); the targets are real-valued, ``task == "regression"``.
+``randman``
+    A spiking classification task made from a seed, no files: the random-manifold spike
+    patterns of Zenke and Vogels (2021). Every input channel fires once per sample, and the
+    class is in the *timing* of the spikes, not in their counts, so a network must integrate
+    over time. ``randman:key=value,...`` sets its size (see ``random_manifolds``).
+``shd``
+    The Spiking Heidelberg Digits (Cramer et al. 2022): a user's own ``shd_train.h5`` and
+    ``shd_test.h5`` in their published HDF5 layout (``spikes/times``, ``spikes/units``,
+    ``labels``; 700 channels, 20 classes), binned into time steps (see ``load_shd``;
+    ``shd:steps=100,max_time=1.4,channels=700``).
+
+``randman`` and ``shd`` are sequences: their inputs have shape ``(n, T, channels)`` (spike
+counts per step), ``DataSplits.sequence`` is true, and a network takes them with
+``encoding="sequence"`` (step t gets ``x[:, t]``).
 
 Files are looked for, in this order (``search_paths``): the explicit ``root`` argument (the folder
 itself, then ``root/<name>/``), ``$NOISYNETS_DATA/<name>/``, ``./data/<name>/`` and
@@ -30,7 +44,8 @@ Every problem (unknown name, missing files, truncated or corrupt files) raises `
 
 Images are returned flattened, as float32 tensors of shape ``(n, features)`` with values in
 [0, 1]; labels are int64 tensors of shape ``(n,)``. ``DataSplits.input_shape`` is the shape a
-model receives one sample in: ``(C, H, W)`` for images, ``(features,)`` for vectors.
+model receives one sample in: ``(C, H, W)`` for images, ``(features,)`` for vectors,
+``(T, channels)`` for sequences.
 """
 
 from __future__ import annotations
@@ -66,7 +81,8 @@ def __getattr__(name: str) -> Any:
         return DataSplits
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "teacher")
+DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "teacher", "randman",
+                             "shd")
 
 ENV_VAR = "NOISYNETS_DATA"
 VALIDATION_SEED = 20231002  # fixes which training samples form the validation split
@@ -101,6 +117,12 @@ _HOW_TO_GET = {
         "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, plain or .gz) "
         f"in ./data/mnist/ or in $NOISYNETS_DATA/mnist/ (set {ENV_VAR} to a folder holding "
         "mnist/), or pass its folder with --data-root DIR (root= in Python)"
+    ),
+    "shd": (
+        "put your own copies of the Spiking Heidelberg Digits files shd_train.h5 and "
+        "shd_test.h5 (as their authors publish them, unpacked from .h5.gz) in ./data/shd/ or "
+        f"$NOISYNETS_DATA/shd/ (set {ENV_VAR} to a folder holding shd/), or pass their folder "
+        "with --data-root DIR (root= in Python)"
     ),
     "cifar10": (
         "unpack your own copy of cifar-10-python.tar.gz (the folder cifar-10-batches-py/ with "
@@ -137,6 +159,7 @@ class DataSplits:
     files: tuple[str, ...] = ()  # the files loaded (none for embedded or generated data)
     val_x: torch.Tensor | None = None  # a validation split of the training set, if made
     val_y: torch.Tensor | None = None
+    sequence: bool = False  # samples are (T, channels): one input per time step
 
     @property
     def origin(self) -> str:
@@ -150,9 +173,15 @@ class DataSplits:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """One sample as a model receives it: ``(C, H, W)`` for images, ``(features,)``."""
+        """One sample as a model receives it: ``(C, H, W)`` for images, ``(features,)``,
+        ``(T, channels)`` for a sequence."""
         shape = tuple(self.image_shape)
-        return (1, *shape) if len(shape) == 2 else shape
+        return (1, *shape) if len(shape) == 2 and not self.sequence else shape
+
+    @property
+    def step_features(self) -> int:
+        """The inputs of one time step: ``channels`` for a sequence, else ``num_features``."""
+        return int(np.prod(self.image_shape[1:])) if self.sequence else self.num_features
 
     def with_validation(self, fraction: float) -> DataSplits:
         """``ceil(fraction * n)`` training samples set aside as the validation split: the same
@@ -189,6 +218,10 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None) -> DataS
     """
     if isinstance(name, str) and name.strip().lower().startswith("teacher"):
         return teacher_student(**teacher_options(name))
+    if isinstance(name, str) and name.strip().lower().startswith("randman"):
+        return random_manifolds(**spec_options(name, "randman", RANDMAN_KEYS))
+    if isinstance(name, str) and name.strip().lower().startswith("shd"):
+        return load_shd(root, **spec_options(name, "shd", SHD_KEYS))
     name = _canonical_name(name)
     if name == "digits":
         return _load_digits()
@@ -200,8 +233,8 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None) -> DataS
 
 def search_paths(name: str, root: str | os.PathLike[str] | None = None) -> list[Path]:
     """The folders searched for data set ``name``, in order (empty for the embedded ``digits``)."""
-    name = _canonical_name(name)
-    if name in ("digits", "teacher"):
+    name = _canonical_name(name.partition(":")[0])
+    if name in ("digits", "teacher", "randman"):
         return []
     paths: list[Path] = []
     if root is not None:
@@ -229,6 +262,8 @@ def _canonical_name(name: str) -> str:
 def _expected_files(name: str) -> tuple[str, ...]:
     if name == "cifar10":
         return (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH)
+    if name == "shd":
+        return SHD_FILES
     return IDX_FILES
 
 
@@ -238,8 +273,10 @@ def _candidate_dirs(name: str, place: Path) -> list[Path]:
 
 
 def _present(folder: Path, filename: str) -> Path | None:
-    """The file ``filename`` in ``folder``, plain or ``.gz`` (plain preferred), if present."""
-    for candidate in (folder / filename, folder / f"{filename}.gz"):
+    """The file ``filename`` in ``folder``, plain or ``.gz`` (plain preferred; HDF5 files
+    plain only), if present."""
+    gz = () if filename.endswith(".h5") else (folder / f"{filename}.gz",)
+    for candidate in (folder / filename, *gz):
         if candidate.is_file():
             return candidate
     return None
@@ -611,21 +648,258 @@ def teacher_student(
     )
 
 
+SEQUENCES: dict[str, dict[str, type]] = {}  # filled below: the sequence data sets' keys
+
+
+def dataset_options(spec: str) -> dict[str, Any]:
+    """The key=value options of a data set spec (``teacher``, ``randman`` and ``shd`` take
+    them), checked; a ``DataError`` for a bad one, or for options on another data set."""
+    name = spec.partition(":")[0].strip().lower()
+    keys = {"teacher": TEACHER_KEYS, **SEQUENCES}.get(name)
+    if keys is None:
+        if ":" in spec:
+            raise DataError(f"data set {spec!r}: only teacher, randman and shd take "
+                            "key=value options")
+        return {}
+    return spec_options(spec, name, keys)
+
+
+def sequence_steps(spec: str) -> int | None:
+    """The time steps of a sequence data set's samples (``randman:steps=..``, ``shd:steps=..``),
+    ``None`` for the others."""
+    name = spec.partition(":")[0].strip().lower()
+    if name not in SEQUENCES:
+        return None
+    return int(dataset_options(spec).get("steps", SEQUENCE_STEPS[name]))
+
+
 def teacher_options(spec: str) -> dict[str, Any]:
     """``teacher`` or ``teacher:key=value,...`` as keyword arguments of ``teacher_student``."""
-    name, colon, args = spec.strip().partition(":")
-    valid = f"valid keys: {', '.join(TEACHER_KEYS)}"
-    if name.strip().lower() != "teacher":
+    return spec_options(spec, "teacher", TEACHER_KEYS)
+
+
+def spec_options(spec: str, name: str, keys: dict[str, type]) -> dict[str, Any]:
+    """``name`` or ``name:key=value,...`` as keyword arguments (each key one of ``keys``,
+    its value of that type); else a ``DataError`` naming the bad part."""
+    head, colon, args = spec.strip().partition(":")
+    valid = f"valid keys: {', '.join(keys)}"
+    if head.strip().lower() != name:
         raise DataError(f"unknown data set {spec!r}: choose one of {', '.join(DATASETS)}")
     options: dict[str, Any] = {}
     for item in args.split(",") if colon else []:
         key, eq, value = (t.strip() for t in item.partition("="))
-        if not eq or key not in TEACHER_KEYS:
-            raise DataError(f"bad teacher spec {spec!r}: {item.strip()!r} is not key=value "
+        if not eq or key not in keys:
+            raise DataError(f"bad {name} spec {spec!r}: {item.strip()!r} is not key=value "
                             f"with a known key; {valid}")
         try:
-            options[key] = TEACHER_KEYS[key](value)
+            options[key] = keys[key](value)
         except ValueError:
-            kind = "an integer" if TEACHER_KEYS[key] is int else "a number"
-            raise DataError(f"bad teacher spec {spec!r}: {key}={value!r} is not {kind}") from None
+            kind = "an integer" if keys[key] is int else "a number"
+            raise DataError(f"bad {name} spec {spec!r}: {key}={value!r} is not {kind}") from None
     return options
+
+
+def _counts(name: str, values: dict[str, Any], low: dict[str, int]) -> None:
+    """Each value an integer from its ``low`` (default 1) to ``LARGEST_COUNT``."""
+    for key, value in values.items():
+        least = low.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+                least <= value <= LARGEST_COUNT):
+            raise DataError(f"{name} {key}={value!r} must be an integer from {least} to "
+                            f"{LARGEST_COUNT:_}")
+
+
+LARGEST_COUNT = 10**9
+MAX_DENSE_BYTES = 8 * 2**30  # the largest (n, T, channels) float32 array a loader makes
+
+
+def _dense_size(name: str, samples: int, steps: int, channels: int, fix: str) -> None:
+    """A ``DataError`` before allocating ``samples x steps x channels`` float32 numbers that
+    would exceed ``MAX_DENSE_BYTES``."""
+    size = 4 * samples * steps * channels
+    if size > MAX_DENSE_BYTES:
+        raise DataError(f"{name}: {samples:_} samples of {steps} steps x {channels} channels "
+                        f"take {size / 2**30:.1f} GiB (at most {MAX_DENSE_BYTES / 2**30:g}): "
+                        f"{fix}")
+
+
+# --------------------------------------------------------------------------------------------
+# random-manifold spike patterns (Zenke and Vogels 2021)
+
+RANDMAN_KEYS: dict[str, type] = {
+    "classes": int, "channels": int, "steps": int, "dim": int, "alpha": float, "train": int,
+    "test": int, "seed": int,
+}
+SEQUENCES["randman"] = RANDMAN_KEYS
+RANDMAN_PRECISION = 1e-3  # the smallest amplitude a Fourier component keeps: F = ceil(p^-1/alpha)
+
+
+def random_manifolds(
+    classes: int = 10,
+    channels: int = 20,
+    steps: int = 25,
+    dim: int = 1,
+    alpha: float = 2.0,
+    train: int = 1000,
+    test: int = 500,
+    seed: int = 0,
+) -> DataSplits:
+    """Random-manifold spike patterns (Zenke and Vogels 2021, "The remarkable robustness of
+    surrogate gradient learning", their ``randman``): each class is a smooth random
+    ``dim``-dimensional manifold in the space of spike times of ``channels`` inputs::
+
+        f_kj(x) = prod_{d<dim} sum_{i<F} a_kjdi (i + 1)^-alpha sin(2 pi (i b_kjdi x_d + c_kjdi))
+        t_j     = floor(steps * (f_kj(x) - min_x f_kj) / (max_x f_kj - min_x f_kj + 1e-7))
+
+    with ``a, b, c ~ U(0, 1)`` (``a_kjd0 = 0``: no constant term), ``F = ceil(0.001^(-1/alpha))``
+    Fourier components (``alpha``: the smoothness), and ``x ~ U(0, 1)^dim`` one sample of
+    class ``k``, whose channel ``j`` fires one spike, at step ``t_j`` (the min and max over the
+    class's samples, train and test together). Every sample has one spike per channel: the
+    class is in their timing. ``train`` and ``test`` samples in all, the same number of each
+    class, in a random order; ``seed`` fixes everything. Inputs ``(n, steps, channels)``.
+
+        >>> data = random_manifolds(classes=2, channels=5, steps=8, train=6, test=4)
+        >>> data.train_x.shape, data.sequence, int(data.train_x[0].sum())
+        (torch.Size([6, 8, 5]), True, 5)
+    """
+    _counts("randman", dict(classes=classes, channels=channels, steps=steps, dim=dim,
+                            train=train, test=test, seed=seed), {"seed": 0, "classes": 2})
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 100:
+        raise DataError(f"randman alpha={alpha!r} must be a number in (0, 100)")
+    for split, count in (("train", train), ("test", test)):
+        if count % classes:
+            raise DataError(f"randman {split}={count} must be a multiple of classes={classes} "
+                            "(the same number of samples of each class)")
+    _dense_size("randman", train + test, steps, channels, "choose fewer samples or steps")
+    g = torch.Generator().manual_seed(seed)
+    F = math.ceil(RANDMAN_PRECISION ** (-1 / alpha))
+    i = torch.arange(F, dtype=torch.float64)
+    per_train, per_test = train // classes, test // classes
+    n = per_train + per_test
+    x_parts, y_parts = [], []
+    for k in range(classes):
+        a, b, c = torch.rand(3, channels, dim, F, generator=g, dtype=torch.float64)
+        a[..., 0] = 0.0
+        x = torch.rand(n, dim, generator=g, dtype=torch.float64)
+        phase = 2 * math.pi * (i * b * x[:, None, :, None] + c)  # (n, channels, dim, F)
+        f = (a * (i + 1) ** -alpha * torch.sin(phase)).sum(-1).prod(-1)  # (n, channels)
+        low, high = f.min(0).values, f.max(0).values
+        t = torch.floor(steps * (f - low) / (high - low + 1e-7)).long().clamp_(0, steps - 1)
+        raster = torch.zeros(n, steps, channels)
+        raster[torch.arange(n)[:, None], t, torch.arange(channels)] = 1.0
+        x_parts.append(raster)
+        y_parts.append(torch.full((n,), k, dtype=torch.int64))
+    inputs, labels = torch.stack(x_parts), torch.stack(y_parts)  # (classes, n, ...)
+    order = {s: torch.randperm(classes * m, generator=g) for s, m in (("train", per_train),
+                                                                        ("test", per_test))}
+    train_x = inputs[:, :per_train].reshape(-1, steps, channels)[order["train"]]
+    train_y = labels[:, :per_train].reshape(-1)[order["train"]]
+    test_x = inputs[:, per_train:].reshape(-1, steps, channels)[order["test"]]
+    test_y = labels[:, per_train:].reshape(-1)[order["test"]]
+    return DataSplits(
+        name="randman", train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+        image_shape=(steps, channels), num_classes=classes, sequence=True,
+        source=f"random manifolds, {classes} classes, {channels} channels, {steps} steps, "
+               f"dim {dim}, alpha {alpha:g}, seed {seed}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the Spiking Heidelberg Digits (HDF5)
+
+SHD_FILES: tuple[str, ...] = ("shd_train.h5", "shd_test.h5")
+SHD_CHANNELS = 700
+SHD_CLASSES = 20
+SHD_KEYS: dict[str, type] = {"steps": int, "max_time": float, "channels": int}
+SHD_VLEN_BYTES = 16  # an HDF5 variable-length element's reference: no sample takes fewer
+SEQUENCES["shd"] = SHD_KEYS
+SEQUENCE_STEPS: dict[str, int] = {"randman": 25, "shd": 100}  # their functions' defaults
+
+
+def load_shd(root: str | os.PathLike[str] | None = None, steps: int = 100,
+             max_time: float = 1.4, channels: int = SHD_CHANNELS) -> DataSplits:
+    """The Spiking Heidelberg Digits from ``shd_train.h5`` and ``shd_test.h5`` (found as
+    every data set's files are: module doc), binned into ``steps`` time steps::
+
+        x[n, t, c] = #{spikes of sample n on a unit u with u // (700 / channels) = c
+                       and floor(time * steps / max_time) = t}
+
+    Spikes at ``max_time`` seconds or later are left out (1.4 s holds nearly every spike of
+    SHD); ``channels`` (a divisor of 700) sums neighbouring units. The files' layout, as
+    published: ``spikes/times`` (seconds) and ``spikes/units`` (0..699), one variable-length
+    array per sample, and ``labels`` (0..19). Every size is checked before anything is
+    allocated, and every problem is a one-line ``DataError``."""
+    _counts("shd", dict(steps=steps, channels=channels), {})
+    if isinstance(max_time, bool) or not isinstance(max_time, (int, float)) or not (
+            0 < max_time < math.inf):
+        raise DataError(f"shd max_time={max_time!r} must be a number of seconds > 0")
+    if SHD_CHANNELS % channels:
+        raise DataError(f"shd channels={channels} must divide {SHD_CHANNELS} (neighbouring "
+                        "units are summed), e.g. 700, 350, 140 or 70")
+    folder = _find_place("shd", root)
+    parts = [_read_shd(folder / name, steps, max_time, channels) for name in SHD_FILES]
+    (train_x, train_y), (test_x, test_y) = parts
+    return DataSplits(
+        name="shd", train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+        image_shape=(steps, channels), num_classes=SHD_CLASSES, sequence=True,
+        source=str(folder), files=tuple(str(folder / name) for name in SHD_FILES),
+    )
+
+
+def _read_shd(path: Path, steps: int, max_time: float, channels: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binned spikes (n, steps, channels) and labels (n,) of one SHD file."""
+    import h5py
+
+    fix = "the file is truncated or not an SHD file: replace it with a fresh copy"
+    try:
+        size = path.stat().st_size
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path} is not a readable HDF5 file ({exc}); {fix}") from None
+    with f:
+        found = {}
+        for key in ("spikes/times", "spikes/units", "labels"):
+            item = f.get(key)
+            if not isinstance(item, h5py.Dataset) or item.ndim != 1:
+                raise DataError(f"{path} has no one-dimensional data set '{key}' (the SHD "
+                                f"layout: spikes/times, spikes/units, labels); {fix}")
+            found[key] = item
+        n = found["labels"].shape[0]
+        if n == 0:
+            raise DataError(f"{path} holds no samples; {fix}")
+        if found["spikes/times"].shape[0] != n or found["spikes/units"].shape[0] != n:
+            raise DataError(f"{path} has {n} labels but {found['spikes/times'].shape[0]} spike "
+                            f"time and {found['spikes/units'].shape[0]} unit arrays; {fix}")
+        if n * SHD_VLEN_BYTES > size:
+            raise DataError(f"{path} claims {n:_} samples but holds {size:_} bytes; {fix}")
+        _dense_size(str(path), n, steps, channels, "choose fewer steps or channels "
+                    "(shd:steps=..,channels=..)")
+        if found["labels"].dtype.kind not in "iu":
+            raise DataError(f"{path} has labels of type {found['labels'].dtype}, not integers; "
+                            f"{fix}")
+        try:
+            labels = found["labels"][()].astype(np.int64)
+            times, units = found["spikes/times"][()], found["spikes/units"][()]
+        except (OSError, ValueError, TypeError) as exc:
+            raise DataError(f"{path} cannot be read ({exc}); {fix}") from None
+    if labels.min() < 0 or labels.max() >= SHD_CLASSES:
+        raise DataError(f"{path} has labels outside 0..{SHD_CLASSES - 1} (found "
+                        f"{int(labels.min())}..{int(labels.max())}); {fix}")
+    counts = np.zeros((n, steps, channels), dtype=np.float32)
+    group = SHD_CHANNELS // channels
+    for k, (t, u) in enumerate(zip(times, units)):
+        t, u = np.asarray(t, dtype=np.float64), np.asarray(u)
+        if t.shape != u.shape or t.ndim != 1 or u.dtype.kind not in "iu":
+            raise DataError(f"{path}: sample {k} has {t.size} spike times but {u.size} units "
+                            f"(or units that are not integers); {fix}")
+        if u.size and (u.min() < 0 or u.max() >= SHD_CHANNELS):
+            raise DataError(f"{path}: sample {k} has units outside 0..{SHD_CHANNELS - 1}; "
+                            f"{fix}")
+        if not np.isfinite(t).all() or (t.size and t.min() < 0):
+            raise DataError(f"{path}: sample {k} has spike times that are negative or not "
+                            f"finite; {fix}")
+        kept = t < max_time
+        step = np.floor(t[kept] * (steps / max_time)).astype(np.int64).clip(0, steps - 1)
+        np.add.at(counts[k], (step, u[kept].astype(np.int64) // group), 1.0)
+    return torch.from_numpy(counts), torch.from_numpy(labels)

@@ -5,19 +5,27 @@ written by snntorch's own exporter, ``R`` folded in.
 (``noisynets.export_model``) and hands the plain model to ``snntorch.export_to_nir``; the
 graph then runs again through ``snntorch.import_from_nir`` (``load_nir``). One NIR evaluation
 is one time step: the network's logits are the mean over its ``T`` steps of the graph's output
-for the constant input ``x``, from neurons at rest (``nir_readout``); ``T``, the encoding and
-this readout are in the graph's ``metadata``. NIR's ``LIF`` node is
+for the constant input ``x`` (a sequence-encoded network: for step ``t``'s input ``x[:, t]``),
+from neurons at rest (``nir_readout``); ``T``, the encoding and this readout are in the graph's
+``metadata``. NIR's ``LIF`` node is
 ``tau dv/dt = (v_leak - v) + R I``, reset to ``v_reset`` after a spike; snntorch writes
 ``snn.Leaky``'s ``beta`` as ``tau = dt / (1 - beta)`` with ``dt = 1e-4``.
 
 What NIR (through snntorch's exporter) holds, and so what is exported: a feed-forward
 ``nn.Sequential`` of ``nn.Linear``, ``nn.Conv2d`` (numeric padding), ``nn.AvgPool2d`` (no
-padding), ``nn.Flatten`` and ``snn.Leaky`` neurons that reset to zero
-(``reset_mechanism="zero"``: NIR's LIF has no reset by subtraction), with plain spikes
-(``graded_spikes_factor = 1``, no inhibition, no quantisation). ``nn.Dropout`` (off at
-inference) is left out. Anything else is refused with one line naming the module and what to
-use instead. Every export is checked: the graph is imported back and must give the model's
-logits on a random input, else it is refused.
+padding), ``nn.Flatten`` and leaky integrate-and-fire neurons that reset to zero -- the
+built-in ``--unit lif`` trained with ``--reset zero``, or ``snn.Leaky(reset_mechanism="zero")``
+(NIR's LIF has no reset by subtraction) -- with plain spikes (``graded_spikes_factor = 1``, no
+inhibition, no quantisation). ``nn.Dropout`` (off at inference) is left out. Anything else is
+refused with one line naming the module and what to use instead. Every export is checked: the
+graph is imported back and must give the model's logits on a random input, else it is refused.
+(A threshold noise is intrinsic noise of the noisy passes: the exported network is the clean
+one.)
+
+Other frameworks read the file with their own NIR importers. snntorch writes NIR's resistance
+as ``r = tau / dt`` (its importer needs that); norse 1.1 takes ``r = 1`` (it warns and drops
+``r``), so ``unit_resistance(graph)`` gives it the same network with ``r`` multiplied into the
+weights that drive each LIF node (tested: norse's outputs are the network's).
 
 Example::
 
@@ -30,12 +38,14 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import snntorch as snn
 import torch
 from torch import Tensor, nn
@@ -44,6 +54,7 @@ from noisynets.core.export import readout
 from noisynets.core.model import flat_modules
 from noisynets.core.network import Network
 from noisynets.core.steps import reset_neurons
+from noisynets.core.units import LIF
 
 SUPPORTED = "nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.Flatten, nn.Dropout and snn.Leaky"
 
@@ -86,11 +97,15 @@ def check_exportable(network: Network) -> None:
                          "none; use model.pt (torch.load) for a rate network")
     for position, (name, module) in enumerate(flat_modules(network.model)):
         where = f"module {name!r} ({type(module).__name__}, position {position})"
-        if type(module) is snn.Leaky:
+        if type(module) is snn.Leaky or isinstance(module, LIF):
             why = None
-            if module.reset_mechanism != "zero":
+            if module.reset_mechanism != "zero" and isinstance(module, LIF):
+                why = ("resets by subtraction (--reset subtract, the default), and NIR's LIF "
+                       "resets to v_reset: train it with --reset zero")
+            elif module.reset_mechanism != "zero":
                 why = (f"resets by {module.reset_mechanism}, and NIR's LIF resets to v_reset: "
-                       "train it with snn.Leaky(reset_mechanism='zero')")
+                       "train it with snn.Leaky(reset_mechanism='zero') (the built-in "
+                       "--unit lif: --reset zero)")
             elif float(module.graded_spikes_factor) != 1.0 or module.inhibition or (
                     module.state_quant):
                 why = ("has graded spikes, inhibition or quantised state, which NIR's LIF does "
@@ -98,9 +113,9 @@ def check_exportable(network: Network) -> None:
             if why:
                 raise ValueError(f"NIR export: {where} {why}")
         elif isinstance(module, snn.SpikingNeuron):
-            raise ValueError(f"NIR export: {where} is a neuron the export does not take (a "
-                             "built-in --unit lif network resets by subtraction): train a "
-                             "--model file whose neurons are snn.Leaky(reset_mechanism='zero')")
+            raise ValueError(f"NIR export: {where} is a neuron the export does not take: use "
+                             "the built-in --unit lif with --reset zero, or a --model file "
+                             "whose neurons are snn.Leaky(reset_mechanism='zero')")
         elif isinstance(module, nn.Conv2d):
             if isinstance(module.padding, str):
                 raise ValueError(f"NIR export: {where} has padding={module.padding!r}: give "
@@ -147,17 +162,19 @@ def to_nir(network: Network, input_shape: tuple[int, ...]) -> Any:
     """The NIR graph of ``network`` (module doc) for samples of ``input_shape``, checked by a
     round trip; ``ValueError`` with one line for what NIR cannot hold."""
     _, export_to_nir, _ = _nir()
+    sequence = network.encoding == "sequence"  # samples (T, ...): one step is input_shape[1:]
     model = exportable_copy(network, input_shape)
     with _quiet():
-        graph = export_to_nir(model, torch.zeros(1, *input_shape), ignore_dims=[0])
+        graph = export_to_nir(model, torch.zeros(1, *input_shape[sequence:]), ignore_dims=[0])
     graph.metadata = {
         "source": "noisynets", "time_steps": network.time_steps, "encoding": network.encoding,
-        "readout": "logits = mean over time_steps steps of the output for the constant input, "
-                   "neurons starting at rest",
+        "readout": "logits = mean over time_steps steps of the output for the input of the "
+                   f"step ({'x[:, t]' if sequence else 'x, constant'}), neurons starting at rest",
     }
     x = torch.rand(4, *input_shape, generator=torch.Generator().manual_seed(0))
-    expected = readout(model, x, network.time_steps)
-    got = nir_readout(import_nir(graph), x, network.time_steps)
+    T = network.time_steps
+    expected = nir_readout(model, x, T, sequence) if sequence else readout(model, x, T)
+    got = nir_readout(import_nir(graph), x, T, sequence)
     error = float((got - expected).abs().max())
     if not error <= 1e-5 * (1 + float(expected.abs().max())):
         raise ValueError(f"NIR export: the graph, imported back by snntorch, differs from the "
@@ -166,11 +183,16 @@ def to_nir(network: Network, input_shape: tuple[int, ...]) -> Any:
 
 
 def import_nir(graph: Any) -> nn.Module:
-    """``snntorch.import_from_nir(graph)``, made to take batches: NIR's ``Flatten`` counts
-    dimensions without the batch, so each torch ``Flatten`` starts one dimension later."""
+    """``snntorch.import_from_nir(graph)``, made to take batches (``batched``)."""
     _, _, import_from_nir = _nir()
     with _quiet():
         module = import_from_nir(graph)
+    return batched(module)
+
+
+def batched(module: nn.Module) -> nn.Module:
+    """An imported NIR graph made to take batches: NIR's ``Flatten`` counts dimensions
+    without the batch, so each torch ``Flatten`` starts one dimension later."""
     for m in module.modules():
         if isinstance(m, nn.Flatten) and m.start_dim >= 0:
             m.start_dim += 1
@@ -185,17 +207,51 @@ def load_nir(path: str | Path) -> nn.Module:
 
 
 @torch.no_grad()
-def nir_readout(module: nn.Module, x: Tensor, time_steps: int) -> Tensor:
+def nir_readout(module: nn.Module, x: Tensor, time_steps: int, sequence: bool = False
+                ) -> Tensor:
     """The logits of an imported graph: its output averaged over ``time_steps`` steps of the
-    constant input ``x``, from neurons at rest (snntorch's importer returns ``(output,
-    state)``; its neurons keep their own state)."""
+    constant input ``x`` (``sequence``: step ``t`` gets ``x[:, t]``), from neurons at rest.
+    An imported graph (nirtorch's executor) returns ``(output, state)`` and is given its state
+    back at the next step (snntorch's neurons keep their own as well, norse's only there)."""
     reset_neurons(module)
-    total = torch.zeros(())
-    for _ in range(time_steps):
-        out = module(x)
-        total = total + (out[0] if isinstance(out, tuple) else out)
+    total, state = torch.zeros(()), None
+    for t in range(time_steps):
+        step = x[:, t] if sequence else x
+        out = module(step) if state is None else module(step, state)
+        if isinstance(out, tuple):
+            out, state = out
+        total = total + out
     reset_neurons(module)
     return total / time_steps
+
+
+def unit_resistance(graph: Any) -> Any:
+    """A copy of the NIR ``graph`` whose LIF nodes have ``r = 1``: each node's ``r`` is
+    multiplied into the weight and bias of the ``Affine``, ``Linear`` or ``Conv2d`` node that
+    drives it (a conv's ``r`` must be one number per channel). By NIR's LIF equation,
+    ``tau dv/dt = (v_leak - v) + r I``, it is the same network, for importers that take
+    ``r = 1`` (norse)."""
+    nir, _, _ = _nir()
+    graph = copy.deepcopy(graph)
+    for name, node in graph.nodes.items():
+        if not isinstance(node, nir.LIF):
+            continue
+        sources = [graph.nodes[a] for a, b in graph.edges if b == name]
+        if len(sources) != 1 or not isinstance(sources[0], (nir.Affine, nir.Linear,
+                                                            nir.Conv2d)):
+            raise ValueError(f"NIR LIF node {name!r} is not driven by one Affine, Linear or "
+                             "Conv2d node: its r cannot be moved into weights")
+        source, r = sources[0], np.asarray(node.r, dtype=np.float64)
+        per_out = r.reshape(r.shape[0], -1)  # one row per output (channel)
+        if not np.all(per_out == per_out[:, :1]):
+            raise ValueError(f"NIR LIF node {name!r} has an r that varies within a channel")
+        scale = per_out[:, 0].reshape(-1, *([1] * (np.ndim(source.weight) - 1)))
+        source.weight = (np.asarray(source.weight) * scale).astype(np.float32)
+        if getattr(source, "bias", None) is not None:
+            bias = np.asarray(source.bias)
+            source.bias = (bias * scale.reshape(bias.shape)).astype(np.float32)
+        node.r = np.ones_like(np.asarray(node.r))
+    return graph
 
 
 def export_run(folder: str | Path, out: str | Path, model: str | None = None,

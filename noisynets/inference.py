@@ -93,8 +93,9 @@ def load_trained(folder: str | Path, model: str | None = None, trust_model: bool
     if config.device == "cuda" and not torch.cuda.is_available():
         config = dataclasses.replace(config, device="cpu")
     shape = tuple(int(d) for d in spec["shape"])
+    step = shape[1:] if config.encoding == "sequence" else shape  # a sequence: one step's
     shapes = SimpleNamespace(input_shape=shape, num_features=math.prod(shape),
-                             num_classes=int(spec["outputs"]))
+                             step_features=math.prod(step), num_classes=int(spec["outputs"]))
     torch.manual_seed(config.seed)
     network, _, _ = build(config, shapes)  # type: ignore[arg-type]
     check_fits(network.current_keys(state["network"]), network.state_dict(), folder / MODEL_FILE)

@@ -71,9 +71,10 @@ from noisynets.checkpoints import (
 )
 from noisynets.config import TrainConfig, check_threads, preset_names, resolve
 from noisynets.core.network import Network
-from noisynets.core.noise import make_noise
+from noisynets.core.noise import generator_in_use, make_noise, use_generator
 from noisynets.core.precision import difference_dtype
 from noisynets.core.record import Passes, Record
+from noisynets.core.units import set_reset
 from noisynets.data import DataSplits, load_dataset
 from noisynets.describe import describe, describe_layers, model_shapes
 from noisynets.files import RUN_FILE_NAMES, remove_stale, write_text_atomic
@@ -123,6 +124,7 @@ class RunResult:
     out: str | None = None
     device: str = "cpu"
     precision: str = "float32"  # the difference and estimate products, as resolved
+    generator: str = "torch"  # that drew the Gaussian noise, as resolved (generator_in_use)
     data_files: str = ""
     world_size: int = 1  # processes that trained it (data-parallel under torchrun)
     layers: list[dict[str, Any]] = field(default_factory=list)  # what the network really is
@@ -147,6 +149,7 @@ class RunResult:
             "device": self.device,
             "world_size": self.world_size,
             "precision": self.precision,
+            "generator": self.generator,
             "data_files": self.data_files,
             "out": self.out,
             "config": self.config.to_dict(),
@@ -197,7 +200,7 @@ def build(config: TrainConfig, data: DataSplits) -> tuple[Network, Rule, torch.o
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
                 he_normal(module, g)
     else:
-        model = [data.num_features, *config.hidden, data.num_classes]
+        model = [data.step_features, *config.hidden, data.num_classes]
     network = Network(
         model,
         unit=config.unit,
@@ -220,6 +223,8 @@ def build(config: TrainConfig, data: DataSplits) -> tuple[Network, Rule, torch.o
         adc=config.adc,
         local_losses=config.local_losses,
     )
+    set_reset(network, config.reset)
+    use_generator(network, config.generator)
     rule = make_rule(config.algo, noise_samples=config.noise_samples,
                      antithetic=bool(config.antithetic))
     rule.check(network)
@@ -608,7 +613,8 @@ def _prepare(
     precision = difference_dtype(config.precision, data.train_x.dtype, device)
     result = RunResult(config=config, out=str(out), device=str(device),
                        precision=str(precision).removeprefix("torch."), data_files=data.origin,
-                       world_size=1 if world is None else world.size)
+                       world_size=1 if world is None else world.size,
+                       generator=generator_in_use(config.generator, device))
     state = RunState(config, out, network, rule, optimizer, make_scheduler(config, optimizer),
                      torch.Generator().manual_seed(config.seed),  # the order of the data
                      result, None, main, time.perf_counter(), inputs, identity)
@@ -981,6 +987,7 @@ def trace_attributes(config: TrainConfig, device: torch.device, data_files: str 
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "device": str(device),
         "seed": config.seed,
+        "generator": generator_in_use(config.generator, device),
         "data_files": data_files,
         "config": config.to_dict(),
     }

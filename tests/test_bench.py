@@ -19,9 +19,15 @@ def test_bench_quick_prints_the_ratios_and_the_table_as_json(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
     assert all(key in summary for key in KEYS), summary.keys()
-    table = {(row["network"], row["rule"], row["K"], row["T"]): row for row in summary["table"]}
-    assert len(table) == 18
-    assert table["spiking", "danp", 1, 6]["seconds"] > 0  # the quick run's longer T
+    from noisynets.core import fast_normal
+
+    gen = summary["generator"]
+    assert gen == ("fast" if fast_normal.available() else "torch")
+    table = {(row["network"], row["rule"], row["K"], row["T"], row["generator"]): row
+             for row in summary["table"]}
+    assert len(table) == 20  # 18 steps, and the spiking DANP ones with torch's generator too
+    assert table["spiking", "danp", 1, 6, "torch"]["seconds"] > 0  # the quick run's longer T
+    table = {key[:4]: row for key, row in table.items() if key[4] == gen}
     assert all(row["seconds"] > 0 and row["gflop"] > 0 for row in table.values())
     # K = 4 noisy passes multiply more than one; decorrelation adds its products.
     assert table["dense", "danp", 4, 1]["gflop"] > table["dense", "danp", 1, 1]["gflop"]
@@ -33,6 +39,12 @@ def test_bench_quick_prints_the_ratios_and_the_table_as_json(capsys):
     assert summary["machine"]["cpu"]
     assert set(summary["noise_share"]) == {"dense:anp:K1", "spiking:danp:K1",
                                            "spiking:danp:K1:T6", "conv:danp:K1"}
+    assert set(summary["generators"]) == {gen, "torch"}
+    for row in summary["generators"].values():
+        assert row["spiking_time_over_bptt"] > 0 and row["spiking_time_over_bptt_t100"] > 0
+        assert set(row["noise_share"]) == {"spiking:danp:K1", "spiking:danp:K1:T6"}
+    assert summary["generators"][gen]["noise_share"]["spiking:danp:K1"] == summary[
+        "noise_share"]["spiking:danp:K1"]
 
 
 def test_the_free_noise_step_leaves_every_generator_untouched():

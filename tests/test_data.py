@@ -90,7 +90,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_dataset_names():
-    assert DATASETS == ("digits", "fashion-mnist", "mnist", "cifar10", "teacher")
+    assert DATASETS == ("digits", "fashion-mnist", "mnist", "cifar10", "teacher", "randman", "shd")
 
 
 def test_digits_shape_split_and_range():

@@ -3,7 +3,9 @@
 Properties proven: ``noisynets export RUN --format nir`` writes a file that ``nir.read`` reads,
 whose nodes are the model's (R folded into the affine and convolution weights), and which,
 imported back by snntorch, gives the run's network's logits (the mean over its T steps) on
-the test inputs; what NIR cannot hold is refused with one line.
+the test inputs -- for a zero-reset snntorch model and for the built-in ``--unit lif --reset
+zero``, whose file norse's importer runs to the same logits too (where norse is installed);
+what NIR cannot hold (a subtract reset among it) is refused with one line naming the fix.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ MODELS = textwrap.dedent('''
                              nn.Linear(16, 10))
 
 
+    def leaky_mlp():
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), leaky(), nn.Linear(16, 10))
+
+
     def subtract():
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 16),
                              snn.Leaky(beta=0.9, init_hidden=True), nn.Linear(16, 10))
@@ -65,8 +71,12 @@ def runs(tmp_path_factory):
         out = root / name
         if out.exists():  # trained by an earlier test
             return out
-        train(TrainConfig(model=f"{root / 'nets.py'}:{name}", epochs=epochs, trace_every=0,
-                          time_steps=4, batch_size=256, figures=False, out=str(out)),
+        if name.startswith("builtin_"):  # the built-in LIF: builtin_zero, builtin_subtract
+            net = dict(unit="lif", reset=name.removeprefix("builtin_"), hidden=[16])
+        else:
+            net = dict(model=f"{root / 'nets.py'}:{name}")
+        train(TrainConfig(**net, epochs=epochs, trace_every=0, time_steps=4, batch_size=256,
+                          figures=False, out=str(out)),
               progress=False, log=None)
         return out
 
@@ -100,8 +110,73 @@ def test_an_exported_spiking_run_reads_back_and_gives_the_networks_outputs(runs,
     assert (expected.argmax(-1) == got.argmax(-1)).all()
 
 
+@pytest.mark.parametrize("name", ["builtin_zero", "leaky_mlp"])
+def test_zero_reset_networks_export_and_snntorch_reads_back_their_outputs(runs, tmp_path, name):
+    """The built-in LIF with --reset zero and a zero-reset snntorch model: exported, read by
+    nir.read, imported by snntorch, the graph gives the network's logits on the test inputs."""
+    out = runs(name)
+    target = tmp_path / "model.nir"
+    trust = [] if name.startswith("builtin") else ["--trust-model"]
+    assert main(["export", str(out), "--format", "nir", "-o", str(target), *trust]) == 0
+    graph = nir.read(str(target))
+    lif = [n for n in graph.nodes.values() if isinstance(n, nir.LIF)]
+    assert len(lif) == 1 and (lif[0].v_reset == 0).all()
+    network, _, _ = load_trained(out, trust_model=True)
+    x = load_dataset("digits").test_x.view(-1, 1, 8, 8)
+    with torch.no_grad():
+        expected = network(x)
+    rates = json.loads((out / "results.json").read_text())["history"][-1]["firing_rate"]
+    assert 0 < rates[0] < 1  # the hidden layer spikes: the outputs depend on it
+    torch.testing.assert_close(nir_readout(load_nir(target), x, 4), expected, rtol=0, atol=1e-5)
+
+
+def test_a_sequence_run_exports_one_step_per_evaluation(tmp_path):
+    """A run on the generated spiking sequences (``--encoding sequence``): the graph takes one
+    step's channels, and fed step t's input x[:, t] it gives the network's logits."""
+    spec = "randman:classes=4,steps=6,channels=12,train=40,test=20"
+    out = tmp_path / "run"
+    train(TrainConfig(dataset=spec, unit="lif", reset="zero", hidden=[16], epochs=1,
+                      batch_size=8, trace_every=0, figures=False, out=str(out)),
+          progress=False, log=None)
+    target = tmp_path / "model.nir"
+    assert main(["export", str(out), "--format", "nir", "-o", str(target)]) == 0
+    graph = nir.read(str(target))
+    assert graph.metadata["encoding"] == "sequence" and "x[:, t]" in graph.metadata["readout"]
+    network, _, _ = load_trained(out)
+    x = load_dataset(spec).test_x
+    with torch.no_grad():
+        expected = network(x)
+    got = nir_readout(load_nir(target), x, 6, sequence=True)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["builtin_zero", "leaky_mlp"])
+def test_norse_runs_an_exported_graph_to_the_networks_outputs(runs, tmp_path, name):
+    """A second framework's NIR importer (norse) on the exported file, its r moved into the
+    weights (``unit_resistance``: norse takes r = 1), gives the network's logits too."""
+    norse = pytest.importorskip("norse.torch")
+    from noisynets.export_nir import batched, unit_resistance
+
+    out = runs(name)
+    target = tmp_path / "model.nir"
+    assert main(["export", str(out), "--format", "nir", "-o", str(target),
+                 "--trust-model"]) == 0
+    graph = nir.read(str(target))
+    portable = unit_resistance(graph)
+    lif = next(k for k, n in graph.nodes.items() if isinstance(n, nir.LIF))
+    assert (portable.nodes[lif].r == 1).all() and not (graph.nodes[lif].r == 1).all()
+    module = batched(norse.from_nir(portable, dt=1e-4))  # snntorch's dt: tau = dt / (1 - beta)
+    network, _, _ = load_trained(out, trust_model=True)
+    x = load_dataset("digits").test_x.view(-1, 1, 8, 8)
+    with torch.no_grad():
+        expected = network(x)
+    got = nir_readout(module, x, 4)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("name,words", [
-    ("subtract", ("resets by subtract", "reset_mechanism='zero'")),
+    ("subtract", ("resets by subtract", "reset_mechanism='zero'", "--reset zero")),
+    ("builtin_subtract", ("LIF", "resets by subtraction", "--reset zero")),
     ("rate", ("spiking networks", "model.pt")),
     ("max_pool", ("MaxPool2d", "nn.AvgPool2d")),
 ])

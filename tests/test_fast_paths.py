@@ -162,17 +162,22 @@ def test_dropout_keeps_one_mask_over_time_steps():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shifted", [False, True], ids=["plain", "threshold-noise"])
-def test_the_fused_lif_step_is_snntorchs_to_the_bit(dtype, shifted):
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_the_fused_lif_step_is_snntorchs_to_the_bit(dtype, shifted, reset):
     """Without autograd ``LIF`` runs ``fused_step``; over 30 steps of random currents (and
-    threshold shifts) its membrane and spikes equal snntorch's own step's to the bit."""
+    threshold shifts) its membrane and spikes equal snntorch's own step's to the bit, for
+    both resets -- and, without threshold noise, those of a plain ``snn.Leaky`` too."""
+    import snntorch as snn
+
     from noisynets.core.units import LIF
 
     g = torch.Generator().manual_seed(0)
     currents = torch.randn(30, 64, 50, generator=g, dtype=dtype) * 0.6
     shifts = torch.randn(30, 64, 50, generator=g, dtype=dtype) * 0.2
-    fused, plain = LIF(beta=0.8, threshold=0.7).to(dtype), LIF(beta=0.8, threshold=0.7).to(dtype)
+    fused, plain = (LIF(beta=0.8, threshold=0.7, reset=reset).to(dtype) for _ in range(2))
+    leaky = snn.Leaky(beta=0.8, threshold=0.7, init_hidden=True, reset_mechanism=reset)
     currents[0, :, :5] = fused.threshold  # a membrane at the threshold exactly: no spike
-    spikes = 0
+    spikes, previous = 0, torch.zeros(64, 50, dtype=dtype)
     for t in range(30):
         for lif in (fused, plain):
             lif.threshold_shift = shifts[t] if shifted else None
@@ -180,11 +185,38 @@ def test_the_fused_lif_step_is_snntorchs_to_the_bit(dtype, shifted):
             s_fused = fused(currents[t])
         with torch.enable_grad():
             s_plain = plain(currents[t])
+            s_leaky = leaky(currents[t])
         assert torch.equal(s_fused, s_plain), t
         assert torch.equal(fused.mem, plain.mem), t
+        if not shifted:
+            assert torch.equal(s_fused, s_leaky.to(dtype)), t
+            assert torch.equal(fused.mem, leaky.mem), t
         assert s_fused.dtype == dtype
+        if reset == "zero":  # a spike emptied the membrane: it holds this step's current
+            fired = previous.bool()
+            assert torch.equal(fused.mem[fired], currents[t][fired]), t
+        previous = s_fused
         spikes += int(s_fused.sum())
     assert 0.05 < spikes / currents.numel() < 0.6  # spikes and resets were exercised
+
+
+def test_a_lif_unit_changes_its_reset_and_refuses_an_unknown_one():
+    from noisynets.core.units import LIF, set_reset
+
+    net = Network([4, 6, 3], unit="lif", time_steps=3, seed=0)
+    set_reset(net, "zero")
+    lifs = [m for m in net.modules() if isinstance(m, LIF)]
+    assert lifs and all(m.reset_mechanism == "zero" and m.fusable for m in lifs)
+    assert "reset=zero" in repr(lifs[0])
+    changed, built = LIF(beta=0.5, threshold=0.5), LIF(beta=0.5, threshold=0.5, reset="zero")
+    changed.set_reset("zero")
+    for t in range(4):  # snntorch's own step (autograd on) runs the new reset too
+        assert torch.equal(changed(torch.full((3,), 0.4)), built(torch.full((3,), 0.4)))
+        assert torch.equal(changed.mem, built.mem), t
+    # 0.4, 0.6 (spike), emptied: 0.4, 0.6; by subtraction it would be 0.4, 0.6, 0.2, 0.5
+    assert float(built.mem[0]) == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="unknown reset 'none'.*subtract, zero"):
+        LIF(reset="none")
 
 
 def dyadic(net: Network, bits: int = 10) -> None:

@@ -33,7 +33,7 @@ INT_OPTIONS = ["--epochs", "--batch-size", "--hidden", "--noise-samples", "--tim
 FLOAT_OPTIONS = ["--lr", "--noise-std", "--decor-lr", "--decor-fraction", "--beta",
                  "--threshold", "--threshold-noise", "--val-fraction"]
 CHOICE_OPTIONS = ["--algo", "--arch", "--unit", "--loss", "--optimizer", "--encoding",
-                  "--device", "--precision"]
+                  "--device", "--precision", "--reset", "--generator"]
 BAD_INTS = ["", "abc", "1.5", "-1", "1e3", "nan", "9" * 40, "0x10", " ", "--"]
 BAD_FLOATS = ["", "abc", "nan", "inf", "-inf", "-1", "1e999", "1,5", " ", "5%"]
 BAD_NOISE = ["", "+", "gaussian+", ":", "gaussian:", "gaussian:std", "gaussian:std=",
@@ -43,7 +43,9 @@ BAD_NOISE = ["", "+", "gaussian+", ":", "gaussian:", "gaussian:std", "gaussian:s
              "gaussian:std=1,std=2", "gaussian:std=1e999", "telegraph:offset_std=nan"]
 BAD_DATASETS = ["imagenet", "", "teacher:", "teacher:inputs", "teacher:inputs=0",
                 "teacher:inputs=-3", "teacher:hidden=1.5", "teacher:label_noise=-1",
-                "teacher:width=3", "teacher:train=1e9x", "digits:x=1", "teacher:seed=abc"]
+                "teacher:width=3", "teacher:train=1e9x", "digits:x=1", "teacher:seed=abc",
+                "randman:", "randman:train=7", "randman:alpha=-1", "randman:steps=0",
+                "shd:channels=3", "shd:max_time=nan", "shd:x=1"]
 TOML_VALUES = [("epochs", "'5'"), ("epochs", "5.5"), ("epochs", "-1"), ("epochs", "true"),
                ("epochs", "[1]"), ("epochs", "99999999999999999999"),
                ("hidden", "'abc'"), ("hidden", "[]"), ("hidden", "[0]"), ("hidden", "[1.5]"),
@@ -59,7 +61,8 @@ TOML_VALUES = [("epochs", "'5'"), ("epochs", "5.5"), ("epochs", "-1"), ("epochs"
                ("val_fraction", "1"), ("beta", "1.5"), ("model", "5"), ("model", "'x.py'"),
                ("batch_size", "0"), ("time_steps", "0"), ("noise_samples", "1e3"),
                ("encoding", "'spikes'"), ("optimizer", "'lbfgs'"), ("loss", "'hinge'"),
-               ("checkpoint_every", "-1"), ("max_bad_steps", "'many'"), ("arch", "'resnet'")]
+               ("checkpoint_every", "-1"), ("max_bad_steps", "'many'"), ("arch", "'resnet'"),
+               ("reset", "'none'"), ("reset", "5"), ("generator", "'mt'"), ("generator", "1")]
 
 
 def digest(path: Path) -> str:

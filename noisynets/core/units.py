@@ -9,8 +9,8 @@ which keeps its membrane between the steps of a batch.
 * ``Heaviside`` and ``Sign``: discontinuous units; autograd sees a zero derivative.
 * ``StochasticBinary``: a Heaviside unit whose node carries logistic noise of scale 1 (the
   network gives it that noise): ``Heaviside(a + logistic) ~ Bernoulli(sigmoid(a))``.
-* ``LIF``: ``snntorch.Leaky`` whose reset follows the spike it emitted and whose threshold
-  can be noisy.
+* ``LIF``: ``snntorch.Leaky`` whose reset (by subtraction or to zero, ``RESETS``) follows the
+  spike it emitted and whose threshold can be noisy; ``set_reset`` changes a network's.
 
 ``make_unit(name)`` builds the unit of a name in ``UNITS`` (the ``--unit`` option).
 
@@ -62,8 +62,12 @@ class LIF(snn.Leaky):
     Per time step, with input current ``I_t`` (the node's activity plus its intrinsic noise)
     and, optionally, threshold noise ``xi_t``::
 
-        U_t = beta * U_{t-1} + I_t - S_{t-1} * theta        (reset by subtraction)
+        U_t = beta * U_{t-1} + I_t - S_{t-1} * theta        (reset="subtract", the default)
+        U_t = beta * (1 - S_{t-1}) U_{t-1} + I_t            (reset="zero")
         S_t = Heaviside(U_t - theta - xi_t)
+
+    (snntorch's ``reset_mechanism``: the zero reset empties the membrane after a spike, the
+    reset NIR's LIF node has; ``noisynets export --format nir`` needs it.)
 
     The state lives in the neuron, snntorch's ``init_hidden`` way: ``mem`` (``U``) and
     ``spike`` (the last ``S``); the network resets both at the start of every forward.
@@ -92,16 +96,27 @@ class LIF(snn.Leaky):
         1 1.05
     """
 
-    def __init__(self, beta: float = 0.9, threshold: float = 1.0) -> None:
-        super().__init__(beta=float(beta), threshold=float(threshold), init_hidden=True)
+    def __init__(self, beta: float = 0.9, threshold: float = 1.0,
+                 reset: str = "subtract") -> None:
+        super().__init__(beta=float(beta), threshold=float(threshold), init_hidden=True,
+                         reset_mechanism=_reset(reset))
         snn.SpikingNeuron.instances.remove(self)
         self.spike: Tensor | None = None
         self.threshold_shift: Tensor | None = None
-        # Whether ``fused_step`` is snntorch's step: reset by subtraction, delayed, no
-        # quantisation, inhibition or graded spikes (as this class makes them).
-        self.fusable = (int(self.reset_mechanism_val) == 0 and bool(self.reset_delay)
-                        and not self.state_quant and not self.inhibition
-                        and float(self.graded_spikes_factor) == 1.0)
+
+    @property
+    def fusable(self) -> bool:
+        """Whether ``fused_step`` is snntorch's step: reset by subtraction or to zero,
+        delayed, no quantisation, inhibition or graded spikes (as this class makes them)."""
+        return (self.reset_mechanism in RESETS and bool(self.reset_delay)
+                and not self.state_quant and not self.inhibition
+                and float(self.graded_spikes_factor) == 1.0)
+
+    def set_reset(self, reset: str) -> None:
+        """Reset by ``reset`` (``RESETS``) from now on. snntorch's ``reset_mechanism`` setter
+        changes the recorded value but not the step it runs, so the step is chosen here too."""
+        self.reset_mechanism = _reset(reset)
+        self.state_function = self._base_sub if reset == "subtract" else self._base_zero
 
     def mem_reset(self, mem: Tensor) -> Tensor:
         if self.spike is None or self.spike.shape != mem.shape:
@@ -122,7 +137,9 @@ class LIF(snn.Leaky):
     def fused_step(self, current: Tensor) -> Tensor:
         """snntorch's step without autograd, in four in-place tensor operations::
 
-            U_t = beta * U_{t-1} + I_t - S_{t-1} theta        S_t = [U_t - xi_t > theta]
+            U_t = beta * U_{t-1} + I_t - S_{t-1} theta        (subtract)
+            U_t = beta * ((1 - S_{t-1}) U_{t-1}) + I_t        (zero)
+            S_t = [U_t - xi_t > theta]
 
         the same floating-point operations in the same order as ``snn.Leaky`` (``S theta``
         is exact for spikes in {0, 1}; ``x - theta > 0`` and ``x > theta`` agree for every
@@ -134,15 +151,39 @@ class LIF(snn.Leaky):
         else:
             spike = self.spike if self.spike is not None and self.spike.shape == mem.shape \
                 else None
+        zero = self.reset_mechanism == "zero"
+        if zero and spike is not None:
+            mem.mul_(1 - spike)
         mem.mul_(self.beta.clamp(0, 1)).add_(current)  # in place: ``mem`` is this neuron's own
-        if spike is not None:
+        if spike is not None and not zero:
             mem.addcmul_(spike, -self.threshold)
         self.mem = mem
         shifted = mem if self.threshold_shift is None else mem - self.threshold_shift
         return torch.gt(shifted, self.threshold, out=torch.empty_like(mem))  # no bool tensor
 
     def extra_repr(self) -> str:
-        return f"beta={float(self.beta):g}, threshold={float(self.threshold):g}"
+        reset = "" if self.reset_mechanism == "subtract" else f", reset={self.reset_mechanism}"
+        return f"beta={float(self.beta):g}, threshold={float(self.threshold):g}{reset}"
+
+
+RESETS: tuple[str, ...] = ("subtract", "zero")
+
+
+def _reset(reset: str) -> str:
+    """``reset`` checked to be one of ``RESETS`` (else ValueError)."""
+    if reset not in RESETS:
+        raise ValueError(f"unknown reset {reset!r}: choose one of {', '.join(RESETS)}")
+    return reset
+
+
+def set_reset(module: nn.Module, reset: str) -> nn.Module:
+    """Every ``LIF`` in ``module`` (a network, a model) resets by ``reset`` from now on;
+    returns ``module``."""
+    _reset(reset)
+    for unit in module.modules():
+        if isinstance(unit, LIF):
+            unit.set_reset(reset)
+    return module
 
 
 def discontinuous(unit: nn.Module) -> bool:
@@ -164,8 +205,10 @@ UNITS: tuple[str, ...] = (
 )
 
 
-def make_unit(name: str, beta: float = 0.9, threshold: float = 1.0) -> nn.Module:
-    """The unit called ``name`` (one of ``UNITS``); ``beta`` and ``threshold`` for ``lif``."""
+def make_unit(name: str, beta: float = 0.9, threshold: float = 1.0,
+              reset: str = "subtract") -> nn.Module:
+    """The unit called ``name`` (one of ``UNITS``); ``beta``, ``threshold`` and ``reset`` for
+    ``lif``."""
     units = {
         "leaky_relu": lambda: nn.LeakyReLU(0.01),
         "tanh": nn.Tanh,
@@ -174,7 +217,7 @@ def make_unit(name: str, beta: float = 0.9, threshold: float = 1.0) -> nn.Module
         "heaviside": Heaviside,
         "sign": Sign,
         "stochastic_binary": StochasticBinary,
-        "lif": lambda: LIF(beta=beta, threshold=threshold),
+        "lif": lambda: LIF(beta=beta, threshold=threshold, reset=reset),
     }
     if name not in units:
         raise ValueError(f"unknown unit {name!r}: choose one of {', '.join(UNITS)}")
