@@ -807,7 +807,9 @@ def open_trace(state: RunState, data: DataSplits, shapes: list[dict[str, Any]],
         steps = config.epochs * math.ceil(data.train_x.shape[0] / config.batch_size)
         state.writer = TraceWriter(
             state.out / "trace.h5", [s["units"] for s in shapes],
-            [layer.spiking for layer in network.layers], network.time_steps, probe_index,
+            [layer.spiking for layer in network.layers],
+            max(s["calls"] for s in shapes),  # T: the engine's, or the model's own loop's
+            probe_index,
             attrs=trace_attributes(config, device, data.origin),
             layers=config.trace_layers, units=config.trace_units,
             spike_events=config.spike_events, inputs=[s["inputs"] for s in shapes],

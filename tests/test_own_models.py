@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import h5py
 import pytest
 import snntorch as snn
 import snntorch.functional as SF
@@ -276,9 +277,11 @@ def test_the_tutorial_network_trains_from_the_command_line(tmp_path, cli_fails):
     file.write_text(MODEL_FILE)
     out = tmp_path / "run"
     assert main(["train", "--model", f"{file}:Net", "--loss", "ce_rate_loss", "--epochs", "1",
-                 "--batch-size", "128", "--trace-every", "0", "--no-figures", "--no-progress",
+                 "--batch-size", "128", "--trace-every", "5", "--no-figures", "--no-progress",
                  "--out", str(out)]) == 0
     result = json.loads((out / "results.json").read_text())
+    with h5py.File(out / "trace.h5") as trace:  # every step of the model's own loop traced
+        assert trace["traces/layer_1/spikes"].shape[1] == 4
     assert result["model"]["time_loop"] == "its own forward"
     assert result["model"]["time_steps"] == 4
     assert result["model"]["readout"] == "spikes over time (ce_rate_loss)"
