@@ -59,11 +59,13 @@ def firing_warnings(network: Network, rates: list[float | None], time_steps: int
         now = "" if threshold is None else f" (now {float(torch.as_tensor(threshold).mean()):g})"
         name = f"layer {k + 1} ({type(layer.unit).__name__} after {layer.op_type})"
         noise = "" if noise_std is None else f", now {noise_std:g}"
+        steps = (f"--time-steps, now {time_steps}" if network.steps_model
+                 else "in the model's own loop")
         if rate < SILENT:
             lines.append(
                 f"warning: {name} is silent, firing rate {rate:.2g}: it passes nothing on and "
                 f"no rule learns through it; lower its threshold{now}, scale its input up, "
-                f"run more time steps (--time-steps, now {time_steps}) or add noise "
+                f"run more time steps ({steps}) or add noise "
                 f"(--noise-std{noise})")
         else:
             lines.append(
