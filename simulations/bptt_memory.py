@@ -10,16 +10,19 @@ linearly in T; DANP keeps only the sums over the steps (docs/algorithms.md, "Tim
 1. Peak memory of two training steps of each rule at T = 25, 50, 100, 200, 400, each in a
    fresh process (``noisynets.bench.memory_probe``'s measure: the growth of the peak resident
    set, ``VmHWM``, over what the process held before the steps), under an address-space cap
-   (``RLIMIT_AS``) of ``--cap-gib`` GiB above the process's size, so no probe can take more.
+   (``RLIMIT_AS``) of 4 GiB above the process's size, so no probe can take more.
 2. A least-squares line through BPTT's memory, and the T where it passes the machine's memory
    (``MemTotal``, 24 GB here): ``T*``.
 3. At ``T*``: BPTT's step under the same cap, which fails (it would need the extrapolated
-   memory; the cap keeps it from taking the machine's); and DANP trained at ``T*`` for
-   ``--epochs`` epochs on the first ``--train-samples`` training samples under an address-space
+   memory; the cap keeps it from taking the machine's); and DANP (Adam 1e-2) trained at ``T*``
+   for 2 epochs on the first 512 training samples (4 steps of 256) under an address-space
    cap of 1 GiB above its size, its peak memory measured the same way, tested on the test split
    before and after.
 
 Every child process runs with ``MALLOC_MMAP_THRESHOLD_=65536`` (``MMAP_THRESHOLD``).
+
+The probes are kept in ``probes.json`` and not measured again by a later call with the same
+settings. ``--quick``: 64 hidden neurons, batch 32, T = 5 and 20, checked at 4x the longest.
 
 Figure ``bptt_memory.png``: peak memory against T for both rules, the fitted line, the
 machine's memory and ``T*``. Everything measured is in ``bptt_memory.json``.
@@ -44,8 +47,8 @@ from common import arguments, save  # noqa: E402
 
 GIB = 2**30
 FULL = dict(hidden=1000, batch=256, steps=[25, 50, 100, 200, 400], cap_gib=4.0,
-            train_samples=512, epochs=3, lr=1e-2)
-QUICK = dict(hidden=64, batch=32, steps=[5, 10, 20], cap_gib=1.0, train_samples=64, epochs=1,
+            train_samples=512, epochs=2, lr=1e-2)
+QUICK = dict(hidden=64, batch=32, steps=[5, 20], cap_gib=1.0, train_samples=64, epochs=1,
              lr=3e-3)
 DANP_CAP_GIB = 1.0  # DANP's training runs under this address-space cap above its size
 # glibc's malloc maps every block of more than this many bytes on its own and unmaps it when
@@ -162,8 +165,16 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     memory = machine_memory()
-    probes = [measure(rule, T, settings, settings["cap_gib"])
-              for T in settings["steps"] for rule in ("dbp", "danp")]
+    saved = out / "probes.json"  # the probes of an earlier call with the same settings
+    earlier = json.loads(saved.read_text()) if saved.exists() else {}
+    if earlier.get("settings") != settings:
+        earlier = dict(settings=settings, probes=[])
+    probes = earlier["probes"]
+    for T in settings["steps"]:
+        for rule in ("dbp", "danp"):
+            if not any(p["rule"] == rule and p["T"] == T for p in probes):
+                probes.append(measure(rule, T, settings, settings["cap_gib"]))
+                saved.write_text(json.dumps(earlier, indent=1))
     bptt = [(p["T"], p["peak_mib"]) for p in probes if p["rule"] == "dbp" and not p["failed"]]
     a, b = fit_line(bptt)
     T_star = math.ceil((memory / 2**20 - a) / b)
