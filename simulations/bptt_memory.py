@@ -210,11 +210,15 @@ def figure(result: dict[str, Any], path: Path) -> None:
             label=f"BPTT fit: {a:.0f} + {b:.2f} T MiB")
     ax.axhline(result["machine_memory_bytes"] / 2**20, color="k", lw=0.8,
                label="this machine's memory")
-    cap = result["bptt_at_T_star"]["cap_gib"] * 1024
-    failed = result["bptt_at_T_star"]["failed"]
-    ax.plot([T_star], [cap], "x", color="C0", ms=10, mew=2,
-            label=f"BPTT at T* = {T_star} under a {cap / 1024:g} GiB cap: "
-                  + ("fails" if failed else "ran"))
+    bptt = result["bptt_at_T_star"]
+    cap = bptt["cap_gib"] * 1024
+    if bptt["failed"]:
+        ax.plot([T_star], [cap], "x", color="C0", ms=10, mew=2,
+                label=f"BPTT at T* = {T_star}: out of memory at its {cap / 1024:g} GiB cap "
+                      f"(needs {result['bptt_needs_mib'] / 1024:.1f} GiB)")
+    elif bptt["peak_mib"] is not None:
+        ax.plot([T_star], [bptt["peak_mib"]], "o", color="C0", mfc="none", ms=8,
+                label=f"BPTT at T* = {T_star}: ran in {bptt['peak_mib']:.0f} MiB")
     danp = result["danp_at_T_star"]
     if danp["peak_mib"] is not None:
         acc = danp.get("test_accuracy") or [None]
@@ -224,10 +228,14 @@ def figure(result: dict[str, Any], path: Path) -> None:
     ax.set(xscale="log", yscale="log", xlabel="time steps T",
            ylabel="peak memory of a training step (MiB)",
            title="memory of a training step: BPTT grows with T, DANP does not")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     save(fig, path)
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--figure"]:  # redraw from a finished call's bptt_memory.json
+        folder = Path(sys.argv[2])
+        figure(json.loads((folder / "bptt_memory.json").read_text()), folder / "bptt_memory.png")
+    else:
+        main()

@@ -13,16 +13,17 @@ gets (docs/cli.md, Presets):
   Leaky - Linear(300, 10) - Leaky(output=True)`` with ``init_hidden`` (T = 10, the logits the
   readout's spike counts, cross-entropy on them: snntorch's ``ce_count_loss``).
 
-Per model three rules: DANP at the spiking-readout preset (K = 4 noisy passes per step),
-DANP with one noisy pass (``noise_samples = 1``, the preset before), and BPTT (``dbp``, the
-same decorrelated network by autograd through time with snntorch's surrogate gradient).
+Per model four runs of each seed: DANP at the spiking-readout preset (K = 4 noisy passes per
+step, Adam 3e-3), DANP at K = 4 with Adam 1e-3, DANP with one noisy pass and Adam 1e-3 (the
+preset before), and BPTT (``dbp``, the same decorrelated network by autograd through time
+with snntorch's surrogate gradient, Adam 1e-3).
 
 Figure ``spiking_readout.png``: test accuracy per epoch of each model (mean over seeds, band
 the range), and the readout's single-estimate cosine with BPTT's gradient per epoch.
 
 ``--causes`` measures, instead, what slows DANP on a spiking readout, along one DANP run with
-one noisy pass and one with four (seed 2, the worst of the three; ``--seeds`` does not
-apply) of each model, at
+one noisy pass and one with four (Adam 1e-3; seed 2, the worst of the three; ``--seeds``
+does not apply) of each model, at
 epochs 0, 1, 3 and 10, on the first 256 training samples: the share of noisy passes whose loss
 did not change (``dL = 0``: no readout spike count moved) and whose whole activity did not
 (the diagnostics' ``zero_change_fraction``; a noisy pass's dL is measured on one pass, K = 4
@@ -47,10 +48,12 @@ MODELS = {  # name: (model, extra options)
     "tutorial": (f"{EXAMPLES / 'tutorial_net.py'}:Net", {"loss": "ce_rate_loss"}),
     "readout": (f"{EXAMPLES / 'spiking_readout.py'}:tutorial_readout", {}),
 }
-RULES = [  # (label, algo, extra options)
-    ("DANP, K = 4 (preset)", "danp", {}),
-    ("DANP, K = 1", "danp", {"noise_samples": 1}),
-    ("BPTT (dbp)", "dbp", {}),
+RULES = [  # (label, algo, extra options, folder suffix)
+    ("DANP, preset: K = 4, Adam 3e-3", "danp", {}, ""),
+    ("DANP, K = 4, Adam 1e-3", "danp", {"lr": 1e-3}, "_k4_lr1e-3"),
+    ("DANP, K = 1, Adam 1e-3 (the preset before)", "danp", {"noise_samples": 1, "lr": 1e-3},
+     "_k1"),
+    ("BPTT (dbp)", "dbp", {}, ""),
 ]
 
 
@@ -70,20 +73,20 @@ def main() -> None:
         common["batch_size"] = 256
     results = {}
     for name, (model, extra) in MODELS.items():
-        for label, algo, options in RULES:
-            folder = f"{name}_{algo}" + ("_k1" if options.get("noise_samples") == 1 else "")
+        for label, algo, options, suffix in RULES:
+            folder = f"{name}_{algo}{suffix}"
             results[name, label] = sweep(args, folder, {"algo": [algo], "seed": seeds},
                                          {**common, "model": model, **extra, **options})
     for (name, label), result in results.items():
         values = final(result, {}, "test_accuracy")
-        print(f"{name:9s} {label:22s} mean {sum(values) / len(values):.4f}  seeds "
+        print(f"{name:9s} {label:44s} mean {sum(values) / len(values):.4f}  seeds "
               + " ".join(f"{v:.4f}" for v in values))
     figure(results, Path(args.out) / "spiking_readout.png")
 
 
 def causes(name: str, seed: int, epochs: list[int], samples: int = 1) -> None:
-    """Train ``name`` by DANP (K = ``samples``, the model's other presets) and print the
-    candidate causes of its slow learning at ``epochs`` (module doc)."""
+    """Train ``name`` by DANP (K = ``samples``, Adam 1e-3, the model's other presets) and
+    print the candidate causes of its slow learning at ``epochs`` (module doc)."""
     import torch
 
     from noisynets.config import TrainConfig, resolve
@@ -94,8 +97,8 @@ def causes(name: str, seed: int, epochs: list[int], samples: int = 1) -> None:
     from noisynets.training import diagnostics, fit
 
     model, extra = MODELS[name]
-    config = resolve(TrainConfig(model=model, seed=seed, noise_samples=samples, threads=1,
-                                 **extra))
+    config = resolve(TrainConfig(model=model, seed=seed, noise_samples=samples, lr=1e-3,
+                                 threads=1, **extra))
     torch.set_num_threads(1)
     torch.manual_seed(config.seed)
     data = load_dataset("digits")
@@ -137,7 +140,7 @@ def causes(name: str, seed: int, epochs: list[int], samples: int = 1) -> None:
 def figure(results, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     for ax, name in zip(axes, MODELS):
-        for i, (label, _, _) in enumerate(RULES):
+        for i, (label, _, _, _) in enumerate(RULES):
             for _, runs in histories(results[name, label]):
                 epochs, mean, low, high = curve(runs, "test_accuracy")
                 ax.plot(epochs, mean, marker="o", markersize=3, color=f"C{i}", label=label)
@@ -147,7 +150,7 @@ def figure(results, path: Path) -> None:
         ax.legend(fontsize=8, loc="lower right")
     ax = axes[2]
     for j, name in enumerate(MODELS):
-        for i, (label, algo, _) in enumerate(RULES):
+        for i, (label, algo, _, _) in enumerate(RULES):
             if algo == "dbp":
                 continue
             for _, runs in histories(results[name, label]):

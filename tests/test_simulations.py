@@ -42,8 +42,8 @@ def test_rules_then_alignment_which_reuses_its_runs(tmp_path):
     ("scaling", ["depth", "width", "noise_samples"]),
     ("conv", ["conv"]),
     ("device_noise", ["node_noise", "weight_noise", "adc_bits"]),
-    ("spiking_readout", ["tutorial_danp", "tutorial_danp_k1", "tutorial_dbp", "readout_danp",
-                         "readout_danp_k1", "readout_dbp"]),
+    ("spiking_readout", [f"{model}_{run}" for model in ("tutorial", "readout")
+                         for run in ("danp", "danp_k4_lr1e-3", "danp_k1", "dbp")]),
 ])
 def test_a_simulation_runs_its_sweeps_and_draws_its_figure(tmp_path, name, sweeps):
     simulate(name, tmp_path)

@@ -1,5 +1,6 @@
 """Spiking readouts: the readout layer's own noise scale (``readout_noise_std``), and the
-presets a model file with a spiking readout gets (K = 4 noisy passes)."""
+presets a model file with a spiking readout gets (K = 4 noisy passes; DANP Adam 3e-3 on the
+digits)."""
 
 from __future__ import annotations
 
@@ -92,17 +93,23 @@ def test_a_run_with_a_readout_noise_std_says_so(tmp_path):
     assert result.config.readout_noise_std == 0.3
 
 
-def test_a_model_with_a_spiking_readout_gets_four_noisy_passes():
+def test_a_model_with_a_spiking_readout_gets_four_noisy_passes_and_danp_a_larger_rate():
     """Both tutorial models (a Sequential ending in ``Leaky(output=True)``, and the net that
-    runs its own loop and returns its readout's spikes) get K = 4; a spiking model with a
-    linear readout, the built-in networks and BPTT keep K = 1."""
+    runs its own loop and returns its readout's spikes) get K = 4, and on the digits DANP Adam
+    3e-3; BPTT keeps its rate, other data sets theirs; a spiking model with a linear readout
+    and the built-in networks keep K = 1 and 1e-3."""
     for model in (READOUT_MODEL, TUTORIAL_NET):
         config = resolve(TrainConfig(model=model))
-        assert config.noise_samples == 4 and config.noise_std == 0.2
+        assert (config.noise_samples, config.lr, config.noise_std) == (4, 3e-3, 0.2)
         assert "spiking readout" in preset_names(config)[-1]
+        assert resolve(TrainConfig(model=model, algo="dbp")).lr == 1e-3
+        assert resolve(TrainConfig(model=model, algo="anp")).lr == 1e-3
+        fashion = resolve(TrainConfig(model=model, dataset="fashion-mnist"))
+        assert (fashion.noise_samples, fashion.lr) == (4, 5e-4)
+    assert resolve(TrainConfig(model=READOUT_MODEL, lr=1e-4)).lr == 1e-4
     assert resolve(TrainConfig(model=READOUT_MODEL, noise_samples=1)).noise_samples == 1
-    assert resolve(TrainConfig()).noise_samples == 1
-    assert resolve(TrainConfig(unit="lif")).noise_samples == 1
+    for built_in in (TrainConfig(), TrainConfig(unit="lif")):
+        assert (resolve(built_in).noise_samples, resolve(built_in).lr) == (1, 1e-3)
 
 
 def test_a_spiking_model_with_a_linear_readout_keeps_one_noisy_pass(tmp_path):
@@ -111,5 +118,28 @@ def test_a_spiking_model_with_a_linear_readout_keeps_one_noisy_pass(tmp_path):
                     "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), "
                     "snn.Leaky(beta=0.9, init_hidden=True), nn.Linear(32, 10))\n")
     config = resolve(TrainConfig(model=f"{file}:dense"))
-    assert (config.noise_samples, config.time_steps) == (1, 10)
+    assert (config.noise_samples, config.time_steps, config.lr) == (1, 10, 1e-3)
     assert preset_names(config) == ["digits", "spiking model"]
+
+
+@pytest.mark.parametrize("loss, kept", [("ce", False), ("ce_rate_loss", True)])
+def test_a_stepped_model_keeps_its_outputs_over_time_only_for_a_loss_that_reads_them(loss, kept):
+    """A loss on the logits needs only the sum of the readout's outputs, so the forward keeps
+    nothing per step (DANP's memory stays flat in T); snntorch's losses get the (T, P B, C)
+    series. The loss and logits are the same either way."""
+    from noisynets.core.forward import Forward
+    from noisynets.core.steps import run_model
+
+    net = noisynets.Network([8, 16, 3], unit="lif", time_steps=5, noise_std=0.3, loss=loss,
+                            seed=0)
+    x, y = torch.rand(4, 8) * 3, torch.tensor([0, 1, 2, 0])
+    passes = Passes.perturbed(2, 1)
+    with Forward(net, passes, 4) as forward:
+        out = run_model(net, forward, x)
+        forward.finish()
+    assert (out.spikes is not None) == kept
+    if kept:
+        assert tuple(out.spikes.shape) == (5, 8, 3)
+        torch.testing.assert_close(out.spikes.sum(0) / 5, out.logits)
+    record = net.run(x, y, passes)
+    assert record.loss.shape == (2, 4) and torch.isfinite(record.loss).all()
