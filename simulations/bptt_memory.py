@@ -228,7 +228,7 @@ def figure(result: dict[str, Any], path: Path) -> None:
     ax.set(xscale="log", yscale="log", xlabel="time steps T",
            ylabel="peak memory of a training step (MiB)",
            title="memory of a training step: BPTT grows with T, DANP does not")
-    ax.legend(fontsize=7, loc="center right")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     save(fig, path)
 

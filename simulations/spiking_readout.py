@@ -158,8 +158,8 @@ def figure(results, path: Path) -> None:
                 ax.plot(epochs, mean, "-" if j == 0 else "--", marker="o", markersize=3,
                         color=f"C{i}", label=f"{name}, {label}")
     ax.set(xlabel="epoch (0: before training)", ylabel="cosine with BPTT's gradient",
-           title="the readout layer's estimate (mean of 4 probe batches)")
-    ax.legend(fontsize=7)
+           title="the readout layer's estimate (mean of 4 probe batches)", ylim=(0, 1))
+    ax.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
     save(fig, path)
 
