@@ -98,6 +98,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         f"names: {', '.join(NOISES + DEVICE_NOISES)} (mtj: a magnetic tunnel "
                         "junction; replay:file=F.npy|F.h5: recorded noise; default gaussian)")
     p.add_argument("--noise-std", type=positive_float, help="noise scale s (default: preset)")
+    p.add_argument("--readout-noise-std", type=positive_float, metavar="S",
+                   help="noise scale of the readout layer's nodes, where it differs from "
+                        "--noise-std (default: preset; a spiking readout's)")
     p.add_argument("--weight-noise", metavar="SPEC",
                    help="noise in the weights, intrinsic: pcm or pcm:prog=1,read=1,drift=1,"
                         "time=SECONDS,gmax=25,compensate=0 (IBM aihwkit's PCM model; none)")

@@ -71,7 +71,7 @@ from noisynets.checkpoints import (
 )
 from noisynets.config import TrainConfig, check_threads, preset_names, resolve
 from noisynets.core.network import Network
-from noisynets.core.noise import generator_in_use, make_noise, use_generator
+from noisynets.core.noise import generator_in_use, use_generator
 from noisynets.core.precision import difference_dtype
 from noisynets.core.record import Passes, Record
 from noisynets.core.units import set_reset
@@ -204,7 +204,9 @@ def build(config: TrainConfig, data: DataSplits) -> tuple[Network, Rule, torch.o
     network = Network(
         model,
         unit=config.unit,
-        noise=make_noise(config.noise, config.noise_std),
+        noise=config.noise,
+        noise_std=config.noise_std,
+        readout_noise_std=config.readout_noise_std,
         both_noisy=config.both_noisy,
         decorrelation=uses_decorrelation(config.algo),
         decorrelation_lr=config.decor_lr,
@@ -1013,6 +1015,8 @@ def options(config: TrainConfig) -> str:
     if config.algo in ("bp", "dbp"):
         return ""
     parts = [f"K = {config.noise_samples} noisy passes"] if config.noise_samples > 1 else []
+    if config.readout_noise_std is not None:
+        parts.append(f"readout noise {config.readout_noise_std:g}")
     if config.antithetic:
         parts.append("antithetic pairs")
     if config.local_losses:

@@ -42,6 +42,8 @@ def test_rules_then_alignment_which_reuses_its_runs(tmp_path):
     ("scaling", ["depth", "width", "noise_samples"]),
     ("conv", ["conv"]),
     ("device_noise", ["node_noise", "weight_noise", "adc_bits"]),
+    ("spiking_readout", [f"{model}_{run}" for model in ("tutorial", "readout")
+                         for run in ("danp", "danp_k4_lr1e-3", "danp_k1", "dbp")]),
 ])
 def test_a_simulation_runs_its_sweeps_and_draws_its_figure(tmp_path, name, sweeps):
     simulate(name, tmp_path)
@@ -86,3 +88,16 @@ def test_delayed_xor_quick_prints_the_accuracy_after_every_epoch():
     assert proc.returncode == 0, proc.stderr[-2000:]
     accuracies = [float(a) for a in proc.stdout.split()]
     assert len(accuracies) == 2 and all(0 <= a <= 1 for a in accuracies), proc.stdout
+
+
+def test_bptt_memory_quick_measures_both_rules_under_a_cap(tmp_path):
+    """Every probe ran in a capped process and reported its peak; BPTT's line has a positive
+    slope; DANP trained at the checked T and was tested before and after."""
+    simulate("bptt_memory", tmp_path)
+    result = json.loads((tmp_path / "bptt_memory.json").read_text())
+    assert {p["rule"] for p in result["probes"]} == {"dbp", "danp"}
+    assert all(p["failed"] is None and p["peak_mib"] >= 0 for p in result["probes"])
+    assert result["bptt_fit"]["slope_mib_per_step"] > 0
+    danp = result["danp_at_T_star"]
+    assert danp["failed"] is None and len(danp["test_accuracy"]) == 2
+    assert is_png(tmp_path / "bptt_memory.png")

@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -66,6 +67,10 @@ class Network(nn.Module):
         noise: a noise source (or spec, e.g. ``"telegraph:switch=0.1"``) copied into every
             layer and reseeded there, or one source per layer. Default ``Gaussian(noise_std)``.
         noise_std: the noise scale of a spec and of the default.
+        readout_noise_std: the noise scale of the last layer's nodes (the readout), where it
+            differs from ``noise_std``; ``noise`` must then be a spec (or None). A spiking
+            readout's loss on spike counts changes only where the noise makes a readout
+            neuron cross its threshold (docs/algorithms.md, "Spiking readouts").
         decorrelation: give every layer a decorrelator ``R``.
         decorrelation_lr: ``eta_R``; decorrelation_fraction: the share of the batch whose
             reference inputs form the correlation estimate.
@@ -98,6 +103,7 @@ class Network(nn.Module):
         unit: str = "leaky_relu",
         noise: NoiseSource | str | Sequence[NoiseSource] | None = None,
         noise_std: float = 1e-3,
+        readout_noise_std: float | None = None,
         decorrelation: bool = False,
         decorrelation_lr: float = 1e-3,
         decorrelation_fraction: float = 1.0,
@@ -136,7 +142,7 @@ class Network(nn.Module):
         if threshold_noise > 0 and not any(isinstance(u, LIF) for _, _, u in found):
             raise ValueError(f"threshold_noise {threshold_noise:g} needs noisynets.core.units."
                              "LIF nodes (--unit lif)")
-        sources = noise_sources(noise, noise_std, len(found))
+        sources = noise_sources(noise, noise_std, len(found), readout_noise_std)
         layers = build_layers(model, found, sources, threshold_noise, decorrelation, g,
                               built=self.sizes is not None)
         self.layers = nn.ModuleList(layers)
@@ -445,9 +451,22 @@ def check_sizes(sizes: Sequence[int]) -> list[int]:
 
 
 def noise_sources(
-    noise: NoiseSource | str | Sequence[NoiseSource] | None, std: float, count: int
+    noise: NoiseSource | str | Sequence[NoiseSource] | None, std: float, count: int,
+    readout_std: float | None = None,
 ) -> list[NoiseSource]:
-    """One noise source per layer: copies of a template (or spec), or the sources given."""
+    """One noise source per layer: copies of a template (or spec), or the sources given; with
+    ``readout_std`` the last layer's source is the spec's at that scale."""
+    if readout_std is not None:
+        if noise is not None and not isinstance(noise, str):
+            raise ValueError("readout_noise_std scales a noise spec: give noise as a spec "
+                             "(e.g. 'gaussian'), or one noise source per layer")
+        if isinstance(readout_std, bool) or not isinstance(readout_std, (int, float)) \
+                or not math.isfinite(readout_std) or readout_std <= 0:
+            raise ValueError(f"readout_noise_std {readout_std!r} must be a finite number > 0")
+        spec = "gaussian" if noise is None else noise
+        sources = noise_sources(spec, std, count)
+        sources[-1] = make_noise(spec, readout_std)
+        return sources
     if noise is None:
         noise = Gaussian(std)
     elif isinstance(noise, str):

@@ -90,6 +90,9 @@ def _run(network: Network, forward: Forward, x: Tensor, stacked: Tensor) -> Outp
     spikes: list[Tensor] = []
     membranes: list[Tensor] = []
     activity, readout_layer = True, network.num_layers - 1
+    # The outputs of every step only where the loss reads them over time (snntorch's losses):
+    # a loss on the logits needs their sum, and memory stays flat in T.
+    over_time = network.loss.reads != "logits"
     reset_neurons(model)
     try:
         for t in range(T):
@@ -113,7 +116,8 @@ def _run(network: Network, forward: Forward, x: Tensor, stacked: Tensor) -> Outp
                 continue
             activity = activity and forward.last[readout_layer] is out
             total = out if t == 0 else total + out
-            spikes.append(out.reshape(P * B, -1))
+            if over_time:
+                spikes.append(out.reshape(P * B, -1))
     finally:
         reset_neurons(model)
     if spiking_readout:
@@ -122,7 +126,7 @@ def _run(network: Network, forward: Forward, x: Tensor, stacked: Tensor) -> Outp
         logits = series.sum(0) if network.readout == "spikes" else mems.max(0).values
         return Outputs(logits, series, mems)
     logits = total.reshape(P * B, -1) / T
-    return Outputs(logits, torch.stack(spikes), None, activity)
+    return Outputs(logits, torch.stack(spikes) if over_time else None, None, activity)
 
 
 def own_loop(network: Network | None, out: Any, rows: int) -> Outputs:
