@@ -53,10 +53,10 @@ from torch import Tensor
 from noisynets.core.decorrelation import Decorrelator
 from noisynets.core.record import Passes, Record
 from noisynets.rules import Rule, make_rule, uses_decorrelation
+from noisynets.rules.base import Gradients
 
 # The rules that learn from an observation alone (a Record, and for np the noise).
 OBSERVABLE: tuple[str, ...] = ("np", "dnp", "inp", "dinp", "anp", "danp")
-from noisynets.rules.base import Gradients
 
 
 def _tensor(name: str, value: Any, dtype: torch.dtype | None) -> Tensor:

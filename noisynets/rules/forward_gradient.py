@@ -4,9 +4,10 @@ Ren et al. 2023) (docs/algorithms.md, "Forward gradients").
 A forward gradient replaces a loss difference by the exact directional derivative of the
 loss along a random tangent ``v`` with ``E[v v^T] = I``, and estimates ``(grad . v) v``:
 
-    WFG:  v_l ~ (weights and biases),   g_W_l = mean_k [ (sum_j <dLoss/dW_j, v_{j,k}>) v_{W,l,k} ]
-    AFG:  u_l ~ (nodes, per sample),    e_{l,n} = mean_k [ (sum_j <dloss_n/da_{j,n}, u_{j,k,n}>) u_{l,k,n} ] / T_l,
-          g_W_l = the weight operation's VJP with ``e_l`` (as for NP): mean_n e_{l,n} xh_{l-1,n}^T
+    WFG: v over weights and biases,  g_W_l = mean_k [ (sum_j <dLoss/dW_j, v_{j,k}>) v_{W,l,k} ]
+    AFG: u over every sample's nodes,
+         e_{l,n} = mean_k [ (sum_j <dloss_n/da_{j,n}, u_{j,k,n}>) u_{l,k,n} ] / T_l,
+         g_W_l = the weight operation's VJP with e_l (as NP's): mean_n e_{l,n} xh_{l-1,n}^T
 
 Relation to the perturbation rules: WP's ``dLoss / s^2 * xi`` with ``xi = s v`` is
 ``(grad . v) v + O(s)``; NP's ``dL / s^2 * eps`` with ``eps = s u`` is AFG's signal

@@ -5,7 +5,7 @@ K noisy passes; pass k runs the network with every layer's weights and biases mo
 ``xi_{l,k}`` (drawn once per forward, the same for every sample and time step, from layer
 l's own noise source, variance ``s_l^2``); ``dLoss_k = mean_n [loss_n(k) - loss_n(0)]``::
 
-    g_W_l = mean_k [ dLoss_k / s_l^2 * xi_{W,l,k} ]      g_b_l = mean_k [ dLoss_k / s_l^2 * xi_{b,l,k} ]
+    g_W_l = mean_k [ dLoss_k / s_l^2 * xi_{W,l,k} ],   g_b_l likewise with xi_{b,l,k}
 
 ES draws the K passes as antithetic pairs ``(xi_j, -xi_j)`` -- a population of 2K perturbed
 networks, run as noisy passes of one batched forward -- and the same formula becomes the
