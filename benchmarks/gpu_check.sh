@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check, a few minutes on a machine with an NVIDIA GPU and a CUDA build of torch
-# installed as the README says (nothing else is installed here): the CUDA tests, then the
+# installed as docs/install.md says (nothing else is installed here): the CUDA tests, then the
 # benchmark on the GPU. Its table goes to stdout, its JSON to $OUT/bench_cuda.json (or ./).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python - <<'PY'
 import torch
-assert torch.cuda.is_available(), "torch sees no CUDA device: install a CUDA build (README)"
+assert torch.cuda.is_available(), "torch sees no CUDA device: install a CUDA build (docs/install.md)"
 print("device:", torch.cuda.get_device_name(), "| torch", torch.__version__,
       "| CUDA", torch.version.cuda)
 PY

@@ -103,6 +103,30 @@ class Setup:
     precision: str = "auto"  # of the difference products (noisynets.core.precision)
 
 
+def memory_needed(setup: Setup) -> int:
+    """Bytes the dense network's K = 4 step needs at the least: the activity and input of its
+    ``5 B`` stacked rows in every layer, and its weights with Adam's two moments, float32."""
+    widths = [setup.inputs, *setup.hidden, 10]
+    rows = 5 * setup.batch_size * sum(widths) * 2
+    weights = sum(a * b for a, b in zip(widths, widths[1:])) * 3
+    return 4 * (rows + weights)
+
+
+def check_memory(setup: Setup) -> None:
+    """``ValueError`` when ``memory_needed`` is more than the machine's memory."""
+    import os
+
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    need = memory_needed(setup)
+    if need > have:
+        raise ValueError(f"--batch-size {setup.batch_size} and --hidden "
+                         f"{' '.join(map(str, setup.hidden))} need at least {need / 2**30:.3g} "
+                         f"GiB, this machine has {have / 2**30:.3g} GiB: choose smaller ones")
+
+
 def build(case: Case, setup: Setup, device: torch.device) -> Callable[[], Any]:
     """A function that runs one training step of ``case`` (network, data and optimizer made)."""
     g = torch.Generator().manual_seed(0)
@@ -425,11 +449,17 @@ def event_speed(device: torch.device, rounds: int, n: int = 1000,
     return out
 
 
+MAX_STEPS = 10_000  # timed rounds: enough for any median
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--hidden", type=int, nargs="+", default=[1000, 1000, 1000], metavar="N",
-                   help="hidden layers of the dense network (1000 1000 1000)")
-    p.add_argument("--batch-size", type=int, default=1000, help="dense batch (1000)")
-    p.add_argument("--steps", type=int, default=20, help="timed rounds, median taken (20)")
+    from noisynets.config import integer, positive_int
+
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=[1000, 1000, 1000],
+                   metavar="N", help="hidden layers of the dense network (1000 1000 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="dense batch (1000)")
+    p.add_argument("--steps", type=lambda text: integer(text, 1, MAX_STEPS), default=20,
+                   help=f"timed rounds, median taken (20; at most {MAX_STEPS:_})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--quick", action="store_true",
                    help="small networks and few rounds: checks that the benchmark runs")

@@ -7,26 +7,34 @@
   state for resuming (``Network.state_dict()``: the unfolded weights and every layer's
   decorrelator ``R``), and ``inputs`` what inference needs instead of the training data
   (``noisynets.inference.input_spec``); since version 3 also ``noisynets_version`` and the
-  run's identity ``run``. Version 1 files (before version 2, ``model`` was the *unfolded*
-  ``state_dict``, and there was no ``inputs``) still load through ``network``, and version 2
-  files (no identity) load as they are.
+  run's identity ``run``; since version 4 its ``digest``. Version 1 files (before version 2,
+  ``model`` was the *unfolded* ``state_dict``, and there was no ``inputs``) still load through
+  ``network``, and version 2 and 3 files (no identity, no digest) load as they are.
   Plain tensors and numbers only, so ``torch.load(path, weights_only=True)`` reads it.
 * ``checkpoint.pt`` -- everything a run needs to continue exactly where it stopped: the model,
   the optimizer, every noise source's generator and state, the data order's generator, torch's
-  global random state, the measurements so far and how far the trace file had got.
+  global random state, the measurements so far and how far the trace file had got; since
+  version 2 the run's identity, since version 3 its ``digest``.
 
 * ``identity.json`` -- the run's identity, written when it starts (``new_identity``): a
   random id and the sha256 of its settings, its data and its ``--model`` file. A checkpoint and
   a model file carry the same identity (``"run"``); ``check_identity`` refuses one that belongs
-  to another run.
+  to another run, and a folder without ``identity.json`` whose file says its run wrote one (a
+  deleted identity is not taken for a run of an older noisynets).
 
 Both ``.pt`` files are written atomically (``files.atomic``): to a temporary file in the same
 folder, flushed to disk, then renamed over the old one, so a run killed at any moment, or a
 full disk, leaves the previous complete file. They are checked before use: ``load`` reads
 with ``weights_only=True`` and checks every key against ``MODEL_SCHEMA`` /
 ``CHECKPOINT_SCHEMA`` (a table of key -> what it must be, a test, the format version that
-brought it: a new key is one line); ``check_fits`` and ``check_optimizer`` compare every
-tensor's shape and dtype with the network the config builds. ``consent_to_model`` decides
+brought it: a new key is one line), then the file's ``digest`` -- the sha256 of everything it
+holds (``content_digest``: every tensor's dtype, shape and bytes, every other value's type and
+text), written when it was saved (``sealed``) -- so a file damaged on disk or in a copy is
+refused in one line naming it, never trained on or scored; and every weight and optimizer
+tensor must be finite (a non-finite weight is damage: a run never saves one). A file of a
+version before the digest (checkpoint 1-2, model 1-3: written by an older noisynets) is read
+without it, as before. ``check_fits`` and ``check_optimizer`` compare every tensor's shape
+and dtype with the network the config builds. ``consent_to_model`` decides
 whether a run's model file may be imported (only when the user names it again, or trusts it).
 
 Example::
@@ -44,7 +52,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import uuid
 import warnings
 from collections.abc import Callable
@@ -54,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from noisynets.config import TrainConfig
+from noisynets.config import TrainConfig, finite
 from noisynets.core.network import Network
 from noisynets.core.noise import NoiseSource
 from noisynets.files import atomic
@@ -62,11 +69,12 @@ from noisynets.training import EpochStats
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
-# of checkpoint.pt: 2 adds noisynets_version and the run's identity ("run"); 1 is still read
-FORMAT_VERSION = 2
+# of checkpoint.pt: 2 adds noisynets_version and the run's identity ("run"), 3 the digest;
+# 1 and 2 are still read
+FORMAT_VERSION = 3
 # of model.pt: 2 adds the folded ``model`` and ``inputs``, 3 noisynets_version and the run's
-# identity ("run"); 1 and 2 are still read
-MODEL_VERSION = 3
+# identity ("run"), 4 the digest; 1 to 3 are still read
+MODEL_VERSION = 4
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -102,7 +110,73 @@ def load(path: str | Path, kind: str) -> dict[str, Any]:
         check_schema(data, CHECKPOINT_SCHEMA, path, FORMAT_VERSION)
     else:
         check_schema(data, MODEL_SCHEMA, path, MODEL_VERSION)
+    if data["version"] >= digest_version(kind) and content_digest(data) != data["digest"]:
+        raise ValueError(f"{str(path)!r} is damaged: what it holds is not what was saved (its "
+                         "sha256 differs from the digest written with it); replace it or start "
+                         "the run again")
+    check_finite(data, path)
     return data
+
+
+# --- the digest: damage is refused, not used -----------------------------------------------
+
+def content_digest(data: dict[str, Any]) -> str:
+    """sha256 of everything ``data`` holds but its ``"digest"``: per value its type, per
+    tensor its dtype, shape and bytes, per container its length and items in order."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in data.items() if k != "digest"})
+    return h.hexdigest()
+
+
+def _feed(h: Any, value: Any) -> None:
+    if isinstance(value, Tensor):
+        t = value.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)};".encode())
+        for key, item in value.items():
+            _feed(h, key)
+            _feed(h, item)
+    elif isinstance(value, (list, tuple)):
+        h.update(f"L{len(value)};".encode())
+        for item in value:
+            _feed(h, item)
+    elif isinstance(value, str):
+        h.update(f"S{len(value)};".encode() + value.encode("utf-8", "surrogatepass"))
+    elif isinstance(value, float):
+        h.update(f"F{value.hex()};".encode())
+    else:  # None, bool, int, torch.device, torch.dtype: what weights_only reads
+        h.update(f"{type(value).__name__}{value!r};".encode())
+
+
+def sealed(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with its ``"digest"`` (``content_digest``): what ``save_atomic`` writes of a
+    model or checkpoint file."""
+    return {**data, "digest": content_digest(data)}
+
+
+def digest_version(kind: str) -> int:
+    """The first format version of a ``kind`` file ("model", "checkpoint") with a digest."""
+    return 4 if kind == "model" else 3
+
+
+def check_finite(data: dict[str, Any], path: str | Path) -> None:
+    """Every floating tensor of the weights (``network``, ``model``) and of the optimizer's
+    state is finite: a run never saves a non-finite one, so one is damage."""
+    def tensors(value: Any, name: str) -> Any:
+        if isinstance(value, Tensor):
+            yield name, value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from tensors(item, f"{name}.{key}" if name else str(key))
+
+    for key in ("network", "model", "optimizer"):
+        for name, t in tensors(data.get(key), ""):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{str(path)!r} is damaged: {key} tensor {name!r} holds "
+                                 "values that are not finite (a run never saves one); replace "
+                                 "it or start the run again")
 
 
 # --- the schema: what every key of a file must be -----------------------------------------
@@ -112,8 +186,7 @@ def _integer(value: Any) -> bool:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value)
+    return finite(value)
 
 
 def _tensors(value: Any) -> bool:
@@ -150,9 +223,10 @@ def _run(value: Any) -> bool:
 Schema = dict[str, tuple[str, Callable[[Any], bool], int]]
 
 
-def _common(newest: int, identity_since: int) -> Schema:
+def _common(newest: int, identity_since: int, digest_since: int) -> Schema:
     """The keys both files have; ``newest``: the file's format version, ``identity_since``:
-    the version that brought noisynets_version and the run's identity."""
+    the version that brought noisynets_version and the run's identity, ``digest_since`` the
+    digest's."""
     return {
         "format": ("text", lambda v: isinstance(v, str), 1),
         "version": (f"an integer from 1 to {newest}",
@@ -163,18 +237,20 @@ def _common(newest: int, identity_since: int) -> Schema:
         "run": ("the run's identity (identity.json)", lambda v: v == {} or _run(v),
                 identity_since),
         "network": ("a state dict of tensors", _tensors, 1),
+        "digest": ("the sha256 of the file's contents", lambda v: isinstance(v, str)
+                   and len(v) == 64 and all(c in "0123456789abcdef" for c in v), digest_since),
     }
 
 
 MODEL_SCHEMA: Schema = {
-    **_common(MODEL_VERSION, 3),
+    **_common(MODEL_VERSION, 3, 4),
     "model": ("a state dict of tensors", _tensors, 1),  # 2: folded (1: the unfolded one)
     "inputs": ("what inference needs (a table, or None)",
                lambda v: v is None or (isinstance(v, dict)
                                        and all(isinstance(k, str) for k in v)), 2),
 }
 CHECKPOINT_SCHEMA: Schema = {
-    **_common(FORMAT_VERSION, 2),
+    **_common(FORMAT_VERSION, 2, 3),
     "epoch": ("an integer >= 0", _integer, 1),
     "step": ("an integer >= 0", _integer, 1),
     "seconds": ("a finite number", _number, 1),
@@ -318,12 +394,12 @@ def read_identity(folder: str | Path) -> dict[str, str] | None:
     if not path.exists() and not path.is_symlink():
         return None
     try:
-        if path.is_symlink():
+        if path.is_symlink() or not path.is_file():  # a FIFO would block the read
             raise ValueError
         identity = json.loads(path.read_text())
         if not _run(identity):
             raise ValueError
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         raise ValueError(f"{str(path)!r} is damaged: it records who the run is; start the "
                          "run again") from None
     return {k: identity[k] for k in RUN_KEYS}
@@ -334,8 +410,12 @@ def check_identity(data: dict[str, Any], folder: str | Path, path: str | Path) -
     identity is the folder's, and its settings are the ones that identity was made of."""
     identity = read_identity(folder)
     kind = "model" if data.get("format") == "noisynets-model" else "checkpoint"
-    if identity is None or data["version"] < identity_version(kind):
+    if data["version"] < identity_version(kind):
         return  # a run of an older noisynets: nothing to compare
+    if identity is None:
+        raise ValueError(f"{str(Path(folder) / IDENTITY_FILE)!r} is missing, but {str(path)!r} "
+                         "was written by a run that records it: the run folder is incomplete; "
+                         "copy back its identity.json or start the run again")
     if {k: data["run"].get(k) for k in RUN_KEYS} != identity:
         raise ValueError(f"{str(path)!r} belongs to another run (its identity "
                          f"{data['run'].get('id')!r}, the folder's {identity['id']!r}): "
@@ -382,12 +462,12 @@ def model_state(network: Network, config: dict[str, Any],
     needs (``noisynets.inference.input_spec``), ``run``: the run's identity."""
     import noisynets
 
-    return {
+    return sealed({
         "format": "noisynets-model", "version": MODEL_VERSION,
         "noisynets_version": noisynets.__version__, "config": config, "run": run or {},
         "network": network.state_dict(), "model": network.folded().state_dict(),
         "inputs": inputs,
-    }
+    })
 
 
 def noise_states(network: Network) -> list[dict[str, Any]]:

@@ -27,20 +27,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from noisynets.bench import add_arguments as add_bench_arguments
-from noisynets.config import DEVICES, LARGEST, OPTIMIZERS, SCHEDULES, TrainConfig, load_toml
+from noisynets.config import (  # the argparse types: the settings' own checks
+    DEVICES,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainConfig,
+    load_toml,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    thread_count,
+)
 from noisynets.core.losses import LOSS_NAMES
 from noisynets.core.noise import DEVICE_NOISES, NOISES
 from noisynets.core.precision import PRECISIONS
 from noisynets.core.steps import ENCODINGS, READOUTS
 from noisynets.core.units import UNITS
 from noisynets.data import DATASETS, TEACHER_KEYS
+from noisynets.files import check_output
 from noisynets.models import ARCHS
 from noisynets.rules import RULES
 
@@ -54,46 +65,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
-
-
-def integer(text: str, low: int) -> int:
-    """``text`` as an integer ``>= low`` and at most ``LARGEST``."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not low <= value <= LARGEST:
-        raise argparse.ArgumentTypeError(f"{text!r} must be an integer from {low} to "
-                                         f"{LARGEST:_}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return integer(text, 1)
-
-
-def nonnegative_int(text: str) -> int:
-    return integer(text, 0)
-
-
-def number(text: str, positive: bool) -> float:
-    """``text`` as a finite number, ``> 0`` (``positive``) or ``>= 0``."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} must be a finite number {'> 0' if positive else '>= 0'}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    return number(text, positive=True)
-
-
-def nonnegative_float(text: str) -> float:
-    return number(text, positive=False)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -201,8 +172,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="number format of the noisy passes' difference products: auto "
                         "(bfloat16 where the hardware makes it faster, else float32), "
                         "float32, bfloat16, float64 (auto)")
-    p.add_argument("--threads", type=positive_int,
-                   help="CPU threads for torch (default: torch's choice, all cores)")
+    p.add_argument("--threads", type=thread_count,
+                   help="CPU threads for torch, at most 1024 (default: torch's choice, all "
+                        "cores)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: a new one under ./runs/)")
     p.add_argument("--checkpoint-every", type=nonnegative_int, metavar="E",
                    help="write checkpoint.pt (and model.pt) every E epochs (1; 0: only the "
@@ -295,6 +267,11 @@ def make_parser() -> Parser:
     predict.add_argument("-o", "--output", metavar="OUT",
                          help=".csv (label, score_0, ...) or .npz (labels, scores) (default: "
                               "beside FILE, FILE's name with _predictions.csv)")
+    predict.add_argument("--out-of-range", choices=("warn", "refuse", "ignore"),
+                         default="warn",
+                         help="inputs far outside the range of the training inputs (raw "
+                              "0..16 pixels where training used pixels / 16): one warning "
+                              "line (default), an error, or nothing")
     add_consent_arguments(predict)
     evaluate = sub.add_parser("evaluate", help="measure a run's saved model on test data")
     evaluate.add_argument("run", metavar="RUN_DIR", help="a run folder (it holds model.pt)")
@@ -412,7 +389,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     reader = TraceReader(args.file)
     out = Path(args.output) if args.output else reader.path.with_suffix(".png")
-    check_output(out, reader.path)
+    check_output(out, [reader.path], redraws="trace.png")
     print(f"figure written to {trace_figure(reader, out)}")
     return 0
 
@@ -437,18 +414,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     reader = TraceReader(args.file)
     if args.format == "npz":
         out = Path(args.output) if args.output else reader.path.with_suffix(".npz")
-        check_output(out, reader.path)
+        check_output(out, [reader.path])
         export_npz(reader, out)
     elif args.format == "nwb":
         from noisynets.export_nwb import DEFAULT_DT, export_nwb
 
         out = Path(args.output) if args.output else reader.path.with_suffix(".nwb")
-        check_output(out, reader.path)
+        check_output(out, [reader.path])
         export_nwb(reader, out, DEFAULT_DT if args.dt is None else args.dt)
     else:  # export_csv creates the folder, or says why it cannot
         out = (Path(args.output) if args.output
                else reader.path.with_name(reader.path.stem + "_csv"))
-        check_output(out, reader.path, folder=True)
+        check_output(out, [reader.path], folder=True)
         export_csv(reader, out)
     print(f"{args.format} export written to {out}")
     return 0
@@ -457,33 +434,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from noisynets.inference import predict
 
-    written = predict(args.run, args.input, args.output, args.model, args.trust_model)
+    written = predict(args.run, args.input, args.output, args.model, args.trust_model,
+                      args.out_of_range,
+                      lambda line: print(f"noisynets: warning: {line}", file=sys.stderr))
     print(f"predictions written to {written}")
     return 0
 
 
-def check_output(out: Path, source: Path, folder: bool = False) -> None:
-    """A ``ValueError`` unless ``out`` (``-o`` of plot and export: a file, or a ``folder``)
-    can be written without touching the trace file ``source`` it is made from."""
-    if out.exists() and source.exists() and out.resolve() == source.resolve():
-        raise ValueError(f"output {str(out)!r} is the trace file it is made from: name "
-                         "another file")
-    if folder:
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"output {str(out)!r} is a file: name a folder for the CSV files")
-        return
-    if out.is_dir():
-        raise ValueError(f"output {str(out)!r} is a folder: name a file")
-    if not out.parent.is_dir():
-        raise ValueError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    from noisynets.bench import Setup, run
+    from noisynets.bench import Setup, check_memory, run
     from noisynets.run import choose_device
 
-    if min(args.hidden) < 1 or args.batch_size < 1 or args.steps < 1:
-        raise ValueError("--hidden, --batch-size and --steps must be positive integers")
     device = choose_device(args.device)
     if args.quick:
         setup = Setup(hidden=[64, 64], batch_size=32, spiking_hidden=[32], time_steps=3,
@@ -494,9 +455,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         setup = Setup(hidden=list(args.hidden), batch_size=args.batch_size,
                       precision=args.precision)
         rounds = args.steps
+    check_memory(setup)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     memory = "none" if args.no_memory else "spiking" if args.quick else "all"
-    summary = run(setup, device, rounds, memory=memory, log=log)
+    try:
+        summary = run(setup, device, rounds, memory=memory, log=log)
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if isinstance(e, RuntimeError) and "alloc" not in str(e) and "memory" not in str(e):
+            raise
+        raise ValueError(f"not enough memory for the benchmark's networks (--batch-size "
+                         f"{setup.batch_size}, --hidden {' '.join(map(str, setup.hidden))}): "
+                         "choose smaller ones") from None
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -1,14 +1,23 @@
 """Run configuration: a dataclass, the presets that fill what a user leaves out, and validation.
 
 A field left ``None`` takes the preset for the run's data set, rule and unit (``PRESETS``,
-``RULE_LR`` and ``UNIT_PRESETS``; the README's table lists them). ``resolve`` returns a config
-with every field set and checked; a bad value raises ``ValueError`` with a one-line message.
-Configs load from TOML files whose keys are the field names.
+``RULE_LR`` and ``UNIT_PRESETS``; docs/cli.md's Presets tables list them). ``resolve`` returns
+a config with every field set and checked; a bad value raises ``ValueError`` with a one-line
+message. Configs load from TOML files whose keys are the field names.
+
+One set of validators serves the command line, TOML files and sweep files: the ``_integer``,
+``_number`` checks of ``resolve`` (a value of the wrong type, out of range or not finite is a
+``ValueError`` naming the setting), the argparse types built on them (``positive_int``,
+``positive_float``, ...: the same ranges, for options that are not settings too), and
+``check_values``, which refuses what TOML can hold but no setting can (dates, tables, lists of
+lists). Every count is at most ``LARGEST``; threads at most ``MAX_THREADS``.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import datetime
 import difflib
 import math
 import tomllib
@@ -37,6 +46,8 @@ ALIASES: dict[str, str] = {
     "grad_clip": "clip_grad", "hidden_sizes": "hidden", "sigma": "noise_std",
 }
 LARGEST = 10**9  # the largest count any setting takes (sizes, epochs, steps, samples)
+MAX_THREADS = 1024  # torch.set_num_threads beyond a few thousand crashes the process (SIGSEGV)
+MAX_ROWS = 10**8  # the most rows one batched forward stacks: (1 + noisy passes) * batch size
 MAX_PARAMETERS = 2 * 10**9  # the largest dense network a run builds
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
@@ -125,7 +136,7 @@ for preset in PRESETS.values():
     preset.setdefault("standardize", False)
 
 # Per data set: what the convolutional architecture (--arch conv) changes. On the digits
-# chosen on the validation split (simulations/presets/conv_digits.toml, RESULTS.md): batch 32,
+# chosen on the validation split (simulations/presets/conv_digits.toml, docs/results.md): batch 32,
 # eta_R = 1e-2 and, for the perturbation rules, K = 4 noisy passes per step.
 CONV_PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(epochs=20, batch_size=32, decor_fraction=1.0, decor_lr=1e-2,
@@ -204,6 +215,11 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         raise ValueError(f"{where} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{where} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{where} nests its values too deeply: it is no noisynets "
+                         f"{what.split()[0]}") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise ValueError(f"{where} holds a number it cannot read: {e}") from None
 
 
 def check_keys(keys: Any, where: str) -> None:
@@ -220,6 +236,26 @@ def check_keys(keys: Any, where: str) -> None:
                              "options of noisynets train with underscores")
 
 
+def check_values(data: dict[str, Any], where: str, grid: bool = False) -> None:
+    """Every value of a table of settings is one a setting can take: text, a number, true or
+    false, or a list of those (``grid``: a list of such values); a date, a table or a deeper
+    list is named with its key."""
+    def plain(value: Any) -> bool:
+        return isinstance(value, (str, int, float, bool))
+
+    def setting(value: Any) -> bool:
+        return plain(value) or (isinstance(value, list) and all(plain(v) for v in value))
+
+    for key, value in data.items():
+        values = value if grid and isinstance(value, list) else [value]
+        for v in values:
+            if not setting(v):
+                kind = ("a date or time" if isinstance(v, (datetime.date, datetime.time))
+                        else "a table" if isinstance(v, dict) else "a list of lists")
+                raise ValueError(f"{where}: {key} holds {kind}; a setting takes text, a number, "
+                                 "true or false, or a list of them")
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """The fields of a TOML config file (keys are ``TrainConfig`` field names), checked: an
     unknown key is named with the closest valid one, a value of the wrong type or range with
@@ -227,6 +263,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     where = f"config file {str(path)!r}"
     data = read_toml(path)
     check_keys(data, where)
+    check_values(data, where)
     try:
         resolve(TrainConfig(**data))
     except ValueError as e:
@@ -319,6 +356,11 @@ def resolve(config: TrainConfig) -> TrainConfig:
             _positive_int("hidden", h)
     for name in ("epochs", "batch_size", "noise_samples", "time_steps", "trace_probe"):
         _positive_int(name, getattr(c, name))
+    rows = (1 + c.noise_samples * (2 if c.antithetic else 1)) * c.batch_size
+    if rows > MAX_ROWS and c.algo not in ("bp", "dbp"):
+        raise ValueError(f"noise_samples {c.noise_samples} and batch_size {c.batch_size} stack "
+                         f"{rows:_} rows in one forward, more than {MAX_ROWS:_}: lower one "
+                         "of them")
     for name in ("trace_every", "trace_units", "checkpoint_every", "max_bad_steps"):
         _integer(name, getattr(c, name), 0)
     if c.trace_layers is not None:
@@ -379,7 +421,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"beta {c.beta} must be in (0, 1]")
     check_optimisation(c)
     if c.threads is not None:
-        _positive_int("threads", c.threads)
+        check_threads(c.threads)
     _integer("seed", c.seed, 0)
     if c.model is not None:
         c.model = absolute_model(c.model)
@@ -479,10 +521,35 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}{hint}: choose one of {', '.join(choices)}")
 
 
-def _integer(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= LARGEST:
-        raise ValueError(f"{name} {value!r} must be an integer from {low} to "
-                         f"{LARGEST:_}")
+def check_threads(threads: Any) -> int:
+    """``threads`` as torch's thread count: an integer from 1 to ``MAX_THREADS``."""
+    _integer("threads", threads, 1, MAX_THREADS)
+    return threads
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` in at most 40 characters (an integer of thousands of digits has a
+    repr Python refuses to make)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"<an integer of about {int(value.bit_length() * math.log10(2))} digits>"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a real number (not a bool) that is finite as a float; an integer
+    too large for a float is not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _integer(name: str, value: Any, low: int, high: int = LARGEST) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} {shown(value)} must be an integer from {low} to {high:_}")
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -499,7 +566,53 @@ def _nonnegative_float(name: str, value: Any) -> None:
 
 def _number(name: str, value: Any, positive: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} {value!r} must be a number")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} {value!r} must be a finite number "
+        raise ValueError(f"{name} {shown(value)} must be a number")
+    if not finite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} {shown(value)} must be a finite number "
                          f"{'> 0' if positive else '>= 0'}")
+
+
+# --- the same checks as argparse types, for the command line ------------------------------
+
+def integer(text: str, low: int, high: int = LARGEST) -> int:
+    """``text`` as an integer from ``low`` to ``high``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} must be an integer from {low} to "
+                                         f"{high:_}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return integer(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return integer(text, 0)
+
+
+def thread_count(text: str) -> int:
+    return integer(text, 1, MAX_THREADS)
+
+
+def number(text: str, positive: bool) -> float:
+    """``text`` as a finite number, ``> 0`` (``positive``) or ``>= 0``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} must be a finite number {'> 0' if positive else '>= 0'}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    return number(text, positive=True)
+
+
+def nonnegative_float(text: str) -> float:
+    return number(text, positive=False)

@@ -55,7 +55,8 @@ def model_shapes(network: Network, data: Any, config: Any
     network cannot take the data set's samples or give one output per class."""
     try:
         shapes, model = network_shapes(network, data.train_x[:1], data.train_y[:1])
-    except (RuntimeError, IndexError, ValueError, TypeError) as e:
+    except (RuntimeError, IndexError, ValueError, TypeError, NotImplementedError) as e:
+        # NotImplementedError: an operation torch has not for the tensors (meta ones)
         raise ValueError(f"the network does not fit the data set {config.dataset!r} (samples "
                          f"of shape {tuple(data.input_shape)}, {data.num_classes} outputs): "
                          f"{' '.join(str(e).split())[:200]}") from None

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from noisynets.files import atomic
+from noisynets.files import atomic, atomic_folder
 from noisynets.traces import TraceReader, as_reader, metric_sort_key
 
 # The most values of one dataset a CSV export holds in memory at once (a block of records).
@@ -52,7 +52,15 @@ def export_csv(trace: str | Path | TraceReader, out: str | Path) -> Path:
     Returns ``out``."""
     reader = as_reader(trace)
     out = Path(out)
-    _make_folder(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {str(out)!r} is a file: name a folder for CSV files")
+    with atomic_folder(out) as folder:  # every file complete, or none moved in
+        _write_csv(reader, folder)
+    return out
+
+
+def _write_csv(reader: TraceReader, out: Path) -> None:
+    """The CSV files of ``export_csv`` into the folder ``out``."""
     metrics = reader.metrics()
     names = sorted(metrics, key=metric_sort_key)
     with _write(out / "metrics.csv", "w", newline="") as handle:
@@ -100,7 +108,6 @@ def export_csv(trace: str | Path | TraceReader, out: str | Path) -> Path:
                           zip(grid[1:], axes)]
                 table = np.column_stack([grid[0] + start, *labels, values.reshape(-1)])
                 np.savetxt(handle, table, fmt=fmt, delimiter=",")
-    return out
 
 
 def _csv_number(name: str, value: float) -> str:
@@ -110,18 +117,10 @@ def _csv_number(name: str, value: float) -> str:
     return repr(value)
 
 
-def _make_folder(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {str(out)!r} is a file: name a folder for CSV files")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot create output folder {str(out)!r}: {e.strerror}") from None
-
-
 @contextmanager
 def _write(path: Path, mode: str, **kwargs: Any) -> Iterator[IO[Any]]:
     """``open(path, mode)``, all or nothing (``files.atomic``): a full disk leaves no
-    half-written file and is one ``ValueError``."""
+    half-written file and is one ``ValueError``. (Within ``atomic_folder`` each file of a
+    CSV export is also whole on its own.)"""
     with atomic(path) as tmp, open(tmp, mode, **kwargs) as handle:
         yield handle

@@ -202,16 +202,15 @@ def export_run(folder: str | Path, out: str | Path, model: str | None = None,
                trust_model: bool = False) -> Path:
     """The trained network of the run in ``folder`` as a NIR file ``out``; returns ``out``.
     ``model``, ``trust_model``: as for ``inference.load_trained``."""
+    from noisynets.files import check_output, write_bytes_atomic
     from noisynets.inference import load_trained
 
-    nir, _, _ = _nir()
     out = Path(out)
-    if out.is_dir() or not out.parent.is_dir():
-        raise ValueError(f"-o {str(out)!r}: name a file in a folder that exists")
+    check_output(out)
+    nir, _, _ = _nir()
     network, _, spec = load_trained(folder, model, trust_model)
     graph = to_nir(network.cpu(), tuple(int(d) for d in spec["shape"]))
-    try:
-        nir.write(str(out), graph)
-    except OSError as e:
-        raise ValueError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
+    buffer = io.BytesIO()  # made in memory, written whole or not at all
+    nir.write(buffer, graph)
+    write_bytes_atomic(out, buffer.getvalue())
     return out

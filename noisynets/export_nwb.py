@@ -37,14 +37,17 @@ Example::
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from noisynets.files import write_bytes_atomic
 from noisynets.traces import TraceReader, as_reader, metric_sort_key
 
 PASSES = {"clean": "reference", "noisy": "noisy"}
@@ -185,13 +188,25 @@ def export_nwb(trace: str | Path | TraceReader, out: str | Path, dt: float = DEF
             columns=[VectorData(name=n, description=n.replace("_", " "),
                                 data=np.asarray(metrics[n], dtype=np.float64))
                      for n in names]))
-    try:
-        with pynwb.NWBHDF5IO(str(out), "w") as io:
-            io.write(nwb)
-    except OSError as e:
-        out.unlink(missing_ok=True)
-        raise ValueError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
+
+    def write(file: Any) -> None:
+        with pynwb.NWBHDF5IO(file=file, mode="w") as nwb_io:
+            nwb_io.write(nwb)
+
+    write_bytes_atomic(out, hdf5_image(write))
     return out
+
+
+def hdf5_image(write: Callable[[Any], None]) -> bytes:
+    """The bytes of the HDF5 file that ``write(h5py_file)`` makes, made in memory: the file
+    on disk is then written whole or not at all (``files.write_bytes_atomic``), and a full
+    disk never meets HDF5, which could only print the failure of its own flushes."""
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        write(f)
+    return buffer.getvalue()
 
 
 def _per_step(values: np.ndarray) -> np.ndarray:

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -144,32 +146,85 @@ def summary_writer_class() -> Any:
 class TensorBoard(StepLoss):
     """Event files for TensorBoard: ``train/step_loss`` at every step, and every metric of an
     evaluation as ``epoch/<name>`` at its step (per-layer ones as ``epoch/alignment_layer_1``,
-    ...). Resumed after ``last_step``: later events are purged (``SummaryWriter`` purge_step)."""
+    ...). Resumed after ``last_step``: later events are purged (``SummaryWriter`` purge_step).
+
+    The folder must take a file before the writer starts (a read-only one is refused in one
+    line). ``SummaryWriter`` writes from a thread of its own; an error there (a disk that
+    fills up) is not printed by that thread but raised by the writer's next call here, as
+    one ``ValueError`` naming the folder."""
 
     def __init__(self, folder: Path, rows: Sequence[EpochStats] = (),
                  last_step: int | None = None) -> None:
         super().__init__()
-        self.writer = summary_writer_class()(
-            log_dir=str(folder), purge_step=None if last_step is None else last_step + 1)
+        self.folder = folder
+        writable(folder)
+        _quiet_writer_threads()
+        with self._writing():
+            self.writer = summary_writer_class()(
+                log_dir=str(folder), purge_step=None if last_step is None else last_step + 1)
         if last_step is None:
             for stats in rows:
                 self._metrics(stats)
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A call of the writer: its failure (or its thread's) is one ``ValueError``."""
+        from noisynets.files import why
+
+        try:
+            yield
+        except Exception as e:  # OSError, or whatever its thread met
+            raise ValueError(f"cannot write {str(self.folder)!r}: {why(e)}") from None
+
     def _metrics(self, stats: EpochStats) -> None:
-        for name, value in flatten_metrics(asdict(stats)).items():
-            if name in ("epoch", "step") or isinstance(value, bool) or value is None:
-                continue
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(f"epoch/{name}", value, stats.step)
+        with self._writing():
+            for name, value in flatten_metrics(asdict(stats)).items():
+                if name in ("epoch", "step") or isinstance(value, bool) or value is None:
+                    continue
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"epoch/{name}", value, stats.step)
 
     def write(self, stats: EpochStats, rows: list[tuple[int, float]]) -> None:
-        for step, loss in rows:
-            self.writer.add_scalar("train/step_loss", loss, step)
+        with self._writing():
+            for step, loss in rows:
+                self.writer.add_scalar("train/step_loss", loss, step)
         self._metrics(stats)
-        self.writer.flush()
+        with self._writing():
+            self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        with self._writing():
+            self.writer.close()
+
+
+def writable(folder: Path) -> None:
+    """``folder`` exists (made if need be) and takes a new file; else one ``ValueError``."""
+    import tempfile
+
+    from noisynets.files import why
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write {str(folder)!r}: {why(e)}") from None
+
+
+def _quiet_writer_threads() -> None:
+    """From now on an exception that ends a TensorBoard writer's own thread is left to the
+    writer, which raises it at its next call (``_AsyncWriter._check_worker_status``);
+    every other thread's goes to the hook there was."""
+    previous = threading.excepthook
+    if getattr(previous, "noisynets", False):
+        return
+
+    def hook(args: Any) -> None:
+        if type(args.thread).__name__ != "_AsyncWriterThread":
+            previous(args)
+
+    hook.noisynets = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 class EarlyStopping:

@@ -7,10 +7,18 @@ run applied (``x -> (x - mean) / std``, the training split's mean and standard d
 ``load_trained(folder)`` rebuilds the network from the run's config alone. A version 1
 ``model.pt`` has no such record: it loads through its data set, as ``noisynets evaluate`` does.
 
-Input files (``read_inputs``): ``.npy`` (one array), ``.npz`` (the array ``x``, or its only
-array) or ``.csv`` (numbers separated by commas, one sample per row, flattened; a first line
-that is not numbers is a header), as raw inputs -- the run's standardisation is applied here.
+Input files (``read_inputs``, through ``noisynets.arrays.read_array``, which knows a file by
+its content, not its name): ``.npy`` (one array), ``.npz`` (the array ``x``, or its only
+array) or CSV text (numbers separated by commas, one sample per row, flattened; a first line
+of names, none a number, is a header, and a line that does not parse is named, never
+skipped), as raw inputs -- the run's standardisation is applied here.
 The samples are ``(n, *shape)``, ``(n, features)`` or one sample of ``shape``.
+
+Inputs far from what the model saw: ``input_spec`` records the range ``[min, max]`` of the raw
+training inputs, and ``predict`` checks a file against it (``out_of_range_check``): a value more
+than the range's width outside it -- raw 0..16 pixels where training used pixels / 16 -- gets
+one warning line (``out_of_range="warn"``, the default), an error (``"refuse"``) or nothing
+(``"ignore"``). A model file written before the range was recorded is not checked.
 
 Outputs (``predict``): ``.csv`` (default; a header, then per sample ``label`` and ``score_0 ..
 score_{C-1}``, the softmax probabilities of a cross-entropy model and the logits otherwise; a
@@ -28,6 +36,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,24 +46,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from noisynets.arrays import read_array
 from noisynets.checkpoints import MODEL_FILE
 from noisynets.config import TrainConfig, resolve
 from noisynets.core.network import Network
 from noisynets.data import DataSplits
+from noisynets.files import atomic, check_output
 
-INPUT_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".csv")
+INPUT_KINDS: tuple[str, ...] = ("npy", "npz", "csv")  # by the file's content
 OUTPUT_SUFFIXES: tuple[str, ...] = (".csv", ".npz")
 
 
 def input_spec(data: DataSplits, standardize: bool) -> dict[str, Any]:
     """What ``model.pt["inputs"]`` records of the (unstandardised) training data ``data``:
-    ``{"shape", "outputs", "task", "mean", "std"}`` (``mean``, ``std``: ``None`` unless
-    ``standardize``)."""
+    ``{"shape", "outputs", "task", "mean", "std", "min", "max"}`` (``mean``, ``std``: ``None``
+    unless ``standardize``; ``min``, ``max``: the range of the raw training inputs)."""
     mean = std = None
     if standardize:
         mean, std = float(data.train_x.mean()), float(data.train_x.std())
     return {"shape": list(data.input_shape), "outputs": int(data.num_classes),
-            "task": data.task, "mean": mean, "std": std}
+            "task": data.task, "mean": mean, "std": std,
+            "min": float(data.train_x.min()), "max": float(data.train_x.max())}
 
 
 def load_trained(folder: str | Path, model: str | None = None, trust_model: bool = False
@@ -93,21 +106,19 @@ def load_trained(folder: str | Path, model: str | None = None, trust_model: bool
     return network.to(choose_device(config.device)).eval(), config, spec
 
 
-def read_inputs(path: str | Path, spec: dict[str, Any]) -> Tensor:
+def read_inputs(path: str | Path, spec: dict[str, Any], out_of_range: str = "ignore",
+                warn: Callable[[str], None] | None = None) -> Tensor:
     """The samples of file ``path`` as a float32 tensor ``(n, *shape)``, standardised as the
-    run was (module doc); ``ValueError`` with one line for a file that is missing, of another
-    kind, not numbers, not finite, or of a shape the model does not take."""
+    run was (module doc); ``ValueError`` with one line for a file that is missing, not a
+    regular file, of another kind (by its content: ``noisynets.arrays``), damaged, not numbers,
+    not finite, or of a shape the model does not take. Raw values far outside the training
+    range (``out_of_range_check``) are passed to ``warn`` (``out_of_range="warn"``), refused
+    (``"refuse"``) or let through (``"ignore"``)."""
     path = Path(path)
     where = f"--input {str(path)!r}"
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{where}: no such file")
-    if path.suffix.lower() not in INPUT_SUFFIXES:
-        raise ValueError(f"{where}: unknown file type {path.suffix or '(none)'!r}: give a "
-                         f"{', '.join(INPUT_SUFFIXES)} file")
-    array = _read_array(path, where)
-    if array.dtype.kind not in "fiub" or array.size == 0:
-        raise ValueError(f"{where} holds {array.dtype} values of shape {array.shape}: give "
-                         "numbers, one sample per row")
+    array = read_array(path, "--input", INPUT_KINDS)
     shape = tuple(int(d) for d in spec["shape"])
     features = math.prod(shape)
     if array.shape == shape:
@@ -118,43 +129,42 @@ def read_inputs(path: str | Path, spec: dict[str, Any]) -> Tensor:
         raise ValueError(f"{where} holds an array of shape {tuple(array.shape)}: the model "
                          f"takes samples of shape {shape}, as (n, {', '.join(map(str, shape))})"
                          f" or (n, {features}), one sample per row")
-    x = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+        x = torch.as_tensor(np.asarray(array, dtype=np.float32))
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{where} holds values that are not finite (NaN or inf): replace them")
+        raise ValueError(f"{where} holds values that are not finite (NaN or inf, or beyond "
+                         "float32): replace them")
+    if out_of_range not in OUT_OF_RANGE:
+        raise ValueError(f"out_of_range {out_of_range!r}: choose one of {', '.join(OUT_OF_RANGE)}")
+    problem = None if out_of_range == "ignore" else out_of_range_check(x, spec, where)
+    if problem is not None:
+        if out_of_range == "refuse":
+            raise ValueError(f"{problem}; --out-of-range warn predicts all the same")
+        if warn is not None:
+            warn(problem)
     if spec.get("mean") is not None:
         x = (x - spec["mean"]) / spec["std"]
     return x
 
 
-def _read_array(path: Path, where: str) -> np.ndarray:
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                names = list(archive.keys())
-                if "x" in names:
-                    return archive["x"]
-                if len(names) == 1:
-                    return archive[names[0]]
-                raise ValueError(f"{where} holds the arrays {', '.join(names) or '(none)'}: "
-                                 "name the inputs x")
-        with path.open() as f:
-            first = f.readline()
-        try:
-            [float(v) for v in first.split(",")]
-            header = 0
-        except ValueError:
-            header = 1
-        return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=header, dtype=np.float64)
-    except ValueError as e:
-        if str(e).startswith(where):
-            raise
-        raise ValueError(f"{where} is not a readable {suffix} file of numbers "
-                         f"({' '.join(str(e).split())[:120]})") from None
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{where} cannot be read: {e}") from None
+OUT_OF_RANGE: tuple[str, ...] = ("warn", "refuse", "ignore")
+
+
+def out_of_range_check(x: Tensor, spec: dict[str, Any], where: str) -> str | None:
+    """One line saying how far the raw inputs ``x`` lie outside the training range that
+    ``spec`` recorded, when some value lies more than the range's width beyond it; ``None``
+    when none does, or when ``spec`` has no range (a model file from before it was recorded)."""
+    low, high = spec.get("min"), spec.get("max")
+    if low is None or high is None or x.numel() == 0:
+        return None
+    width = max(high - low, 1e-12)
+    far = (x < low - width) | (x > high + width)
+    if not bool(far.any()):
+        return None
+    share = float(far.double().mean())
+    return (f"{where}: values span [{float(x.min()):.4g}, {float(x.max()):.4g}] but the model "
+            f"was trained on raw inputs in [{low:.4g}, {high:.4g}] ({share:.1%} of the values "
+            "lie far outside): scale them as the training data was (the digits: pixels / 16)")
 
 
 @torch.no_grad()
@@ -172,37 +182,42 @@ def predictions(network: Network, config: TrainConfig, spec: dict[str, Any], x: 
 
 
 def predict(folder: str | Path, inputs: str | Path, out: str | Path | None = None,
-            model: str | None = None, trust_model: bool = False) -> Path:
+            model: str | None = None, trust_model: bool = False, out_of_range: str = "warn",
+            warn: Callable[[str], None] | None = None) -> Path:
     """Write the predictions of the run in ``folder`` for the samples in file ``inputs`` to
     ``out`` (default: beside ``inputs``, ``<name>_predictions.csv``); returns ``out``.
-    ``model``, ``trust_model``: as for ``load_trained``."""
+    ``model``, ``trust_model``: as for ``load_trained``; ``out_of_range``, ``warn``: as for
+    ``read_inputs`` (a warning goes to ``warnings.warn`` when ``warn`` is ``None``)."""
     inputs = Path(inputs)
     out = Path(out) if out is not None else inputs.with_name(inputs.stem + "_predictions.csv")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"-o {str(out)!r}: unknown file type {out.suffix or '(none)'!r}: "
                          f"name a {' or '.join(OUTPUT_SUFFIXES)} file")
-    if out.is_dir() or not out.parent.is_dir():
-        raise ValueError(f"-o {str(out)!r}: name a file in a folder that exists")
-    if out.exists() and out.resolve() == inputs.resolve():
-        raise ValueError(f"-o {str(out)!r} is the input file: name another file")
+    check_output(out, [inputs])
     network, config, spec = load_trained(folder, model, trust_model)
-    x = read_inputs(inputs, spec)
+    x = read_inputs(inputs, spec, out_of_range,
+                    warn if warn is not None else lambda m: warnings.warn(m, stacklevel=3))
     result = predictions(network, config, spec, x)
-    try:
-        if out.suffix.lower() == ".npz":
-            np.savez(out, **result)
-        else:
-            with out.open("w", newline="") as f:
-                w = csv.writer(f)
-                if "outputs" in result:
-                    values = result["outputs"]
-                    w.writerow([f"output_{k}" for k in range(values.shape[1])])
-                    w.writerows([[repr(float(v)) for v in row] for row in values])
-                else:
-                    labels, scores = result["labels"], result["scores"]
-                    w.writerow(["label", *(f"score_{k}" for k in range(scores.shape[1]))])
-                    w.writerows([[int(label), *(repr(float(v)) for v in row)]
-                                 for label, row in zip(labels, scores)])
-    except OSError as e:
-        raise ValueError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
+    write_predictions(result, out)
     return out
+
+
+def write_predictions(result: dict[str, np.ndarray], out: Path) -> None:
+    """``predictions``'s ``result`` as the ``.npz`` or ``.csv`` file ``out`` (module doc),
+    whole or not at all (``files.atomic``: a full disk leaves no half-written file)."""
+    with atomic(out) as tmp:
+        if out.suffix.lower() == ".npz":
+            with tmp.open("wb") as f:
+                np.savez(f, **result)
+            return
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            if "outputs" in result:
+                values = result["outputs"]
+                w.writerow([f"output_{k}" for k in range(values.shape[1])])
+                w.writerows([[repr(float(v)) for v in row] for row in values])
+            else:
+                labels, scores = result["labels"], result["scores"]
+                w.writerow(["label", *(f"score_{k}" for k in range(scores.shape[1]))])
+                w.writerows([[int(label), *(repr(float(v)) for v in row)]
+                             for label, row in zip(labels, scores)])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,15 +109,37 @@ def load_model(spec: str) -> nn.Module:
     function = getattr(code, name, None)
     if not callable(function):
         raise ValueError(f"--model: {path_text!r} has no function or class {name!r}")
-    try:
-        model = function()
-    except TypeError as e:
-        raise ValueError(f"--model: {name}() in {path_text!r} must take no arguments "
-                         f"({e})") from None
-    except (Exception, SystemExit) as e:  # the user's code
-        raise ValueError(f"--model: {name}() in {path_text!r} failed: "
-                         f"{type(e).__name__}: {e}") from None
+    with warnings.catch_warnings(record=True) as said:  # shown only if the model is used
+        warnings.simplefilter("always")
+        try:
+            model = function()
+        except TypeError as e:
+            raise ValueError(f"--model: {name}() in {path_text!r} must take no arguments "
+                             f"({e})") from None
+        except (Exception, SystemExit) as e:  # the user's code
+            raise ValueError(f"--model: {name}() in {path_text!r} failed: "
+                             f"{type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model: {name}() in {path_text!r} returned a "
                          f"{type(model).__name__}, not an nn.Module")
+    check_tensors(model, f"--model: {name}() in {path_text!r}")
+    for warning in said:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
     return model
+
+
+def check_tensors(model: nn.Module, where: str) -> None:
+    """Every parameter and buffer of ``model`` holds data (not on torch's ``meta`` device,
+    which has shapes only), and every parameter has entries (a layer of zero width has no
+    nodes to perturb)."""
+    for kind, named in (("parameter", model.named_parameters()),
+                        ("buffer", model.named_buffers())):
+        for tensor_name, tensor in named:
+            if tensor.is_meta:
+                raise ValueError(f"{where} built {kind} {tensor_name!r} on the meta device "
+                                 "(a shape without data): build the model with real tensors")
+            if kind == "parameter" and tensor.numel() == 0:
+                raise ValueError(f"{where} built {kind} {tensor_name!r} of shape "
+                                 f"{tuple(tensor.shape)}, with no entries: every layer needs "
+                                 "at least one input and one node")

@@ -86,6 +86,9 @@ _LEAST_ACCURACY_RANGE = 0.05  # accuracy (fraction)
 _LEAST_LOSS_RANGE = 0.1  # loss: this share of its largest magnitude
 _LEAST_CORRELATION_RANGE = 0.05  # mean |off-diagonal correlation|
 _LEAST_ALIGNMENT_RANGE = 0.02  # cosine
+# What a panel over training says when the file holds one record.
+ONE_RECORD = "one record: train longer or lower --trace-every for a curve over training"
+
 # The quantiles of da = noisy - reference drawn over training: 5-95 %, 25-75 %, the median.
 _QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -517,10 +520,12 @@ def _change_over_training_panel(data: dict[str, Any], k: int, ax: plt.Axes) -> N
         ax.fill_between(steps, q[0], q[4], color=color, alpha=0.18, lw=0, label="5-95 %")
         ax.fill_between(steps, q[1], q[3], color=color, alpha=0.4, lw=0, label="25-75 %")
         ax.plot(steps, q[2], "-", color=color, lw=1.5, label="median")
-    else:
+    else:  # a run shorter than one trace interval: one bar, and a word why
         ax.vlines(steps, q[0], q[4], color=color, alpha=0.4, lw=6, label="5-95 %")
         ax.vlines(steps, q[1], q[3], color=color, lw=6, label="25-75 %")
         ax.plot(steps, q[2], "_", color="k", ms=14, label="median")
+        ax.text(0.02, 0.03, ONE_RECORD, transform=ax.transAxes, fontsize="x-small",
+                color="0.3", va="bottom")
     ax.axhline(0.0, color="k", lw=0.8, zorder=1)
     name = "ref" if _both_noisy(data["config"]) else "clean"
     traced = len(last["unit_index"])

@@ -65,17 +65,18 @@ from noisynets.checkpoints import (
     random_states,
     read_identity,
     save_atomic,
+    sealed,
     set_noise_states,
     set_random_states,
 )
-from noisynets.config import TrainConfig, preset_names, resolve
+from noisynets.config import TrainConfig, check_threads, preset_names, resolve
 from noisynets.core.network import Network
 from noisynets.core.noise import make_noise
 from noisynets.core.precision import difference_dtype
 from noisynets.core.record import Passes, Record
 from noisynets.data import DataSplits, load_dataset
 from noisynets.describe import describe, describe_layers, model_shapes
-from noisynets.files import remove_stale, write_text_atomic
+from noisynets.files import RUN_FILE_NAMES, remove_stale, write_text_atomic
 from noisynets.firing import firing_warnings
 from noisynets.hooks import (
     METRICS_FILE,
@@ -104,8 +105,7 @@ from noisynets.training import (
 )
 
 RESULTS_FILE = "results.json"
-RUN_FILES = (RESULTS_FILE, "trace.h5", "trace.png", "learning_curve.png", MODEL_FILE,
-             CHECKPOINT_FILE, METRICS_FILE, STEPS_FILE, IDENTITY_FILE)
+RUN_FILES = RUN_FILE_NAMES  # every file a run writes in its folder (and tensorboard/)
 
 
 class DivergenceError(RuntimeError):
@@ -176,7 +176,7 @@ def choose_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             "device 'cuda' is not available (this torch build sees no GPU): use --device cpu, "
-            "or install a CUDA build of torch (see the README)"
+            "or install a CUDA build of torch (docs/install.md)"
         )
     return torch.device(name)
 
@@ -298,10 +298,12 @@ def resume(
     elif (folder / RESULTS_FILE).exists():
         path = folder / RESULTS_FILE
         try:
+            if not path.is_file():  # a FIFO would block the read
+                raise OSError
             fields = json.loads(path.read_text())["config"]
             if not isinstance(fields, dict):
                 raise TypeError
-        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
             raise ValueError(f"--resume: {str(path)!r} is damaged and there "
                              "is no checkpoint: start the run again") from None
         fields = config_fields({"config": fields}, path)
@@ -315,7 +317,7 @@ def resume(
                                            trust_model)
     config = resolve(TrainConfig(**{**fields, "out": str(folder)}))
     if threads is not None:
-        config = dataclasses.replace(config, threads=threads)
+        config = dataclasses.replace(config, threads=check_threads(threads))
     if checkpoint is None:
         return _start(config, lambda: run_folder(config, overwrite=True), None, progress, log)
     if any(h.get("stopped") for h in checkpoint["history"]):
@@ -335,16 +337,28 @@ def _start(
     log: Callable[[str], None] | None,
 ) -> RunResult:
     """``_run`` in the run folder ``folder()`` names; under torchrun in every process, with
-    the folder named by rank 0. A run refused before it wrote anything (bad data, a network
-    the rule cannot train) leaves no empty folder behind that it created."""
+    the folder named by rank 0. A new run refused before it trains (bad data, a model the rule
+    cannot train, a trace file the disk has no room for) leaves no folder behind that it
+    made, and none of the files it had begun (``identity.json``, ``trace.h5``, the logs), so
+    the same ``--out`` can be used again; a resumed run's folder keeps everything."""
     if config.tensorboard:
         summary_writer_class()  # refused before the folder is made
     with session(choose_device(config.device)) as world:
         out = decided_by_main(folder, world)
+        main = world is None or world.main
+        before = set(_entries(out)) if main and checkpoint is None else None
         try:
-            return _run(config, out, checkpoint, progress, log, world)
+            prepared = _prepare(config, out, checkpoint, progress, log, world)
         except BaseException:
-            if world is None or world.main:
+            if before is not None:
+                remove_new_files(out, before)
+            if main:
+                remove_if_empty(out)
+            raise
+        try:
+            return _train(prepared)
+        except BaseException:
+            if main:
                 remove_if_empty(out)
             raise
 
@@ -357,6 +371,31 @@ def remove_if_empty(folder: Path) -> None:
             path.rmdir()
         except OSError:
             return  # not empty, or not there
+
+
+def _entries(folder: Path) -> list[str]:
+    try:
+        return [entry.name for entry in folder.iterdir()]
+    except OSError:
+        return []
+
+
+def remove_new_files(folder: Path, before: set[str]) -> None:
+    """The run files and temporaries in ``folder`` that were not among ``before`` (the names
+    there when the run began), removed: what a refused run had begun."""
+    import shutil
+
+    for name in set(_entries(folder)) - before:
+        path = folder / name
+        if name not in (*RUN_FILES, TENSORBOARD_FOLDER) and ".tmp-" not in name:
+            continue  # not the run's: left alone
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            pass
 
 
 @dataclass
@@ -394,7 +433,7 @@ class RunState:
 
         if not self.main:
             return
-        save_atomic({
+        save_atomic(sealed({
             "format": "noisynets-checkpoint", "version": FORMAT_VERSION,
             "noisynets_version": noisynets.__version__,
             "run": self.identity or {}, "config": self.config.to_dict(),
@@ -406,7 +445,7 @@ class RunState:
             "initial": asdict(self.result.initial),
             "history": [asdict(h) for h in self.result.history],
             "trace_records": 0 if self.writer is None else self.writer.records,
-        }, self.out / CHECKPOINT_FILE)
+        }), self.out / CHECKPOINT_FILE)
         self.save_model()
 
 
@@ -513,6 +552,24 @@ class Figures(Hook):
             trace_figure(state.writer.path, state.out / "trace.png")
 
 
+@dataclass
+class Prepared:
+    """A run ready to train (``_prepare``): its state, data and hooks, where to start."""
+
+    state: RunState
+    data: DataSplits
+    hooks: list[Hook]
+    emit: Callable[[str], None]
+    progress: bool
+    checkpoint: dict[str, Any] | None
+    first_epoch: int
+    step: int
+    early: EarlyStopping | None
+    device: torch.device
+    world: World | None
+    network_text: str
+
+
 def _run(
     config: TrainConfig,
     out: Path,
@@ -521,7 +578,20 @@ def _run(
     log: Callable[[str], None] | None,
     world: World | None = None,
 ) -> RunResult:
-    """The run in ``out``: data, network, the hooks, the initial evaluation, ``fit``."""
+    """The run in ``out``: prepared (``_prepare``), then trained (``_train``)."""
+    return _train(_prepare(config, out, checkpoint, progress, log, world))
+
+
+def _prepare(
+    config: TrainConfig,
+    out: Path,
+    checkpoint: dict[str, Any] | None,
+    progress: bool,
+    log: Callable[[str], None] | None,
+    world: World | None = None,
+) -> Prepared:
+    """Everything before the first line of the run: data, identity, network, the state of a
+    checkpoint, the trace file and the other hooks. An error here refuses the run."""
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = choose_device(config.device) if world is None else world.device
@@ -553,6 +623,16 @@ def _run(
     hooks = run_hooks(state, probe, emit, progress, checkpoint)
     early = (EarlyStopping(config.early_stopping, result.history)
              if config.early_stopping else None)
+    return Prepared(state, data, hooks, emit, progress, checkpoint, first_epoch, step, early,
+                    device, world, describe(network, shapes, model))
+
+
+def _train(prepared: Prepared) -> RunResult:
+    """The prepared run: its first lines, the initial evaluation (or a checkpoint's rows),
+    ``fit``, the model file, and every hook closed."""
+    state, data, hooks, emit = prepared.state, prepared.data, prepared.hooks, prepared.emit
+    checkpoint, world, device = prepared.checkpoint, prepared.world, prepared.device
+    config, result, step = state.config, state.result, prepared.step
 
     def on_loss(step: int, loss: Tensor) -> None:
         for hook in hooks:
@@ -562,7 +642,7 @@ def _run(
         for hook in hooks:
             hook.on_epoch(stats)
 
-    emit(header(state, describe(network, shapes, model), device, world))
+    emit(header(state, prepared.network_text, device, world))
     emit(f"data: {data.origin}")
     if checkpoint is not None:
         set_random_states(checkpoint["random"])
@@ -578,18 +658,19 @@ def _run(
 
     try:
         try:
-            fit(network, rule, optimizer, data, config.epochs, config.batch_size,
-                seed=config.seed, progress=progress, on_epoch=on_epoch, on_loss=on_loss,
-                name=config.algo, max_bad_steps=config.max_bad_steps, first_epoch=first_epoch,
+            fit(state.network, state.rule, state.optimizer, data, config.epochs,
+                config.batch_size, seed=config.seed, progress=prepared.progress,
+                on_epoch=on_epoch, on_loss=on_loss, name=config.algo,
+                max_bad_steps=config.max_bad_steps, first_epoch=prepared.first_epoch,
                 first_step=step, generator=state.generator, start=state.start, world=world,
-                scheduler=state.scheduler, clip_grad=config.clip_grad, stop=early,
+                scheduler=state.scheduler, clip_grad=config.clip_grad, stop=prepared.early,
                 probe_batches=config.probe_batches)
             state.save_model()
         except Diverged as e:
             raise DivergenceError(
                 f"training diverged: {e}, so nothing was applied; lower --lr (now "
                 f"{config.lr:g}) or --noise-std (now {config.noise_std:g}). Everything up to "
-                f"the last good step is in {out}") from None
+                f"the last good step is in {state.out}") from None
     except BaseException:
         # Already failing (a full disk, an interrupt): keep what can still be written, and
         # let the first error be the one reported.

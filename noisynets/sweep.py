@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from noisynets.config import TrainConfig, check_keys, read_toml, resolve
+from noisynets.config import TrainConfig, check_keys, check_values, read_toml, resolve
 from noisynets.files import atomic, write_text_atomic
 
 TABLES = ("grid", "train")
@@ -110,6 +110,8 @@ def check_sweep(grid: Any, train: Any, where: str) -> None:
         raise ValueError(f"{where}: [grid] and [train] must be tables of key = value")
     check_keys(grid, f"{where} [grid]")
     check_keys(train, f"{where} [train]")
+    check_values(grid, f"{where} [grid]", grid=True)
+    check_values(train, f"{where} [train]")
     for key in ("out", "resume"):
         if key in grid or key in train:
             raise ValueError(f"{where}: {key!r} cannot be set: the sweep gives every run its "
@@ -181,9 +183,13 @@ def finished(folder: Path, fields: dict[str, Any]) -> dict[str, Any] | None:
     if not results.exists():
         return None
     try:
+        if not results.is_file():  # a FIFO would block the read
+            raise OSError
         summary = json.loads(results.read_text())
         recorded = summary["config"]
-    except (OSError, ValueError, KeyError, TypeError):
+        if not isinstance(recorded, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None  # damaged: the run starts again
     wanted = resolve(TrainConfig(**{**fields, "out": str(folder)}))
     differ = [k for k, v in wanted.to_dict().items()
@@ -354,7 +360,7 @@ def _on_dask(todo: list[Run], out: Path, workers: int | None, scheduler: str | N
                 client = Client(cluster if cluster is not None else scheduler, timeout="20s")
             except (OSError, TimeoutError) as e:
                 raise ValueError(f"cannot reach the Dask scheduler at {scheduler!r} ({e}): "
-                                 "start one (see the README) or leave out --scheduler") from None
+                                 "start one (docs/sweeps.md) or leave out --scheduler") from None
             with client:
                 if cluster is None:
                     threads = cluster_threads(client)

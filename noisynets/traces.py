@@ -1,7 +1,7 @@
 """HDF5 trace files: the clean and noisy activity of a fixed probe set, streamed during a run.
 
-Plain datasets and attributes only, so any HDF5 reader opens the file. Layout (``SCHEMA``; the
-README lists it), with ``<k>`` the layer number 1..L::
+Plain datasets and attributes only, so any HDF5 reader opens the file. Layout (``SCHEMA``;
+docs/traces.md lists it), with ``<k>`` the layer number 1..L::
 
     /                               attrs: format, format_version, noisynets_version,
                                     torch_version, created, device, seed, config (JSON text)
@@ -565,7 +565,7 @@ class TraceReader:
         if isinstance(attrs["/"].get("config"), str):
             try:
                 attrs["/"]["config"] = json.loads(attrs["/"]["config"])
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 pass
         return attrs
 
@@ -748,6 +748,12 @@ def _structure_problem(f: h5py.File) -> str | None:
     size -- or None. Checked before anything is read, so that a crafted file cannot make a
     reader allocate what it declares."""
     traces = f["traces"]
+    for group in ("/metrics", "/traces", "/count"):
+        if group in f and not isinstance(f[group], h5py.Group):
+            return f"{group} is not a group"
+    for name, obj in traces.items():
+        if name.startswith("layer_") and not isinstance(obj, h5py.Group):
+            return f"/traces/{name} is not a group of a layer's datasets"
     index = traces.get("probe_index")
     if not isinstance(index, h5py.Dataset) or index.ndim != 1:
         return "/traces/probe_index is not a list of samples"

@@ -2,7 +2,7 @@
 training.
 
     python simulations/alignment.py              # the runs of experiment 1 (rules.py), reused
-    python simulations/alignment.py --epochs 5   # as RESULTS.md reports them
+    python simulations/alignment.py --epochs 5   # as docs/results.md reports them
     python simulations/alignment.py --quick
 
 NP, INP and ANP, plain and decorrelated, on Fashion-MNIST (the sweep of ``rules.py``, same

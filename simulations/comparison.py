@@ -1,7 +1,7 @@
 """Experiment 12: all fifteen rules -- the paper's eight and the seven comparisons of issue 30
 (wp, es, wfg, afg, fa, dfa, opzo) -- on the same networks, noise and data.
 
-    python simulations/comparison.py --workers 1            # the grid RESULTS.md reports
+    python simulations/comparison.py --workers 1            # the grid docs/results.md reports
     python simulations/comparison.py --quick                # three rules, one setting: seconds
 
 Per setting (``SETTINGS``: the digits with a dense, a convolutional and a spiking (LIF) net,

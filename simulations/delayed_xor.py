@@ -11,7 +11,8 @@ a cue three steps later, and a readout that sums over the steps, so a feed-forwa
 ``snn.Leaky`` can only add a function of ``a`` to one of ``b`` (chance, 0.5, for XOR) while an
 ``snn.RLeaky`` can carry ``a`` in its recurrent spikes until ``b`` arrives. 2048 training and
 512 test samples (seeds 0 and 1), batch 32, Adam, noise std 0.1. Prints the test accuracy
-after every epoch.
+after every epoch. ``--quick`` (what the tests run): 256 training and 128 test samples and
+2 epochs, to show the script runs, not what it learns.
 """
 
 from __future__ import annotations
@@ -59,14 +60,17 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true",
+                   help="256 training and 128 test samples, 2 epochs: a check that it runs")
     args = p.parse_args()
+    train, test, epochs = (256, 128, 2) if args.quick else (2048, 512, args.epochs)
     torch.set_num_threads(1)
     net = noisynets.wrap(model(args.recurrent, args.seed), time_steps=T, encoding="sequence",
                          noise_std=args.noise_std, per_step=args.per_step,
                          decorrelation=args.algo.startswith("d"), seed=args.seed)
     optimizer = torch.optim.Adam(net.trained_parameters(), lr=args.lr)
-    history = fit(net, make_rule(args.algo), optimizer, task(2048, 0), epochs=args.epochs,
-                  batch_size=32, test=task(512, 1), progress=False)
+    history = fit(net, make_rule(args.algo), optimizer, task(train, 0), epochs=epochs,
+                  batch_size=32, test=task(test, 1), progress=False)
     print(" ".join(f"{h.test_accuracy:.3f}" for h in history))
 
 

@@ -1,7 +1,7 @@
 """Experiment 1: all eight rules on Fashion-MNIST, with the spread over seeds.
 
     python simulations/rules.py                  # 784-1000-1000-1000-10, batch 1000, 20 epochs
-    python simulations/rules.py --epochs 5       # what RESULTS.md reports (a 2-core machine)
+    python simulations/rules.py --epochs 5       # what docs/results.md reports (a 2-core machine)
     python simulations/rules.py --quick          # digits, a small net, 2 epochs: seconds
 
 BP, NP, INP and ANP, each plain and decorrelated (D-), seeds 0, 1 and 2, Adam with each rule's

@@ -8,11 +8,18 @@ estimates and loss, and the final weights, ``R`` and noise states. With a ``worl
 does. Run under torchrun, rank 0 saves every case's result to ``OUTFILE``::
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/parallel_worker.py OUT
+
+The tests start the two processes themselves (``tests/test_parallel.py``, ``launch``), with
+torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and a file store named by
+``NOISYNETS_TEST_STORE`` to meet through, in place of the TCP store of torchrun's agent, which
+on a busy machine failed to start or took a worker down with it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -125,6 +132,11 @@ def guard_case(world: World | None) -> tuple[str | None, bool]:
 
 def main(path: str) -> None:
     torch.set_num_threads(1)
+    store = os.environ.get("NOISYNETS_TEST_STORE")
+    if store:  # started by the tests: meet through a file, no TCP store
+        torch.distributed.init_process_group(
+            "gloo", init_method=f"file://{store}", rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]), timeout=timedelta(minutes=10))
     world = init_from_environment(torch.device("cpu"))
     assert world is not None, "run me with torchrun (WORLD_SIZE > 1)"
     results: dict[str, Any] = {name: run_case(name, world) for name in CASES}

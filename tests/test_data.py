@@ -117,8 +117,8 @@ def test_the_documented_digits_split_is_the_loaded_one():
     sizes = (ds.train_x.shape[0], ds.test_x.shape[0])
     train, test = re.search(r"\((\d+) train / (\d+) test\)", data.__doc__).groups()
     assert (int(train), int(test)) == sizes
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert f"({sizes[0]:,} train / {sizes[1]} test)" in readme
+    install = (Path(__file__).parent.parent / "docs" / "install.md").read_text()
+    assert f"({sizes[0]:,} train / {sizes[1]} test)" in install
 
 
 def test_digits_split_matches_file_order():

@@ -142,6 +142,66 @@ def test_pcm_drift_and_read_noise_follow_the_model():
     assert_close((noisy / 12.5 - 1).std().item(), s_read, s_read / 20, "relative read noise")
 
 
+def aihwkit_pcm(W: torch.Tensor, z: list[torch.Tensor], prog: float, read: float,
+                drift: float, time: float, gmax: float, compensate: bool) -> torch.Tensor:
+    """The read weights of aihwkit's ``PCMLikeNoiseModel`` (its published formulas:
+    Nandakumar et al., ICECS 2019; Joshi et al., Nat. Commun. 11, 2473, 2020), written out
+    here in float64 on the normal draws ``z`` = (programming, drift exponent, read)."""
+    w_max = W.abs().max()
+    g_target = torch.stack([W.clamp(min=0), (-W).clamp(min=0)]) / w_max * gmax
+    x = g_target / gmax
+    sigma_prog = (0.26348 + 1.9650 * x + -1.1731 * x**2) * gmax / 25.0
+    g_prog = (g_target + prog * sigma_prog * z[0]).clamp(min=0.0)
+    relative = (g_target / gmax).abs().clamp(min=1e-7)
+    mu = (-0.0155 * relative.log() + 0.0244).clamp(min=0.049, max=0.1)
+    sigma_nu = (-0.0125 * relative.log() - 0.0059).clamp(min=0.008, max=0.045)
+    nu = (mu + sigma_nu * z[1]).abs() * drift
+    t, t_0, t_read = time + 20.0, 20.0, 250e-9
+    g_drift = g_prog * (t / t_0) ** (-nu) if t > t_0 else g_prog
+    q = (0.0088 / ((g_prog / gmax).abs() ** 0.65).clamp(min=1e-3)).clamp(max=0.2)
+    sigma_read = q * math.sqrt(math.log((t + t_read) / (2 * t_read)))
+    g = (g_drift + g_drift.abs() * read * sigma_read * z[2]).clamp(min=0.0)
+    weights = (g[0] - g[1]) * w_max / gmax
+    if compensate:  # the programmed over the drifted conductance, summed over the layer
+        weights = weights * ((g_prog[0] - g_prog[1]).abs().sum()
+                             / (g_drift[0] - g_drift[1]).abs().sum())
+    return weights
+
+
+@pytest.mark.parametrize("options", [
+    dict(prog=1.0, read=1.0, drift=1.0, time=3600.0, gmax=25.0, compensate=0),
+    dict(prog=1.0, read=1.0, drift=1.0, time=0.0, gmax=25.0, compensate=0),
+    dict(prog=0.5, read=2.0, drift=1.5, time=3.15e7, gmax=40.0, compensate=1),
+])
+def test_pcm_is_aihwkits_model_draw_for_draw(monkeypatch, options):
+    """Every read weight equals ``aihwkit_pcm`` fed the very normal draws the model made
+    (recorded as ``torch.randn`` returns them), to float64 rounding: the programming
+    polynomial, the drift exponent's clipped mean and spread, the drift, the read noise with
+    its time term, the pair's read-back and the drift compensation. The weights span 1e-4 to
+    1 of the largest, and zeros, so that every clip binds somewhere (a 5 % tolerance on a
+    standard deviation cannot see a 2 % error in a constant; this sees any)."""
+    g = torch.Generator().manual_seed(3)
+    magnitude = 10 ** (-4 * torch.rand(20, 30, generator=g, dtype=torch.float64))
+    sign = torch.where(torch.rand(20, 30, generator=g) < 0.5, -1.0, 1.0).double()
+    W = magnitude * sign
+    W[0, :5] = 0.0
+    draws: list[torch.Tensor] = []
+    randn = torch.randn
+
+    def recorded(*args, **kwargs):
+        z = randn(*args, **kwargs)
+        draws.append(z.clone())
+        return z
+
+    monkeypatch.setattr(torch, "randn", recorded)
+    read = PCMWeights(seed=5, **options).weight(0, W)
+    monkeypatch.undo()
+    assert [tuple(z.shape) for z in draws] == [(2, 20, 30)] * 3
+    expected = aihwkit_pcm(W, draws, **options)
+    torch.testing.assert_close(read, expected, rtol=1e-12, atol=1e-15)
+    assert (read - W).abs().max() > 1e-3  # the noise is there: the check is not of W alone
+
+
 def test_pcm_programs_once_per_update_and_reads_anew_every_forward():
     W = torch.nn.Parameter(torch.randn(8, 4, dtype=torch.float64))
     model = PCMWeights(read=0, seed=1)
@@ -238,7 +298,7 @@ def test_np_takes_what_it_can_estimate(tmp_path, options):
 
 
 def test_cli_names_bad_device_options(cli_fails):
-    cli_fails(["train", "--weight-noise", "pcm:time=-1"], "time=-1", ">= 0")
+    cli_fails(["train", "--weight-noise", "pcm:time=-1"], "time=-1", "[0, 1e+12]")
     cli_fails(["train", "--weight-noise", "rram"], "rram", "pcm")
     cli_fails(["train", "--adc", "bits=0"], "bits=0", "1 to 32")
     cli_fails(["train", "--noise", "replay:file=/no/such.npy"], "/no/such.npy")

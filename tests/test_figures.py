@@ -367,6 +367,20 @@ def test_the_drive_difference_is_drawn_over_every_record_as_its_quantiles(tmp_pa
     assert not [t for t in texts if "activity $a$" in t], texts
 
 
+def test_a_single_record_is_one_bar_per_layer_that_says_why(tmp_path):
+    """A run shorter than one trace interval holds one record (step 0): the panels over training
+    draw one bar and say what gives a curve; with two records they draw curves and say
+    nothing."""
+    from noisynets.plots import ONE_RECORD
+
+    for records, said in ((1, True), (2, False)):
+        path = trace_file(tmp_path / f"t{records}.h5", {}, two_layer_history(), records=records)
+        fig = trace_file_figure(path)
+        for k in (1, 2):
+            ax = panel(fig, f"Layer {k}" + (" (output)" if k == 2 else "") + ": noisy - clean")
+            assert (ONE_RECORD in [t.get_text() for t in ax.texts]) == said, records
+
+
 def test_a_raster_has_integer_time_ticks_and_only_the_traced_units(tmp_path):
     path = trace_file(tmp_path / "t.h5", {"unit": "lif"}, two_layer_history(), records=1)
     ax = panel(trace_file_figure(path), "Layer 1 spikes")

@@ -27,6 +27,7 @@ from torch import nn
 import noisynets
 from noisynets.checkpoints import model_state
 from noisynets.config import TrainConfig, resolve
+from noisynets.core.decorrelation import trained_weight
 from noisynets.core.export import export_model, readout
 from noisynets.data import load_dataset
 from noisynets.inference import load_trained, predict
@@ -95,6 +96,47 @@ def test_the_folded_copy_computes_the_trained_network_dense_and_conv(digits):
         for p in net.model.parameters():
             p.add_(1.0)
     assert all(torch.equal(a, b) for a, b in zip(before, plain.parameters()))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_the_convolution_fold_is_r_on_patches_built_by_hand(groups):
+    """A strided, dilated (grouped) convolution with a trained, non-symmetric ``R``: the
+    network's noise-free activity and its folded copy's convolution both equal
+    ``a = W_g (R_g P_g) + b`` per group ``g``, with the patches ``P`` (``in_channels / G *
+    kh * kw`` rows, ``F.unfold``'s order) cut by hand, sample by sample, position by
+    position. (Comparing the network with its copy cannot see ``R^T`` for ``R``: both take
+    the same folded weight.)"""
+    torch.manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=groups)
+    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(6 * 5 * 5, 3)).double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 4, 9, 9, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (64,), generator=g)
+    net = noisynets.wrap(model, noise_std=1e-3, decorrelation=True, seed=0)
+    decorrelator = net.layers[0].decorrelator.R  # a learnt R, say: far from I, not symmetric
+    with torch.no_grad():
+        decorrelator.add_(0.3 * torch.randn(decorrelator.shape, generator=g,
+                                            dtype=torch.float64))
+    R = decorrelator.detach().reshape(groups, 36 // groups, -1)
+    assert (R - R.mT).abs().max() > 0.1  # R and R^T differ: the check can tell them apart
+    d, out = R.shape[-1], 6 // groups
+    W = trained_weight(conv).detach().reshape(groups, out, d)  # the W the rule trains
+    expected = torch.zeros(5, 6, 5, 5, dtype=torch.float64)
+    padded = torch.nn.functional.pad(x[:5], (2, 2, 2, 2))
+    for n in range(5):
+        for i in range(5):
+            for j in range(5):
+                window = padded[n, :, 2 * i:2 * i + 5:2, 2 * j:2 * j + 5:2]  # (4, 3, 3)
+                for k in range(groups):
+                    patch = window[k * (4 // groups):(k + 1) * (4 // groups)].reshape(-1)
+                    expected[n, k * out:(k + 1) * out, i, j] = W[k] @ (R[k] @ patch)
+    expected += conv.bias.detach()[:, None, None]
+    record = net.run(x[:5], y[:5], noisynets.Passes.clean(net.num_layers))
+    torch.testing.assert_close(record.activity[0][0], expected.reshape(5, -1), rtol=1e-10,
+                               atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(export_model(net)[0](x[:5]), expected, rtol=1e-10,
+                                   atol=1e-12)
 
 
 def test_the_folded_spiking_copy_averages_the_readout_over_the_time_steps(digits):
@@ -177,7 +219,7 @@ def test_a_fresh_instance_of_the_users_class_scores_exactly_the_runs_accuracy(ru
     out, result = run
     _, namespace = models
     state = torch.load(out / "model.pt", weights_only=True)
-    assert state["version"] == 3 and state["inputs"]["mean"] is not None
+    assert state["version"] == 4 and state["inputs"]["mean"] is not None
     model = namespace["make_model"]()  # the user's own class, no noisynets in the way
     model.load_state_dict(state["model"])
     data = load_dataset("digits")
@@ -235,9 +277,9 @@ def test_a_run_loads_for_inference_without_its_data_and_predicts(run, models, mo
     np.save(tmp_path / "bad.npy", raw[:, :10])
     cli_fails(["predict", str(out), "--trust-model", "--input", str(tmp_path / "bad.npy")],
               f"shape ({len(raw)}, 10)", "(n, 64)")
-    (tmp_path / "x.txt").write_text("1,2")
+    (tmp_path / "x.txt").write_text("1,2")  # known by its content (CSV), whatever its name
     cli_fails(["predict", str(out), "--trust-model", "--input", str(tmp_path / "x.txt")],
-              "'.txt'", ".npy")
+              "x.txt", "shape (1, 2)")
     cli_fails(["predict", str(out), "--trust-model", "--input", str(tmp_path / "none.npy")],
               "no such file")
     (tmp_path / "junk.csv").write_text("1,2\nthree,4\n")
@@ -245,6 +287,34 @@ def test_a_run_loads_for_inference_without_its_data_and_predicts(run, models, mo
               "junk.csv")
     cli_fails(["predict", str(out), "--trust-model", "--input", str(tmp_path / "x.npy"), "-o",
                str(tmp_path / "p.json")], "'.json'")
+
+
+def test_predict_warns_in_one_line_when_inputs_lie_far_outside_the_training_range(
+        run, models, tmp_path, capsys, cli_fails):
+    """The digits were trained as pixels / 16, in [0, 1]: raw 0..16 pixels get one warning
+    line (and are predicted all the same), --out-of-range refuse makes it an error, and inputs
+    inside the range say nothing."""
+    from noisynets.cli import main
+
+    out, _ = run
+    model = f"{models[0]}:make_model"
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert (state["inputs"]["min"], state["inputs"]["max"]) == (0.0, 1.0)
+    raw = load_dataset("digits").test_x.numpy()
+    np.save(tmp_path / "pixels.npy", raw * 16)
+    np.save(tmp_path / "scaled.npy", raw)
+    assert main(["predict", str(out), "--input", str(tmp_path / "pixels.npy"),
+                 "--model", model]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("noisynets: warning: --input"), err
+    assert "[0, 16]" in err[0] and "[0, 1]" in err[0], err
+    assert (tmp_path / "pixels_predictions.csv").exists()
+    cli_fails(["predict", str(out), "--input", str(tmp_path / "pixels.npy"), "--model", model,
+               "--out-of-range", "refuse"], "[0, 16]", "--out-of-range warn")
+    for quiet in (["--input", str(tmp_path / "scaled.npy")],
+                  ["--input", str(tmp_path / "pixels.npy"), "--out-of-range", "ignore"]):
+        assert main(["predict", str(out), *quiet, "--model", model]) == 0
+        assert "warning" not in capsys.readouterr().err
 
 
 def test_a_version_1_model_file_still_loads(run, tmp_path):

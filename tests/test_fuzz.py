@@ -11,10 +11,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import random
 import struct
+import warnings
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -405,7 +408,7 @@ def test_hundreds_of_damaged_run_folders_model_files_and_paths_get_one_line_each
     import shutil
     import subprocess
 
-    from noisynets.checkpoints import CHECKPOINT_SCHEMA, MODEL_SCHEMA
+    from noisynets.checkpoints import CHECKPOINT_SCHEMA, MODEL_SCHEMA, sealed
     from noisynets.config import TrainConfig
     from noisynets.run import train
 
@@ -429,8 +432,8 @@ def test_hundreds_of_damaged_run_folders_model_files_and_paths_get_one_line_each
         path = folder / file
         if isinstance(data, bytes):
             path.write_bytes(data)
-        else:
-            torch.save(data, path)
+        else:  # sealed, so the checks after the digest's see the change (unless it is the case)
+            torch.save(data if "digest" in name else sealed(data), path)
         return folder
 
     def valid(schema: dict, data: dict) -> bool:
@@ -607,3 +610,360 @@ def run_cases(cases, capfd, root: Path, marker: Path) -> list[tuple[str, str]]:
         seconds[-1] = (time.perf_counter() - seconds[-1][0], name)
     print("slowest:", sorted(seconds, reverse=True)[:12])
     return defects
+
+
+# --- predict inputs, replay files, export targets, numbers at their limits, damaged model,
+# --- checkpoint and identity files (issue 27) --------------------------------------------
+
+def input_files(folder: Path, rng: random.Random) -> list[tuple[Path, int | None]]:
+    """(a file, the samples a prediction of it must have: None where it must be refused)."""
+    x = np.random.default_rng(27).random((6, 64))
+    made: list[tuple[Path, int | None]] = []
+
+    def new(name: str, data: bytes, samples: int | None) -> None:
+        path = folder / name
+        path.write_bytes(data)
+        made.append((path, samples))
+
+    def npy(array: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        return buffer.getvalue()
+
+    def npz(compressed: bool = False, **arrays: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
+        return buffer.getvalue()
+
+    def claims(shape: tuple[int, ...], descr: str = "<f8", tail: bytes = bytes(64)) -> bytes:
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False,
+                                                      "shape": shape})
+        return buffer.getvalue() + tail
+
+    text = "".join(",".join(repr(float(v)) for v in row) + "\n" for row in x)
+    good = {"npy": npy(x), "npz": npz(x=x), "npz_packed": npz(True, x=x), "csv": text.encode(),
+            "csv_bom": text.encode("utf-8-sig"), "one_sample": npy(x[0].reshape(1, 8, 8)),
+            "images": npy(x.reshape(6, 1, 8, 8)), "ints": npy((x * 9).astype(np.int32)),
+            "named_npz": npz(inputs=x), "header": ("a" + ",a" * 63 + "\n" + text).encode(),
+            "blank_lines": ("\n" + text.replace("\n", "\n\n")).encode()}
+    samples = {"one_sample": 1}
+    for kind, data in good.items():
+        for suffix in (".npy", ".npz", ".csv", ".bin"):  # every content under every name
+            new(f"{kind}{suffix}", data, samples.get(kind, 6))
+    bad = {
+        "empty": b"", "junk": bytes(rng.randbytes(300)), "text": b"hello world\n",
+        "header_only": ("a" + ",a" * 63 + "\n").encode(),
+        "first_row_garbled": text.replace("0.", "x.", 1).encode(),
+        "last_row_garbled": (text + "1," * 63 + "one\n").encode(),
+        "ragged": (text + "1,2,3\n").encode(), "trailing_comma": text.replace("\n", ",\n").encode(),
+        "nul": text.replace(",", "\x00,", 1).encode(), "long_field": b"1" * 200_000 + b"\n",
+        "quoted_newline": ('"1\n2"' + ",0" * 63 + "\n").encode(),
+        "overflow": (text + ",".join(["1e999"] * 64) + "\n").encode(),
+        "nan": npy(np.full((2, 64), np.nan)), "inf32": npy(np.full((2, 64), 1e300)),
+        "objects": b"", "strings": npy(np.array(["a"] * 64)), "complex": npy(x + 1j),
+        "structured": npy(np.zeros(3, dtype=[("a", "f8"), ("b", "f8")])),
+        "wrong_width": npy(x[:, :10]), "cube": npy(x.reshape(6, 4, 16)),
+        "scalar": npy(np.array(1.0)),
+        "zero_rows": npy(np.zeros((0, 64))), "rows_1e10": claims((10**10, 64)),
+        "short": claims((100, 64)), "negative_shape": claims((-1, 64)),
+        "object_descr": claims((2,), "|O"), "two_arrays": npz(a=x, b=x),
+        "no_arrays": npz(), "npz_rows_1e10": b"", "hdf5": b"",
+    }
+    for name, data in bad.items():
+        new(name, data, None)
+    with (folder / "objects").open("wb") as f:
+        np.save(f, np.array([1, "a"], dtype=object), allow_pickle=True)
+    with zipfile.ZipFile(folder / "npz_rows_1e10", "w") as z:
+        z.writestr("x.npy", claims((10**10, 64)))
+    with h5py.File(folder / "hdf5", "w") as f:
+        f["x"] = x
+    for k, data in enumerate((good["npz"], good["npz_packed"], good["npy"])):
+        for cut in (len(data) // 3, len(data) - 7):
+            new(f"cut{k}_{cut}", data[:cut], None)
+    for k in range(8):  # random flips in an archive: damage that zip's CRC or zlib sees
+        data = bytearray(good["npz"] if k % 2 else good["npz_packed"])
+        for _ in range(4):
+            data[rng.randrange(64, len(data) - 64)] ^= 0xFF
+        new(f"flipped_npz{k}", bytes(data), None)
+    fifo = folder / "fifo.npy"
+    os.mkfifo(fifo)
+    made.append((fifo, None))
+    (folder / "a_folder.npy").mkdir()
+    made.append((folder / "a_folder.npy", None))
+    (folder / "link_to_fifo.npy").symlink_to(fifo)
+    made.append((folder / "link_to_fifo.npy", None))
+    return made
+
+
+def recordings(folder: Path) -> list[tuple[Path, bool]]:
+    """(a recorded-noise file, whether replay may use it)."""
+    trace = np.random.default_rng(5).normal(size=(3, 50))
+    made: list[tuple[Path, bool]] = []
+    for name, array in (("trace.npy", trace), ("one.npy", trace[0])):
+        np.save(folder / name, array)
+        made.append((folder / name, True))
+    (folder / "named.bin").write_bytes((folder / "trace.npy").read_bytes())
+    made.append((folder / "named.bin", True))
+    with h5py.File(folder / "rec.h5", "w") as f:
+        f["v"] = trace
+    made.append((folder / "rec.h5", True))
+    return made
+
+
+@pytest.mark.slow  # about 500 cases, several minutes on two busy cores
+def test_the_newer_surfaces_get_one_line_each_and_lose_nothing(tmp_path, monkeypatch, capfd):
+    """Issue 27's surfaces: predict inputs, replay files, export targets, numbers at their
+    limits, damaged model.pt, checkpoint.pt and identity.json. Every case ends in one line
+    and status 2, or (where the input is valid) status 0 with every sample predicted; none
+    crashes, hangs (a case has 120 s), changes a file it was given or a run's files, leaves a
+    temporary or a half-written output, or uses a damaged file."""
+    import shutil
+    import signal
+
+    from noisynets.checkpoints import content_digest, load, sealed
+    from noisynets.config import TrainConfig
+    from noisynets.files import RUN_FILE_NAMES
+    from noisynets.run import train
+
+    rng = random.Random(27)
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "run"
+    train(TrainConfig(hidden=[8], epochs=1, trace_every=5, threads=1, out=str(base)),
+          progress=False, log=None)
+    capfd.readouterr()
+    intact = {name: digest(base / name) for name in RUN_FILE_NAMES if (base / name).exists()}
+    main(["evaluate", str(base), "--json"])
+    score = capfd.readouterr().out
+    cases: list[tuple[str, list[str], list[Path], bool, object]] = []
+
+    # predict inputs: each a file and its expected count of predictions
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for path, samples in input_files(inputs, rng):
+        out = tmp_path / f"p_{path.name.replace('.', '_')}.csv"
+
+        def rows(out: Path = out, samples: int | None = samples) -> str | None:
+            if samples is None:
+                return "written for a refused input" if out.exists() else None
+            count = len(out.read_text().splitlines()) - 1 if out.exists() else -1
+            return None if count == samples else f"{count} predictions of {samples} samples"
+
+        cases.append((f"predict {path.name}", ["predict", str(base), "--input", str(path),
+                                                "-o", str(out)],
+                      [path] if path.is_file() else [], samples is not None, rows))
+    # the same files as recorded noise (refused unless numbers of the right shape)
+    small = ["--hidden", "4", "--epochs", "1", "--trace-every", "0", "--no-figures",
+             "--threads", "1", "--dataset", "teacher:train=64,test=16"]
+    replay_inputs = tmp_path / "replay_in"
+    replay_inputs.mkdir()
+    for path, samples in input_files(replay_inputs, rng):
+        if samples is not None and not path.name.startswith(("csv", "header", "blank")):
+            continue  # numbers a recording may hold: replay trains on them (a few below)
+        recordable = path.name in ("wrong_width", "hdf5")  # not samples, but recordings
+        cases.append((f"replay {path.name}", ["train", "--noise", f"replay:file={path}",
+                                              *small, "--out", str(tmp_path / (
+                                                  f"r_{path.name}" if recordable else "never"))],
+                      [path] if path.is_file() else [], recordable, None))
+    for path, usable in recordings(tmp_path):
+        cases.append((f"replay ok {path.name}", ["train", "--noise", f"replay:file={path}",
+                                                 *small, "--out", str(tmp_path / f"r_{path.stem}")],
+                      [path], usable, None))
+
+    # export targets: a run's own files, a run folder, links to run files, odd places
+    trace = str(base / "trace.h5")
+    (tmp_path / "link.pt").symlink_to(base / "model.pt")
+    fifo = tmp_path / "out_fifo.npz"
+    os.mkfifo(fifo)
+    targets = [str(base / name) for name in (*RUN_FILE_NAMES, "tensorboard")]
+    targets += [str(base), str(tmp_path / "link.pt"), str(base / "nope" / "x.npz"),
+                str(base / "model.pt" / "x.npz"), str(tmp_path / ("y" * 300 + ".npz"))]
+    for target in targets:
+        for fmt in ("npz", "csv", "nwb", "nir"):
+            source = str(base) if fmt == "nir" else trace
+            new_folder = fmt == "csv" and target.endswith("nope/x.npz")  # made: allowed
+            cases.append((f"export {fmt} -o {Path(target).name[:20]}",
+                          ["export", source, "--format", fmt, "-o", target], [], new_folder,
+                          None))
+        cases.append((f"plot -o {Path(target).name[:20]}", ["plot", trace, "-o", target], [],
+                      Path(target).name == "trace.png", None))
+        cases.append((f"predict -o {Path(target).name[:20]}",
+                      ["predict", str(base), "--input", str(inputs / "npy.npy"), "-o",
+                       target], [], False, None))
+
+    # numbers at their limits, from the command line, TOML and sweep files
+    limits = {"--threads": ["1025", "0", "9" * 30], "--batch-size": ["1000000001", "-1"],
+              "--epochs": ["1000000001"], "--noise-samples": ["1000000000", "0"],
+              "--lr": ["1e309", "1e-400", "-0", "nan"], "--noise-std": ["1e309", "5e-324x"],
+              "--adc": ["bits=inf", "bits=-inf", "bits=nan", "bits=1e30", "bits=33",
+                        "bits=8,range=inf", "bits=8,range=1e300", "0"],
+              "--weight-noise": ["pcm:time=inf", "pcm:time=1e300", "pcm:gmax=1e300",
+                                 "pcm:prog=1e300", "pcm:read=-1", "pcm:compensate=2"],
+              "--noise": ["gaussian:std=1e309", f"gaussian:std=1{'0' * 400}",
+                          "telegraph:switch=1e-400"]}
+    for option, values in limits.items():
+        cases += [(f"{option} {value[:20]}", ["train", option, value, "--out",
+                                               str(tmp_path / "never")], [], False, None)
+                  for value in values]
+    for option, value in (("--batch-size", "9" * 30), ("--hidden", "0"), ("--steps", "10001"),
+                          ("--batch-size", "100000000")):
+        cases.append((f"bench {option} {value[:12]}", ["bench", option, value], [], False, None))
+    toml_values = [f"lr = 1{'0' * 400}", f"lr = 1{'0' * 5000}", "lr = 1979-05-27",
+                   "seed = 07:32:00", "epochs = 1979-05-27T07:32:00Z", "hidden = [[1]]",
+                   "noise = {std = 1}", "threads = 1025", "batch_size = 1000000001",
+                   "time_steps = -1", "lr = inf", "lr = nan", "adc = 'bits=inf'",
+                   "epochs = " + "[" * 3000 + "]" * 3000, "noise_samples = 1e9"]
+    for k, text in enumerate(toml_values):
+        path = tmp_path / f"limit{k}.toml"
+        path.write_text(text + "\n")
+        cases.append((f"toml {text[:24]}", ["train", "--config", str(path), "--out",
+                                            str(tmp_path / "never")], [path], False, None))
+        sweep = tmp_path / f"sweep_limit{k}.toml"
+        key, _, value = text.partition(" = ")
+        sweep.write_text(f"[grid]\n{key} = [{value}]\n")
+        cases.append((f"sweep {text[:24]}", ["sweep", str(sweep), "--workers", "1", "--out",
+                                             str(tmp_path / f"sw{k}")], [sweep], False, None))
+
+    # damaged model.pt, checkpoint.pt and identity.json
+    model_bytes = (base / "model.pt").read_bytes()
+    checkpoint_bytes = (base / "checkpoint.pt").read_bytes()
+    intact_content = {name: content_digest(load(base / name, name.split(".")[0]))
+                      for name in ("model.pt", "checkpoint.pt")}
+
+    def damaged_folder(file: str, data: bytes | None) -> Path:
+        folder = tmp_path / f"d{len(cases)}"
+        shutil.copytree(base, folder)
+        if file != "model.pt" or data is not None:
+            (folder / "model.pt").unlink()  # evaluate needs it; resume needs it gone
+        if data is None:
+            (folder / file).unlink()
+        else:
+            (folder / file).write_bytes(data)
+        return folder
+
+    def damage_used(folder: Path, file: str):
+        def check() -> str | None:  # accepted: only if what it holds is what was saved
+            try:
+                same = content_digest(load(folder / file, file.split(".")[0])) \
+                    == intact_content[file]
+            except ValueError:
+                same = False
+            return None if same else "a damaged file was used"
+        return check
+
+    for file, data in (("model.pt", model_bytes), ("checkpoint.pt", checkpoint_bytes)):
+        command = ["evaluate"] if file == "model.pt" else ["train", "--resume"]
+        for flips in (1, 8, 64):
+            for k in range(6):
+                blob = bytearray(data)
+                start = rng.randrange(len(blob) // 4, len(blob) - 80) if k else len(blob) // 2
+                for i in range(flips):
+                    blob[start + i] ^= 0xFF
+                folder = damaged_folder(file, bytes(blob))
+                cases.append((f"{file} {flips} flipped at {start}", [*command, str(folder)],
+                              [folder / file], True, damage_used(folder, file)))
+        state = torch.load(base / file, weights_only=True)
+        for name, value in (("nan", float("nan")), ("inf", float("inf"))):
+            edited = {**state, "network": {**state["network"]}}
+            key = next(iter(edited["network"]))
+            edited["network"][key] = edited["network"][key].clone().fill_(value)
+            buffer = io.BytesIO()
+            torch.save(sealed(edited), buffer)
+            folder = damaged_folder(file, buffer.getvalue())
+            cases.append((f"{file} {name} weights", [*command, str(folder)], [folder / file],
+                          False, None))
+    identity = (base / "identity.json").read_text()
+    for name, text in (("deleted", None), ("empty", ""), ("cut", identity[:30]),
+                       ("list", "[1]"), ("other id", identity.replace(
+                           json.loads(identity)["id"], "0" * 32)),
+                       ("other config", identity.replace(json.loads(identity)["config"],
+                                                         "1" * 64)),
+                       ("binary", "\x00\xff"), ("deep", "[" * 5000 + "]" * 5000)):
+        for command in (["evaluate"], ["train", "--resume"]):
+            folder = damaged_folder("identity.json", None if text is None
+                                    else text.encode("utf-8", "surrogateescape"))
+            if command[0] == "train":
+                (folder / "model.pt").unlink(missing_ok=True)
+            else:
+                shutil.copy(base / "model.pt", folder / "model.pt")
+            cases.append((f"identity {name} {command[0]}", [*command, str(folder)], [], False,
+                          None))
+
+    # FIFOs where a run's files or a command's input belong: a read would wait for ever
+    for file, command in (("identity.json", ["evaluate"]), ("results.json", ["train", "--resume"]),
+                          ("model.pt", ["evaluate"]), ("checkpoint.pt", ["train", "--resume"]),
+                          ("trace.h5", ["inspect"])):
+        folder = tmp_path / f"fifo_{file}"
+        shutil.copytree(base, folder)
+        if command[-1] == "--resume":
+            (folder / "checkpoint.pt").unlink()
+        (folder / file).unlink(missing_ok=True)
+        os.mkfifo(folder / file)
+        target = folder / file if command == ["inspect"] else folder
+        cases.append((f"fifo {file}", [*command, str(target)], [], False, None))
+    for option in ("--config", "--model"):
+        fifo = tmp_path / f"fifo{option[2:]}.py"
+        os.mkfifo(fifo)
+        value = f"{fifo}:net" if option == "--model" else str(fifo)
+        cases.append((f"fifo {option}", ["train", option, value, "--out",
+                                         str(tmp_path / "never")], [], False, None))
+
+    class Hang(BaseException):  # not an OSError (TimeoutError is): no handler takes it
+        pass
+
+    def alarm(signum, frame):
+        raise Hang("hung for 120 s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    defects: list[tuple[str, str]] = []
+    try:
+        for name, argv, inputs_, may_pass, check in cases:
+            before = {p: digest(p) for p in inputs_}
+            signal.alarm(120)
+            try:
+                with warnings.catch_warnings(record=True) as warned:
+                    warnings.simplefilter("always")
+                    status = main(argv)
+            except BaseException as e:  # noqa: BLE001 -- a crash or a hang is the finding
+                capfd.readouterr()
+                defects.append((name, f"raised {type(e).__name__}: {e}"[:200]))
+                continue
+            finally:
+                signal.alarm(0)
+            if warned:  # printed beside the one line, outside this test
+                defects.append((name, f"warned: {str(warned[0].message)[:100]}"))
+            captured = capfd.readouterr()
+            lines = captured.err.strip().splitlines()
+            if status == 0 and not may_pass:
+                defects.append((name, "accepted: the input is a mistake"))
+            elif status != 0 and (status != 2 or len(lines) != 1
+                                  or not lines[0].startswith("noisynets: error: ")):
+                defects.append((name, f"status {status}: {captured.err[-300:]!r}"))
+            if "Traceback" in captured.err or "Exception" in captured.err:
+                defects.append((name, "a traceback"))
+            problem = check() if check is not None and (status == 0 or "predict" in name) \
+                else None
+            if problem:
+                defects.append((name, problem))
+            changed = [str(p) for p in inputs_ if digest(p) != before[p]]
+            if changed:
+                defects.append((name, f"changed {changed}"))
+            run_files = {n: digest(base / n) for n in intact}
+            if run_files != intact:
+                defects.append((name, "changed the run's own files"))
+                intact = run_files
+            left = [str(p) for p in tmp_path.rglob("*.tmp-*")]
+            if left:
+                defects.append((name, f"left temporaries {left[:2]}"))
+            if (tmp_path / "never").exists():
+                defects.append((name, "a refused run left its folder"))
+                shutil.rmtree(tmp_path / "never")
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    main(["evaluate", str(base), "--json"])
+    assert capfd.readouterr().out == score  # the run still scores as it did
+    print(f"issue 27 fuzz: {len(cases)} tried, {len(cases) - len(defects)} clean, "
+          f"{len(defects)} defects")
+    assert len(cases) >= 300, len(cases)
+    assert not defects, f"{len(defects)} of {len(cases)}:\n" + "\n".join(
+        f"{name}: {what}" for name, what in defects)

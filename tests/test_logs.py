@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from noisynets import Network
+from noisynets.checkpoints import sealed
 from noisynets.config import TrainConfig, resolve
 from noisynets.hooks import EarlyStopping
 from noisynets.rules import make_rule
@@ -97,7 +98,7 @@ def test_a_checkpoint_and_trace_from_before_the_changed_fraction_resume(tmp_path
     assert checkpoint["epoch"] == 2
     for h in [checkpoint["initial"], *checkpoint["history"]]:
         del h["changed_fraction"]
-    torch.save(checkpoint, out / "checkpoint.pt")
+    torch.save(sealed(checkpoint), out / "checkpoint.pt")  # as an older run saved it
     with h5py.File(out / "trace.h5", "r+") as f:
         for k in (1, 2, 3):
             del f[f"metrics/changed_fraction_layer_{k}"]

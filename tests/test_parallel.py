@@ -34,12 +34,29 @@ def torchrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
          *args], capture_output=True, text=True, env=env, cwd=cwd)
 
 
+def launch(script: Path, *args: str, folder: Path, size: int = 2) -> None:
+    """``script ARGS`` in ``size`` processes, as torchrun starts them (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``; one thread each), meeting through a file store in
+    ``folder`` (``NOISYNETS_TEST_STORE``) instead of torchrun's TCP store: under load that store
+    failed to start (a client then waits 2 x 60 s for port 0) or its worker died with SIGABRT
+    ("terminate called without an active exception"). Every process must exit with 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": str(size),
+           "NOISYNETS_TEST_STORE": str(folder / "store")}
+    procs = [subprocess.Popen([sys.executable, str(script), *args],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(size)]
+    outputs = [p.communicate() for p in procs]
+    failed = [(r, p.returncode, err[-3000:]) for r, (p, (_, err)) in enumerate(zip(procs, outputs))
+              if p.returncode != 0]
+    assert not failed, failed
+
+
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("parallel") / "results.pt"
-    proc = torchrun(str(HERE / "parallel_worker.py"), str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(out, weights_only=True)
+    folder = tmp_path_factory.mktemp("parallel")
+    launch(HERE / "parallel_worker.py", str(folder / "results.pt"), folder=folder)
+    return torch.load(folder / "results.pt", weights_only=True)
 
 
 def test_shares_split_a_batch_as_tensor_split_does():

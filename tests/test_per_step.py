@@ -277,10 +277,10 @@ class SmoothRLeaky(snn.RLeaky):
         return self.spike_grad(mem - self.threshold)
 
 
-def recurrent_net(decorrelation: bool = False) -> Network:
+def recurrent_net(decorrelation: bool = False, per_step: bool = True) -> Network:
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(5, 6), SmoothRLeaky(6), nn.Linear(6, 4))
-    net = noisynets.wrap(model, time_steps=T, per_step=True, decorrelation=decorrelation,
+    net = noisynets.wrap(model, time_steps=T, per_step=per_step, decorrelation=decorrelation,
                          seed=0).double()
     with torch.no_grad():
         net.layers[0].weight.mul_(2.0)
@@ -317,3 +317,31 @@ def test_the_recurrent_estimate_is_unbiased_under_gaussian_noise():
         m = torch.cat([estimate[2].flatten(), estimate[3]])
         assert float(m @ g / (m.norm() * g.norm())) > 0.95, algo
         assert 0.9 < float(m.norm() / g.norm()) < 1.1, algo
+
+
+def test_summed_products_of_a_recurrent_layer_are_their_formula_with_step_constant_noise():
+    """The paper's summed products on a recurrent layer (``V S_{t-1} + c`` inside the
+    neuron), NP with basis pushes held constant over the steps. Then NP's node signal is
+    ``e_n = G_n / T``, ``G_n = sum_t dL_n/dI_{t,n}`` (BPTT's, of sample n alone), and::
+
+        g_b = g_c = T mean_n e_n = mean_n G_n       (both biases enter every step: exact)
+        g_W = mean_n e_n (sum_t x_n)^T              (the constant input current: exact)
+        g_V = mean_n e_n (sum_t S_{t-1,n})^T = mean_n G_n (mean_t S_{t-1,n})^T
+
+    with ``S_{t-1}`` the reference pass's spikes of the step before (``S_{-1} = 0``). A
+    factor ``T`` moved between ``V`` and ``c``, or the current step's spikes in place of the
+    previous step's, breaks it."""
+    net = recurrent_net(per_step=False)
+    x, y = data((5,), 4)
+    passes = use_basis_noise(net, x, y, C, layerwise=False)
+    W, b, V, c = make_rule("np", noise_samples=passes).gradients(net, x, y)[0][0]
+    G = torch.stack([make_rule("bp").gradients(net, x[n:n + 1], y[n:n + 1])[0][0][3]
+                     for n in range(B)])  # (B, nodes): dL_n/dc = sum_t dL_n/dI_t
+    spikes = net.run(x, y, Passes.clean(net.num_layers), keep_states=True).outputs[0][:, 0]
+    previous = torch.cat([torch.zeros_like(spikes[:1]), spikes[:-1]])  # S_{t-1}, (T, B, n)
+    close = dict(rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(c, G.mean(0), **close)
+    torch.testing.assert_close(b, G.mean(0), **close)
+    torch.testing.assert_close(W, G.T @ x / B, **close)
+    torch.testing.assert_close(V, G.T @ previous.mean(0) / B, **close)
+    assert float(previous.abs().max()) > 0.1  # the spikes the recurrent weight sees are there

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from noisynets.checkpoints import CHECKPOINT_FILE, MODEL_FILE, load
+from noisynets.checkpoints import CHECKPOINT_FILE, MODEL_FILE, load, sealed
 from noisynets.cli import main
 from noisynets.config import TrainConfig
 from noisynets.files import atomic, remove_stale, write_text_atomic
@@ -47,24 +47,6 @@ def temporaries(folder: Path) -> list[str]:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs, unmounted afterwards; skipped where it cannot be mounted."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root and mount(8): the full-disk tests "
-                    "cannot make a disk to fill")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
-                          capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def run_worker(mode: str, disk: Path, argv: list[str]) -> subprocess.CompletedProcess:
@@ -233,10 +215,12 @@ def resumable(finished: Path, tmp_path: Path, seed: int = 0) -> Path:
 
 
 def edited(run: Path, change) -> Path:
+    """The run's checkpoint changed by ``change`` and saved with the digest of what it holds
+    then (``checkpoints.sealed``): the checks after the digest's see the change."""
     path = run / CHECKPOINT_FILE
     data = torch.load(path, weights_only=True)
     change(data)
-    torch.save(data, path)
+    torch.save(sealed(data), path)
     return path
 
 
@@ -433,3 +417,82 @@ def test_a_checkpoint_of_format_1_still_resumes(finished, tmp_path):
     (run / "identity.json").unlink()
     edited(run, lambda d: (d.pop("run"), d.pop("noisynets_version"), d.update(version=1)))
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+
+
+# --- damage on disk is refused, never trained on or scored (issue 27) ----------------------
+
+def flipped(path: Path, count: int = 64) -> None:
+    """``count`` bytes in the middle of ``path`` inverted: the damage of a disk or a copy."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, middle + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_model_file_with_flipped_bytes_is_refused_not_scored(finished, tmp_path, cli_fails):
+    """It was scored (exit 0, test loss 5451.9 against 2.28 intact)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished / "seed0", run)
+    flipped(run / MODEL_FILE)
+    before = digest(run / MODEL_FILE)
+    cli_fails(["evaluate", str(run)], "model.pt", "is damaged", "sha256")
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 64), np.float32))
+    cli_fails(["predict", str(run), "--input", str(x)], "model.pt", "is damaged")
+    assert digest(run / MODEL_FILE) == before
+    assert not (tmp_path / "x_predictions.csv").exists()
+
+
+def test_a_checkpoint_with_flipped_bytes_is_refused_not_trained_on(finished, tmp_path,
+                                                                  cli_fails):
+    """It trained on and ended in "training diverged ... lower --lr", the wrong way."""
+    run = resumable(finished, tmp_path)
+    flipped(run / CHECKPOINT_FILE)
+    cli_fails(["train", "--resume", str(run)], "checkpoint.pt", "is damaged", "sha256")
+
+
+@pytest.mark.parametrize("file", [MODEL_FILE, CHECKPOINT_FILE])
+def test_non_finite_weights_are_damage(finished, tmp_path, cli_fails, file):
+    """A run never saves a non-finite weight; a file with one (its digest made to match) was
+    scored as loss nan with exit 0."""
+    run = tmp_path / "run"
+    shutil.copytree(finished / "seed0", run)
+    data = torch.load(run / file, weights_only=True)
+    data["network"][W1][0, 0] = float("nan")
+    torch.save(sealed(data), run / file)
+    if file == MODEL_FILE:
+        cli_fails(["evaluate", str(run)], "model.pt", "not finite", W1)
+    else:
+        (run / MODEL_FILE).unlink()
+        cli_fails(["train", "--resume", str(run)], "checkpoint.pt", "not finite")
+
+
+def test_a_run_folder_without_its_identity_is_not_trusted_more(finished, tmp_path, cli_fails):
+    """Deleting identity.json switched the identity check off: the run was taken for one of
+    an older noisynets. Now its files say their run wrote one, and it is asked for."""
+    run = resumable(finished, tmp_path)
+    (run / "identity.json").unlink()
+    cli_fails(["train", "--resume", str(run)], "identity.json", "is missing", "checkpoint.pt")
+    shutil.copy(finished / "seed0" / MODEL_FILE, run / MODEL_FILE)
+    cli_fails(["evaluate", str(run)], "identity.json", "is missing", "model.pt")
+
+
+def test_files_of_the_versions_before_the_digest_still_load(finished, tmp_path):
+    """A checkpoint of format 2 and a model file of format 3 (identities, no digest) load as
+    they did: what can be checked of them (schema, finite weights, fit, identity) is."""
+    run = resumable(finished, tmp_path)
+    edited(run, lambda d: (d.pop("digest"), d.update(version=2)))
+    data = torch.load(run / CHECKPOINT_FILE, weights_only=True)
+    assert "digest" in data  # edited() sealed it again: the old version ignores the key
+    torch.save({k: v for k, v in data.items() if k != "digest"}, run / CHECKPOINT_FILE)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    model = torch.load(run / MODEL_FILE, weights_only=True)
+    model.pop("digest")
+    model["version"] = 3
+    torch.save(model, run / MODEL_FILE)
+    assert main(["evaluate", str(run)]) == 0
+    model["network"][W1][0, 0] = float("inf")  # still checked
+    torch.save(model, run / MODEL_FILE)
+    with pytest.raises(ValueError, match="not finite"):
+        load(run / MODEL_FILE, "model")

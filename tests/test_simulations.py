@@ -76,3 +76,13 @@ def test_estimator_quality_quick_measures_every_method_on_the_three_networks(tmp
     readout = {m: sum(c[-1] for c in b) / 3 for m, b in found["dense 128x3"].items()}
     assert readout["DANP K=4"] > readout["DANP"]
     assert is_png(tmp_path / "estimator_quality.png")
+
+
+def test_delayed_xor_quick_prints_the_accuracy_after_every_epoch():
+    """The recurrent layer with per-step products, the README's command for this task."""
+    proc = subprocess.run([sys.executable, str(SIMULATIONS / "delayed_xor.py"), "--quick",
+                           "--algo", "danp", "--recurrent", "--per-step"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    accuracies = [float(a) for a in proc.stdout.split()]
+    assert len(accuracies) == 2 and all(0 <= a <= 1 for a in accuracies), proc.stdout

@@ -487,6 +487,24 @@ def test_the_reader_says_what_is_wrong_with_a_file(cli_fails, rate_run, tmp_path
     cli_fails(["plot", str(broken)], "not a whole noisynets trace file")
 
 
+def test_a_crafted_file_whose_layer_is_a_dataset_is_one_line_for_every_command(
+        cli_fails, rate_run, tmp_path):
+    """inspect, plot and the NWB export met a KeyError (a traceback)."""
+    crafted = tmp_path / "crafted.h5"
+    crafted.write_bytes(rate_run.read_bytes())
+    with h5py.File(crafted, "a") as f:
+        del f["traces/layer_1"]
+        f["traces/layer_1"] = np.arange(3)
+    for command in (["inspect"], ["plot", "-o", str(tmp_path / "p.png")],
+                    ["export", "--format", "npz", "-o", str(tmp_path / "e.npz")],
+                    ["export", "--format", "csv", "-o", str(tmp_path / "csv")],
+                    ["export", "--format", "nwb", "-o", str(tmp_path / "e.nwb")]):
+        if command[-1].endswith(".nwb"):
+            pytest.importorskip("pynwb")
+        cli_fails([command[0], str(crafted), *command[1:]], "/traces/layer_1 is not a group")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.h5"]
+
+
 # --- mistakes -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", [["inspect"], ["plot"], ["export", "--format", "npz"]])

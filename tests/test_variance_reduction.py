@@ -44,6 +44,29 @@ def test_the_second_pass_of_a_pair_carries_the_negated_noise(spec, T):
     assert stop - start == 4
 
 
+def test_an_antithetic_pair_mirrors_the_threshold_noise_too():
+    """The second pass of a pair negates the node noise ``eps`` and the threshold noise
+    ``xi`` alike. A LIF node held at its threshold, ``U = theta + eps`` (no input, bias
+    ``theta``, one step), spikes when ``eps - xi > 0``; its mirror when ``-eps + xi > 0``:
+    exactly one of the two, at every node of every sample. Independent threshold noise in
+    the mirror would leave about a quarter of the pairs with no spike or two."""
+    net = Network([4, 50, 3], unit="lif", threshold_noise=0.5, noise_std=0.3, time_steps=1,
+                  seed=0).double()
+    first = net.model[1]  # the first weight operation, and the neurons' threshold
+    with torch.no_grad():
+        first.weight.zero_()
+        first.bias.fill_(float(net.model[2].threshold))
+    x, y = torch.zeros(8, 4, dtype=torch.float64), torch.zeros(8, dtype=torch.long)
+    K = 3
+    record = net.run(x, y, Passes.perturbed(net.num_layers, K, antithetic=True),
+                     keep_states=True)
+    spikes = record.outputs[0][0]  # step 0: (passes, samples, nodes)
+    assert torch.equal(spikes[1:1 + K] + spikes[1 + K:], torch.ones_like(spikes[1:1 + K]))
+    plain = net.run(x, y, Passes.perturbed(net.num_layers, 2 * K), keep_states=True)
+    assert not torch.equal(plain.outputs[0][0][1:1 + K] + plain.outputs[0][0][1 + K:],
+                           torch.ones_like(spikes[1:1 + K]))  # the control: not by chance
+
+
 def test_one_np_pair_is_the_central_difference():
     """``mean over the pair of dL/s^2 eps = (L(+eps) - L(-eps)) / (2 s^2) eps``."""
     net, x, y = tanh_net(0.3)

@@ -13,7 +13,7 @@ Two properties of an analog in-memory computing chip that node noise does not co
 
 ``Network(..., weight_noise=..., adc=...)`` takes either (an object or a spec string:
 ``make_weight_noise("pcm:time=3600")``, ``make_adc("bits=6,range=4")``); the forward calls
-``PCMWeights.weight`` once per layer and forward (``Network._folded_weights``) and
+``PCMWeights.weight`` once per layer and forward (``noisynets.core.forward``) and
 ``ADC.read`` on what it records. Both use a straight-through gradient, so BP trains through
 the device as an ideal software model of it would (the value read, the gradient of the ideal
 weight or activity).
@@ -49,6 +49,13 @@ PROG_G_MAX = 25.0
 T_READ = 250e-9
 T_0 = 20.0
 ZERO_CLIP = 1e-7
+# The ranges a spec may set: the three effects' scales (1 is the model's), the seconds since
+# programming (about 30,000 years), the largest conductance in uS (a device has about 25), the
+# ADC's full scale; beyond them a float32 forward overflows, or the model means nothing.
+MAX_SCALE = 100.0
+MAX_TIME = 1e12
+MAX_G = 1e6
+MAX_RANGE = 1e6
 
 
 class PCMWeights(NoiseSource):
@@ -91,11 +98,11 @@ class PCMWeights(NoiseSource):
         gmax: float = 25.0, compensate: float = 0.0, seed: int = 0,
     ) -> None:
         super().__init__(seed)
-        self.prog = _number("prog", prog)
-        self.read = _number("read", read)
-        self.drift = _number("drift", drift)
-        self.time = _number("time", time)
-        self.gmax = _number("gmax", gmax, low_open=True)
+        self.prog = _number("prog", prog, high=MAX_SCALE)
+        self.read = _number("read", read, high=MAX_SCALE)
+        self.drift = _number("drift", drift, high=MAX_SCALE)
+        self.time = _number("time", time, high=MAX_TIME)
+        self.gmax = _number("gmax", gmax, low_open=True, high=MAX_G)
         if compensate not in (0, 1):
             raise ValueError(f"compensate={compensate!r} must be 0 or 1")
         self.compensate = bool(compensate)
@@ -217,10 +224,11 @@ class ADC(nn.Module):
 
     def __init__(self, bits: int = 8, range: float = 4.0) -> None:  # noqa: A002
         super().__init__()
-        if isinstance(bits, bool) or int(bits) != bits or not 1 <= bits <= 32:
+        if isinstance(bits, bool) or not isinstance(bits, (int, float)) \
+                or not 1 <= bits <= 32 or int(bits) != bits:  # NaN, inf: not in [1, 32]
             raise ValueError(f"bits={bits!r} must be an integer from 1 to 32")
         self.bits = int(bits)
-        self.range = _number("range", range, low_open=True)
+        self.range = _number("range", range, low_open=True, high=MAX_RANGE)
 
     @property
     def step(self) -> float:
@@ -286,6 +294,6 @@ def make_adc(spec: str | ADC | None) -> ADC | None:
     except ValueError:
         raise ValueError(f"bad adc {spec!r}: bits={kwargs['bits']!r} is not a number") from None
     try:
-        return ADC(bits=int(bits) if bits == int(bits) else bits, range=kwargs.get("range", 4.0))
+        return ADC(bits=bits, range=kwargs.get("range", 4.0))
     except ValueError as err:
         raise ValueError(f"bad adc {spec!r}: {err}") from None

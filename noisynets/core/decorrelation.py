@@ -29,11 +29,16 @@ Example::
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from noisynets.core.ops import fold, kind_of
+from noisynets.parallel import Shard, all_reduce_sum
 
 
 class Decorrelator(nn.Module):
@@ -123,6 +128,39 @@ def trained_weight(op: nn.Module) -> Tensor:
     if parametrize.is_parametrized(op, "weight"):
         return op.parametrizations.weight.original
     return op.weight
+
+@torch.no_grad()
+def update_layers(layers: Sequence[Any], inputs: Sequence[Tensor], steps: Sequence[int],
+                  fraction: float, lr: float, shard: Shard | None = None) -> None:
+    """One step ``R <- R - eta_R C R`` of every layer's decorrelator, from its reference
+    inputs ``inputs[k]`` summed over its ``steps[k]`` calls (so divided by them).
+
+    The correlation is estimated from the first ``ceil(fraction * B)`` samples of the batch
+    (a random subsample when the batches are shuffled); a convolution uses all their
+    patches. Sharded, ``B`` is the global batch: each rank places the rows of its samples
+    among them at their place in zeros of the global row count, and a sum over the ranks
+    gathers them exactly (``noisynets.parallel``).
+    """
+    if shard is None:
+        m = max(1, math.ceil(fraction * inputs[0].shape[0]))
+        for layer, seen, T in zip(layers, inputs, steps):
+            rows = layer.decorrelation_rows(seen[:m].detach() / T)
+            layer.decorrelator.update(rows, lr)
+        return
+    m = max(1, math.ceil(fraction * shard.total))
+    count = min(shard.size, max(0, m - shard.offset))  # the rank's samples among the m
+    gathered = []
+    for layer, seen, T in zip(layers, inputs, steps):
+        local = layer.decorrelation_rows(seen[: max(1, count)].detach() / T)
+        per = local.shape[-2] // max(1, count)  # rows per sample: patches of a conv
+        rows = local.new_zeros(*local.shape[:-2], m * per, local.shape[-1])
+        start = shard.offset * per
+        rows[..., start : start + count * per, :] = local[..., : count * per, :]
+        gathered.append(rows)
+    all_reduce_sum(gathered, shard.world)
+    for layer, rows in zip(layers, gathered):
+        layer.decorrelator.update(rows, lr)
+
 
 
 def mean_abs_correlation(x: Tensor) -> Tensor:

@@ -21,12 +21,8 @@ first layer's product of an unchanged input is computed once for all calls. That
 yet perturbed is the reference pass row for row is checked on a network's first forward (a
 model that draws its own random numbers per row is then run with every pass in full).
 
-Beside the weight operations: ``nn.Dropout`` (any ``_DropoutNd``) draws one mask per sample
-and forward, the same in every pass and call; a recurrent neuron's recurrent weight records
-its input (the previous step's spikes) for its layer; a ``units.LIF`` node with threshold
-noise gets it in its noisy passes; node modules after a layer report their outputs where the
-Record keeps them (traces, local losses) and mark discontinuous outputs (Heaviside, sign,
-spikes) for the next layer's event-driven difference product.
+Beside the weight operations the engine hooks dropout, recurrent weights, threshold noise and
+the node modules (``noisynets.core.node_hooks``).
 """
 
 from __future__ import annotations
@@ -40,6 +36,13 @@ import torch
 from torch import Tensor, nn
 
 from noisynets.core.layer import EVENT_MIN_OUTPUTS, Layer
+from noisynets.core.node_hooks import (
+    discontinuous,
+    dropout,
+    node_output,
+    recurrent_input,
+    threshold_noise,
+)
 from noisynets.core.precision import difference_dtype
 from noisynets.core.record import Passes, mirrored
 from noisynets.core.units import LIF, Heaviside, Sign
@@ -105,11 +108,11 @@ class Forward:
         self.hidden: list[Tensor | None] = [None] * L  # node outputs summed (local losses)
         self.last: list[Tensor | None] = [None] * L  # what each layer returned last
         self.watched: list[tuple[Tensor, int, str]] = []  # (tensor, version): not changed
-        self._weights: dict[int, Tensor | None] = {}
+        self.weights: dict[int, Tensor | None] = {}
         self._cache: dict[int, tuple[tuple, Tensor, Tensor, Tensor, Tensor | None]] = {}
         self._buffers: dict[int, Tensor] = {}
         self._masks: dict[int, Tensor] = {}
-        self._pending: dict[int, tuple] = {}
+        self.pending: dict[int, tuple] = {}
         self._handles: list[Any] = []
         self._patched: list[nn.Module] = []
         # What each layer is, read once per forward.
@@ -136,20 +139,21 @@ class Forward:
                 layer.casts, layer.changed = {}, [0, 0]
                 if layer.recurrent is not None:
                     self._hook(layer.recurrent.register_forward_pre_hook(
-                        functools.partial(self._recurrent_input, k)))
+                        functools.partial(recurrent_input, self, k)))
                 if layer.unit is not None and (self.keep_states or self.network.heads is not None
                                                and k < len(self.layers) - 1):
                     self._hook(layer.unit.register_forward_hook(
-                        functools.partial(self._node_output, k)))
+                        functools.partial(node_output, self, k)))
                 if isinstance(layer.unit, LIF) and layer.threshold_noise is not None:
                     self._hook(layer.unit.register_forward_pre_hook(
-                        functools.partial(self._threshold_noise, k)))
+                        functools.partial(threshold_noise, self, k)))
             for module in self.network.model.modules():
                 if isinstance(module, DISCONTINUOUS) and any(self.dense[1:]):
-                    self._hook(module.register_forward_hook(self._discontinuous))
+                    self._hook(module.register_forward_hook(
+                        functools.partial(discontinuous, self)))
                 if isinstance(module, nn.modules.dropout._DropoutNd) and module.training \
                         and module.p > 0:
-                    self._patch(module, functools.partial(self._dropout, module))
+                    self._patch(module, functools.partial(dropout, self, module))
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -209,7 +213,7 @@ class Forward:
         arrived = h
         if self.route is not None:
             h = self.route.enter(self, k, h)
-        weight = self._weights[k] if k in self._weights else self._weight(k, clean)
+        weight = self.weights[k] if k in self.weights else self._weight(k, clean)
         seen, a_ref, full = self._reference(k, h, ptr, weight, clean)
         start, stop = self.noisy[k]
         if full is not None:
@@ -253,8 +257,8 @@ class Forward:
         """The weight layer ``k`` multiplies by in this forward: ``W`` read through device
         noise (times ``R``), ``W R`` folded, or None where a dense layer decorrelates its rows
         (cheaper than folding when it multiplies fewer than ``n_out + B`` rows)."""
-        if k in self._weights:
-            return self._weights[k]
+        if k in self.weights:
+            return self.weights[k]
         layer, network = self.layers[k], self.network
         decorrelator = self.decorrelators[k]
         if network.weight_noise is not None:
@@ -268,7 +272,7 @@ class Forward:
             passes = 1 if clean else self.P
             rows = self.B if clean and self.constant_input else calls * passes * self.B
             weight = layer.folded_weight() if rows > layer.out_features + self.B else None
-        self._weights[k] = weight
+        self.weights[k] = weight
         return weight
 
     def _reference(self, k: int, h: Tensor, ptr: int, weight: Tensor | None, clean: bool
@@ -383,71 +387,9 @@ class Forward:
         if weight is not None and not layer.conv and self.decorrelators[k] is not None:
             xh = self.decorrelators[k].decorrelate(xh)
         if layer.recurrent is not None:  # its recurrent weight's input comes with the neuron
-            self._pending[k] = (t, xh, a, eps)
+            self.pending[k] = (t, xh, a, eps)
             return
         self.on_step(k, t, xh, a, eps, None)
-
-    def _recurrent_input(self, k: int, module: nn.Module, args: tuple) -> tuple:
-        """A recurrent weight's input ``S_{t-1}`` (all passes): its reference rows summed for
-        the Record, in the network's dtype (snntorch's spikes are float32)."""
-        previous = args[0]
-        weight = self.layers[k].recurrent_parameters()[0]
-        if previous.dtype != weight.dtype:
-            previous = previous.to(weight.dtype)
-        reference = previous[: self.B].detach().reshape(self.B, -1)
-        self.previous[k] = reference if self.previous[k] is None else self.previous[k] + reference
-        pending = self._pending.pop(k, None)
-        if pending is not None:
-            self.on_step(k, pending[0], pending[1], pending[2], pending[3], reference)
-        return (previous, *args[1:])
-
-    def _node_output(self, k: int, module: nn.Module, args: tuple, out: Any) -> None:
-        h = out[0] if isinstance(out, tuple) else out
-        flat = h.reshape(h.shape[0], -1)
-        if self.keep_states:
-            self.outputs[k].append(flat.detach().to(self.network.dtype))
-            mem = getattr(module, "mem", None) if isinstance(module, snn.SpikingNeuron) else None
-            if isinstance(mem, Tensor) and mem.shape == h.shape:
-                self.membrane[k].append(mem.detach().reshape(h.shape[0], -1).clone())
-        if self.network.heads is not None:
-            flat = flat.to(self.network.dtype)
-            self.hidden[k] = flat.clone() if self.hidden[k] is None else self.hidden[k] + flat
-
-    def _discontinuous(self, module: nn.Module, args: tuple, out: Any) -> None:
-        h = out[0] if isinstance(out, tuple) else out
-        if isinstance(h, Tensor):
-            self.discontinuous[id(module)] = h
-
-    def _threshold_noise(self, k: int, module: nn.Module, args: tuple) -> None:
-        """``units.LIF``'s threshold noise in the layer's noisy passes (zero elsewhere)."""
-        layer, (start, stop) = self.layers[k], self.passes.noisy[k]
-        current = args[0]
-        if stop <= start:
-            module.threshold_shift = None
-            return
-        B = self.B
-        shift = torch.zeros_like(current)
-        shift[start * B: stop * B] = self.draw(layer.threshold_noise, current[start * B: stop * B])
-        if self.passes.antithetic:
-            shift[start * B: stop * B] = mirrored(shift[start * B: stop * B], B)
-        module.threshold_shift = shift
-
-    def _dropout(self, module: nn.Module, h: Tensor) -> Tensor:
-        """Dropout with one mask per sample and forward, the same in every pass and call
-        (of the global batch when sharded), repeated over the passes: ``nn.Dropout``'s
-        ``bernoulli(1 - p) / (1 - p)``, any other dropout module's own dropout of ones."""
-        mask = self._masks.get(id(module))
-        if mask is None or mask.shape[1:] != h.shape[1:]:
-            shape = (self.B, *h.shape[1:])
-            if type(module) is nn.Dropout:
-                keep = 1.0 - module.p
-                mask = self.draw(lambda o: torch.bernoulli(torch.full_like(o, keep)) / keep,
-                                 h.new_zeros(shape))
-            else:
-                drop = type(module).forward
-                mask = self.draw(lambda o: drop(module, torch.ones_like(o)), h.new_zeros(shape))
-            self._masks[id(module)] = mask
-        return h * mask.repeat(h.shape[0] // self.B, *([1] * (h.dim() - 1)))
 
     def finish(self) -> None:
         """After the model ran: the in-place check, and the rows' equality learned once."""

@@ -27,7 +27,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,19 +36,22 @@ import torch
 from torch import Tensor, nn
 
 from noisynets.core.analog import ADC, PCMWeights, make_adc, make_weight_noise
-from noisynets.core.decorrelation import decorrelate
+from noisynets.core.decorrelation import decorrelate, update_layers
 from noisynets.core.forward import Forward, Route, StepHook
+from noisynets.core.heads import check_local_losses, head_gradients, make_heads
+from noisynets.core.keys import current_keys
 from noisynets.core.layer import Layer
 from noisynets.core.losses import LossFn, make_loss
 from noisynets.core.model import check_model, find_layers, runs_own_loop, unit_follows
 from noisynets.core.noise import Gaussian, Logistic, NoiseSource, make_noise
 from noisynets.core.precision import PRECISIONS, difference_dtype
 from noisynets.core.record import Passes, Record
-from noisynets.core.steps import ENCODINGS, READOUTS, Outputs, run_model, score
+from noisynets.core.report import injected_noise, make_record
+from noisynets.core.steps import ENCODINGS, READOUTS, run_model
 from noisynets.core.units import LIF, StochasticBinary
 from noisynets.core.validate import check_forward
 from noisynets.models import he_normal, mlp
-from noisynets.parallel import Shard, all_reduce_sum
+from noisynets.parallel import Shard
 
 
 class Network(nn.Module):
@@ -135,20 +137,8 @@ class Network(nn.Module):
             raise ValueError(f"threshold_noise {threshold_noise:g} needs noisynets.core.units."
                              "LIF nodes (--unit lif)")
         sources = noise_sources(noise, noise_std, len(found))
-        layers = []
-        for k, (name, op, node) in enumerate(found):
-            if self.sizes is not None:
-                he_normal(op, g)
-            source = Logistic(scale=1.0) if isinstance(node, StochasticBinary) else sources[k]
-            lif = isinstance(node, LIF) and threshold_noise
-            layer = Layer(name, op, source, node, Gaussian(threshold_noise) if lif else None)
-            layer.noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
-            if layer.threshold_noise is not None:
-                layer.threshold_noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
-            layer.buffer_safe = unit_follows(model, op, node)
-            if decorrelation:
-                decorrelate(op)
-            layers.append(layer)
+        layers = build_layers(model, found, sources, threshold_noise, decorrelation, g,
+                              built=self.sizes is not None)
         self.layers = nn.ModuleList(layers)
         self.unit = unit if self.sizes is not None else "custom"
         self.decorrelation_lr = float(decorrelation_lr)
@@ -177,7 +167,7 @@ class Network(nn.Module):
         self.heads: nn.ModuleList | None = None
         if self.local_losses:
             self.check_local_losses()
-            self.heads = nn.ModuleList(self._heads(g))
+            self.heads = make_heads(self.layers, g)
         # A rule's feedback matrices (fa, dfa, opzo: ``rules.base.Feedback``), set by the rule,
         # so that the network's state_dict -- checkpoints, exact resume -- carries them.
         self.feedback: nn.Module | None = None
@@ -209,33 +199,9 @@ class Network(nn.Module):
                 module.eval()
         return self
 
-    def _heads(self, g: torch.Generator) -> list[nn.Linear]:
-        """One readout head ``H_k`` (n_k -> C, bias on) per hidden layer, He-normal weights from
-        the network's generator (drawn after everything else it draws), zero biases."""
-        last = self.layers[-1].weight
-        heads = []
-        for layer in self.layers[:-1]:
-            head = nn.Linear(layer.out_features, self.layers[-1].out_features)
-            with torch.no_grad():
-                he_normal(head, g)
-            heads.append(head.to(last.device, last.dtype))
-        return heads
-
     def check_local_losses(self) -> None:
-        """Local losses need hidden layers whose nodes are a dense layer's outputs, each with
-        its unit (the heads read its outputs, ``n_k`` of them), and summed products."""
-        if self.num_layers < 2:
-            raise ValueError("local losses need at least one hidden layer: add one, or drop "
-                             "local losses (--local-losses)")
-        if self.per_step:
-            raise ValueError("local losses are built for summed products: drop per-step products "
-                             "(--per-step-products) or local losses (--local-losses)")
-        for k, layer in enumerate(self.layers):
-            if layer.conv or (k < self.num_layers - 1 and layer.unit is None):
-                kind = "a convolution" if layer.conv else "no node module after it"
-                raise ValueError(f"local losses need dense hidden layers, but layer {k + 1} has "
-                                 f"{kind}: use an mlp (--arch mlp) or drop local losses "
-                                 "(--local-losses)")
+        """``noisynets.core.heads.check_local_losses`` of this network's layers."""
+        check_local_losses(self.layers, self.per_step)
 
     # --- the forward ------------------------------------------------------------------------
 
@@ -291,60 +257,7 @@ class Network(nn.Module):
         with forward:
             out = run_model(self, forward, x)
             forward.finish()
-        return self._record(forward, out, x, y, loss), self._noise(forward, x)
-
-    def _record(self, f: Forward, out: Outputs, x: Tensor, y: Tensor, loss: bool) -> Record:
-        """The Record of a finished forward ``f`` whose model returned ``out``."""
-        P, B = f.P, f.B
-        calls = list(f.calls)
-        T = self.time_steps if self.steps_model else max(calls)
-        activity = [a.view(P, B, -1) for a in f.activity]
-        if self.adc is not None:  # what the system reports is read through its ADC
-            activity = [self.adc.read(a) for a in activity]
-        inputs = [layer.decorrelator.decorrelate(s) if f._weights.get(k) is not None
-                  and layer.decorrelator is not None and not layer.conv else s
-                  for k, (layer, s) in enumerate(zip(self.layers, f.inputs))]
-        if self.adc is not None:  # a hidden layer's input is the output of nodes: read too
-            inputs = inputs[:1] + [self.adc.read(s) for s in inputs[1:]]
-        record = Record(inputs, activity, activity[0].new_zeros(P, B), T,
-                        steps=None if all(c == T for c in calls) else calls)
-        target = y.repeat(P, *([1] * (y.dim() - 1)))
-        if out.activity:  # the logits are the readout layer's activity, as the rules see it
-            out.logits = (activity[-1] / calls[-1]).reshape(P * B, -1)
-        if loss:
-            logits, losses = score(self.loss, out, target)
-            record.loss = losses.view(P, B)
-        else:
-            logits = out.logits if out.logits is not None else self.loss.prediction(
-                out.spikes if self.loss.reads == "spikes" or out.membrane is None
-                else out.membrane)
-        if not out.activity:
-            record.readout = logits.reshape(P, B, -1)
-        if any(r is not None for r in f.previous):
-            record.recurrent_inputs = f.previous
-        if self.heads is not None and loss:
-            outs = [f.hidden[k] / calls[k] for k in range(self.num_layers - 1)]
-            if self.adc is not None:  # the heads read node outputs, as the next layer does
-                outs = [self.adc.read(o) for o in outs]
-            record.local_loss = [self.loss_fn(head(o), target).view(P, B)
-                                 for head, o in zip(self.heads, outs)]
-            record.local_inputs = [o[:B] for o in outs]
-        if f.keep_states:
-            record.outputs = [torch.stack(o).view(len(o), P, B, -1) for o in f.outputs]
-            record.membrane = [torch.stack(m).view(len(m), P, B, -1) if m else None
-                               for m in f.membrane]
-        return record
-
-    def _noise(self, f: Forward, x: Tensor) -> list[Tensor]:
-        """Per layer the noise it injected, summed over its calls (noisy passes, B, n_l)."""
-        if not f.read_noise:
-            return []
-        out = []
-        for k, (start, stop) in enumerate(f.passes.noisy):
-            n = f.activity[k].shape[-1]
-            out.append(f.noise[k].reshape(stop - start, f.B, n) if stop > start
-                       else torch.zeros(0, f.B, n, device=x.device, dtype=x.dtype))
-        return out
+        return make_record(self, forward, out, y, loss), injected_noise(forward, x)
 
     # --- what the rules need ----------------------------------------------------------------
 
@@ -395,39 +308,13 @@ class Network(nn.Module):
             for source, state in zip(sources, saved):
                 source.set_state(state)
 
-    @torch.no_grad()
     def update_decorrelation(self, record: Record) -> None:
-        """One decorrelation step of every layer from the reference pass's inputs (mean over
-        its calls).
-
-        The correlation is estimated from the first ``ceil(fraction * B)`` samples of the batch
-        (a random subsample when the batches are shuffled); a convolution uses all their
-        patches. Sharded, ``B`` is the global batch: each rank places the rows of its samples
-        among them at their place in zeros of the global row count, and a sum over the ranks
-        gathers them exactly (``noisynets.parallel``).
-        """
-        if not self.decorrelated:
-            return
-        shard = self.shard
-        if shard is None:
-            m = max(1, math.ceil(self.decorrelation_fraction * record.inputs[0].shape[0]))
-            for k, (layer, seen) in enumerate(zip(self.layers, record.inputs)):
-                rows = layer.decorrelation_rows(seen[:m].detach() / record.steps_of(k))
-                layer.decorrelator.update(rows, self.decorrelation_lr)
-            return
-        m = max(1, math.ceil(self.decorrelation_fraction * shard.total))
-        count = min(shard.size, max(0, m - shard.offset))  # the rank's samples among the m
-        gathered = []
-        for k, (layer, seen) in enumerate(zip(self.layers, record.inputs)):
-            local = layer.decorrelation_rows(seen[: max(1, count)].detach() / record.steps_of(k))
-            per = local.shape[-2] // max(1, count)  # rows per sample: patches of a conv
-            rows = local.new_zeros(*local.shape[:-2], m * per, local.shape[-1])
-            start = shard.offset * per
-            rows[..., start : start + count * per, :] = local[..., : count * per, :]
-            gathered.append(rows)
-        all_reduce_sum(gathered, shard.world)
-        for layer, rows in zip(self.layers, gathered):
-            layer.decorrelator.update(rows, self.decorrelation_lr)
+        """One decorrelation step of every layer from the reference pass's inputs, mean over
+        each layer's calls (``noisynets.core.decorrelation.update_layers``)."""
+        if self.decorrelated:
+            update_layers(self.layers, record.inputs,
+                          [record.steps_of(k) for k in range(self.num_layers)],
+                          self.decorrelation_fraction, self.decorrelation_lr, self.shard)
 
     def set_gradients(self, grads: Sequence[tuple[Tensor, Tensor | None]]) -> None:
         """Write estimates ``(g_W_l, g_b_l)`` -- and a recurrent neuron's ``(g_V_l, g_c_l)``
@@ -459,18 +346,10 @@ class Network(nn.Module):
         return [] if self.heads is None else list(self.heads.parameters())
 
     def head_gradients(self, record: Record, y: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Per head ``(dL_k/dH_k, dL_k/dc_k)`` of ``L_k = mean_n loss(H_k x_{k,n} + c_k, y_n)``
-        at the reference pass's ``x_k`` (``record.local_inputs``): the exact gradient of one
-        linear layer on a detached input, not backpropagation through the network."""
+        """Per head its exact gradient at the reference pass (``noisynets.core.heads``)."""
         if self.heads is None or record.local_inputs is None:
             raise ValueError("the network has no readout heads: build it with local_losses=True")
-        grads = []
-        with torch.enable_grad():
-            for head, x_k in zip(self.heads, record.local_inputs):
-                local = self.loss_fn(head(x_k.detach()), y).mean()
-                w, b = torch.autograd.grad(local, (head.weight, head.bias))
-                grads.append((w, b))
-        return grads
+        return head_gradients(self.heads, self.loss_fn, record.local_inputs, y)
 
     def set_head_gradients(self, record: Record, y: Tensor) -> None:
         """Write ``head_gradients`` into the heads' ``.grad`` for the optimizer to apply."""
@@ -495,24 +374,37 @@ class Network(nn.Module):
                           "them", stacklevel=3)
 
     def current_keys(self, state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        """``state`` with the keys of a state saved before ``R`` moved into the model
-        (``layers.<k>.decorrelator.R`` beside the plain ``model.<op>.weight``) renamed to
-        today's (``model.<op>.parametrizations.weight.0.R`` and ``...original``)."""
-        state = dict(state)
-        for k, layer in enumerate(self.layers):
-            old = f"{prefix}layers.{k}.decorrelator.R"
-            if old in state and layer.decorrelator is not None:
-                base = f"{prefix}model.{layer.name}."
-                state[f"{base}parametrizations.weight.0.R"] = state.pop(old)
-                if f"{base}weight" in state:
-                    state[f"{base}parametrizations.weight.original"] = state.pop(f"{base}weight")
-        return state
+        """``state`` with an earlier version's keys renamed (``noisynets.core.keys``)."""
+        return current_keys(self.layers, state, prefix)
 
     def _earlier_keys(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
         """``load_state_dict`` of an earlier state: its keys renamed (``current_keys``)."""
         renamed = self.current_keys(state, prefix)
         state.clear()
         state.update(renamed)
+
+def build_layers(model: nn.Module, found: Sequence[tuple[str, nn.Module, nn.Module | None]],
+                 sources: Sequence[NoiseSource], threshold_noise: float, decorrelation: bool,
+                 g: torch.Generator, built: bool) -> list[Layer]:
+    """A ``Layer`` per weight operation ``found``, its noise stream (and a LIF node's
+    threshold noise) seeded from ``g`` in layer order, after a ``built`` network's He-normal
+    weights of the same layer; with ``decorrelation`` its ``R`` put into ``model``."""
+    layers = []
+    for k, (name, op, node) in enumerate(found):
+        if built:
+            he_normal(op, g)
+        source = Logistic(scale=1.0) if isinstance(node, StochasticBinary) else sources[k]
+        lif = isinstance(node, LIF) and threshold_noise
+        layer = Layer(name, op, source, node, Gaussian(threshold_noise) if lif else None)
+        layer.noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
+        if layer.threshold_noise is not None:
+            layer.threshold_noise.reseed(int(torch.randint(2**62, (1,), generator=g)))
+        layer.buffer_safe = unit_follows(model, op, node)
+        if decorrelation:
+            decorrelate(op)
+        layers.append(layer)
+    return layers
+
 
 
 def wrap(model: nn.Module, **options: Any) -> Network:

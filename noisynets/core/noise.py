@@ -68,6 +68,8 @@ def _number(
     """``value`` as a finite float in the interval from ``low`` to ``high`` (else ValueError)."""
     try:
         x = float(value)
+    except OverflowError:  # an integer too large for a float
+        x = math.inf
     except (TypeError, ValueError):
         raise ValueError(f"{name}={value!r} is not a number") from None
     if not math.isfinite(x):
@@ -621,45 +623,24 @@ REPLAY_MODES: tuple[str, ...] = ("trace", "pool")
 
 
 def load_recording(file: str, dataset: str | None = None) -> Tensor:
-    """The recorded noise in ``file`` (``.npy``, or HDF5 ``.h5``/``.hdf5`` with ``dataset``, or
-    the file's only data set): a float64 tensor of shape (length,) or (traces, length)."""
-    import numpy as np
+    """The recorded noise in ``file`` -- ``.npy``, ``.npz`` (its only array) or HDF5 (with
+    ``dataset``, or the file's only data set), known by its content
+    (``noisynets.arrays.read_array``: a regular file, its claimed size checked before reading)
+    -- as a float64 tensor of shape (length,) or (traces, length)."""
+    from noisynets.arrays import read_array
 
     path = str(file)
-    lower = path.lower()
-    try:
-        if lower.endswith(".npy"):
-            if dataset is not None:
-                raise ValueError(f"dataset={dataset!r} is for HDF5 files; {path!r} is .npy")
-            values = np.load(path, allow_pickle=False)
-        elif lower.endswith((".h5", ".hdf5")):
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                names: list[str] = []
-                f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-                if dataset is None:
-                    if len(names) != 1:
-                        raise ValueError(f"{path!r} holds {len(names)} data sets "
-                                         f"({', '.join(names[:5]) or 'none'}): name one with "
-                                         "dataset=NAME")
-                    dataset = names[0]
-                if dataset not in names:
-                    raise ValueError(f"{path!r} has no data set {dataset!r}; it holds "
-                                     f"{', '.join(names[:5]) or 'none'}")
-                values = f[dataset][()]
-        else:
-            raise ValueError(f"file {path!r} must be .npy, .h5 or .hdf5")
-    except OSError as err:
-        raise ValueError(f"cannot read recorded noise {path!r}: {err.strerror or err}") from None
-    values = np.asarray(values)
-    if values.dtype.kind not in "iuf" or values.ndim not in (1, 2) or values.size < 2:
+    values = read_array(path, "recorded noise", ("npy", "npz", "hdf5"), dataset=dataset)
+    if values.ndim not in (1, 2) or values.size < 2:
         raise ValueError(f"recorded noise {path!r} must be numbers, shape (length,) or "
                          f"(traces, length) with at least 2 values; got {values.dtype} "
                          f"{values.shape}")
     data = torch.as_tensor(values, dtype=torch.float64)
     if not torch.isfinite(data).all():
         raise ValueError(f"recorded noise {path!r} holds values that are not finite")
+    if float(data.abs().max()) > torch.finfo(torch.float32).max:
+        raise ValueError(f"recorded noise {path!r} holds values beyond float32's range "
+                         f"(|v| up to {float(data.abs().max()):.3g}): scale it with scale=")
     return data
 
 

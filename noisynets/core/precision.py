@@ -67,7 +67,7 @@ def fast_bfloat16(device: torch.device) -> bool:
     cache = cache_dir() / "precision.json"
     try:
         known = json.loads(cache.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         known = {}
     if not isinstance(known, dict) or not isinstance(known.get(key), dict):
         known = known if isinstance(known, dict) else {}
