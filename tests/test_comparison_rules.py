@@ -192,3 +192,87 @@ def test_every_comparison_raises_test_accuracy_on_the_digits(algo, tmp_path):
     result = train(config, progress=False, log=None)
     before, after = result.initial.test_accuracy, result.history[-1].test_accuracy
     assert after > before + gain, (before, after)  # chance is 0.1
+
+
+# --- ES: the antithetic pair is a central difference -------------------------------------
+
+
+def es_estimate(sizes, std, data, pairs=6, unit="leaky_relu", loss="ce"):
+    """ES's estimate on a fresh network: the same weights and, whatever ``std``, the same
+    normal draws ``v`` (the perturbations are ``xi = std * v``)."""
+    net = Network(sizes, unit=unit, noise_std=std, loss=loss, seed=0).double()
+    return torch.cat(flat(make_rule("es", noise_samples=pairs).gradients(net, *data)[0]))
+
+
+def test_es_on_a_quadratic_loss_has_no_even_order_error(data):
+    """One linear layer under the MSE loss: the loss is quadratic in (W, b), so a pair's
+    central difference ``Loss(W + xi) - Loss(W - xi) = 2 grad . xi`` is exact and ES's
+    estimate ``mean_j (grad . v_j) v_j`` does not depend on the perturbation's size. A pair
+    drawn without the minus sign is a forward difference, ``+ 1/2 xi^T H xi``: it moves with
+    ``std``."""
+    small = es_estimate([6, 3], 1e-3, data, loss="mse")
+    large = es_estimate([6, 3], 1.0, data, loss="mse")
+    torch.testing.assert_close(large, small, rtol=1e-7, atol=1e-10)
+
+
+def test_es_error_shrinks_with_the_square_of_the_perturbation(data):
+    """On a smooth nonlinear network the central difference's error is odd in ``xi``'s
+    cube: ES's estimate moves from its small-noise limit as ``std^2`` (doubling ``std``
+    quadruples the change), where a forward difference moves as ``std`` (doubles it)."""
+    sizes = [6, 8, 7, 3]
+    limit = es_estimate(sizes, 1e-5, data, unit="tanh")
+    one, two = (es_estimate(sizes, s, data, unit="tanh") - limit for s in (0.02, 0.04))
+    ratio = (two.norm() / one.norm()).item()
+    assert 3.6 < ratio < 4.4, f"doubling std changed the estimate {ratio:.2f}x (central: 4x)"
+
+
+def test_es_pairs_cut_the_error_below_independent_passes_at_the_same_cost(data):
+    """On the quadratic the pair cancels the loss's curvature exactly, so at a large
+    perturbation ES's K pairs (2K passes) err far less than WP's 2K independent forward
+    differences, whose curvature term grows with ``std``; a pair without the minus sign is
+    WP's error with half the draws."""
+    x, y = data
+    errors = {}
+    for name, samples in (("es", 8), ("wp", 16)):
+        net = Network([6, 3], noise_std=1.0, loss="mse", seed=0).double()
+        truth = torch.cat(flat(make_rule("bp").gradients(net, x, y)[0]))
+        rule = make_rule(name, noise_samples=samples)
+        errs = [(torch.cat(flat(rule.gradients(net, x, y)[0])) - truth).norm() ** 2
+                for _ in range(200)]
+        errors[name] = torch.stack(errs).mean().item()
+        if name == "es":
+            # Gaussian v, n parameters: E|(g.v) v - g|^2 = (n + 1)|g|^2, over K pairs.
+            n = truth.numel()
+            expected = (n + 1) * truth.norm().item() ** 2 / samples
+            assert 0.8 < errors[name] / expected < 1.25, (errors[name], expected)
+    assert errors["es"] < errors["wp"] / 2, errors
+
+
+# --- fa, dfa, opzo: their feedback matrices survive a kill and a resume -------------------
+
+
+@pytest.mark.parametrize("algo", ["fa", "dfa", "opzo"])
+def test_a_run_killed_and_resumed_ends_exactly_as_the_run_uninterrupted(algo, tmp_path,
+                                                                         killed_run):
+    """The matrices are the network's state: the checkpoint carries them (opzo's learned
+    feedback and its update count move every step) and a resumed run ends to the bit as the
+    run that was never stopped -- results, trace and model with its feedback."""
+    import json
+    import signal
+
+    args = ["--algo", algo, "--hidden", "32", "--epochs", "4", "--batch-size", "64",
+            "--trace-every", "10", "--checkpoint-every", "1", "--threads", "1", "--seed", "3"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["train", *args, "--out", str(whole), "--no-progress"]) == 0
+    assert killed_run(args, cut) == -signal.SIGKILL
+    assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
+
+    def results(run):
+        out = json.loads((run / "results.json").read_text())
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in out["history"]]
+
+    assert len(results(whole)) == 5 and results(whole) == results(cut)
+    a = torch.load(whole / "model.pt", weights_only=True)["network"]
+    b = torch.load(cut / "model.pt", weights_only=True)["network"]
+    assert any(k.startswith("feedback.") for k in a), sorted(a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
