@@ -2,12 +2,15 @@
 (wp, es, wfg, afg, fa, dfa, opzo) -- on the same networks, noise and data.
 
     python simulations/comparison.py --workers 1            # the grid docs/results.md reports
+    python simulations/comparison.py --workers 1 --settings conv spiking   # some settings only
     python simulations/comparison.py --quick                # three rules, one setting: seconds
 
 Per setting (``SETTINGS``: the digits with a dense, a convolutional and a spiking (LIF) net,
-Fashion-MNIST with a dense one) every rule's Adam learning rate is chosen from ``LRS`` on the
-validation split (10 % of the training set, seed 0, final validation accuracy), then that rate
-runs with seeds 0..N-1 and the test accuracy is measured once after the last epoch. Beside
+Fashion-MNIST with a dense one; each reduced to fit a shared 2-core machine, docs/results.md
+section 12) every rule's Adam learning rate is chosen from the setting's ``lrs`` (``LRS``
+unless it names its own) on the validation split (10 % of the training set, seed 0, final
+validation accuracy), then that rate runs with seeds 0..N-1 and the test accuracy is measured
+once after the last epoch; every rule of a setting runs the same epochs. Beside
 it, on the digits' dense net (``probe``): every rule's single-estimate cosine with BP per
 layer (mean over ``PROBES`` batches of 64 at the initial weights) and its median step time,
 one process, one thread (peak memory is not measured here: ``noisynets bench`` measures it
@@ -36,12 +39,17 @@ from noisynets.training import cosine, train_step  # noqa: E402
 
 LRS = [1e-3, 3e-3, 1e-2]
 COMMON = dict(val_fraction=0.1, trace_every=0, figures=False, threads=1)
+# The conv setting keeps the conv preset of the digits (batch 32, eta_R = 1e-2, standardized
+# inputs, K = 4 noisy passes for the perturbation rules) but 5 epochs instead of 20; the spiking
+# one the LIF preset's noise (0.2) with 100 instead of 1000 hidden units and T = 5 instead of
+# 10; Fashion-MNIST a 784-256-10 net, batch 100, 2 epochs, and its own learning rates.
 SETTINGS = {
     "dense": dict(dataset="digits", hidden=[64], epochs=5, batch_size=32),
-    "conv": dict(dataset="digits", arch="conv", epochs=3, batch_size=32, noise_samples=1),
-    "spiking": dict(dataset="digits", unit="lif", hidden=[100], time_steps=5, epochs=3,
+    "conv": dict(dataset="digits", arch="conv", epochs=5),
+    "spiking": dict(dataset="digits", unit="lif", hidden=[100], time_steps=5, epochs=10,
                     batch_size=32),
-    "fashion": dict(dataset="fashion-mnist", hidden=[256], epochs=1, batch_size=100),
+    "fashion": dict(dataset="fashion-mnist", hidden=[256], epochs=2, batch_size=100,
+                    lrs=[3e-4, 1e-3, 3e-3]),
 }
 QUICK_RULES = ["bp", "danp", "dfa"]
 PROBES = 10
@@ -49,7 +57,8 @@ PROBES = 10
 
 def rule_grid(args, name: str, rules: list[str], train: dict) -> dict[str, dict]:
     """Per rule: the learning rate chosen on the validation split and its seeds' results."""
-    lrs = [1e-3] if args.quick else LRS
+    lrs = train.pop("lrs", LRS)
+    lrs = [1e-3] if args.quick else lrs
     search = sweep(args, f"{name}_lr", {"algo": rules, "lr": lrs}, {**train, "seed": 0})
     chosen = {}
     for algo in rules:
@@ -119,12 +128,15 @@ def figure(results: dict, path: Path) -> None:
 
 
 def main() -> None:
-    args = arguments("comparison", __doc__)
+    args = arguments("comparison", __doc__, extra=lambda p: p.add_argument(
+        "--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
+        help="the settings to run (all); the others' results in comparison.json are kept"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "comparison.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    settings = {"dense": SETTINGS["dense"]} if args.quick else SETTINGS
+    settings = {"dense": SETTINGS["dense"]} if args.quick else {
+        name: SETTINGS[name] for name in args.settings}
     rules = QUICK_RULES if args.quick else list(RULES)
     for name, setting in settings.items():
         train = {**COMMON, **setting}
@@ -132,7 +144,8 @@ def main() -> None:
             train.update(epochs=1)
         results[name] = rule_grid(args, name, rules, train)
         path.write_text(json.dumps(results, indent=1))
-    results["probe"] = probe(rules)
+    if "dense" in settings or "probe" not in results:
+        results["probe"] = probe(rules)
     path.write_text(json.dumps(results, indent=1))
     figure(results, out / "comparison.png")
 

@@ -42,6 +42,7 @@ def test_rules_then_alignment_which_reuses_its_runs(tmp_path):
     ("scaling", ["depth", "width", "noise_samples"]),
     ("conv", ["conv"]),
     ("device_noise", ["node_noise", "weight_noise", "adc_bits"]),
+    ("comparison", ["dense_lr", "dense_bp", "dense_danp", "dense_dfa"]),
 ])
 def test_a_simulation_runs_its_sweeps_and_draws_its_figure(tmp_path, name, sweeps):
     simulate(name, tmp_path)
