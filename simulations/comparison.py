@@ -46,7 +46,7 @@ COMMON = dict(val_fraction=0.1, trace_every=0, figures=False, threads=1)
 SETTINGS = {
     "dense": dict(dataset="digits", hidden=[64], epochs=5, batch_size=32),
     "conv": dict(dataset="digits", arch="conv", epochs=5),
-    "spiking": dict(dataset="digits", unit="lif", hidden=[100], time_steps=5, epochs=10,
+    "spiking": dict(dataset="digits", unit="lif", hidden=[100], time_steps=5, epochs=6,
                     batch_size=32),
     "fashion": dict(dataset="fashion-mnist", hidden=[256], epochs=2, batch_size=100,
                     lrs=[3e-4, 1e-3, 3e-3]),
