@@ -42,13 +42,13 @@ COMMON = dict(val_fraction=0.1, trace_every=0, figures=False, threads=1)
 # The conv setting keeps the conv preset of the digits (batch 32, eta_R = 1e-2, standardized
 # inputs, K = 4 noisy passes for the perturbation rules) but 5 epochs instead of 20; the spiking
 # one the LIF preset's noise (0.2) with 100 instead of 1000 hidden units and T = 5 instead of
-# 10; Fashion-MNIST a 784-256-10 net, batch 100, 2 epochs, and its own learning rates.
+# 10; Fashion-MNIST a 784-256-10 net, batch 100, 1 epoch, and its own learning rates.
 SETTINGS = {
     "dense": dict(dataset="digits", hidden=[64], epochs=5, batch_size=32),
     "conv": dict(dataset="digits", arch="conv", epochs=5),
     "spiking": dict(dataset="digits", unit="lif", hidden=[100], time_steps=5, epochs=6,
                     batch_size=32),
-    "fashion": dict(dataset="fashion-mnist", hidden=[256], epochs=2, batch_size=100,
+    "fashion": dict(dataset="fashion-mnist", hidden=[256], epochs=1, batch_size=100,
                     lrs=[3e-4, 1e-3, 3e-3]),
 }
 QUICK_RULES = ["bp", "danp", "dfa"]
