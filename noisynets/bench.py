@@ -9,6 +9,10 @@ busy machine slows them alike), the median of ``steps`` rounds after two warm-up
   T = 100, and their peak memory at T = 25, 100 and 400 (the perturbation rules keep only the
   sums over the steps, BPTT every step);
 * the convolutional network of ``--arch conv`` (1x28x28, batch 256): BP, DBP, ANP, DANP;
+* with ``--rules all``, every one of the fifteen rules (``noisynets.rules.RULES``: the paper's
+  eight and the comparisons wp, es, wfg, afg, fa, dfa, opzo) at K = 1 (es: its default
+  ``ES_PAIRS`` antithetic pairs) on the dense network, and each rule not listed above on the
+  spiking network at T = 25 (wfg and afg's tangents need no noise, the rest as configured);
 * the event-driven difference product of a 1000 x 1000 layer whose input changed in 1 % of
   its entries (Heaviside units), against the dense product, in float64 and float32.
 
@@ -68,7 +72,7 @@ from noisynets.core.precision import (
     fast_bfloat16,
 )
 from noisynets.models import conv_net
-from noisynets.rules import make_rule, uses_decorrelation
+from noisynets.rules import COMPARISONS, make_rule, uses_decorrelation
 from noisynets.training import train_step
 
 
@@ -280,10 +284,27 @@ def _status_kib(status: Path, field: str) -> int:
     raise OSError(f"no {field} in {status}")
 
 
+# ``--rules``: the paper's rules only (the default), or every rule.
+RULE_SETS: tuple[str, ...] = ("paper", "all")
+# With ``--rules all``: the rules added on the dense network and on the spiking one.
+MORE_DENSE: tuple[str, ...] = ("dnp", "dinp", *COMPARISONS)
+MORE_SPIKING: tuple[str, ...] = ("bp", "np", "dnp", "inp", "dinp", "anp", *COMPARISONS)
+
+
+def samples_of(rule: str) -> int:
+    """The K a rule runs at by default: es its antithetic pairs, every other rule 1."""
+    from noisynets.config import ES_PAIRS
+
+    return ES_PAIRS if rule == "es" else 1
+
+
 def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = print, rules: str = "paper") -> dict[str, Any]:
     """Measure every case; the summary ratios and the table. ``memory``: ``all`` cases'
-    peak memory, the ``spiking`` ones only, or ``none``."""
+    peak memory, the ``spiking`` ones only, or ``none``; ``rules``: ``paper`` (the cases the
+    ratios need) or ``all`` (every rule on the dense and the spiking network, module doc)."""
+    if rules not in RULE_SETS:
+        raise ValueError(f"rules {rules!r}: one of {', '.join(RULE_SETS)}")
     gen = setup.generator
     other = next(g for g in GENERATORS if g != gen)
     dense = [Case("dense", r, generator=gen) for r in ("bp", "dbp", "np", "inp", "anp", "danp")]
@@ -291,6 +312,9 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
     T, (T_mid, T_long) = setup.time_steps, setup.long_time_steps
     spiking = [Case("spiking", r, generator=gen) for r in ("dbp", "danp")]
     spiking += [Case("spiking", r, time_steps=T_mid, generator=gen) for r in ("dbp", "danp")]
+    if rules == "all":
+        dense += [Case("dense", r, samples_of(r), generator=gen) for r in MORE_DENSE]
+        spiking += [Case("spiking", r, samples_of(r), generator=gen) for r in MORE_SPIKING]
     conv = [Case("conv", r, generator=gen) for r in ("bp", "dbp", "anp", "danp")]
     free = [Case("dense", "anp", free_noise=True, generator=gen),
             Case("spiking", "danp", free_noise=True, generator=gen),
@@ -400,6 +424,7 @@ def run(setup: Setup, device: torch.device, rounds: int, memory: str = "all",
         "threads": torch.get_num_threads(),
         "rounds": rounds,
         "setup": asdict(setup),
+        "rules": rules,
         "table": table,
     }
     log(f"{'network':<8} {'rule':<5} {'K':>2} {'T':>4} {'s/step':>9} {'x BP':>6} {'GFLOP':>8} "
@@ -508,5 +533,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", choices=GENERATORS, default="fast",
                    help="generator of the Gaussian noise of every perturbation step (fast); "
                         "the spiking DANP steps are timed with the other one too")
+    p.add_argument("--rules", choices=RULE_SETS, default="paper",
+                   help="paper: the paper's rules (default); all: every rule, the comparisons "
+                        "too, on the dense and the spiking network")
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object on the last line of stdout")

@@ -469,7 +469,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     memory = "none" if args.no_memory else "spiking" if args.quick else "all"
     try:
-        summary = run(setup, device, rounds, memory=memory, log=log)
+        summary = run(setup, device, rounds, memory=memory, log=log, rules=args.rules)
     except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
         if isinstance(e, RuntimeError) and "alloc" not in str(e) and "memory" not in str(e):
             raise

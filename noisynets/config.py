@@ -33,7 +33,7 @@ from noisynets.core.steps import ENCODINGS, READOUTS
 from noisynets.core.units import RESETS, UNITS
 from noisynets.data import DATASETS, dataset_options, sequence_steps
 from noisynets.models import ARCHS
-from noisynets.rules import RULES
+from noisynets.rules import NOISELESS, RULES
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 # Learning-rate schedules (torch.optim.lr_scheduler, stepped once per epoch; run.make_scheduler).
@@ -159,9 +159,11 @@ CONV_PRESETS["cifar10"] = CONV_PRESETS["fashion-mnist"]
 
 # Per data set and rule: Adam's learning rate.
 RULE_LR: dict[str, dict[str, float]] = {
-    "digits": dict(bp=1e-3, dbp=1e-3, np=1e-3, dnp=1e-3, inp=1e-3, dinp=1e-3, anp=1e-3, danp=1e-3),
+    "digits": dict(bp=1e-3, dbp=1e-3, np=1e-3, dnp=1e-3, inp=1e-3, dinp=1e-3, anp=1e-3, danp=1e-3,
+                   wp=1e-3, es=1e-3, wfg=1e-3, afg=1e-3, fa=1e-3, dfa=1e-3, opzo=1e-3),
     "fashion-mnist": dict(
-        bp=1e-4, dbp=3e-4, np=1e-4, dnp=3e-4, inp=3e-4, dinp=3e-4, anp=1e-4, danp=5e-4
+        bp=1e-4, dbp=3e-4, np=1e-4, dnp=3e-4, inp=3e-4, dinp=3e-4, anp=1e-4, danp=5e-4,
+        wp=1e-4, es=1e-4, wfg=1e-4, afg=1e-4, fa=1e-4, dfa=1e-4, opzo=1e-4,
     ),
 }
 RULE_LR["mnist"] = RULE_LR["fashion-mnist"]
@@ -172,15 +174,19 @@ RULE_LR["shd"] = {rule: 1e-3 for rule in RULE_LR["digits"]}
 # With --arch conv (Fashion-MNIST: BP and DANP as in a reference implementation of the same
 # net; the others not tuned).
 CONV_LR: dict[str, float] = dict(
-    bp=1e-3, dbp=1e-3, np=1e-3, dnp=1e-3, inp=1e-3, dinp=1e-3, anp=1e-3, danp=2e-3
+    bp=1e-3, dbp=1e-3, np=1e-3, dnp=1e-3, inp=1e-3, dinp=1e-3, anp=1e-3, danp=2e-3,
+    wp=1e-3, es=1e-3, wfg=1e-3, afg=1e-3, fa=1e-3, dfa=1e-3, opzo=1e-3,
 )
 # With --arch conv on the digits, where they differ from CONV_LR (chosen on the validation
 # split: simulations/presets/conv_digits.toml, conv_lif_digits.toml).
 CONV_LR_DIGITS: dict[str, float] = dict(danp=1e-2)
 # With --optimizer sgd: one learning rate per rule, whatever the data set (chosen on digits).
 SGD_LR: dict[str, float] = dict(
-    bp=0.1, dbp=0.1, np=1e-3, dnp=1e-3, inp=1e-3, dinp=1e-3, anp=1e-3, danp=1e-2
+    bp=0.1, dbp=0.1, np=1e-3, dnp=1e-3, inp=1e-3, dinp=1e-3, anp=1e-3, danp=1e-2,
+    wp=1e-3, es=1e-3, wfg=1e-3, afg=1e-3, fa=0.1, dfa=0.1, opzo=1e-2,
 )
+# Evolution strategies: the antithetic pairs of its population per step, unless set.
+ES_PAIRS = 4
 
 # Per unit: what changes for units that need it (a discontinuous unit needs a noise large enough
 # to flip it; a spiking unit runs for several time steps).
@@ -372,6 +378,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
             preset["lr"] = SPIKING_READOUT_LR_DIGITS.get(config.algo, preset["lr"])
     preset.setdefault("time_steps", 1)
     preset.setdefault("antithetic", False)
+    if config.algo == "es":
+        preset["noise_samples"] = ES_PAIRS
     preset.setdefault("noise_samples", 1)
     preset["lr_gamma"] = {"step": 0.1, "exponential": 0.9}.get(config.lr_schedule, 1.0)
     filled = {
@@ -410,9 +418,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if c.readout_noise_std is not None:
         _positive_float("readout_noise_std", c.readout_noise_std)
     _nonnegative_float("decor_lr", c.decor_lr)
-    if c.antithetic is True and c.algo in ("bp", "dbp"):
+    if c.antithetic is True and c.algo in (*NOISELESS, "wfg", "afg"):
         raise ValueError(f"antithetic pairs are for the perturbation rules; {c.algo} uses no "
-                         "noise: drop --antithetic")
+                         "noise passes: drop --antithetic")
     if c.antithetic is True and c.both_noisy:
         raise ValueError("antithetic pairs need noise the system draws and can negate; with "
                          "both_noisy the noise is intrinsic: drop --antithetic")

@@ -52,8 +52,11 @@ from torch import Tensor
 
 from noisynets.core.decorrelation import Decorrelator
 from noisynets.core.record import Passes, Record
-from noisynets.rules import RULES, Rule, make_rule, uses_decorrelation
+from noisynets.rules import Rule, make_rule, uses_decorrelation
 from noisynets.rules.base import Gradients
+
+# The rules that learn from an observation alone (a Record, and for np the noise).
+OBSERVABLE: tuple[str, ...] = ("np", "dnp", "inp", "dinp", "anp", "danp")
 
 
 def _tensor(name: str, value: Any, dtype: torch.dtype | None) -> Tensor:
@@ -174,9 +177,9 @@ class Observer:
         decorrelation_lr: float = 1e-3,
     ) -> None:
         if isinstance(rule, str):
-            if rule not in RULES or rule in ("bp", "dbp"):
-                raise ValueError(f"rule {rule!r}: an observer runs a perturbation rule, one of "
-                                 f"{', '.join(r for r in RULES if 'bp' not in r)}")
+            if rule not in OBSERVABLE:
+                raise ValueError(f"rule {rule!r}: an observer runs a node-perturbation rule, "
+                                 f"one of {', '.join(OBSERVABLE)}")
             self.decorrelated = uses_decorrelation(rule)
             rule = make_rule(rule, noise_samples)
         elif isinstance(rule, Rule):

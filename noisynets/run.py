@@ -93,7 +93,7 @@ from noisynets.hooks import (
 from noisynets.inference import input_spec
 from noisynets.models import conv_net, he_normal, load_model
 from noisynets.parallel import World, decided_by_main, session
-from noisynets.rules import Rule, make_rule, uses_decorrelation
+from noisynets.rules import NOISELESS, Rule, make_rule, uses_decorrelation
 from noisynets.traces import TraceWriter, flatten_metrics
 from noisynets.training import (
     Diverged,
@@ -228,8 +228,9 @@ def build(config: TrainConfig, data: DataSplits) -> tuple[Network, Rule, torch.o
     set_reset(network, config.reset)
     use_generator(network, config.generator)
     rule = make_rule(config.algo, noise_samples=config.noise_samples,
-                     antithetic=bool(config.antithetic))
+                     antithetic=bool(config.antithetic), seed=config.seed)
     rule.check(network)
+    rule.prepare(network, torch.zeros(1, *data.input_shape))
     return network, rule, make_optimizer(config, network.trained_parameters())
 
 
@@ -1012,7 +1013,7 @@ def to_device(data: DataSplits, device: torch.device) -> DataSplits:
 
 def options(config: TrainConfig) -> str:
     """The header's note of the variance-reduction options a run uses (``""`` for none)."""
-    if config.algo in ("bp", "dbp"):
+    if config.algo in NOISELESS:
         return ""
     parts = [f"K = {config.noise_samples} noisy passes"] if config.noise_samples > 1 else []
     if config.readout_noise_std is not None:

@@ -29,10 +29,14 @@ from noisynets.sweep import Sweep, SweepResult, groups, run_sweep  # noqa: E402
 from noisynets.sweep import seed_curve as curve  # noqa: E402, F401  (the simulations' curves)
 
 
-def arguments(name: str, doc: str, epochs: int | None = None) -> argparse.Namespace:
+def arguments(name: str, doc: str, epochs: int | None = None,
+              extra: Any = None) -> argparse.Namespace:
     """The simulation's options (module doc); ``args.out`` resolved to its folder. With
-    ``epochs`` (the full form's), ``--epochs`` may change them."""
+    ``epochs`` (the full form's), ``--epochs`` may change them; ``extra(parser)`` adds a
+    simulation's own options."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    if extra is not None:
+        extra(p)
     if epochs is not None:
         p.add_argument("--epochs", type=positive_int, default=epochs,
                        help=f"epochs of the full form ({epochs}); the folder name says so")

@@ -47,6 +47,27 @@ def test_bench_quick_prints_the_ratios_and_the_table_as_json(capsys):
         "noise_share"]["spiking:danp:K1"]
 
 
+def test_bench_with_every_rule_times_all_fifteen_on_the_dense_net_and_spiking_ones(capsys):
+    """``--rules all``: one run gives a row for each of the fifteen rules on the dense network
+    (es at its default pairs) and on the spiking one, each with its time and FLOPs."""
+    from noisynets.config import ES_PAIRS
+    from noisynets.rules import RULES
+
+    assert main(["bench", "--quick", "--json", "--no-memory", "--rules", "all"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rules"] == "all"
+    rows = summary["table"]
+    for network in ("dense", "spiking"):
+        timed = {row["rule"] for row in rows if row["network"] == network and row["T"] <= 3}
+        assert timed == set(RULES), (network, set(RULES) - timed)
+    es = [row for row in rows if row["rule"] == "es"]
+    assert es and all(row["K"] == ES_PAIRS for row in es)
+    assert all(row["seconds"] > 0 and row["gflop"] > 0 for row in rows)
+    # es runs 2 * ES_PAIRS perturbed passes, wp one: more products.
+    dense = {(row["rule"], row["K"]): row for row in rows if row["network"] == "dense"}
+    assert dense["es", ES_PAIRS]["gflop"] > dense["wp", 1]["gflop"]
+
+
 def test_the_free_noise_step_leaves_every_generator_untouched():
     """``noise_share``'s comparison step takes its noise from a block drawn once: no source's
     generator moves, and the noise it adds is that block times the source's std."""

@@ -13,8 +13,9 @@ from reference import brute_force, flat, record_noise, use_basis_noise
 from torch import nn
 
 import noisynets
-from noisynets import RULES, Network, Passes, make_rule
+from noisynets import Network, Passes, make_rule
 from noisynets.config import TrainConfig
+from noisynets.rules import COMPARISONS, PAPER_RULES
 from noisynets.run import train
 from noisynets.training import fit
 
@@ -58,13 +59,22 @@ def test_np_with_basis_noise_on_the_gpu_is_autograds_gradient():
         torch.testing.assert_close(e, g, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("algo", RULES)
+@pytest.mark.parametrize("algo", PAPER_RULES)
 def test_every_rule_trains_on_the_gpu(algo, tmp_path):
     config = TrainConfig(algo=algo, hidden=[128, 128], epochs=3, batch_size=32, device="cuda",
                          trace_every=10, out=str(tmp_path))
     result = train(config, progress=False, log=None)
     assert result.device.startswith("cuda")
     assert result.history[-1].test_accuracy > 0.5
+
+
+@pytest.mark.parametrize("algo", COMPARISONS)
+def test_every_comparison_runs_on_the_gpu(algo, tmp_path):
+    config = TrainConfig(algo=algo, hidden=[64], epochs=1, batch_size=64, device="cuda",
+                         trace_every=0, out=str(tmp_path))
+    result = train(config, progress=False, log=None)
+    assert result.device.startswith("cuda")
+    assert result.history[-1].train_loss < 10
 
 
 def test_a_wrapped_spiking_conv_net_trains_on_the_gpu():

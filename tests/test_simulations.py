@@ -44,6 +44,7 @@ def test_rules_then_alignment_which_reuses_its_runs(tmp_path):
     ("device_noise", ["node_noise", "weight_noise", "adc_bits"]),
     ("spiking_readout", [f"{model}_{run}" for model in ("tutorial", "readout")
                          for run in ("danp", "danp_k4_lr1e-3", "danp_k1", "dbp")]),
+    ("comparison", ["dense_lr", "dense_bp", "dense_danp", "dense_dfa"]),
 ])
 def test_a_simulation_runs_its_sweeps_and_draws_its_figure(tmp_path, name, sweeps):
     simulate(name, tmp_path)

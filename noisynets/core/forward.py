@@ -55,6 +55,20 @@ if TYPE_CHECKING:
 # ``eps_t`` of its noisy passes (None where it has none) and, for a recurrent neuron, the
 # reference pass's previous-step spikes ``s_t = S_{t-1}`` (else None).
 StepHook = Callable[[int, int, Tensor, Tensor, "Tensor | None", "Tensor | None"], None]
+
+
+class Route:
+    """What a rule changes in every call of a weight operation (by default nothing):
+    ``enter(forward, k, h)`` is the input layer ``k``'s operation multiplies (feedback
+    alignment detaches it), ``leave(forward, k, h, a)`` the activity the model sees next,
+    from the input ``h`` that arrived and the activity ``a`` the engine made (weight
+    perturbation adds its products there, feedback alignment its feedback path)."""
+
+    def enter(self, forward: Forward, k: int, h: Tensor) -> Tensor:
+        return h
+
+    def leave(self, forward: Forward, k: int, h: Tensor, a: Tensor) -> Tensor:
+        return a
 DISCONTINUOUS: tuple[type[nn.Module], ...] = (Heaviside, Sign, snn.SpikingNeuron)
 
 
@@ -70,7 +84,7 @@ class Forward:
     def __init__(
         self, network: Network, passes: Passes, batch: int, noise_out: bool = False,
         keep_states: bool = False, on_step: StepHook | None = None,
-        constant_input: bool = False,
+        constant_input: bool = False, route: Route | None = None,
     ) -> None:
         L = network.num_layers
         self.network, self.passes, self.B, self.P = network, passes, batch, passes.count
@@ -78,6 +92,7 @@ class Forward:
         self.low = difference_dtype(network.precision, network.dtype, network.device)
         self.keep_states, self.on_step, self.read_noise = keep_states, on_step, noise_out
         self.constant_input = constant_input  # the same input tensor at every call
+        self.route = route
         self.noised: set[int] = set()  # the passes noise entered so far
         self.clean: dict[int, Tensor] = {}  # inputs the same in every pass, by storage
         self.discontinuous: dict[int, Tensor] = {}  # per discontinuous unit its last output
@@ -195,6 +210,9 @@ class Forward:
             self.event_driven[k] = True
         if h.dtype != self.dtypes[k]:  # snntorch's spikes are float32
             h = h.to(self.dtypes[k])
+        arrived = h
+        if self.route is not None:
+            h = self.route.enter(self, k, h)
         weight = self.weights[k] if k in self.weights else self._weight(k, clean)
         seen, a_ref, full = self._reference(k, h, ptr, weight, clean)
         start, stop = self.noisy[k]
@@ -223,6 +241,8 @@ class Forward:
             self.noised.update(range(start, stop))
             if self.read_noise:
                 self.noise[k] = eps if t == 0 else self.noise[k] + eps
+        if self.route is not None:
+            a = self.route.leave(self, k, arrived, a)
         if t == 0:
             layer = self.layers[k]
             layer.in_shape, layer.node_shape = tuple(h.shape[1:]), tuple(a.shape[1:])

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from noisynets.core.analog import ADC, PCMWeights, make_adc, make_weight_noise
 from noisynets.core.decorrelation import decorrelate, update_layers
-from noisynets.core.forward import Forward, StepHook
+from noisynets.core.forward import Forward, Route, StepHook
 from noisynets.core.heads import check_local_losses, head_gradients, make_heads
 from noisynets.core.keys import current_keys
 from noisynets.core.layer import Layer
@@ -174,6 +174,9 @@ class Network(nn.Module):
         if self.local_losses:
             self.check_local_losses()
             self.heads = make_heads(self.layers, g)
+        # A rule's feedback matrices (fa, dfa, opzo: ``rules.base.Feedback``), set by the rule,
+        # so that the network's state_dict -- checkpoints, exact resume -- carries them.
+        self.feedback: nn.Module | None = None
         self._register_load_state_dict_pre_hook(self._earlier_keys)
 
     # --- what the network is ----------------------------------------------------------------
@@ -220,9 +223,11 @@ class Network(nn.Module):
         finally:
             self.shard = previous
 
-    def run(self, x: Tensor, y: Tensor, passes: Passes, keep_states: bool = False) -> Record:
-        """The batched forward of ``passes.count`` passes of batch ``x`` with targets ``y``."""
-        return self.forward_passes(x, y, passes, keep_states=keep_states)[0]
+    def run(self, x: Tensor, y: Tensor, passes: Passes, keep_states: bool = False,
+            route: Route | None = None) -> Record:
+        """The batched forward of ``passes.count`` passes of batch ``x`` with targets ``y``;
+        ``route``: what a rule changes in each weight operation's call (``core.forward``)."""
+        return self.forward_passes(x, y, passes, keep_states=keep_states, route=route)[0]
 
     def run_reading_noise(
         self, x: Tensor, y: Tensor, passes: Passes
@@ -240,6 +245,7 @@ class Network(nn.Module):
     def forward_passes(
         self, x: Tensor, y: Tensor, passes: Passes, noise_out: bool = False,
         keep_states: bool = False, loss: bool = True, on_step: StepHook | None = None,
+        route: Route | None = None,
     ) -> tuple[Record, list[Tensor]]:
         """One batched forward: the Record, and with ``noise_out`` the noise per layer."""
         last = self.layers[-1]
@@ -252,7 +258,8 @@ class Network(nn.Module):
                              f", one per time step; got shape {tuple(x.shape)}")
         B = x.shape[0]
         forward = Forward(self, passes, B, noise_out, keep_states, on_step,
-                          constant_input=self.steps_model and self.encoding == "current")
+                          constant_input=self.steps_model and self.encoding == "current",
+                          route=route)
         with forward:
             out = run_model(self, forward, x)
             forward.finish()

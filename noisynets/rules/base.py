@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from noisynets.core.network import Network
 from noisynets.core.record import Passes, Record
@@ -39,6 +40,10 @@ class Rule:
     def check(self, network: Network) -> None:
         """Raise ``ValueError`` when the rule is not defined for ``network``."""
 
+    def prepare(self, network: Network, x: Tensor) -> None:
+        """Give ``network`` the state the rule keeps in it (feedback matrices), made for
+        inputs shaped like ``x``'s samples; nothing for a rule that keeps none."""
+
     def passes(self, network: Network) -> Passes:
         """The passes of the rule's forward; pass 0 is the reference pass."""
         raise NotImplementedError
@@ -60,3 +65,52 @@ class Rule:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class Feedback(nn.Module):
+    """A rule's feedback matrices (fixed random ones for fa and dfa, learned ones for opzo),
+    kept as buffers of ``network.feedback`` so that the network's ``state_dict`` -- and with
+    it checkpoints and exact resume -- carries them."""
+
+    def get(self, name: str) -> Tensor:
+        return self._buffers[name]
+
+    def put(self, name: str, value: Tensor) -> None:
+        self.register_buffer(name, value)
+
+
+def feedback_of(network: Network) -> Feedback:
+    """The network's ``Feedback`` (made empty, on the network's device, when it has none)."""
+    if not isinstance(network.feedback, Feedback):
+        network.feedback = Feedback()
+    return network.feedback
+
+
+def learn_shapes(network: Network, x: Tensor) -> int:
+    """One forward of a zero sample shaped like ``x``'s, leaving every noise stream where it
+    was: after it each layer knows its input and node shapes (``Layer.in_shape``,
+    ``node_shape``). Returns the number of logits C."""
+    sample = torch.zeros(1, *x.shape[1:], dtype=x.dtype, device=network.device)
+    with torch.no_grad(), network.untouched_noise():
+        return int(network(sample).shape[-1])
+
+
+def output_gradient(network: Network, logits: Tensor, y: Tensor) -> Tensor:
+    """``dloss_n/do_n`` (B, C) of every sample's loss at logits ``o`` (B, C): the readout's
+    own local derivative, no pass through the network."""
+    if network.loss.reads != "logits":
+        raise ValueError(f"the rule projects the loss's derivative by the logits, but the "
+                         f"loss {network.loss_name!r} reads the outputs over time: use ce or "
+                         "mse (--loss)")
+    o = logits.detach().requires_grad_(True)
+    with torch.enable_grad():
+        return torch.autograd.grad(network.loss.from_logits(o, y).sum(), o)[0]
+
+
+def check_no_recurrent(rule: str, network: Network) -> None:
+    """Rules that perturb or project onto the weight operations only cannot train a recurrent
+    neuron's own weights."""
+    for k, layer in enumerate(network.layers):
+        if layer.recurrent is not None:
+            raise ValueError(f"{rule} does not train a recurrent neuron's own weights (layer "
+                             f"{k + 1}, {type(layer.unit).__name__}): use bp, anp or danp")

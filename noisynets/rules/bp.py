@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from noisynets.core.forward import Route
 from noisynets.core.network import Network
 from noisynets.core.record import Passes, Record
 from noisynets.rules.base import Gradients, Rule
@@ -12,7 +13,7 @@ from noisynets.rules.base import Gradients, Rule
 
 def backprop(
     network: Network, x: Tensor, y: Tensor, passes: Passes,
-    neuron_grads: list[tuple[Tensor, Tensor]] | None = None,
+    neuron_grads: list[tuple[Tensor, Tensor]] | None = None, route: Route | None = None,
 ) -> tuple[Gradients, Record]:
     """``dLoss/dW_l`` and ``dLoss/db_l`` of ``Loss = mean_n loss_n`` of pass 0 of a forward of
     ``passes``, and that forward's (detached) record; ``neuron_grads``, when given, receives
@@ -20,18 +21,29 @@ def backprop(
 
     With intrinsic noise in every pass, pass 0 of a rule's own plan, run from the same noise
     state, is the operating point the rule's estimate refers to (``training.diagnostics``).
+    ``route`` changes the weight operations' calls (``core.forward.Route``: feedback alignment).
     """
     params = network.trained_parameters()
     with torch.enable_grad():
-        record = network.run(x, y, passes)
+        record = network.run(x, y, passes, route=route)
         flat = torch.autograd.grad(record.loss[0].mean(), params, allow_unused=True)
     found = {id(p): torch.zeros_like(p) if g is None else g for p, g in zip(params, flat)}
-    grads = [(found[id(layer.weight)], None if layer.bias is None else found[id(layer.bias)],
-              *(found[id(p)] for p in layer.recurrent_parameters()))
-             for layer in network.layers]
+    grads = by_layer(network, found)
     if neuron_grads is not None:
         neuron_grads.extend((p, found[id(p)]) for p in network.neuron_parameters())
-    detached = Record(
+    return grads, detached(record)
+
+
+def by_layer(network: Network, found: dict[int, Tensor]) -> Gradients:
+    """Per layer ``(g_W, g_b, *recurrent)`` from gradients found by parameter id."""
+    return [(found[id(layer.weight)], None if layer.bias is None else found[id(layer.bias)],
+             *(found[id(p)] for p in layer.recurrent_parameters()))
+            for layer in network.layers]
+
+
+def detached(record: Record) -> Record:
+    """``record`` with every tensor detached from autograd's graph."""
+    return Record(
         [i.detach() for i in record.inputs],
         [a.detach() for a in record.activity],
         record.loss.detach(),
@@ -41,7 +53,6 @@ def backprop(
             None if r is None else r.detach() for r in record.recurrent_inputs],
         steps=record.steps,
     )
-    return grads, detached
 
 
 class BP(Rule):
