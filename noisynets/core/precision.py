@@ -15,6 +15,15 @@ AMX where a difference product in bfloat16 (casts included) measured faster than
 same choice and a seed still fixes a run). A CPU without those instructions never measures:
 there bfloat16 is emulated, several times slower.
 
+Where results depend on it: a dense layer behind discontinuous units (Heaviside, sign,
+spikes) whose input changed in few entries takes the event-driven difference product
+(``Layer.event_product``), which sums the changed columns in the network's dtype, not in
+the chosen format. Where ``auto`` picks bfloat16, such a layer's activities therefore depend
+on which path a forward took (measured on a float32 Heaviside network: up to 2.9e-3, once a
+flipped unit); where it picks the network's dtype (every CPU without fast bfloat16, such as
+an AVX2-only one) both paths compute in float32 and agree to rounding. ``--precision
+float32`` makes every path the same on any machine.
+
 Example::
 
     >>> import torch
