@@ -69,6 +69,8 @@ class Route:
 
     def leave(self, forward: Forward, k: int, h: Tensor, a: Tensor) -> Tensor:
         return a
+
+
 DISCONTINUOUS: tuple[type[nn.Module], ...] = (Heaviside, Sign, snn.SpikingNeuron)
 
 
