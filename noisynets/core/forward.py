@@ -129,8 +129,11 @@ class Forward:
         self.event_driven = [False] * L
         # An unchanged drive after the first step may be rewritten in one buffer per forward
         # where the module after the weight operation is its own unit (``Layer.buffer_safe``).
-        self.buffered = [layer.buffer_safe and network.steps_model and not keep_states
-                         and not torch.is_grad_enabled() for layer in self.layers]
+        # Only for an input that is the same at every call (current encoding): a Poisson or
+        # sequence input changes at every step, and so does the reference pass's drive.
+        self.buffered = [layer.buffer_safe and network.steps_model and constant_input
+                         and not keep_states and not torch.is_grad_enabled()
+                         for layer in self.layers]
 
     # --- installing the engine ------------------------------------------------------------
 
