@@ -60,18 +60,29 @@ class FeedbackPath(Route):
         return a + (c - c.detach())
 
 
-class FA(Rule):
-    """Feedback alignment: BP with every layer's ``W_l^T`` replaced by a fixed random
-    ``B_l^T`` in the backward pass (module doc). Needs a backward pass and one extra matrix per
-    layer; no noise."""
-
-    name = "fa"
+class FixedFeedback(Rule):
+    """What FA and DFA share: fixed random feedback matrices drawn from ``seed`` (kept in the
+    network's state), one clean pass, no noise, and the refusals of ``check_feedback``."""
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
 
     def check(self, network: Network) -> None:
         check_feedback(self.name, network)
+
+    def passes(self, network: Network) -> Passes:
+        return Passes.clean(network.num_layers, network.both_noisy)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(seed={self.seed})"
+
+
+class FA(FixedFeedback):
+    """Feedback alignment: BP with every layer's ``W_l^T`` replaced by a fixed random
+    ``B_l^T`` in the backward pass (module doc). Needs a backward pass and one extra matrix per
+    layer; no noise."""
+
+    name = "fa"
 
     def prepare(self, network: Network, x: Tensor) -> None:
         feedback = feedback_of(network)
@@ -82,16 +93,10 @@ class FA(Rule):
                 B = torch.randn(W.shape, generator=g, dtype=torch.float64)
                 feedback.put(f"B_{k}", (B * math.sqrt(2.0 / W[0].numel())).to(W.device, W.dtype))
 
-    def passes(self, network: Network) -> Passes:
-        return Passes.clean(network.num_layers, network.both_noisy)
-
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
         self.prepare(network, x)
         return backprop(network, x, y, self.passes(network), route=FeedbackPath(network))
-
-    def __repr__(self) -> str:
-        return f"FA(seed={self.seed})"
 
 
 class DirectInputs(Route):
@@ -108,7 +113,7 @@ class DirectInputs(Route):
         return h.detach()
 
 
-class DFA(Rule):
+class DFA(FixedFeedback):
     """Direct feedback alignment: the output error ``g_o`` projected by a fixed random
     ``D_l`` onto the input of every weight operation ``l >= 1`` at every call, and carried
     from there through the units below by autograd (module doc). Needs the loss's derivative by
@@ -116,12 +121,6 @@ class DFA(Rule):
     """
 
     name = "dfa"
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = int(seed)
-
-    def check(self, network: Network) -> None:
-        check_feedback(self.name, network)
 
     def prepare(self, network: Network, x: Tensor) -> None:
         feedback = feedback_of(network)
@@ -133,9 +132,6 @@ class DFA(Rule):
             if k > 0:
                 D = torch.randn(math.prod(layer.in_shape), C, generator=g, dtype=torch.float64)
                 feedback.put(f"D_{k}", (D / math.sqrt(C)).to(network.device, network.dtype))
-
-    def passes(self, network: Network) -> Passes:
-        return Passes.clean(network.num_layers, network.both_noisy)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
@@ -159,5 +155,3 @@ class DFA(Rule):
         found = {id(p): torch.zeros_like(p) if g is None else g for p, g in zip(params, flat)}
         return by_layer(network, found), detached(record)
 
-    def __repr__(self) -> str:
-        return f"DFA(seed={self.seed})"
