@@ -33,23 +33,13 @@ from noisynets.core.network import Network
 from noisynets.core.record import Passes, Record
 from noisynets.rules.base import Gradients, Rule, check_no_recurrent
 from noisynets.rules.bp import backprop, detached
-from noisynets.rules.perturbation import check_independent_steps, check_no_local_losses
+from noisynets.rules.perturbation import check_drawn_noise, check_no_local_losses
 
 
 def check_tangents(rule: str, network: Network) -> None:
     """Tangents come from every layer's noise source: additive, zero-mean, memoryless."""
     check_no_local_losses(rule, network)
-    for k, layer in enumerate(network.layers):
-        noise = layer.noise
-        if not noise.additive or not noise.zero_mean:
-            raise ValueError(f"{rule} draws its tangents from each layer's noise source, but "
-                             f"layer {k + 1}'s {noise.spec} is not additive zero-mean noise: "
-                             "use gaussian or centered_bernoulli")
-    try:
-        check_independent_steps(network)
-    except ValueError:
-        raise ValueError(f"{rule} draws its tangents from each layer's noise source, which "
-                         "must have no memory (telegraph noise has): use gaussian") from None
+    check_drawn_noise(rule, network, "its tangents", "gaussian")
 
 
 def tangent(network: Network, k: int, like: Tensor) -> Tensor:

@@ -69,6 +69,23 @@ def check_independent_steps(network: Network) -> None:
                 "--per-step-products), or anp/danp")
 
 
+def check_drawn_noise(rule: str, network: Network, draws: str, memory_fix: str) -> None:
+    """A rule that draws its own perturbations (``draws``) from every layer's noise source
+    needs additive, zero-mean noise without memory; one ``ValueError`` naming the layer
+    otherwise (``memory_fix``: what to use instead of noise with memory)."""
+    for k, layer in enumerate(network.layers):
+        noise = layer.noise
+        if not noise.additive or not noise.zero_mean:
+            raise ValueError(f"{rule} draws {draws} from each layer's noise source, but layer "
+                             f"{k + 1}'s {noise.spec} is not additive zero-mean noise: use "
+                             "gaussian or centered_bernoulli")
+    try:
+        check_independent_steps(network)
+    except ValueError:
+        raise ValueError(f"{rule} draws {draws} from each layer's noise source, which must have "
+                         f"no memory (telegraph noise has): use {memory_fix}") from None
+
+
 def check_antithetic(rule: str, network: Network) -> None:
     """Antithetic pairs negate the drawn noise: they need control of it, and noise whose
     negation has the same distribution's mean (zero-mean noise)."""

@@ -24,7 +24,7 @@ from noisynets.core.forward import Forward, Route
 from noisynets.core.network import Network
 from noisynets.core.record import Passes, Record
 from noisynets.rules.base import Gradients, Rule, check_no_recurrent
-from noisynets.rules.perturbation import check_independent_steps, check_no_local_losses
+from noisynets.rules.perturbation import check_drawn_noise, check_no_local_losses
 
 
 def check_weight_noise(rule: str, network: Network) -> None:
@@ -35,18 +35,8 @@ def check_weight_noise(rule: str, network: Network) -> None:
     if network.both_noisy:
         raise ValueError(f"{rule} perturbs the weights with draws it controls, but the "
                          "network's noise is intrinsic in both passes: use anp or danp")
-    for k, layer in enumerate(network.layers):
-        noise = layer.noise
-        if not noise.additive or not noise.zero_mean:
-            raise ValueError(f"{rule} draws zero-mean weight perturbations from each layer's "
-                             f"noise source, but layer {k + 1}'s {noise.spec} is not additive "
-                             "zero-mean noise: use gaussian or centered_bernoulli")
-    try:
-        check_independent_steps(network)
-    except ValueError:
-        raise ValueError(f"{rule} draws the weights' perturbations from each layer's noise "
-                         "source, which must have no memory (telegraph noise has): use "
-                         "gaussian or centered_bernoulli") from None
+    check_drawn_noise(rule, network, "the weights' perturbations",
+                      "gaussian or centered_bernoulli")
 
 
 class WeightNoise(Route):
