@@ -190,7 +190,9 @@ def test_summed_products_through_max_pooling_before_the_nodes_are_exact_in_layer
 
 def test_per_step_anp_is_its_formula_step_by_step():
     """``e_{l,t} = dL N T / sum_{l,t} ||da_{l,t}||^2 * da_{l,t}``, ``g_W = mean sum_t e xh^T``,
-    from every step's currents recorded on their own (Gaussian noise, K = 2)."""
+    from every step's currents recorded on their own (Gaussian noise, K = 2); the readout,
+    whose error is the same at every step (the loss reads its mean), by the summed product
+    ``g_W = mean (sum_t e_t) (sum_t xh_t)^T / T``."""
     net = dense(decorrelation=True)
     for layer in net.layers:
         layer.noise = noisynets.core.noise.Gaussian(0.05, seed=7)
@@ -211,10 +213,14 @@ def test_per_step_anp_is_its_formula_step_by_step():
     da = [[c[1:] - c[:1] for c in steps] for steps in currents]
     norm_sq = sum(d.pow(2).sum(-1) for steps in da for d in steps)
     N = sum(c[0].shape[-1] for c in currents)
+    scale = dL * N * T / norm_sq
     for k in range(L):
-        g_w = sum(torch.einsum("kn,kni,nj->ij", dL * N * T / norm_sq, da[k][t], inputs[k][t])
-                  for t in range(T)) / (K * B)
-        g_b = sum(torch.einsum("kn,kni->i", dL * N * T / norm_sq, da[k][t])
+        if k < L - 1:
+            g_w = sum(torch.einsum("kn,kni,nj->ij", scale, da[k][t], inputs[k][t])
+                      for t in range(T)) / (K * B)
+        else:
+            g_w = torch.einsum("kn,kni,nj->ij", scale, sum(da[k]), sum(inputs[k])) / (T * K * B)
+        g_b = sum(torch.einsum("kn,kni->i", scale, da[k][t])
                   for t in range(T)) / (K * B)
         torch.testing.assert_close(estimate[k][0], g_w)
         torch.testing.assert_close(estimate[k][1], g_b)

@@ -13,6 +13,13 @@ on the same noise and every call adds its product::
 
 (each weight operation's own vector-Jacobian product at that call's input; a recurrent
 neuron's recurrent weight at that step's previous spikes).
+
+The readout, where the loss reads the mean of its activity over its ``T`` calls (the Record has
+no ``readout``), has the same error at every step: there the summed product is exact, and it
+is taken instead, without the noise of the ``T`` separate terms::
+
+    g_W_L = mean_{k,n} (sum_t e_{L,t,k,n}) (sum_t xh_{L-1,t,n})^T / T
+    g_b_L = mean_{k,n} sum_t e_{L,t,k,n}
 """
 
 from __future__ import annotations
@@ -53,6 +60,12 @@ def step_gradients(
     plan = scales(first, squares)
     low = difference_dtype(network.precision, x.dtype, x.device)
     sums: list[list[Tensor] | None] = [None] * L
+    # The readout's error is the same at every step where the loss reads the mean of its
+    # activity: there the summed product is exact, and it drops the per-step noise.
+    k_out = L - 1
+    readout_summed = (first.readout is None and network.loss.reads == "logits"
+                      and network.layers[k_out].recurrent is None)
+    totals: list[Tensor | None] = [None, None]  # sum_t e_t, sum_t xh_t of the readout
 
     def accumulate(k: int, t: int, xh: Tensor, current: Tensor, eps: Tensor | None,
                    previous: Tensor | None) -> None:
@@ -65,6 +78,11 @@ def step_gradients(
             drive = current.reshape(P, B, -1)
             v = drive[lo:hi] - drive[:1]
         e = (scale.unsqueeze(-1) * v).sum(0)
+        if readout_summed and k == k_out:
+            seen = xh.reshape(B, -1)
+            totals[0] = e if totals[0] is None else totals[0] + e
+            totals[1] = seen if totals[1] is None else totals[1] + seen
+            return
         layer = network.layers[k]
         grads = layer.gradient(e, xh.reshape(B, -1), 1, (hi - lo) * B, low)
         if layer.recurrent is not None:
@@ -73,6 +91,11 @@ def step_gradients(
             None if old is None else old + new for old, new in zip(sums[k], grads)]
 
     record = network.forward_passes(x, y, passes, on_step=accumulate)[0]
+    if totals[0] is not None:
+        (lo, hi), _ = plan[k_out]
+        calls = first.steps[k_out] if first.steps else first.time_steps
+        sums[k_out] = list(network.layers[k_out].gradient(
+            totals[0] / calls, totals[1], calls, (hi - lo) * B, low))
     grads = []
     for layer, summed in zip(network.layers, sums):
         params = [layer.weight, layer.bias, *layer.recurrent_parameters()]
