@@ -130,7 +130,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="learning rate by epoch (torch.optim.lr_scheduler): constant, cosine "
                         "(to near 0 at the last epoch), step (times --lr-gamma every "
                         "--lr-step epochs), exponential (times --lr-gamma every epoch) "
-                        "(constant)")
+                        "(default: the preset; constant, cosine for randman)")
     p.add_argument("--lr-step", type=positive_int, metavar="E",
                    help="epochs between the step schedule's decays (a third of the epochs)")
     p.add_argument("--lr-gamma", type=positive_float, metavar="G",
