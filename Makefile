@@ -32,8 +32,12 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 
 # pyproject.toml changed (a new dependency): install again; torch stays.
+# norse: a second framework's NIR importer, which the export tests run where it is installed;
+# without its dependencies (its torchvision, not needed to read NIR, would pull another torch).
+# Where it does not install, those tests skip.
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps "norse==1.1.0" || echo "norse did not install: its NIR tests skip"
 	touch $@
 
 $(VENV)/.torch:
