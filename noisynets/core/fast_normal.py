@@ -14,9 +14,12 @@ about 1.2 ns per normal on one core of that machine, 3-3.5x faster than torch's 
 draw of 256,000 numbers, the two interleaved, medians; ``noisynets bench`` measures both in a
 training step). It runs on the calling thread: split over two threads by pthreads it was
 several times *slower* on the project's shared 2-core machine, where the second thread waits
-for a core. Why these bits: the counter-based Philox4x32-10 in the same SIMD loops took
-2.8 ns per number for its bits alone here (AVX2 multiplies 32 x 32 -> 64 bits in only half
-its lanes, and Philox needs ten such rounds per four numbers), while xoshiro128+ takes 0.2 ns.
+for a core; so was a split into two halves (the second from the state jumped 2^64 steps,
+the same numbers on any thread count) in OpenMP, in torch's own thread pool: 1.4x faster
+on the idle machine (0.24 against 0.33 ms for 256,000 numbers), 4-7x slower at load 1.5.
+Why these bits: the counter-based Philox4x32-10 in the same SIMD loops took 2.8 ns per
+number for its bits alone here (AVX2 multiplies 32 x 32 -> 64 bits in only half its lanes,
+and Philox needs ten such rounds per four numbers), while xoshiro128+ takes 0.2 ns.
 The state is 32 words (4 per lane), seeded from a 64-bit seed by SplitMix64
 (the authors' recommendation), so a seed fixes the stream exactly on a CPU, and
 ``get_state``/``set_state`` restore it. A draw takes whole chunks of ``CHUNK`` numbers (the
