@@ -301,8 +301,7 @@ def test_danp_learns_the_random_manifolds_at_the_preset(isolated):
     from noisynets.config import TrainConfig
     from noisynets.run import train
 
-    torch.set_num_threads(1)
-    result = train(TrainConfig(algo="danp", dataset="randman", seed=0, trace_every=0,
-                               figures=False, out=str(isolated / "run")), progress=False,
-                   log=None)
+    result = train(TrainConfig(algo="danp", dataset="randman", seed=0, threads=1,
+                               trace_every=0, figures=False, out=str(isolated / "run")),
+                   progress=False, log=None)
     assert result.history[-1].test_accuracy > 0.85
