@@ -48,24 +48,36 @@ def tangent(network: Network, k: int, like: Tensor) -> Tensor:
     return noise(like.detach().new_zeros(like.shape)) / math.sqrt(noise.variance)
 
 
-class WFG(Rule):
+class ForwardGradient(Rule):
+    """What WFG and AFG share: ``K`` tangents per step (``noise_samples``), no antithetic
+    pairs (the derivative is exact), one clean pass, and the refusals of ``check_tangents``."""
+
+    def __init__(self, noise_samples: int = 1, antithetic: bool = False) -> None:
+        if antithetic:
+            raise ValueError(f"{self.name} differentiates exactly: antithetic pairs do not "
+                             "apply")
+        self.noise_samples = int(noise_samples)
+
+    def check(self, network: Network) -> None:
+        check_tangents(self.name, network)
+
+    def passes(self, network: Network) -> Passes:
+        return Passes.clean(network.num_layers, network.both_noisy)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(noise_samples={self.noise_samples})"
+
+
+class WFG(ForwardGradient):
     """Weight-perturbed forward gradient (Baydin et al. 2022): ``K`` tangents ``v`` over all
     weights and biases, ``g = mean_k (grad . v_k) v_k`` (module doc). Unbiased; variance
     grows with the number of weights."""
 
     name = "wfg"
 
-    def __init__(self, noise_samples: int = 1, antithetic: bool = False) -> None:
-        if antithetic:
-            raise ValueError("wfg differentiates exactly: antithetic pairs do not apply")
-        self.noise_samples = int(noise_samples)
-
     def check(self, network: Network) -> None:
-        check_tangents(self.name, network)
+        super().check(network)
         check_no_recurrent(self.name, network)
-
-    def passes(self, network: Network) -> Passes:
-        return Passes.clean(network.num_layers, network.both_noisy)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
@@ -81,9 +93,6 @@ class WFG(Rule):
                    for ts in v]
         return out, record
 
-    def __repr__(self) -> str:
-        return f"WFG(noise_samples={self.noise_samples})"
-
 
 class NodeTangent(Route):
     """Adds a zero ``z_l`` (one per layer, the same at every call) to each layer's activity,
@@ -98,24 +107,13 @@ class NodeTangent(Route):
         return a + self.z[k]
 
 
-class AFG(Rule):
+class AFG(ForwardGradient):
     """Activity-perturbed forward gradient (Ren et al. 2023, without local losses): ``K``
     tangents ``u`` over every node of every sample, ``e_l = mean_k (dloss . u_k) u_{l,k} / T``
     (module doc), turned into weight estimates by each operation's own VJP, like NP. Unbiased
     (for T = 1; summed products over time as NP); variance grows with the number of nodes."""
 
     name = "afg"
-
-    def __init__(self, noise_samples: int = 1, antithetic: bool = False) -> None:
-        if antithetic:
-            raise ValueError("afg differentiates exactly: antithetic pairs do not apply")
-        self.noise_samples = int(noise_samples)
-
-    def check(self, network: Network) -> None:
-        check_tangents(self.name, network)
-
-    def passes(self, network: Network) -> Passes:
-        return Passes.clean(network.num_layers, network.both_noisy)
 
     def gradients(self, network: Network, x: Tensor, y: Tensor) -> tuple[Gradients, Record]:
         self.check(network)
@@ -133,6 +131,3 @@ class AFG(Rule):
             slope = sum((d * t).sum(-1) for d, t in zip(delta, u))  # (K, B)
             signals = [slope.unsqueeze(-1) * t / record.steps_of(k) for k, t in enumerate(u)]
             return network.gradients(signals, record), record
-
-    def __repr__(self) -> str:
-        return f"AFG(noise_samples={self.noise_samples})"
