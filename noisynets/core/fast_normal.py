@@ -67,7 +67,7 @@ def _compiler() -> str | None:
     named = os.environ.get("CC", "").strip()
     if named:
         return shutil.which(named)
-    return next((shutil.which(c) for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    return next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
 
 
 def _build(source: bytes, compiler: str) -> Path:
