@@ -145,6 +145,10 @@ def main(path: str) -> None:
     results["guard"] = guards
     if world.main:
         torch.save(results, path)
+    # Every rank out of its last collective before any tears the group down: a rank whose
+    # peer closed its connections mid-operation dies in gloo with SIGABRT ("terminate called
+    # without an active exception"), seen once under load.
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
